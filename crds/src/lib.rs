@@ -1,0 +1,30 @@
+//! The kpersist.io API: `LivePatchPolicy` (what to roll out where, and how) and
+//! `LivePatchNode` (one per node: the operator writes `spec`, the node's agent `status`).
+//! Doc comments on fields become `kubectl explain` text, so they are written for users.
+
+pub mod duration;
+pub mod node;
+pub mod policy;
+pub mod release;
+pub mod yaml;
+
+pub use duration::{DurationError, parse_duration};
+pub use node::{
+    AppliedRelease, DesiredPatch, LivePatchNode, LivePatchNodeSpec, LivePatchNodeStatus,
+    LoadedPatch, NodeCondition, NodeError, NodeErrorReason, NodePatchState, PatchAction,
+    PatchTimings,
+};
+pub use policy::{
+    BadRelease, ComparisonOperator, FailurePolicy, HealthSpec, KernelTarget, LivePatchPolicy,
+    LivePatchPolicySpec, LivePatchPolicyStatus, MaintenanceWindow, NodeCounts, PlannedWave,
+    PolicyCondition, PolicyPhase, PrometheusGate, RepositorySpec, RolloutProgress, RolloutSpec,
+    SecretKeysRef, Wave, Weekday,
+};
+pub use release::PatchRelease;
+
+/// The API group of every kpersist resource.
+pub const GROUP: &str = "kpersist.io";
+/// The field manager name the operator uses for server-side apply.
+pub const OPERATOR_MANAGER: &str = "kpersist-operator";
+/// The field manager name the node agent uses for server-side apply.
+pub const AGENT_MANAGER: &str = "kpersist-agent";

@@ -1,0 +1,261 @@
+//! `LivePatchNode`: one per node, named after it. The operator writes `spec.desired`; the
+//! node's agent acts on it and reports what the kernel really has in `status`.
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::release::PatchRelease;
+
+/// The livepatch state of one node: what the operator wants loaded and what is loaded.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "kpersist.io",
+    version = "v1alpha1",
+    kind = "LivePatchNode",
+    plural = "livepatchnodes",
+    shortname = "lpn",
+    category = "kpersist",
+    status = "LivePatchNodeStatus",
+    printcolumn = r#"{"name":"Kernel","type":"string","jsonPath":".status.kernelRelease"}"#,
+    printcolumn = r#"{"name":"Applied","type":"string","jsonPath":".status.applied.id"}"#,
+    printcolumn = r#"{"name":"Desired","type":"string","jsonPath":".spec.desired.release.id"}"#,
+    printcolumn = r#"{"name":"State","type":"string","jsonPath":".status.state"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct LivePatchNodeSpec {
+    /// What the operator wants on this node. Absent: leave the kernel as it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired: Option<DesiredPatch>,
+}
+
+/// What the operator wants loaded on a node.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DesiredPatch {
+    /// The policy that asks for it.
+    pub policy: String,
+    /// `Apply` a newer release, or `Revert` to an earlier one.
+    pub action: PatchAction,
+    /// The release to have loaded. For `Revert`, absent means disable and unload every
+    /// kpersist livepatch, returning the kernel to its original code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<PatchRelease>,
+    /// How long the kernel's transition may take before the agent reverses it (e.g. `60s`).
+    #[serde(default = "default_transition_timeout")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d))+$"))]
+    pub transition_timeout: String,
+    /// Report new kernel WARNING/BUG/Oops lines and new taint bits as a failure.
+    #[serde(default = "default_true")]
+    pub kmsg_checks: bool,
+}
+
+/// What the agent is asked to do.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum PatchAction {
+    /// Load the release, atomically replacing the one loaded now.
+    Apply,
+    /// Go back to the given earlier release (from the host cache when it is there), or to
+    /// no livepatch at all.
+    Revert,
+}
+
+/// What the node's kernel really has, written by the agent.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LivePatchNodeStatus {
+    /// Where the node is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<NodePatchState>,
+    /// Running kernel release (`uname -r`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_release: Option<String>,
+    /// GNU build id of the running kernel, in hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_id: Option<String>,
+    /// Whether the kernel supports livepatch (`/sys/kernel/livepatch` exists).
+    #[serde(default)]
+    pub livepatch_supported: bool,
+    /// Boot id of the running kernel; it changes on every boot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_id: Option<String>,
+    /// Livepatch modules the kernel has loaded, from /sys/kernel/livepatch.
+    #[serde(default)]
+    pub loaded: Vec<LoadedPatch>,
+    /// The kpersist release the kernel runs now, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied: Option<AppliedRelease>,
+    /// The last failure, cleared by the next success.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<NodeError>,
+    /// How long the last apply or revert took.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timings: Option<PatchTimings>,
+    /// Releases this node refuses for good because it went down while applying them.
+    #[serde(default)]
+    pub refused_releases: Vec<String>,
+    /// The `metadata.generation` of the spec this status answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Ready and Healthy conditions.
+    #[serde(default)]
+    pub conditions: Vec<NodeCondition>,
+    /// Version of the agent writing this status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_version: Option<String>,
+}
+
+/// Where a node is in applying or reverting.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum NodePatchState {
+    /// Nothing asked, nothing happening.
+    Idle,
+    /// Fetching the module into the host cache.
+    Downloading,
+    /// Checking and loading the module, or waiting for its transition.
+    Applying,
+    /// The desired release is loaded, enabled and healthy.
+    Applied,
+    /// Going back to an earlier release or to none.
+    Reverting,
+    /// The last apply or revert failed; see `lastError`.
+    Failed,
+    /// The kernel has no livepatch support, or nothing can be applied to it.
+    Unsupported,
+    /// The node went down while applying; the release is refused here for good.
+    CrashSuspected,
+}
+
+/// A livepatch module the kernel has loaded.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LoadedPatch {
+    /// Module name (directory under /sys/kernel/livepatch).
+    pub name: String,
+    /// Whether the patch is enabled.
+    pub enabled: bool,
+    /// Whether a transition is in progress.
+    pub transition: bool,
+}
+
+/// The kpersist release a node runs.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AppliedRelease {
+    /// Release id, `<kernelRelease>/v<version>`.
+    pub id: String,
+    /// Cumulative version.
+    pub version: u64,
+    /// Kernel module name.
+    pub module_name: String,
+    /// CVEs the release fixes.
+    #[serde(default)]
+    pub cves: Vec<String>,
+    /// The policy that asked for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+    /// When it was applied (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub applied_at: Option<String>,
+}
+
+/// A failure, with a reason for machines and a message for people.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeError {
+    /// Machine-readable reason.
+    pub reason: NodeErrorReason,
+    /// What went wrong and what to do.
+    pub message: String,
+    /// The release concerned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<String>,
+    /// When (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<String>,
+}
+
+/// Why an apply or revert failed.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum NodeErrorReason {
+    /// The module could not be downloaded.
+    DownloadFailed,
+    /// The module's size differs from the signed index.
+    SizeMismatch,
+    /// The module's SHA-256 differs from the signed index.
+    HashMismatch,
+    /// The file is not a kernel module that can be read.
+    InvalidModule,
+    /// The module lacks `livepatch: Y` in its modinfo.
+    NotLivepatch,
+    /// The module's vermagic names another kernel release.
+    VermagicMismatch,
+    /// The module's name differs from the index.
+    ModuleNameMismatch,
+    /// The release is for another kernel build.
+    KernelMismatch,
+    /// The kernel refused the module (its errno is in the message).
+    LoadRefused,
+    /// The kernel refused an unsigned module under lockdown / Secure Boot.
+    LockdownRefused,
+    /// The transition did not finish within the timeout and was reversed.
+    TransitionStalled,
+    /// Taint bits other than livepatch/out-of-tree/unsigned appeared.
+    NewTaint,
+    /// WARNING, BUG or Oops lines appeared in the kernel log.
+    KernelWarning,
+    /// The node went down while applying this release.
+    CrashSuspected,
+    /// The release was refused earlier on this node after a suspected crash.
+    ReleaseRefused,
+    /// A revert found no cached module for the earlier release and could not fetch it.
+    RevertFailed,
+    /// Disabling or unloading a patch failed.
+    UnloadFailed,
+    /// The kernel has no livepatch support.
+    Unsupported,
+    /// Reading the kernel's state or the host cache failed.
+    HostError,
+}
+
+/// How long the last operation took, in milliseconds.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PatchTimings {
+    /// Download time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub download_ms: Option<u64>,
+    /// From the load call to the end of the transition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transition_ms: Option<u64>,
+    /// The whole operation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_ms: Option<u64>,
+}
+
+/// A status condition of a node.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeCondition {
+    /// Condition type, e.g. `Healthy`.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// True, False or Unknown.
+    pub status: String,
+    /// Machine-readable reason.
+    pub reason: String,
+    /// For people.
+    #[serde(default)]
+    pub message: String,
+    /// When the status last changed (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<String>,
+}
+
+fn default_transition_timeout() -> String {
+    "60s".to_string()
+}
+fn default_true() -> bool {
+    true
+}

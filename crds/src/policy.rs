@@ -1,0 +1,497 @@
+//! `LivePatchPolicy`: which nodes, where their patches come from, and how a new cumulative
+//! release is rolled out across them (waves, bakes, health gates, what to do on failure).
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A policy that keeps the selected nodes on the newest cumulative livepatch release of a
+/// signed repository, rolled out in canary waves with health gates and automatic revert.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "kpersist.io",
+    version = "v1alpha1",
+    kind = "LivePatchPolicy",
+    plural = "livepatchpolicies",
+    shortname = "lpp",
+    category = "kpersist",
+    status = "LivePatchPolicyStatus",
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Target","type":"string","jsonPath":".status.targetSummary"}"#,
+    printcolumn = r#"{"name":"Patched","type":"string","jsonPath":".status.patchedSummary"}"#,
+    printcolumn = r#"{"name":"Wave","type":"string","jsonPath":".status.waveSummary"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct LivePatchPolicySpec {
+    /// Nodes this policy patches, by Node labels. An empty selector selects every node.
+    /// A node selected by two policies is patched by neither, and both report it.
+    #[serde(default)]
+    pub node_selector: LabelSelector,
+    /// Where releases come from and which ones to trust.
+    pub repository: RepositorySpec,
+    /// How a new release is rolled out across the selected nodes.
+    #[serde(default)]
+    pub rollout: RolloutSpec,
+    /// What counts as a healthy node after it applied a release.
+    #[serde(default)]
+    pub health: HealthSpec,
+}
+
+/// A signed patch repository: `index.json`, `index.json.sig` and the modules.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RepositorySpec {
+    /// Base URL of the repository (the directory holding `index.json`), http or https.
+    #[schemars(regex(pattern = r"^https?://"))]
+    pub url: String,
+    /// Channel whose releases are rolled out, for example `stable` or `edge`.
+    #[serde(default = "default_channel")]
+    #[schemars(regex(pattern = r"^[a-z0-9][a-z0-9._-]{0,62}$"))]
+    pub channel: String,
+    /// Trusted ed25519 public keys, base64 of the 32 raw key bytes (as printed by
+    /// `kpersist-repo keygen`). The index must carry a valid signature by one of these or
+    /// by a key from `trustedKeysSecret`.
+    #[serde(default)]
+    pub trusted_keys: Vec<String>,
+    /// A Secret whose every data value is a trusted public key in the same encoding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trusted_keys_secret: Option<SecretKeysRef>,
+    /// PEM bundle of certificate authorities trusted for an https repository, in addition
+    /// to the system ones. Certificate verification is never turned off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle: Option<String>,
+    /// How often the repository is checked for new releases (e.g. `1h`, `15m`).
+    #[serde(default = "default_check_interval")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d))+$"))]
+    pub check_interval: String,
+    /// Only roll out releases published at least this long ago (e.g. `72h`), to let others
+    /// find problems first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d))+$"))]
+    pub delay: Option<String>,
+    /// Roll out exactly this cumulative version instead of the newest one. Nodes whose
+    /// kernel has no release with this version are reported Unsupported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub pinned_version: Option<u64>,
+}
+
+/// A Secret holding trusted public keys.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeysRef {
+    /// Namespace of the Secret.
+    pub namespace: String,
+    /// Name of the Secret.
+    pub name: String,
+}
+
+/// How a release is rolled out.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutSpec {
+    /// Waves in order; the first is the canary. Each wave is given as a node count or a
+    /// percentage of the selected nodes (cumulative: `percent: 50` means half of all nodes
+    /// are done after this wave). The last wave should reach 100%; nodes left after the
+    /// last wave are patched in a final wave of their own.
+    #[serde(default = "default_waves")]
+    #[schemars(length(min = 1))]
+    pub waves: Vec<Wave>,
+    /// At most this many nodes download and apply at the same time.
+    #[serde(default = "default_max_in_flight")]
+    #[schemars(range(min = 1))]
+    pub max_in_flight: u32,
+    /// A wave fails when more than this many of its nodes fail.
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub max_failures: u32,
+    /// What to do when a wave fails: `Revert` every node that took the release back to its
+    /// previous release and mark the release bad, or `Pause` and wait for a person.
+    #[serde(default)]
+    pub failure_policy: FailurePolicy,
+    /// When present, new nodes start applying only inside one of these windows. Work that
+    /// has started (a bake, a revert) goes on outside them.
+    #[serde(default)]
+    pub maintenance_windows: Vec<MaintenanceWindow>,
+    /// Stop starting new work; nodes already applying finish.
+    #[serde(default)]
+    pub paused: bool,
+    /// Plan only: the waves are shown in status and nothing is written to any node.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+impl Default for RolloutSpec {
+    fn default() -> Self {
+        Self {
+            waves: default_waves(),
+            max_in_flight: default_max_in_flight(),
+            max_failures: 0,
+            failure_policy: FailurePolicy::default(),
+            maintenance_windows: Vec::new(),
+            paused: false,
+            dry_run: false,
+        }
+    }
+}
+
+/// One wave of a rollout. Give exactly one of `nodes` and `percent`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Wave {
+    /// Number of nodes in this wave.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub nodes: Option<u32>,
+    /// Cumulative share of the selected nodes patched once this wave is done (1 to 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub percent: Option<u32>,
+    /// How long the wave's nodes must stay healthy after applying before the next wave
+    /// starts (e.g. `10m`).
+    #[serde(default = "default_bake")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d))+$"))]
+    pub bake: String,
+}
+
+/// What to do when a wave fails.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum FailurePolicy {
+    /// Send every node that took the failing release back to its previous release and never
+    /// offer that release again.
+    #[default]
+    Revert,
+    /// Stop the rollout where it is and wait for a person.
+    Pause,
+}
+
+/// A recurring time window in which new nodes may start applying.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MaintenanceWindow {
+    /// Days on which the window opens; empty means every day.
+    #[serde(default)]
+    pub days: Vec<Weekday>,
+    /// Opening time, `HH:MM` in 24-hour form.
+    #[schemars(regex(pattern = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"))]
+    pub start: String,
+    /// Closing time, `HH:MM`; a closing time before the opening time means the window runs
+    /// past midnight.
+    #[schemars(regex(pattern = r"^([01][0-9]|2[0-3]):[0-5][0-9]$"))]
+    pub end: String,
+    /// IANA time zone of `start` and `end`, for example `Europe/Berlin`.
+    #[serde(default = "default_time_zone")]
+    pub time_zone: String,
+}
+
+/// A day of the week.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum Weekday {
+    Mon,
+    Tue,
+    Wed,
+    Thu,
+    Fri,
+    Sat,
+    Sun,
+}
+
+/// What counts as a healthy node after applying.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthSpec {
+    /// How long the kernel may take to move every task onto the patched code before the
+    /// agent reverses the transition and reports `TransitionStalled` (e.g. `60s`).
+    #[serde(default = "default_transition_timeout")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d))+$"))]
+    pub transition_timeout: String,
+    /// The Node must stay Ready through the bake; NotReady during bake counts as a failure.
+    #[serde(default = "default_true")]
+    pub node_ready: bool,
+    /// New kernel WARNING/BUG/Oops lines or new taint bits after applying count as a
+    /// failure.
+    #[serde(default = "default_true")]
+    pub kmsg_checks: bool,
+    /// An optional Prometheus query evaluated during each bake; the wave fails when it does
+    /// not hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prometheus: Option<PrometheusGate>,
+}
+
+impl Default for HealthSpec {
+    fn default() -> Self {
+        Self {
+            transition_timeout: default_transition_timeout(),
+            node_ready: true,
+            kmsg_checks: true,
+            prometheus: None,
+        }
+    }
+}
+
+/// A Prometheus health gate: every sample the query returns must compare true against the
+/// threshold; an empty result passes unless `failOnEmpty` is set.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PrometheusGate {
+    /// Base URL of the Prometheus HTTP API, e.g. `http://prometheus.monitoring:9090`.
+    #[schemars(regex(pattern = r"^https?://"))]
+    pub url: String,
+    /// PromQL instant query, e.g. `sum(rate(http_errors_total[5m]))`.
+    #[schemars(length(min = 1))]
+    pub query: String,
+    /// How each sample is compared with `threshold`.
+    pub operator: ComparisonOperator,
+    /// The value samples are compared with.
+    pub threshold: f64,
+    /// Treat an empty query result as a failure.
+    #[serde(default)]
+    pub fail_on_empty: bool,
+    /// How often the query is evaluated during a bake.
+    #[serde(default = "default_gate_interval")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d))+$"))]
+    pub interval: String,
+}
+
+/// A comparison for the Prometheus gate.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum ComparisonOperator {
+    LessThan,
+    LessThanOrEqual,
+    GreaterThan,
+    GreaterThanOrEqual,
+    Equal,
+}
+
+impl ComparisonOperator {
+    /// Whether `value <op> threshold` holds.
+    pub fn holds(self, value: f64, threshold: f64) -> bool {
+        match self {
+            Self::LessThan => value < threshold,
+            Self::LessThanOrEqual => value <= threshold,
+            Self::GreaterThan => value > threshold,
+            Self::GreaterThanOrEqual => value >= threshold,
+            Self::Equal => value == threshold,
+        }
+    }
+}
+
+/// Observed state of a policy, written by the operator.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LivePatchPolicyStatus {
+    /// Where the rollout is: Idle, Progressing, Baking, Paused, RollingBack, Complete or
+    /// Failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<PolicyPhase>,
+    /// Ready, Progressing, Degraded and RepositoryReachable, with reasons and messages.
+    #[serde(default)]
+    pub conditions: Vec<PolicyCondition>,
+    /// The rollout in progress, if any. The operator carries on from this after a restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutProgress>,
+    /// Nodes per state among the selected nodes.
+    #[serde(default)]
+    pub nodes: NodeCounts,
+    /// The release each kernel build is being moved to.
+    #[serde(default)]
+    pub targets: Vec<KernelTarget>,
+    /// Releases that failed a wave and are never offered again by this policy.
+    #[serde(default)]
+    pub bad_releases: Vec<BadRelease>,
+    /// With `dryRun`: the nodes each wave would take.
+    #[serde(default)]
+    pub planned_waves: Vec<PlannedWave>,
+    /// Target shown by `kubectl get`: `v3`, or `mixed` when kernels differ.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_summary: Option<String>,
+    /// `patched/total` shown by `kubectl get`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patched_summary: Option<String>,
+    /// `current/total` waves shown by `kubectl get`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wave_summary: Option<String>,
+    /// When the repository index was last fetched and verified.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_repository_check: Option<String>,
+    /// The policy generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// Phase of a policy's rollout.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum PolicyPhase {
+    /// Nothing to do: every selected node is on its target or unsupported.
+    Idle,
+    /// A wave is applying.
+    Progressing,
+    /// A wave applied and is being watched for `bake`.
+    Baking,
+    /// Stopped by `paused`, a closed maintenance window, or `failurePolicy: Pause`.
+    Paused,
+    /// A failed release is being reverted.
+    RollingBack,
+    /// The last rollout finished on every wave.
+    Complete,
+    /// The last rollout failed and was reverted, or the policy is invalid.
+    Failed,
+}
+
+/// A status condition of a policy.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyCondition {
+    /// Ready, Progressing, Degraded or RepositoryReachable.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// True, False or Unknown.
+    pub status: String,
+    /// Machine-readable reason in CamelCase.
+    pub reason: String,
+    /// What happened, for people.
+    #[serde(default)]
+    pub message: String,
+    /// When the status last changed (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<String>,
+    /// The generation the condition was computed from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// The rollout in progress.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutProgress {
+    /// Release ids being rolled out, one per kernel build.
+    #[serde(default)]
+    pub releases: Vec<String>,
+    /// Current wave, counted from 1.
+    pub wave: u32,
+    /// Number of waves in this rollout.
+    pub waves: u32,
+    /// When the rollout started (RFC 3339).
+    pub started_at: String,
+    /// When the current wave started (RFC 3339).
+    pub wave_started_at: String,
+    /// When every node of the current wave had applied, so its bake began (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bake_started_at: Option<String>,
+    /// Nodes that have been given a release of this rollout, in order.
+    #[serde(default)]
+    pub assigned_nodes: Vec<String>,
+    /// Why the rollout is paused, when it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused_reason: Option<String>,
+}
+
+/// Nodes per state.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeCounts {
+    /// Nodes the selector matches.
+    pub total: u32,
+    /// Nodes on their target release.
+    pub patched: u32,
+    /// Nodes downloading or applying.
+    pub applying: u32,
+    /// Nodes reverting.
+    pub reverting: u32,
+    /// Nodes waiting for their turn.
+    pub pending: u32,
+    /// Nodes whose last apply failed.
+    pub failed: u32,
+    /// Nodes with no livepatch support or no release for their kernel.
+    pub unsupported: u32,
+    /// Nodes that went down while applying.
+    pub crash_suspected: u32,
+    /// Nodes with no LivePatchNode yet (no agent running).
+    pub unknown: u32,
+}
+
+/// The release a kernel build is moved to.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KernelTarget {
+    /// Kernel release.
+    pub kernel_release: String,
+    /// Kernel build id.
+    pub build_id: String,
+    /// Target release id.
+    pub release: String,
+    /// Target cumulative version.
+    pub version: u64,
+    /// Number of CVEs the target fixes.
+    pub cves: u32,
+    /// Selected nodes running this kernel.
+    pub nodes: u32,
+}
+
+/// A release that failed and is never offered again.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BadRelease {
+    /// Release id.
+    pub release: String,
+    /// Why it was marked bad.
+    pub reason: String,
+    /// When (RFC 3339).
+    pub marked_at: String,
+}
+
+/// With `dryRun`, the nodes a wave would take.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PlannedWave {
+    /// Wave number, from 1.
+    pub wave: u32,
+    /// Node names.
+    pub nodes: Vec<String>,
+}
+
+fn default_channel() -> String {
+    "stable".to_string()
+}
+fn default_check_interval() -> String {
+    "1h".to_string()
+}
+fn default_bake() -> String {
+    "10m".to_string()
+}
+fn default_waves() -> Vec<Wave> {
+    vec![
+        Wave {
+            nodes: Some(1),
+            percent: None,
+            bake: "10m".to_string(),
+        },
+        Wave {
+            nodes: None,
+            percent: Some(10),
+            bake: "10m".to_string(),
+        },
+        Wave {
+            nodes: None,
+            percent: Some(100),
+            bake: "0s".to_string(),
+        },
+    ]
+}
+fn default_max_in_flight() -> u32 {
+    10
+}
+fn default_time_zone() -> String {
+    "UTC".to_string()
+}
+fn default_transition_timeout() -> String {
+    "60s".to_string()
+}
+fn default_gate_interval() -> String {
+    "30s".to_string()
+}
+fn default_true() -> bool {
+    true
+}

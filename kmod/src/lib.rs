@@ -1,0 +1,1 @@
+//! Kernel livepatch modules as artifacts: modinfo, the signed patch repository format, and the Linux livepatch kernel interface. No Kubernetes here.

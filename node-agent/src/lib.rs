@@ -1,0 +1,1 @@
+//! The kpersist node agent.

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Runs every test suite of kpersist: formatting, lints, unit and property tests, and the
+# end-to-end suites on real parts. This is the one command the README names and CI runs.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+# Slow builds are cached outside the checkout so a fresh clone reuses them.
+export KPERSIST_CACHE="${KPERSIST_CACHE:-/var/cache/kpersist}"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$KPERSIST_CACHE/target}"
+mkdir -p "$KPERSIST_CACHE"
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy (warnings are errors)"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "unit and property tests"
+PROPTEST_CASES="${PROPTEST_CASES:-256}" cargo test --workspace
+
+step "CRD manifests match the API types"
+cargo run -q -p kpersist-crds --bin crdgen -- --check
+
+echo
+echo "ALL SUITES: PASS"
