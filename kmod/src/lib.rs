@@ -1,1 +1,7 @@
-//! Kernel livepatch modules as artifacts: modinfo, the signed patch repository format, and the Linux livepatch kernel interface. No Kubernetes here.
+//! Kernel livepatch modules as artifacts: modinfo, the signed patch repository format, and
+//! the Linux livepatch kernel interface. No Kubernetes here.
+
+pub mod modinfo;
+
+#[cfg(test)]
+mod test_elf;
