@@ -1,6 +1,7 @@
 //! Kernel livepatch modules as artifacts: modinfo, the signed patch repository format, and
 //! the Linux livepatch kernel interface. No Kubernetes here.
 
+pub mod buildid;
 pub mod modinfo;
 
 #[cfg(test)]
