@@ -3,6 +3,7 @@
 
 pub mod buildid;
 pub mod modinfo;
+pub mod signing;
 
 #[cfg(test)]
 mod test_elf;
