@@ -42,6 +42,15 @@ pub struct DesiredPatch {
     /// kpersist livepatch, returning the kernel to its original code.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub release: Option<PatchRelease>,
+    /// For `Apply`: the release the node ran when this one was asked for; absent when it
+    /// ran none. A revert of this release goes back to it. It is kept here, with the node,
+    /// so that it survives an operator restart without the policy status growing with the
+    /// fleet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<PatchRelease>,
+    /// For `Apply`: the rollout wave (counted from 1) that gave the node this release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wave: Option<u32>,
     /// How long the kernel's transition may take before the agent reverses it (e.g. `60s`).
     #[serde(default = "default_transition_timeout")]
     #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d))+$"))]

@@ -386,6 +386,10 @@ pub struct RolloutProgress {
     /// Why the rollout is paused, when it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paused_reason: Option<String>,
+    /// The wave that failed under `failurePolicy: Pause`. The rollout waits until the
+    /// policy is edited (its generation changes), then looks at the wave again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed_wave: Option<u32>,
 }
 
 /// Nodes per state.
