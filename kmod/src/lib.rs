@@ -2,6 +2,7 @@
 //! the Linux livepatch kernel interface. No Kubernetes here.
 
 pub mod buildid;
+pub mod kernel;
 pub mod modinfo;
 pub mod signing;
 

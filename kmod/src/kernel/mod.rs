@@ -1,0 +1,145 @@
+//! The Linux livepatch kernel interface behind one trait: what the running kernel is, which
+//! livepatches it has, its taint and log, and the few calls that change it. `SysKernel` talks
+//! to a real kernel; `SimKernel` is an in-memory kernel with injectable faults for tests.
+
+mod error;
+mod kmsg;
+mod sim;
+mod sys;
+
+use std::path::Path;
+
+pub use error::{KernelError, SyscallFailure};
+pub use kmsg::{KmsgLine, KmsgMark, is_kernel_warning};
+pub use sim::{SimFault, SimKernel, SimTransition};
+pub use sys::SysKernel;
+
+/// Which kernel build is running (release and GNU build id).
+pub use crate::buildid::KernelIdentity;
+
+/// Taint bit `O`: an out-of-tree module was loaded.
+pub const TAINT_OOT_MODULE: u64 = 1 << 12;
+/// Taint bit `E`: an unsigned module was loaded.
+pub const TAINT_UNSIGNED_MODULE: u64 = 1 << 13;
+/// Taint bit `K`: the kernel has been live patched.
+pub const TAINT_LIVEPATCH: u64 = 1 << 15;
+/// Taint bits loading a kpersist livepatch sets by itself; any other new bit is a finding.
+pub const TAINT_EXPECTED: u64 = TAINT_OOT_MODULE | TAINT_UNSIGNED_MODULE | TAINT_LIVEPATCH;
+
+/// A livepatch the kernel has, as `/sys/kernel/livepatch/<name>` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PatchState {
+    /// Module name (the directory name).
+    pub name: String,
+    /// Whether the patch is enabled (or being enabled).
+    pub enabled: bool,
+    /// Whether a transition (patching or unpatching) is in progress.
+    pub transition: bool,
+}
+
+/// A task that keeps a livepatch transition from finishing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlockingTask {
+    /// Process id.
+    pub pid: u32,
+    /// Command name (`/proc/<pid>/comm`), empty when it could not be read.
+    pub comm: String,
+}
+
+impl std::fmt::Display for BlockingTask {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.pid, self.comm)
+    }
+}
+
+/// The running kernel, as far as livepatching goes.
+///
+/// Calls block (sysfs reads, syscalls); async callers run them on a blocking thread.
+pub trait Kernel: Send + Sync {
+    /// Release and build id of the running kernel.
+    fn identity(&self) -> Result<KernelIdentity, KernelError>;
+    /// Whether the kernel supports livepatch (`/sys/kernel/livepatch` exists).
+    fn livepatch_supported(&self) -> bool;
+    /// Every livepatch the kernel has now, sorted by name.
+    fn loaded_patches(&self) -> Result<Vec<PatchState>, KernelError>;
+    /// The taint mask (`/proc/sys/kernel/tainted`).
+    fn tainted(&self) -> Result<u64, KernelError>;
+    /// The boot id, which changes on every boot.
+    fn boot_id(&self) -> Result<String, KernelError>;
+    /// A mark at the end of the kernel log now, to read later lines from.
+    fn kmsg_mark(&self) -> Result<KmsgMark, KernelError>;
+    /// Kernel log lines written after `mark`.
+    fn kmsg_since(&self, mark: KmsgMark) -> Result<Vec<KmsgLine>, KernelError>;
+    /// Loads the kernel module file at `path` (`finit_module`, no parameters).
+    fn load_module(&self, path: &Path) -> Result<(), KernelError>;
+    /// Unloads the module `name` (`delete_module`, non-blocking).
+    fn delete_module(&self, name: &str) -> Result<(), KernelError>;
+    /// Enables or disables the livepatch `name`; disabling during a transition reverses it.
+    fn set_enabled(&self, name: &str, enabled: bool) -> Result<(), KernelError>;
+    /// Tasks not yet switched to the state the transition of livepatch `name` heads for.
+    fn blocking_tasks(&self, name: &str) -> Result<Vec<BlockingTask>, KernelError>;
+}
+
+impl<K: Kernel + ?Sized> Kernel for std::sync::Arc<K> {
+    fn identity(&self) -> Result<KernelIdentity, KernelError> {
+        (**self).identity()
+    }
+    fn livepatch_supported(&self) -> bool {
+        (**self).livepatch_supported()
+    }
+    fn loaded_patches(&self) -> Result<Vec<PatchState>, KernelError> {
+        (**self).loaded_patches()
+    }
+    fn tainted(&self) -> Result<u64, KernelError> {
+        (**self).tainted()
+    }
+    fn boot_id(&self) -> Result<String, KernelError> {
+        (**self).boot_id()
+    }
+    fn kmsg_mark(&self) -> Result<KmsgMark, KernelError> {
+        (**self).kmsg_mark()
+    }
+    fn kmsg_since(&self, mark: KmsgMark) -> Result<Vec<KmsgLine>, KernelError> {
+        (**self).kmsg_since(mark)
+    }
+    fn load_module(&self, path: &Path) -> Result<(), KernelError> {
+        (**self).load_module(path)
+    }
+    fn delete_module(&self, name: &str) -> Result<(), KernelError> {
+        (**self).delete_module(name)
+    }
+    fn set_enabled(&self, name: &str, enabled: bool) -> Result<(), KernelError> {
+        (**self).set_enabled(name, enabled)
+    }
+    fn blocking_tasks(&self, name: &str) -> Result<Vec<BlockingTask>, KernelError> {
+        (**self).blocking_tasks(name)
+    }
+}
+
+/// Names the taint letters set in `bits`, in the kernel's order (e.g. `"OEK"`).
+pub fn taint_letters(bits: u64) -> String {
+    // Letters of /proc/sys/kernel/tainted bits 0..=18, as in Documentation/admin-guide/tainted-kernels.rst.
+    const LETTERS: &[u8] = b"PFSRMBUDAWCIOELKXTN";
+    (0..64)
+        .filter(|bit| bits & (1u64 << bit) != 0)
+        .map(|bit| {
+            LETTERS
+                .get(bit)
+                .map(|&c| char::from(c).to_string())
+                .unwrap_or_else(|| format!("[{bit}]"))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn taint_letters_names_livepatch_bits() {
+        assert_eq!(taint_letters(TAINT_EXPECTED), "OEK");
+        assert_eq!(taint_letters(1 << 9), "W");
+        assert_eq!(taint_letters(1 << 40), "[40]");
+        assert_eq!(taint_letters(0), "");
+    }
+}

@@ -1,0 +1,369 @@
+//! An in-memory kernel for unit and fleet tests: it reads the real `.modinfo` of what it is
+//! asked to load, keeps livepatches with the kernel's atomic-replace semantics (every
+//! livepatch here is `.replace = true`, like kpersist's), and fails on request.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::kmsg::{KmsgLine, KmsgMark};
+use super::{
+    BlockingTask, Kernel, KernelError, KernelIdentity, PatchState, SyscallFailure, TAINT_LIVEPATCH,
+    TAINT_OOT_MODULE, TAINT_UNSIGNED_MODULE,
+};
+use crate::modinfo::ModInfo;
+
+/// How the transition of a livepatch loaded into the simulated kernel goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SimTransition {
+    /// It finishes on the given poll of `loaded_patches` (0: already done at load).
+    FinishAfter(u32),
+    /// It never finishes until [`SimKernel::release_transition`]; these tasks block it.
+    Stall(Vec<BlockingTask>),
+    /// `klp_enable_patch` fails in the module's init, so the load itself fails (`EINVAL`).
+    FailToEnable,
+}
+
+/// Faults injected for one module name.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SimFault {
+    /// The load fails with this errno class and the module is not loaded.
+    pub load_error: Option<SyscallFailure>,
+    /// How its transition goes; `None`: finish on the first poll.
+    pub transition: Option<SimTransition>,
+    /// Kernel log lines written when it is loaded.
+    pub kmsg_on_load: Vec<String>,
+    /// Taint bits set when it is loaded, besides the usual `O`, `E`, `K`.
+    pub taint_on_load: u64,
+}
+
+#[derive(Clone, Debug)]
+struct SimPatch {
+    name: String,
+    enabled: bool,
+    transition: bool,
+    polls_left: u32,
+    stalled: Option<Vec<BlockingTask>>,
+}
+
+#[derive(Debug)]
+struct SimState {
+    identity: KernelIdentity,
+    boot_id: String,
+    boots: u32,
+    supported: bool,
+    taint: u64,
+    kmsg: Vec<KmsgLine>,
+    modules: BTreeSet<String>,
+    patches: Vec<SimPatch>,
+    faults: HashMap<String, SimFault>,
+    load_log: Vec<String>,
+    unload_log: Vec<String>,
+}
+
+/// A simulated kernel. Clones share one state, so a test keeps a handle to look inside
+/// while the code under test drives it.
+#[derive(Clone, Debug)]
+pub struct SimKernel {
+    state: Arc<Mutex<SimState>>,
+}
+
+impl SimKernel {
+    /// A kernel with livepatch support, no modules, no taint and an empty log.
+    pub fn new(release: impl Into<String>, build_id: impl Into<String>) -> SimKernel {
+        SimKernel {
+            state: Arc::new(Mutex::new(SimState {
+                identity: KernelIdentity {
+                    release: release.into(),
+                    build_id: build_id.into(),
+                },
+                boot_id: boot_id_for(1),
+                boots: 1,
+                supported: true,
+                taint: 0,
+                kmsg: Vec::new(),
+                modules: BTreeSet::new(),
+                patches: Vec::new(),
+                faults: HashMap::new(),
+                load_log: Vec::new(),
+                unload_log: Vec::new(),
+            })),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, SimState> {
+        // A test that panicked while holding the lock leaves a state still worth reading.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Injects `fault` for the module named `module`, replacing any earlier one.
+    pub fn set_fault(&self, module: impl Into<String>, fault: SimFault) {
+        self.lock().faults.insert(module.into(), fault);
+    }
+
+    /// Turns livepatch support on or off.
+    pub fn set_livepatch_supported(&self, supported: bool) {
+        self.lock().supported = supported;
+    }
+
+    /// Lets a stalled transition of `name` finish on the next poll.
+    pub fn release_transition(&self, name: &str) {
+        if let Some(p) = self.lock().patches.iter_mut().find(|p| p.name == name) {
+            p.stalled = None;
+            p.polls_left = 1;
+        }
+    }
+
+    /// Writes a line to the kernel log.
+    pub fn push_kmsg(&self, text: impl Into<String>) {
+        self.lock().log(4, text.into());
+    }
+
+    /// Sets taint bits.
+    pub fn add_taint(&self, bits: u64) {
+        self.lock().taint |= bits;
+    }
+
+    /// Reboots: a new boot id, and no modules, patches, taint or log.
+    pub fn reboot(&self) {
+        let mut s = self.lock();
+        s.boots += 1;
+        s.boot_id = boot_id_for(s.boots);
+        s.modules.clear();
+        s.patches.clear();
+        s.taint = 0;
+        s.kmsg.clear();
+    }
+
+    /// Every `load_module` call so far, by module name (the file name when the file could
+    /// not be read as a module), including the calls that failed.
+    pub fn load_log(&self) -> Vec<String> {
+        self.lock().load_log.clone()
+    }
+
+    /// Every module unloaded so far, in order.
+    pub fn unload_log(&self) -> Vec<String> {
+        self.lock().unload_log.clone()
+    }
+
+    /// Modules loaded now (livepatches and others).
+    pub fn modules(&self) -> Vec<String> {
+        self.lock().modules.iter().cloned().collect()
+    }
+
+    /// The livepatches as sysfs shows them, without counting as a poll.
+    pub fn patches(&self) -> Vec<PatchState> {
+        self.lock().patches.iter().map(SimPatch::state).collect()
+    }
+}
+
+fn boot_id_for(boot: u32) -> String {
+    format!("00000000-0000-4000-8000-{boot:012x}")
+}
+
+impl SimPatch {
+    fn state(&self) -> PatchState {
+        PatchState {
+            name: self.name.clone(),
+            enabled: self.enabled,
+            transition: self.transition,
+        }
+    }
+}
+
+impl SimState {
+    fn log(&mut self, level: u8, text: String) {
+        let seq = self.kmsg.last().map_or(1, |l| l.seq + 1);
+        self.kmsg.push(KmsgLine { seq, level, text });
+    }
+
+    /// One poll: transitions advance, finished ones take effect.
+    fn poll(&mut self) {
+        let mut finished = Vec::new();
+        for p in self.patches.iter_mut() {
+            if !p.transition || p.stalled.is_some() {
+                continue;
+            }
+            p.polls_left = p.polls_left.saturating_sub(1);
+            if p.polls_left == 0 {
+                p.transition = false;
+                finished.push((p.name.clone(), p.enabled));
+            }
+        }
+        for (name, enabled) in finished {
+            self.finish_transition(&name, enabled);
+        }
+    }
+
+    fn finish_transition(&mut self, name: &str, enabled: bool) {
+        if enabled {
+            // Atomic replace: the new patch supersedes every other one, whose sysfs
+            // directories go away while their modules stay loaded until unloaded.
+            self.patches.retain(|p| p.name == name);
+        } else {
+            // A disabled patch is freed; only its module remains.
+            self.patches.retain(|p| p.name != name);
+        }
+        self.log(6, format!("livepatch: '{name}': patching complete"));
+    }
+
+    fn load(&mut self, bytes: &[u8], path: &Path) -> Result<(), KernelError> {
+        let file_name = path.file_name().map_or_else(
+            || path.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        let module = path.display().to_string();
+        let info = match ModInfo::from_bytes(bytes) {
+            Ok(info) => info,
+            Err(_) => {
+                self.load_log.push(file_name);
+                return Err(KernelError::syscall("load", module, libc::ENOEXEC));
+            }
+        };
+        self.load_log.push(info.name.clone());
+        let fault = self.faults.get(&info.name).cloned().unwrap_or_default();
+        let refuse = |failure: SyscallFailure| {
+            Err(KernelError::syscall(
+                "load",
+                module.clone(),
+                failure.errno(),
+            ))
+        };
+        if let Some(failure) = fault.load_error {
+            return refuse(failure);
+        }
+        if self.modules.contains(&info.name) {
+            return refuse(SyscallFailure::AlreadyLoaded);
+        }
+        if info.livepatch {
+            if !self.supported {
+                // Without CONFIG_LIVEPATCH the klp_* symbols do not resolve.
+                return refuse(SyscallFailure::NotFound);
+            }
+            if self.patches.iter().any(|p| p.transition) {
+                return refuse(SyscallFailure::Busy);
+            }
+            let (polls, stalled) = match fault.transition {
+                None => (1, None),
+                Some(SimTransition::FinishAfter(n)) => (n, None),
+                Some(SimTransition::Stall(tasks)) => (1, Some(tasks)),
+                Some(SimTransition::FailToEnable) => {
+                    self.log(
+                        3,
+                        format!("livepatch: failed to enable patch '{}'", info.name),
+                    );
+                    return refuse(SyscallFailure::InvalidArgument);
+                }
+            };
+            self.taint |= TAINT_LIVEPATCH;
+            self.log(6, format!("livepatch: enabling patch '{}'", info.name));
+            let done_now = polls == 0 && stalled.is_none();
+            self.patches.push(SimPatch {
+                name: info.name.clone(),
+                enabled: true,
+                transition: !done_now,
+                polls_left: polls,
+                stalled,
+            });
+            if done_now {
+                self.finish_transition(&info.name, true);
+            }
+        }
+        self.modules.insert(info.name.clone());
+        self.taint |= TAINT_OOT_MODULE | TAINT_UNSIGNED_MODULE | fault.taint_on_load;
+        for line in fault.kmsg_on_load {
+            self.log(4, line);
+        }
+        Ok(())
+    }
+}
+
+impl Kernel for SimKernel {
+    fn identity(&self) -> Result<KernelIdentity, KernelError> {
+        Ok(self.lock().identity.clone())
+    }
+
+    fn livepatch_supported(&self) -> bool {
+        self.lock().supported
+    }
+
+    fn loaded_patches(&self) -> Result<Vec<PatchState>, KernelError> {
+        let mut s = self.lock();
+        s.poll();
+        let mut patches: Vec<PatchState> = s.patches.iter().map(SimPatch::state).collect();
+        patches.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(patches)
+    }
+
+    fn tainted(&self) -> Result<u64, KernelError> {
+        Ok(self.lock().taint)
+    }
+
+    fn boot_id(&self) -> Result<String, KernelError> {
+        Ok(self.lock().boot_id.clone())
+    }
+
+    fn kmsg_mark(&self) -> Result<KmsgMark, KernelError> {
+        Ok(KmsgMark(self.lock().kmsg.last().map_or(0, |l| l.seq)))
+    }
+
+    fn kmsg_since(&self, mark: KmsgMark) -> Result<Vec<KmsgLine>, KernelError> {
+        let s = self.lock();
+        Ok(s.kmsg.iter().filter(|l| l.seq > mark.0).cloned().collect())
+    }
+
+    fn load_module(&self, path: &Path) -> Result<(), KernelError> {
+        let bytes = std::fs::read(path).map_err(|e| KernelError::io(path, e))?;
+        self.lock().load(&bytes, path)
+    }
+
+    fn delete_module(&self, name: &str) -> Result<(), KernelError> {
+        let mut s = self.lock();
+        if !s.modules.contains(name) {
+            return Err(KernelError::syscall("unload", name, libc::ENOENT));
+        }
+        // A livepatch still registered holds a reference on its module.
+        if s.patches.iter().any(|p| p.name == name) {
+            return Err(KernelError::syscall("unload", name, libc::EBUSY));
+        }
+        s.modules.remove(name);
+        s.unload_log.push(name.to_string());
+        Ok(())
+    }
+
+    fn set_enabled(&self, name: &str, enabled: bool) -> Result<(), KernelError> {
+        let mut s = self.lock();
+        let Some(p) = s.patches.iter_mut().find(|p| p.name == name) else {
+            return Err(KernelError::NoSuchPatch {
+                name: name.to_string(),
+            });
+        };
+        if p.enabled == enabled {
+            // The kernel refuses a write of the value the patch already has.
+            return Err(KernelError::io(
+                format!("/sys/kernel/livepatch/{name}/enabled"),
+                std::io::Error::from_raw_os_error(libc::EINVAL),
+            ));
+        }
+        p.enabled = enabled;
+        // A reversal goes back to code every blocked task is still running, so it finishes.
+        p.stalled = None;
+        p.transition = true;
+        p.polls_left = 1;
+        Ok(())
+    }
+
+    fn blocking_tasks(&self, name: &str) -> Result<Vec<BlockingTask>, KernelError> {
+        let s = self.lock();
+        let Some(p) = s.patches.iter().find(|p| p.name == name) else {
+            return Err(KernelError::NoSuchPatch {
+                name: name.to_string(),
+            });
+        };
+        Ok(p.stalled.clone().unwrap_or_default())
+    }
+}
+
+#[cfg(test)]
+#[path = "sim_tests.rs"]
+mod tests;

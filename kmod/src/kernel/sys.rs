@@ -1,0 +1,242 @@
+//! The real kernel: sysfs and procfs files plus `finit_module`/`delete_module`. The roots of
+//! `/sys` and `/proc` and the kmsg path are injectable so everything but the two syscalls
+//! can be tested against a fake tree.
+
+use std::ffi::CString;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use super::kmsg::{self, KmsgLine, KmsgMark};
+use super::{BlockingTask, Kernel, KernelError, KernelIdentity, PatchState};
+
+/// The running Linux kernel, read through `sysfs_root` and `procfs_root`.
+#[derive(Clone, Debug)]
+pub struct SysKernel {
+    sysfs_root: PathBuf,
+    procfs_root: PathBuf,
+    kmsg_path: PathBuf,
+}
+
+impl Default for SysKernel {
+    fn default() -> Self {
+        SysKernel::new("/sys", "/proc", "/dev/kmsg")
+    }
+}
+
+impl SysKernel {
+    /// A kernel seen through the given roots (normally `/sys`, `/proc`, `/dev/kmsg`).
+    pub fn new(
+        sysfs_root: impl Into<PathBuf>,
+        procfs_root: impl Into<PathBuf>,
+        kmsg_path: impl Into<PathBuf>,
+    ) -> SysKernel {
+        SysKernel {
+            sysfs_root: sysfs_root.into(),
+            procfs_root: procfs_root.into(),
+            kmsg_path: kmsg_path.into(),
+        }
+    }
+
+    fn livepatch_dir(&self) -> PathBuf {
+        self.sysfs_root.join("kernel/livepatch")
+    }
+
+    fn read_trimmed(path: &Path) -> Result<String, KernelError> {
+        std::fs::read_to_string(path)
+            .map(|s| s.trim().to_string())
+            .map_err(|e| KernelError::io(path, e))
+    }
+
+    fn read_flag(path: &Path) -> Result<bool, KernelError> {
+        match Self::read_trimmed(path)?.as_str() {
+            "0" => Ok(false),
+            "1" => Ok(true),
+            other => Err(KernelError::Parse {
+                path: path.to_path_buf(),
+                value: other.to_string(),
+            }),
+        }
+    }
+
+    fn read_flag_if_present(path: &Path) -> Result<Option<bool>, KernelError> {
+        match Self::read_flag(path) {
+            Ok(flag) => Ok(Some(flag)),
+            Err(KernelError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn patch_dir(&self, name: &str) -> Result<PathBuf, KernelError> {
+        // A name with a slash or dots could escape the livepatch directory.
+        if name.is_empty() || name.contains('/') || name.starts_with('.') {
+            return Err(KernelError::NoSuchPatch {
+                name: name.to_string(),
+            });
+        }
+        let dir = self.livepatch_dir().join(name);
+        if dir.is_dir() {
+            Ok(dir)
+        } else {
+            Err(KernelError::NoSuchPatch {
+                name: name.to_string(),
+            })
+        }
+    }
+}
+
+impl Kernel for SysKernel {
+    fn identity(&self) -> Result<KernelIdentity, KernelError> {
+        let paths = crate::buildid::KernelPaths {
+            notes: self.sysfs_root.join("kernel/notes"),
+            osrelease: self.procfs_root.join("sys/kernel/osrelease"),
+        };
+        Ok(KernelIdentity::read(&paths)?)
+    }
+
+    fn livepatch_supported(&self) -> bool {
+        self.livepatch_dir().is_dir()
+    }
+
+    fn loaded_patches(&self) -> Result<Vec<PatchState>, KernelError> {
+        let dir = self.livepatch_dir();
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(KernelError::io(&dir, e)),
+        };
+        let mut patches = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| KernelError::io(&dir, e))?;
+            let path = entry.path();
+            if !path.is_dir() {
+                continue;
+            }
+            let name = entry.file_name().to_string_lossy().into_owned();
+            // A patch freed between readdir and these reads is simply gone.
+            let (Some(enabled), Some(transition)) = (
+                Self::read_flag_if_present(&path.join("enabled"))?,
+                Self::read_flag_if_present(&path.join("transition"))?,
+            ) else {
+                continue;
+            };
+            patches.push(PatchState {
+                name,
+                enabled,
+                transition,
+            });
+        }
+        patches.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(patches)
+    }
+
+    fn tainted(&self) -> Result<u64, KernelError> {
+        let path = self.procfs_root.join("sys/kernel/tainted");
+        let text = Self::read_trimmed(&path)?;
+        text.parse()
+            .map_err(|_| KernelError::Parse { path, value: text })
+    }
+
+    fn boot_id(&self) -> Result<String, KernelError> {
+        Self::read_trimmed(&self.procfs_root.join("sys/kernel/random/boot_id"))
+    }
+
+    fn kmsg_mark(&self) -> Result<KmsgMark, KernelError> {
+        let records = kmsg::read_all(&self.kmsg_path)?;
+        Ok(KmsgMark(records.iter().map(|r| r.seq).max().unwrap_or(0)))
+    }
+
+    fn kmsg_since(&self, mark: KmsgMark) -> Result<Vec<KmsgLine>, KernelError> {
+        let mut records = kmsg::read_all(&self.kmsg_path)?;
+        records.retain(|r| r.seq > mark.0);
+        Ok(records)
+    }
+
+    fn load_module(&self, path: &Path) -> Result<(), KernelError> {
+        let module = path.display().to_string();
+        let file = std::fs::File::open(path).map_err(|e| KernelError::io(path, e))?;
+        let params = c"";
+        // SAFETY: the fd stays open for the call; params is a valid NUL-terminated string.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_finit_module,
+                file.as_raw_fd(),
+                params.as_ptr(),
+                0 as libc::c_int,
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+            Err(KernelError::syscall("load", module, errno))
+        }
+    }
+
+    fn delete_module(&self, name: &str) -> Result<(), KernelError> {
+        let cname =
+            CString::new(name).map_err(|_| KernelError::syscall("unload", name, libc::EINVAL))?;
+        // SAFETY: cname is a valid NUL-terminated string that outlives the call.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_delete_module,
+                cname.as_ptr(),
+                libc::O_NONBLOCK as libc::c_long,
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
+            Err(KernelError::syscall("unload", name, errno))
+        }
+    }
+
+    fn set_enabled(&self, name: &str, enabled: bool) -> Result<(), KernelError> {
+        let path = self.patch_dir(name)?.join("enabled");
+        std::fs::write(&path, if enabled { "1" } else { "0" }).map_err(|e| KernelError::io(path, e))
+    }
+
+    fn blocking_tasks(&self, name: &str) -> Result<Vec<BlockingTask>, KernelError> {
+        let dir = self.patch_dir(name)?;
+        if !Self::read_flag(&dir.join("transition"))? {
+            return Ok(Vec::new());
+        }
+        // patch_state is 1 (patched) or 0 (unpatched) during a transition, -1 otherwise;
+        // a task blocks when it is not yet in the state the patch heads for.
+        let target = if Self::read_flag(&dir.join("enabled"))? {
+            "1"
+        } else {
+            "0"
+        };
+        let entries = std::fs::read_dir(&self.procfs_root)
+            .map_err(|e| KernelError::io(&self.procfs_root, e))?;
+        let mut tasks = Vec::new();
+        for entry in entries.flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            // Tasks exit while we scan; a missing file means the task is gone.
+            let Ok(state) = std::fs::read_to_string(entry.path().join("patch_state")) else {
+                continue;
+            };
+            let state = state.trim();
+            if state == "-1" || state == target {
+                continue;
+            }
+            let comm = std::fs::read_to_string(entry.path().join("comm"))
+                .map(|c| c.trim().to_string())
+                .unwrap_or_default();
+            tasks.push(BlockingTask { pid, comm });
+        }
+        tasks.sort_by_key(|t| t.pid);
+        Ok(tasks)
+    }
+}
+
+#[cfg(test)]
+#[path = "sys_tests.rs"]
+mod tests;
