@@ -1,1 +1,3 @@
 //! The kpersist operator.
+pub mod engine;
+pub mod validate;
