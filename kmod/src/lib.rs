@@ -4,6 +4,7 @@
 pub mod buildid;
 pub mod kernel;
 pub mod modinfo;
+pub mod repository;
 pub mod signing;
 
 #[cfg(test)]

@@ -1,0 +1,206 @@
+//! Building a repository on the publisher's disk: `init` an empty one, `add` a livepatch
+//! module as a new release, `sign` the index. The checks here are the same ones every
+//! reader applies, so a repository this writes is one clients accept.
+
+use std::path::{Path, PathBuf};
+
+use jiff::Timestamp;
+
+use super::verify::{read_capped, sha256_hex};
+use super::{INDEX_FILE, Index, MAX_MODULE_SIZE, Release, RepositoryError, SIGNATURE_FILE};
+use crate::modinfo::ModInfo;
+use crate::signing::{PrivateKey, PublicKey};
+
+/// Directory, relative to the repository root, that modules are stored in.
+pub const MODULES_DIR: &str = "modules";
+
+/// What the publisher says about a module being added; the rest comes from the module.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewRelease {
+    /// Kernel release the module is for; must equal the module's vermagic release.
+    pub kernel_release: String,
+    /// GNU build id of that kernel, hex (stored lowercase).
+    pub build_id: String,
+    /// Cumulative version; must be above every version already published for the build.
+    pub version: u64,
+    /// Every CVE the module fixes.
+    pub cves: Vec<String>,
+    /// Channels to publish in.
+    pub channels: Vec<String>,
+    /// Publication time.
+    pub published: Timestamp,
+}
+
+impl Release {
+    /// The release for `module` (the `.ko` file's bytes, whose `.modinfo` is `info`, read
+    /// from `path`, which errors name). Refuses a module that is not a livepatch or whose
+    /// vermagic names another kernel release.
+    pub fn for_module(
+        module: &[u8],
+        info: &ModInfo,
+        path: &str,
+        new: NewRelease,
+    ) -> Result<Release, RepositoryError> {
+        if !info.livepatch {
+            return Err(RepositoryError::NotLivepatch {
+                path: path.to_string(),
+                name: info.name.clone(),
+            });
+        }
+        let found = info.vermagic_release().unwrap_or_default();
+        if found != new.kernel_release {
+            return Err(RepositoryError::VermagicMismatch {
+                path: path.to_string(),
+                found: found.to_string(),
+                expected: new.kernel_release,
+            });
+        }
+        let sha256 = sha256_hex(module);
+        Ok(Release {
+            kernel_release: new.kernel_release,
+            build_id: new.build_id.to_ascii_lowercase(),
+            version: new.version,
+            module: format!("{MODULES_DIR}/{sha256}.ko"),
+            sha256,
+            size: module.len() as u64,
+            module_name: info.name.clone(),
+            cves: new.cves,
+            channels: new.channels,
+            published: new.published.to_string(),
+        })
+    }
+}
+
+impl Index {
+    /// Appends `release`, refusing it (and leaving the index as it was) when it is malformed,
+    /// repeats an id, or its version is not above every version of its kernel build.
+    pub fn add_release(&mut self, release: Release) -> Result<(), RepositoryError> {
+        self.releases.push(release);
+        let checked = self.validate();
+        if checked.is_err() {
+            self.releases.pop();
+        }
+        checked
+    }
+}
+
+/// A repository directory on local disk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalRepository {
+    root: PathBuf,
+}
+
+impl LocalRepository {
+    /// Creates an empty repository in `root` (made if missing), with its index generated at
+    /// `now`. Refuses a directory that already has an index.
+    pub fn init(root: &Path, now: Timestamp) -> Result<LocalRepository, RepositoryError> {
+        let repo = LocalRepository {
+            root: root.to_path_buf(),
+        };
+        let modules = root.join(MODULES_DIR);
+        std::fs::create_dir_all(&modules).map_err(RepositoryError::io(&modules))?;
+        let index = repo.index_path();
+        if index.exists() {
+            return Err(RepositoryError::AlreadyExists {
+                path: index.display().to_string(),
+            });
+        }
+        write_atomically(&index, &Index::empty(now).to_json_bytes())?;
+        Ok(repo)
+    }
+
+    /// A repository in `root`, which [`LocalRepository::init`] made earlier.
+    pub fn open(root: &Path) -> LocalRepository {
+        LocalRepository {
+            root: root.to_path_buf(),
+        }
+    }
+
+    /// The repository's directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Reads and validates the index without checking its signature: the publisher's own
+    /// view. Clients use [`super::verify_repository_dir`] or [`super::verify_index`].
+    pub fn load_index(&self) -> Result<Index, RepositoryError> {
+        let path = self.index_path();
+        let bytes = std::fs::read(&path).map_err(RepositoryError::io(&path))?;
+        Index::parse_named(&bytes, &path.display().to_string())
+    }
+
+    /// Adds the module at `module_path` as a new release (see [`Release::for_module`] and
+    /// [`Index::add_release`]): copies it to `modules/<sha256>.ko`, rewrites the index as
+    /// generated at `now`, and removes the now stale signature so that the repository must
+    /// be signed again before it verifies.
+    pub fn add(
+        &self,
+        module_path: &Path,
+        new: NewRelease,
+        now: Timestamp,
+    ) -> Result<Release, RepositoryError> {
+        let name = module_path.display().to_string();
+        let module = read_capped(module_path, MAX_MODULE_SIZE, |size| {
+            RepositoryError::in_file(
+                &name,
+                RepositoryError::InvalidIndex {
+                    field: "size",
+                    problem: format!("{size} bytes is over the {MAX_MODULE_SIZE}-byte limit"),
+                },
+            )
+        })?;
+        let info = ModInfo::from_bytes(&module).map_err(|source| {
+            crate::modinfo::ModInfoError::InFile {
+                path: module_path.to_path_buf(),
+                source: Box::new(source),
+            }
+        })?;
+        let release = Release::for_module(&module, &info, &name, new)?;
+        let mut index = self.load_index()?;
+        index.add_release(release.clone())?;
+        index.generated_at = now.to_string();
+
+        let stored = self.root.join(&release.module);
+        if !stored.exists() {
+            write_atomically(&stored, &module)?;
+        }
+        write_atomically(&self.index_path(), &index.to_json_bytes())?;
+        let sig = self.root.join(SIGNATURE_FILE);
+        match std::fs::remove_file(&sig) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(RepositoryError::io(&sig)(e));
+            }
+            _ => {}
+        }
+        Ok(release)
+    }
+
+    /// Signs the index's exact bytes with `key`, writing `index.json.sig`. Refuses to sign
+    /// an index that does not validate.
+    pub fn sign(&self, key: &PrivateKey) -> Result<(), RepositoryError> {
+        let path = self.index_path();
+        let bytes = std::fs::read(&path).map_err(RepositoryError::io(&path))?;
+        Index::parse_named(&bytes, &path.display().to_string())?;
+        let sig = self.root.join(SIGNATURE_FILE);
+        write_atomically(&sig, key.sign_to_base64_line(&bytes).as_bytes())
+    }
+
+    /// Verifies the repository as clients will (see [`super::verify_repository_dir`]).
+    pub fn verify(&self, trusted: &[PublicKey]) -> Result<Index, RepositoryError> {
+        super::verify_repository_dir(&self.root, trusted)
+    }
+
+    fn index_path(&self) -> PathBuf {
+        self.root.join(INDEX_FILE)
+    }
+}
+
+/// Writes `bytes` to a temporary file beside `path` and renames it over `path`, so readers
+/// (an HTTP server serving the directory) never see half a file.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), RepositoryError> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, bytes).map_err(RepositoryError::io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(RepositoryError::io(path))
+}

@@ -1,0 +1,195 @@
+//! The rules a well-formed index keeps, checked on every index read and before every write:
+//! sane fields, unique ids, and versions that only go up per kernel build.
+
+use std::collections::{HashMap, HashSet};
+
+use super::{Index, MAX_MODULE_SIZE, Release, RepositoryError};
+
+/// Longest kernel release string the kernel itself allows (`__NEW_UTS_LEN`).
+const MAX_KERNEL_RELEASE_LEN: usize = 64;
+/// Longest module name the kernel allows (`MODULE_NAME_LEN` - 1).
+const MAX_MODULE_NAME_LEN: usize = 55;
+/// Longest build id accepted, in hex digits (a SHA-512 sized id).
+const MAX_BUILD_ID_HEX_LEN: usize = 128;
+/// Longest module path accepted.
+const MAX_MODULE_PATH_LEN: usize = 1024;
+
+impl Index {
+    /// Checks every release and the relations between them: ids (`<kernelRelease>/v<version>`)
+    /// are unique, and per kernel build (release and build id) versions strictly increase in
+    /// the order the releases are listed.
+    pub fn validate(&self) -> Result<(), RepositoryError> {
+        check_timestamp(&self.generated_at).map_err(|problem| RepositoryError::InvalidIndex {
+            field: "generatedAt",
+            problem,
+        })?;
+        let mut ids = HashSet::new();
+        let mut newest: HashMap<(&str, &str), u64> = HashMap::new();
+        for release in &self.releases {
+            release.validate()?;
+            if !ids.insert((release.kernel_release.as_str(), release.version)) {
+                return Err(RepositoryError::DuplicateRelease { id: release.id() });
+            }
+            let build = (release.kernel_release.as_str(), release.build_id.as_str());
+            if let Some(&previous) = newest.get(&build)
+                && release.version <= previous
+            {
+                return Err(RepositoryError::NonMonotonicVersion {
+                    id: release.id(),
+                    kernel_release: release.kernel_release.clone(),
+                    build_id: release.build_id.clone(),
+                    version: release.version,
+                    previous,
+                    next: previous.saturating_add(1),
+                });
+            }
+            newest.insert(build, release.version);
+        }
+        Ok(())
+    }
+}
+
+impl Release {
+    /// Checks this release's own fields; errors name the release and the field.
+    pub fn validate(&self) -> Result<(), RepositoryError> {
+        let fail = |field: &'static str, problem: String| RepositoryError::InvalidRelease {
+            id: self.id(),
+            field,
+            problem,
+        };
+        check_kernel_release(&self.kernel_release).map_err(|p| fail("kernelRelease", p))?;
+        check_build_id(&self.build_id).map_err(|p| fail("buildId", p))?;
+        if self.version == 0 {
+            return Err(fail("version", "must be 1 or more".into()));
+        }
+        check_module_path(&self.module).map_err(|p| fail("module", p))?;
+        if !is_lower_hex(&self.sha256) || self.sha256.len() != 64 {
+            return Err(fail(
+                "sha256",
+                format!("{:?} is not 64 lowercase hex digits", self.sha256),
+            ));
+        }
+        if self.size == 0 || self.size > MAX_MODULE_SIZE {
+            return Err(fail(
+                "size",
+                format!("{} is outside 1..={MAX_MODULE_SIZE} bytes", self.size),
+            ));
+        }
+        check_module_name(&self.module_name).map_err(|p| fail("moduleName", p))?;
+        check_list(&self.cves, is_cve_id, "CVE-YYYY-NNNN").map_err(|p| fail("cves", p))?;
+        if self.channels.is_empty() {
+            return Err(fail("channels", "must name at least one channel".into()));
+        }
+        check_list(
+            &self.channels,
+            is_channel,
+            "lowercase letters, digits, `.`, `_`, `-`",
+        )
+        .map_err(|p| fail("channels", p))?;
+        check_timestamp(&self.published).map_err(|p| fail("published", p))
+    }
+}
+
+/// Whether `id` looks like `CVE-YYYY-NNNN` (four or more digits at the end).
+pub fn is_cve_id(id: &str) -> bool {
+    let Some(rest) = id.strip_prefix("CVE-") else {
+        return false;
+    };
+    let Some((year, number)) = rest.split_once('-') else {
+        return false;
+    };
+    year.len() == 4
+        && year.bytes().all(|b| b.is_ascii_digit())
+        && number.len() >= 4
+        && number.len() <= 19
+        && number.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Whether `name` is a channel name (the policy's `channel` pattern
+/// `^[a-z0-9][a-z0-9._-]{0,62}$`).
+pub fn is_channel(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    matches!(bytes.next(), Some(b'a'..=b'z' | b'0'..=b'9'))
+        && name.len() <= 63
+        && bytes.all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-'))
+}
+
+/// Checks a module path: relative, `/`-separated, no `.` or `..` parts, nothing that could
+/// leave the repository directory.
+pub fn check_module_path(path: &str) -> Result<(), String> {
+    if path.is_empty() || path.len() > MAX_MODULE_PATH_LEN {
+        return Err(format!("{path:?} must be 1 to {MAX_MODULE_PATH_LEN} bytes"));
+    }
+    if path.starts_with('/') {
+        return Err(format!("{path:?} must be relative to the repository root"));
+    }
+    if path.contains(['\\', '\0', ':']) || path.chars().any(char::is_control) {
+        return Err(format!(
+            "{path:?} has a backslash, colon or control character"
+        ));
+    }
+    if path.split('/').any(|part| matches!(part, "" | "." | "..")) {
+        return Err(format!("{path:?} has an empty, `.` or `..` component"));
+    }
+    Ok(())
+}
+
+fn check_kernel_release(release: &str) -> Result<(), String> {
+    let printable = release.bytes().all(|b| b.is_ascii_graphic() && b != b'/');
+    if release.is_empty() || release.len() > MAX_KERNEL_RELEASE_LEN || !printable {
+        return Err(format!(
+            "{release:?} must be 1 to {MAX_KERNEL_RELEASE_LEN} printable characters without \
+             spaces or `/`, as `uname -r` prints"
+        ));
+    }
+    Ok(())
+}
+
+fn check_build_id(id: &str) -> Result<(), String> {
+    if id.is_empty()
+        || id.len() > MAX_BUILD_ID_HEX_LEN
+        || !id.len().is_multiple_of(2)
+        || !is_lower_hex(id)
+    {
+        return Err(format!(
+            "{id:?} must be an even number (2 to {MAX_BUILD_ID_HEX_LEN}) of lowercase hex digits"
+        ));
+    }
+    Ok(())
+}
+
+fn check_module_name(name: &str) -> Result<(), String> {
+    let valid = name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if name.is_empty() || name.len() > MAX_MODULE_NAME_LEN || !valid {
+        return Err(format!(
+            "{name:?} must be 1 to {MAX_MODULE_NAME_LEN} letters, digits, `_` or `-`"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks each item with `valid` and refuses repeats.
+fn check_list(items: &[String], valid: fn(&str) -> bool, shape: &str) -> Result<(), String> {
+    let mut seen = HashSet::new();
+    for item in items {
+        if !valid(item) {
+            return Err(format!("{item:?} is not of the form {shape}"));
+        }
+        if !seen.insert(item) {
+            return Err(format!("{item:?} is listed twice"));
+        }
+    }
+    Ok(())
+}
+
+fn check_timestamp(text: &str) -> Result<(), String> {
+    text.parse::<jiff::Timestamp>()
+        .map(|_| ())
+        .map_err(|e| format!("{text:?} is not an RFC 3339 time ({e})"))
+}
+
+pub(crate) fn is_lower_hex(text: &str) -> bool {
+    text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
