@@ -1,1 +1,20 @@
-//! The kpersist node agent.
+//! The kpersist node agent: it brings its node's kernel to the livepatch release the operator
+//! asks for in the node's `LivePatchNode`, safely, and reports what the kernel really runs.
+//!
+//! The pure parts ([`plan`], [`checks`], [`status`]) decide; [`apply`] and [`revert`] carry
+//! decisions out over the [`kpersist_kmod::kernel::Kernel`] trait; [`controller`] and
+//! [`local`] drive the [`engine`] from the Kubernetes API or from the command line.
+
+pub mod apply;
+pub mod checks;
+pub mod engine;
+pub mod error;
+pub mod fetch;
+pub mod metrics;
+pub mod plan;
+pub mod revert;
+pub mod state;
+pub mod status;
+pub mod transition;
+
+pub use error::AgentError;

@@ -1,0 +1,502 @@
+//! Carrying out an apply or a revert on the kernel, step by step, in the order that keeps a
+//! node safe: fetch and verify, check modinfo, write the crash marker, load, wait for the
+//! transition (reversing it when it stalls), check taint and the kernel log, record. A failed
+//! step ends the run; nothing is loaded after a failed check.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kpersist_crds::{NodeErrorReason, NodePatchState, PatchRelease, PatchTimings};
+use kpersist_kmod::kernel::{Kernel, KernelError, KmsgMark, SyscallFailure};
+use kpersist_kmod::modinfo::ModInfo;
+use tokio::time::Instant;
+
+use crate::checks::{self, Failure};
+use crate::fetch::Fetcher;
+use crate::state::{CrashMarker, MarkerRelease, RefusedRelease, StateDir};
+use crate::transition::{Settled, wait_settled};
+
+/// What to load, and under which rules.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Request {
+    /// The release to have loaded.
+    pub release: PatchRelease,
+    /// The policy asking for it.
+    pub policy: Option<String>,
+    /// How long the transition may take before it is reversed.
+    pub transition_timeout: Duration,
+    /// Whether new taint and kernel warnings count as failures.
+    pub kmsg_checks: bool,
+}
+
+/// Whether a load is an apply of a newer release or a revert to an earlier one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Apply (state `Applying`).
+    Apply,
+    /// Revert by atomic replace (state `Reverting`).
+    Revert,
+}
+
+/// How a run ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    /// The node's state now.
+    pub state: NodePatchState,
+    /// The failure and the release it concerns, when the run failed.
+    pub failure: Option<(Failure, Option<String>)>,
+    /// How long the steps took.
+    pub timings: PatchTimings,
+}
+
+impl Outcome {
+    fn failed(
+        state: NodePatchState,
+        failure: Failure,
+        release: Option<&str>,
+        timings: PatchTimings,
+    ) -> Outcome {
+        Outcome {
+            state,
+            failure: Some((failure, release.map(str::to_string))),
+            timings,
+        }
+    }
+}
+
+/// Reports the state while a run is under way (to status and logs).
+pub type Progress<'a> = &'a (dyn Fn(NodePatchState) + Send + Sync);
+
+/// A hook run right before a module is loaded, with the release; the simulated kernel uses
+/// it to inject per-release faults.
+pub type BeforeLoad = Arc<dyn Fn(&PatchRelease) + Send + Sync>;
+
+/// Runs applies and reverts against a kernel, the state directory and a fetcher.
+#[derive(Clone)]
+pub struct Patcher<K> {
+    pub(crate) kernel: K,
+    pub(crate) state: StateDir,
+    fetcher: Fetcher,
+    pub(crate) poll_interval: Duration,
+    before_load: Option<BeforeLoad>,
+}
+
+/// What the kernel looked like right before a load, to tell what the load changed.
+#[derive(Clone, Copy, Debug)]
+struct Baseline {
+    taint: u64,
+    kmsg: KmsgMark,
+}
+
+impl<K: Kernel + Clone + 'static> Patcher<K> {
+    /// A patcher polling transitions every `poll_interval`.
+    pub fn new(
+        kernel: K,
+        state: StateDir,
+        fetcher: Fetcher,
+        poll_interval: Duration,
+    ) -> Patcher<K> {
+        Patcher {
+            kernel,
+            state,
+            fetcher,
+            poll_interval,
+            before_load: None,
+        }
+    }
+
+    /// Runs `hook` right before every load.
+    pub fn with_before_load(mut self, hook: BeforeLoad) -> Patcher<K> {
+        self.before_load = Some(hook);
+        self
+    }
+
+    /// The kernel.
+    pub fn kernel(&self) -> &K {
+        &self.kernel
+    }
+
+    /// The state directory.
+    pub fn state_dir(&self) -> &StateDir {
+        &self.state
+    }
+
+    /// Runs a blocking kernel call off the async threads.
+    pub(crate) async fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&K) -> Result<T, KernelError> + Send + 'static,
+    ) -> Result<T, KernelError> {
+        let kernel = self.kernel.clone();
+        tokio::task::spawn_blocking(move || f(&kernel))
+            .await
+            .unwrap_or_else(|e| {
+                Err(KernelError::Io {
+                    path: PathBuf::from("<kernel call>"),
+                    source: std::io::Error::other(e),
+                })
+            })
+    }
+
+    /// Loads `req.release`, replacing whatever kpersist patch is live.
+    pub async fn load_release(
+        &self,
+        req: &Request,
+        action: Action,
+        progress: Progress<'_>,
+    ) -> Outcome {
+        let started = Instant::now();
+        let mut timings = PatchTimings::default();
+        let result = self.load_steps(req, action, progress, &mut timings).await;
+        timings.total_ms = Some(millis(started.elapsed()));
+        match result {
+            Ok(()) => Outcome {
+                state: NodePatchState::Applied,
+                failure: None,
+                timings,
+            },
+            Err(failure) => Outcome::failed(
+                NodePatchState::Failed,
+                failure,
+                Some(&req.release.id),
+                timings,
+            ),
+        }
+    }
+
+    async fn load_steps(
+        &self,
+        req: &Request,
+        action: Action,
+        progress: Progress<'_>,
+        timings: &mut PatchTimings,
+    ) -> Result<(), Failure> {
+        let release = &req.release;
+        let identity = self.call(|k| k.identity()).await.map_err(host)?;
+        checks::check_kernel(release, &identity)?;
+
+        progress(NodePatchState::Downloading);
+        let fetch_started = Instant::now();
+        let path = self
+            .fetcher
+            .ensure_cached(&self.state, release)
+            .await
+            .map_err(|f| match action {
+                Action::Revert if f.reason == NodeErrorReason::DownloadFailed => Failure::new(
+                    NodeErrorReason::RevertFailed,
+                    format!(
+                        "release {} is not in the host cache and fetching it failed: {}",
+                        release.id, f.message
+                    ),
+                ),
+                _ => f,
+            })?;
+        timings.download_ms = Some(millis(fetch_started.elapsed()));
+
+        progress(match action {
+            Action::Apply => NodePatchState::Applying,
+            Action::Revert => NodePatchState::Reverting,
+        });
+        let bytes = std::fs::read(&path)
+            .map_err(|e| host_msg(format!("cannot read cached module {}: {e}", path.display())))?;
+        let info = ModInfo::from_bytes(&bytes).map_err(|e| {
+            Failure::new(
+                NodeErrorReason::InvalidModule,
+                format!(
+                    "module of release {} is not a readable kernel module: {e}",
+                    release.id
+                ),
+            )
+        })?;
+        checks::check_module(&info, release, &identity.release)?;
+
+        if let Some(hook) = &self.before_load {
+            hook(release);
+        }
+        let taint = self.call(|k| k.tainted()).await.map_err(host)?;
+        let kmsg = self.call(|k| k.kmsg_mark()).await.map_err(host)?;
+        let boot_id = self.call(|k| k.boot_id()).await.map_err(host)?;
+        let baseline = Baseline { taint, kmsg };
+        let marker = CrashMarker {
+            boot_id,
+            release: MarkerRelease::Full(release.clone()),
+            action: format!("{action:?}"),
+            policy: req.policy.clone(),
+            started_at: jiff::Timestamp::now().to_string(),
+            taint_before: taint,
+            kmsg_mark: kmsg.0,
+            transition_timeout_ms: millis(req.transition_timeout),
+            kmsg_checks: req.kmsg_checks,
+        };
+        self.state
+            .write_crash_marker(&marker)
+            .map_err(|e| host_msg(e.to_string()))?;
+
+        let load_started = Instant::now();
+        if let Err(failure) = self.load(path, &release.module_name).await {
+            self.clear_marker()?;
+            return Err(failure);
+        }
+        let result = self
+            .settle_and_check(req, baseline, load_started, timings)
+            .await;
+        self.clear_marker()?;
+        result
+    }
+
+    /// Loads the module file; a leftover module of the same name whose patch was already
+    /// replaced or disabled is unloaded first.
+    async fn load(&self, path: PathBuf, name: &str) -> Result<(), Failure> {
+        let first = {
+            let path = path.clone();
+            self.call(move |k| k.load_module(&path)).await
+        };
+        let result = match first {
+            Err(e) if e.syscall_failure() == Some(SyscallFailure::AlreadyLoaded) => {
+                let patches = self.call(|k| k.loaded_patches()).await.map_err(host)?;
+                if patches.iter().any(|p| p.name == name) {
+                    Err(e)
+                } else {
+                    let owned = name.to_string();
+                    self.call(move |k| k.delete_module(&owned))
+                        .await
+                        .map_err(|e| load_failure(name, e))?;
+                    self.call(move |k| k.load_module(&path)).await
+                }
+            }
+            other => other,
+        };
+        result.map_err(|e| load_failure(name, e))
+    }
+
+    /// Waits for the transition of the loaded release, then checks what the load did.
+    async fn settle_and_check(
+        &self,
+        req: &Request,
+        baseline: Baseline,
+        load_started: Instant,
+        timings: &mut PatchTimings,
+    ) -> Result<(), Failure> {
+        let release = &req.release;
+        let name = release.module_name.clone();
+        let settled = wait_settled(self, &name, true, req.transition_timeout)
+            .await
+            .map_err(host)?;
+        timings.transition_ms = Some(millis(load_started.elapsed()));
+        match settled {
+            Settled::Done => {}
+            Settled::Gone => {
+                return Err(Failure::new(
+                    NodeErrorReason::LoadRefused,
+                    format!(
+                        "livepatch {name} of release {} disappeared before its transition finished; see the kernel log",
+                        release.id
+                    ),
+                ));
+            }
+            Settled::TimedOut => return Err(self.reverse_stalled(req).await),
+        }
+        self.record_applied(req).await?;
+        if req.kmsg_checks {
+            let taint = self.call(|k| k.tainted()).await.map_err(host)?;
+            checks::check_taint(baseline.taint, taint, &release.id)?;
+            let mark = baseline.kmsg;
+            let lines = self.call(move |k| k.kmsg_since(mark)).await.map_err(host)?;
+            checks::check_kmsg(&lines, &release.id)?;
+        }
+        Ok(())
+    }
+
+    /// Reverses a transition that did not finish in time, naming the tasks that held it up.
+    async fn reverse_stalled(&self, req: &Request) -> Failure {
+        let name = req.release.module_name.clone();
+        let blockers = {
+            let name = name.clone();
+            self.call(move |k| k.blocking_tasks(&name))
+                .await
+                .unwrap_or_default()
+        };
+        let names: Vec<String> = blockers.iter().map(ToString::to_string).collect();
+        let mut message = format!(
+            "transition of livepatch {name} (release {}) did not finish within {:?}; tasks blocking it: {}",
+            req.release.id,
+            req.transition_timeout,
+            if names.is_empty() {
+                "none found".to_string()
+            } else {
+                names.join(", ")
+            }
+        );
+        let disable = {
+            let name = name.clone();
+            self.call(move |k| k.set_enabled(&name, false)).await
+        };
+        match disable {
+            Err(e) => message.push_str(&format!("; reversing it failed: {e}")),
+            Ok(()) => match wait_settled(self, &name, false, req.transition_timeout).await {
+                Ok(Settled::Done | Settled::Gone) => {
+                    message.push_str(
+                        "; the transition was reversed and the previous patch state is back",
+                    );
+                    let unload = name.clone();
+                    if let Err(e) = self.call(move |k| k.delete_module(&unload)).await {
+                        message.push_str(&format!(" (unloading {name} failed: {e})"));
+                    }
+                }
+                Ok(Settled::TimedOut) => message
+                    .push_str("; the reversal has not finished either; the node needs a person"),
+                Err(e) => message.push_str(&format!("; reading the reversal failed: {e}")),
+            },
+        }
+        Failure::new(NodeErrorReason::TransitionStalled, message)
+    }
+
+    /// Records the release as the one the kernel runs, and unloads the modules of the
+    /// kpersist patches it replaced (their livepatches are gone, their modules linger).
+    async fn record_applied(&self, req: &Request) -> Result<(), Failure> {
+        let mut record = self.state.applied().map_err(|e| host_msg(e.to_string()))?;
+        let name = &req.release.module_name;
+        if !record.known_modules.contains(name) {
+            record.known_modules.push(name.clone());
+        }
+        record.current = Some(req.release.clone());
+        record.policy = req.policy.clone();
+        record.applied_at = Some(jiff::Timestamp::now().to_string());
+        self.state
+            .write_applied(&record)
+            .map_err(|e| host_msg(e.to_string()))?;
+        let patches = self.call(|k| k.loaded_patches()).await.map_err(host)?;
+        for old in record.known_modules.iter().filter(|m| *m != name) {
+            if patches.iter().any(|p| &p.name == old) {
+                continue;
+            }
+            let old = old.clone();
+            // Best effort: ENOENT (never loaded or already gone) is the common case.
+            let _ = self.call(move |k| k.delete_module(&old)).await;
+        }
+        Ok(())
+    }
+
+    fn clear_marker(&self) -> Result<(), Failure> {
+        self.state
+            .clear_crash_marker()
+            .map_err(|e| host_msg(e.to_string()))
+    }
+
+    /// Looks for a crash marker at start. From another boot: the release is refused for
+    /// good and the outcome is `CrashSuspected`. From this boot (the agent restarted
+    /// mid-apply): a run whose module is loaded is finished; otherwise the marker is dropped
+    /// and `None` returned, so the desired state is acted on afresh.
+    pub async fn recover(&self) -> Option<Outcome> {
+        let marker = match self.state.crash_marker() {
+            Ok(marker) => marker?,
+            Err(e) => {
+                return Some(Outcome::failed(
+                    NodePatchState::Failed,
+                    host_msg(e.to_string()),
+                    None,
+                    PatchTimings::default(),
+                ));
+            }
+        };
+        let boot_id = match self.call(|k| k.boot_id()).await {
+            Ok(id) => id,
+            Err(e) => {
+                return Some(Outcome::failed(
+                    NodePatchState::Failed,
+                    host(e),
+                    None,
+                    PatchTimings::default(),
+                ));
+            }
+        };
+        let id = marker.release.id().to_string();
+        if marker.boot_id != boot_id {
+            let refused = RefusedRelease {
+                id: id.clone(),
+                crashed_boot_id: marker.boot_id.clone(),
+                detected_at: jiff::Timestamp::now().to_string(),
+            };
+            let message = format!(
+                "the node went down while loading release {id} (crash marker from boot {}, now boot {boot_id}); \
+                 {id} is refused on this node for good",
+                marker.boot_id
+            );
+            let failure = match self
+                .state
+                .refuse(refused)
+                .and_then(|()| self.state.clear_crash_marker())
+            {
+                Ok(()) => Failure::new(NodeErrorReason::CrashSuspected, message),
+                Err(e) => host_msg(format!("{message}, but recording that failed: {e}")),
+            };
+            return Some(Outcome::failed(
+                NodePatchState::CrashSuspected,
+                failure,
+                Some(&id),
+                PatchTimings::default(),
+            ));
+        }
+        let MarkerRelease::Full(release) = marker.release.clone() else {
+            let _ = self.state.clear_crash_marker();
+            return None;
+        };
+        let patches = self.call(|k| k.loaded_patches()).await.unwrap_or_default();
+        if !patches
+            .iter()
+            .any(|p| p.name == release.module_name && p.enabled)
+        {
+            // The load never happened or failed: nothing to finish.
+            let _ = self.state.clear_crash_marker();
+            return None;
+        }
+        let req = Request {
+            release,
+            policy: marker.policy.clone(),
+            transition_timeout: Duration::from_millis(marker.transition_timeout_ms),
+            kmsg_checks: marker.kmsg_checks,
+        };
+        let baseline = Baseline {
+            taint: marker.taint_before,
+            kmsg: KmsgMark(marker.kmsg_mark),
+        };
+        let started = Instant::now();
+        let mut timings = PatchTimings::default();
+        let result = self
+            .settle_and_check(&req, baseline, started, &mut timings)
+            .await;
+        let cleared = self.clear_marker();
+        timings.total_ms = Some(millis(started.elapsed()));
+        Some(match result.and(cleared) {
+            Ok(()) => Outcome {
+                state: NodePatchState::Applied,
+                failure: None,
+                timings,
+            },
+            Err(f) => Outcome::failed(NodePatchState::Failed, f, Some(&req.release.id), timings),
+        })
+    }
+}
+
+fn load_failure(name: &str, e: KernelError) -> Failure {
+    let reason = match e.syscall_failure() {
+        Some(SyscallFailure::NotPermitted | SyscallFailure::KeyRejected) => {
+            NodeErrorReason::LockdownRefused
+        }
+        Some(_) => NodeErrorReason::LoadRefused,
+        None => NodeErrorReason::HostError,
+    };
+    Failure::new(reason, format!("loading livepatch {name}: {e}"))
+}
+
+pub(crate) fn host(e: KernelError) -> Failure {
+    Failure::new(NodeErrorReason::HostError, e.to_string())
+}
+
+pub(crate) fn host_msg(message: String) -> Failure {
+    Failure::new(NodeErrorReason::HostError, message)
+}
+
+pub(crate) fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}

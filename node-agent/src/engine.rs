@@ -1,0 +1,193 @@
+//! One reconcile of the node: read the truth from the kernel and the state directory, decide
+//! with [`plan`], carry the decision out with the [`Patcher`], and build the status. Both the
+//! Kubernetes controller and the one-shot local mode drive this.
+
+use std::time::Duration;
+
+use kpersist_crds::{DesiredPatch, LivePatchNodeStatus, NodePatchState, parse_duration};
+use kpersist_kmod::kernel::Kernel;
+
+use crate::apply::{Action, Patcher, Progress, Request};
+use crate::error::AgentError;
+use crate::metrics::Metrics;
+use crate::plan::{NodeView, Plan, hold_after_failure, plan};
+use crate::status::{Observation, Report, build_status, live_release};
+
+/// The node's reconciler.
+#[derive(Clone)]
+pub struct Engine<K> {
+    patcher: Patcher<K>,
+    metrics: Metrics,
+    /// Module names that are kpersist's besides those the state directory records.
+    extra_kpersist: Vec<String>,
+}
+
+/// The transition timeout used when `spec.desired.transitionTimeout` cannot be parsed.
+const FALLBACK_TIMEOUT: Duration = Duration::from_secs(60);
+
+impl<K: Kernel + Clone + 'static> Engine<K> {
+    /// An engine over `patcher`, recording into `metrics`.
+    pub fn new(patcher: Patcher<K>, metrics: Metrics) -> Engine<K> {
+        Engine {
+            patcher,
+            metrics,
+            extra_kpersist: Vec::new(),
+        }
+    }
+
+    /// Also treats these module names as kpersist's (local mode: every name in the index).
+    pub fn with_kpersist_modules(mut self, names: Vec<String>) -> Engine<K> {
+        self.extra_kpersist = names;
+        self
+    }
+
+    /// The patcher.
+    pub fn patcher(&self) -> &Patcher<K> {
+        &self.patcher
+    }
+
+    /// Reads what the kernel shows now.
+    pub async fn observe(&self) -> Result<Observation, AgentError> {
+        let p = &self.patcher;
+        let identity = p.call(|k| k.identity()).await.ok();
+        let supported = p.call(|k| Ok(k.livepatch_supported())).await?;
+        let boot_id = p.call(|k| k.boot_id()).await?;
+        let loaded = p.call(|k| k.loaded_patches()).await?;
+        Ok(Observation {
+            identity,
+            supported,
+            boot_id,
+            loaded,
+        })
+    }
+
+    /// Handles a crash marker left from before this start; see [`Patcher::recover`].
+    pub async fn recover(&self) -> Option<Report> {
+        let outcome = self.patcher.recover().await?;
+        self.metrics.observe_run("recover", &outcome);
+        Some(Report::from_outcome(outcome, &now()))
+    }
+
+    /// Brings the node to `desired` (the spec of `generation`), given the status written
+    /// before (`prior`), and returns the report of what happened.
+    pub async fn reconcile(
+        &self,
+        desired: Option<&DesiredPatch>,
+        prior: Option<&LivePatchNodeStatus>,
+        generation: Option<i64>,
+        progress: Progress<'_>,
+    ) -> Result<Report, AgentError> {
+        let obs = self.observe().await?;
+        let Some(identity) = obs.identity.clone() else {
+            return Ok(Report::state(NodePatchState::Unsupported));
+        };
+        let record = self.patcher.state_dir().applied()?;
+        let refused = self.patcher.state_dir().refused()?;
+        let known: Vec<&String> = record
+            .known_modules
+            .iter()
+            .chain(&self.extra_kpersist)
+            .collect();
+        let view = NodeView {
+            supported: obs.supported,
+            identity: &identity,
+            applied: live_release(&record, &obs.loaded),
+            kpersist_loaded: obs.loaded.iter().any(|p| known.contains(&&p.name)),
+            refused: &refused,
+        };
+        let decision = plan(desired, &view);
+        let acts = matches!(decision, Plan::Load { .. } | Plan::RevertToNone);
+        if acts && hold_after_failure(prior, generation, &obs.boot_id) {
+            return Ok(prior
+                .map(Report::from_status)
+                .unwrap_or_else(|| Report::state(NodePatchState::Failed)));
+        }
+        let timeout = desired
+            .and_then(|d| parse_duration(&d.transition_timeout).ok())
+            .unwrap_or(FALLBACK_TIMEOUT);
+        let kmsg_checks = desired.is_none_or(|d| d.kmsg_checks);
+        let outcome = match decision {
+            Plan::Keep(state) => return Ok(Report::state(state)),
+            Plan::Refuse {
+                state,
+                failure,
+                release,
+            } => {
+                // A refusal right after a crash was found keeps the crash as its reason.
+                if let Some(p) = prior.filter(|p| {
+                    p.state == Some(NodePatchState::CrashSuspected)
+                        && p.last_error.as_ref().is_some_and(|e| e.release == release)
+                }) {
+                    return Ok(Report::from_status(p));
+                }
+                let outcome = crate::apply::Outcome {
+                    state,
+                    failure: Some((failure, release)),
+                    timings: Default::default(),
+                };
+                return Ok(Report {
+                    timings: None,
+                    ..Report::from_outcome(outcome, &now())
+                });
+            }
+            Plan::Load { release, action } => {
+                let req = Request {
+                    release,
+                    policy: desired.map(|d| d.policy.clone()),
+                    transition_timeout: timeout,
+                    kmsg_checks,
+                };
+                let outcome = self.patcher.load_release(&req, action, progress).await;
+                let label = if action == Action::Apply {
+                    "apply"
+                } else {
+                    "revert"
+                };
+                self.metrics.observe_run(label, &outcome);
+                outcome
+            }
+            Plan::RevertToNone => {
+                let outcome = self
+                    .patcher
+                    .revert_to_none(&self.extra_kpersist, timeout, progress)
+                    .await;
+                self.metrics.observe_run("revert", &outcome);
+                outcome
+            }
+        };
+        Ok(Report::from_outcome(outcome, &now()))
+    }
+
+    /// The status for `report`, read from the kernel and the state directory now.
+    pub async fn status(
+        &self,
+        report: &Report,
+        observed_generation: Option<i64>,
+        prior: Option<&LivePatchNodeStatus>,
+    ) -> Result<LivePatchNodeStatus, AgentError> {
+        let obs = self.observe().await?;
+        let record = self.patcher.state_dir().applied()?;
+        let refused = self.patcher.state_dir().refused()?;
+        let status = build_status(
+            &obs,
+            &record,
+            &refused,
+            report,
+            observed_generation,
+            prior,
+            &now(),
+        );
+        let kernel = status.kernel_release.clone().unwrap_or_default();
+        let applied = status
+            .applied
+            .as_ref()
+            .map(|a| (a.module_name.as_str(), a.id.as_str()));
+        self.metrics.set_applied(applied, &kernel);
+        Ok(status)
+    }
+}
+
+/// The time now, RFC 3339.
+pub fn now() -> String {
+    jiff::Timestamp::now().to_string()
+}

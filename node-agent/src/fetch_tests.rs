@@ -1,0 +1,172 @@
+//! Fetching into the cache: local files, and HTTP against a loopback server that can cut a
+//! body short, honour ranges, or redirect elsewhere.
+
+use std::sync::{Arc, Mutex};
+
+use kpersist_kmod::repository::sha256_hex;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::*;
+
+pub(crate) fn release_for(bytes: &[u8], url: String) -> PatchRelease {
+    PatchRelease {
+        id: "6.1.0-56-amd64/v1".into(),
+        version: 1,
+        kernel_release: "6.1.0-56-amd64".into(),
+        build_id: "abcd".into(),
+        module_name: "kpersist_v1".into(),
+        module_url: url,
+        sha256: sha256_hex(bytes),
+        size: bytes.len() as u64,
+        cves: vec![],
+    }
+}
+
+fn fetcher() -> Fetcher {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    Fetcher::new().unwrap()
+}
+
+#[tokio::test]
+async fn local_file_is_verified_and_cached_by_hash() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = StateDir::open(dir.path().join("state")).unwrap();
+    let src = dir.path().join("m.ko");
+    std::fs::write(&src, b"module bytes").unwrap();
+    let release = release_for(b"module bytes", format!("file://{}", src.display()));
+    let path = fetcher().ensure_cached(&state, &release).await.unwrap();
+    assert_eq!(path, state.module_path(&release.sha256));
+    // Cached: the source may go away.
+    std::fs::remove_file(&src).unwrap();
+    assert_eq!(
+        fetcher().ensure_cached(&state, &release).await.unwrap(),
+        path
+    );
+}
+
+#[tokio::test]
+async fn truncated_and_forged_files_are_refused_and_not_cached() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = StateDir::open(dir.path().join("state")).unwrap();
+    let src = dir.path().join("m.ko");
+    let release = release_for(b"module bytes", src.display().to_string());
+    std::fs::write(&src, b"module by").unwrap();
+    let failure = fetcher().ensure_cached(&state, &release).await.unwrap_err();
+    assert_eq!(failure.reason, NodeErrorReason::SizeMismatch);
+    std::fs::write(&src, b"MODULE BYTES").unwrap();
+    let failure = fetcher().ensure_cached(&state, &release).await.unwrap_err();
+    assert_eq!(failure.reason, NodeErrorReason::HashMismatch);
+    assert!(failure.message.contains("sha256"), "{}", failure.message);
+    assert!(!state.module_path(&release.sha256).exists());
+    assert!(!state.partial_path(&release.sha256).exists());
+}
+
+#[tokio::test]
+async fn a_corrupted_cache_entry_is_fetched_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = StateDir::open(dir.path().join("state")).unwrap();
+    let src = dir.path().join("m.ko");
+    std::fs::write(&src, b"module bytes").unwrap();
+    let release = release_for(b"module bytes", src.display().to_string());
+    std::fs::write(state.module_path(&release.sha256), b"bit rot").unwrap();
+    let path = fetcher().ensure_cached(&state, &release).await.unwrap();
+    assert_eq!(std::fs::read(path).unwrap(), b"module bytes");
+}
+
+/// Serves `body` once per connection; the first response stops after `cut` bytes and
+/// closes. Records each request's head.
+async fn flaky_server(body: Vec<u8>, cut: usize) -> (String, Arc<Mutex<Vec<String>>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let requests = Arc::new(Mutex::new(Vec::new()));
+    let seen = requests.clone();
+    tokio::spawn(async move {
+        for n in 0..4 {
+            let Ok((mut sock, _)) = listener.accept().await else {
+                return;
+            };
+            let mut buf = vec![0u8; 4096];
+            let len = sock.read(&mut buf).await.unwrap_or(0);
+            let head = String::from_utf8_lossy(&buf[..len]).to_string();
+            seen.lock().unwrap().push(head.clone());
+            let range_start = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("range: bytes=")
+                        .map(str::to_string)
+                })
+                .and_then(|r| r.trim_end_matches('-').parse::<usize>().ok());
+            let (status, part) = match range_start {
+                Some(start) => ("206 Partial Content", &body[start..]),
+                None => ("200 OK", &body[..]),
+            };
+            let header = format!(
+                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                part.len()
+            );
+            let _ = sock.write_all(header.as_bytes()).await;
+            let send = if n == 0 { &part[..cut] } else { part };
+            let _ = sock.write_all(send).await;
+            let _ = sock.shutdown().await;
+        }
+    });
+    (format!("http://{addr}/modules/m.ko"), requests)
+}
+
+#[tokio::test]
+async fn interrupted_download_fails_then_resumes_with_a_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = StateDir::open(dir.path().join("state")).unwrap();
+    let body: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+    let (url, requests) = flaky_server(body.clone(), 2000).await;
+    let release = release_for(&body, url);
+    let f = fetcher();
+    let failure = f.ensure_cached(&state, &release).await.unwrap_err();
+    assert_eq!(
+        failure.reason,
+        NodeErrorReason::DownloadFailed,
+        "{}",
+        failure.message
+    );
+    assert_eq!(
+        std::fs::metadata(state.partial_path(&release.sha256))
+            .unwrap()
+            .len(),
+        2000
+    );
+    let path = f.ensure_cached(&state, &release).await.unwrap();
+    assert_eq!(std::fs::read(path).unwrap(), body);
+    let requests = requests.lock().unwrap();
+    assert!(
+        requests[1]
+            .to_ascii_lowercase()
+            .contains("range: bytes=2000-"),
+        "{}",
+        requests[1]
+    );
+}
+
+#[tokio::test]
+async fn redirect_to_another_origin_is_refused() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        if let Ok((mut sock, _)) = listener.accept().await {
+            let mut buf = vec![0u8; 4096];
+            let _ = sock.read(&mut buf).await;
+            let reply = "HTTP/1.1 302 Found\r\nLocation: http://localhost:9/evil.ko\r\nContent-Length: 0\r\n\r\n";
+            let _ = sock.write_all(reply.as_bytes()).await;
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let state = StateDir::open(dir.path()).unwrap();
+    let release = release_for(b"x", format!("http://{addr}/m.ko"));
+    let failure = fetcher().ensure_cached(&state, &release).await.unwrap_err();
+    assert_eq!(failure.reason, NodeErrorReason::DownloadFailed);
+    assert!(
+        failure.message.contains("another origin") || failure.message.contains("redirect"),
+        "{}",
+        failure.message
+    );
+}

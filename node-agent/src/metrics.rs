@@ -1,0 +1,173 @@
+//! The agent's Prometheus metrics, in a registry of its own served on `/metrics`.
+
+use kpersist_crds::{NodeErrorReason, NodePatchState};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::apply::Outcome;
+
+/// Every metric the agent exports.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    apply_duration: HistogramVec,
+    transition_duration: HistogramVec,
+    runs: IntCounterVec,
+    info: IntGaugeVec,
+    findings: IntCounterVec,
+}
+
+impl Metrics {
+    /// Creates and registers the metrics.
+    pub fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new();
+        let buckets = vec![
+            0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+        ];
+        let apply_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "kpersist_agent_apply_duration_seconds",
+                "Duration of applies and reverts, from download to report",
+            )
+            .buckets(buckets.clone()),
+            &["action"],
+        )?;
+        let transition_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "kpersist_agent_transition_duration_seconds",
+                "From the module load to the end of the livepatch transition",
+            )
+            .buckets(buckets),
+            &["action"],
+        )?;
+        let runs = IntCounterVec::new(
+            Opts::new(
+                "kpersist_agent_applies_total",
+                "Applies and reverts by action and result (Applied, Idle or the failure reason)",
+            ),
+            &["action", "result"],
+        )?;
+        let info = IntGaugeVec::new(
+            Opts::new(
+                "kpersist_agent_applied_info",
+                "The release this node runs: 1 for the live module, release and kernel",
+            ),
+            &["module", "release", "kernel"],
+        )?;
+        let findings = IntCounterVec::new(
+            Opts::new(
+                "kpersist_agent_health_findings_total",
+                "Kernel warnings and unexpected taint found after loads",
+            ),
+            &["kind"],
+        )?;
+        registry.register(Box::new(apply_duration.clone()))?;
+        registry.register(Box::new(transition_duration.clone()))?;
+        registry.register(Box::new(runs.clone()))?;
+        registry.register(Box::new(info.clone()))?;
+        registry.register(Box::new(findings.clone()))?;
+        Ok(Metrics {
+            registry,
+            apply_duration,
+            transition_duration,
+            runs,
+            info,
+            findings,
+        })
+    }
+
+    /// Records a finished run.
+    pub fn observe_run(&self, action: &str, outcome: &Outcome) {
+        let result = match &outcome.failure {
+            Some((failure, _)) => format!("{:?}", failure.reason),
+            None => format!("{:?}", outcome.state),
+        };
+        self.runs.with_label_values(&[action, &result]).inc();
+        if let Some(ms) = outcome.timings.total_ms {
+            self.apply_duration
+                .with_label_values(&[action])
+                .observe(ms as f64 / 1000.0);
+        }
+        if let Some(ms) = outcome.timings.transition_ms {
+            self.transition_duration
+                .with_label_values(&[action])
+                .observe(ms as f64 / 1000.0);
+        }
+        match outcome.failure.as_ref().map(|(f, _)| f.reason) {
+            Some(NodeErrorReason::KernelWarning) => {
+                self.findings.with_label_values(&["kmsg"]).inc()
+            }
+            Some(NodeErrorReason::NewTaint) => self.findings.with_label_values(&["taint"]).inc(),
+            _ => {}
+        }
+        if outcome.state == NodePatchState::CrashSuspected {
+            self.findings.with_label_values(&["crash"]).inc();
+        }
+    }
+
+    /// Sets the info metric to the live release (or clears it).
+    pub fn set_applied(&self, applied: Option<(&str, &str)>, kernel: &str) {
+        self.info.reset();
+        if let Some((module, release)) = applied {
+            self.info
+                .with_label_values(&[module, release, kernel])
+                .set(1);
+        }
+    }
+
+    /// The metrics in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        // Encoding into a Vec only fails on metric families that cannot exist here.
+        if TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .is_err()
+        {
+            return String::new();
+        }
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::checks::Failure;
+    use kpersist_crds::PatchTimings;
+
+    #[test]
+    fn runs_and_findings_are_counted() {
+        let m = Metrics::new().unwrap();
+        let failed = Outcome {
+            state: NodePatchState::Failed,
+            failure: Some((Failure::new(NodeErrorReason::NewTaint, "x"), None)),
+            timings: PatchTimings {
+                total_ms: Some(1500),
+                transition_ms: Some(200),
+                download_ms: None,
+            },
+        };
+        m.observe_run("apply", &failed);
+        m.set_applied(Some(("kpersist_v2", "k/v2")), "k");
+        let text = m.render();
+        assert!(
+            text.contains(r#"kpersist_agent_applies_total{action="apply",result="NewTaint"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"kpersist_agent_health_findings_total{kind="taint"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"kpersist_agent_applied_info{kernel="k",module="kpersist_v2",release="k/v2"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("kpersist_agent_transition_duration_seconds_count"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,288 @@
+//! Building the `LivePatchNode` status from what the kernel shows, what the state directory
+//! records and how the last run went. Pure: the caller passes the time.
+
+use kpersist_crds::{
+    AppliedRelease, LivePatchNodeStatus, LoadedPatch, NodeCondition, NodeError, NodePatchState,
+    PatchRelease, PatchTimings,
+};
+use kpersist_kmod::kernel::{KernelIdentity, PatchState};
+
+use crate::apply::Outcome;
+use crate::state::{AppliedRecord, RefusedRelease};
+
+/// What the kernel shows now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Observation {
+    /// Release and build id, when they could be read.
+    pub identity: Option<KernelIdentity>,
+    /// Whether livepatch is supported.
+    pub supported: bool,
+    /// The boot id.
+    pub boot_id: String,
+    /// The livepatches loaded.
+    pub loaded: Vec<PatchState>,
+}
+
+/// The state and last error to report.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Report {
+    /// The node's state.
+    pub state: NodePatchState,
+    /// The last failure, if the last run failed.
+    pub error: Option<NodeError>,
+    /// Timings of the last run.
+    pub timings: Option<PatchTimings>,
+}
+
+impl Report {
+    /// A report of `state` with no error.
+    pub fn state(state: NodePatchState) -> Report {
+        Report {
+            state,
+            error: None,
+            timings: None,
+        }
+    }
+
+    /// The report of a finished run.
+    pub fn from_outcome(outcome: Outcome, now: &str) -> Report {
+        Report {
+            state: outcome.state,
+            error: outcome.failure.map(|(failure, release)| NodeError {
+                reason: failure.reason,
+                message: failure.message,
+                release,
+                at: Some(now.to_string()),
+            }),
+            timings: Some(outcome.timings),
+        }
+    }
+
+    /// The report a previous status carried.
+    pub fn from_status(status: &LivePatchNodeStatus) -> Report {
+        Report {
+            state: status.state.unwrap_or(NodePatchState::Idle),
+            error: status.last_error.clone(),
+            timings: status.timings.clone(),
+        }
+    }
+}
+
+/// The release the kernel really runs: the recorded one, if its livepatch is loaded and
+/// enabled. After a reboot the record remains but the kernel has nothing.
+pub fn live_release<'a>(
+    record: &'a AppliedRecord,
+    loaded: &[PatchState],
+) -> Option<&'a PatchRelease> {
+    let current = record.current.as_ref()?;
+    loaded
+        .iter()
+        .any(|p| p.name == current.module_name && p.enabled)
+        .then_some(current)
+}
+
+/// The status to write.
+pub fn build_status(
+    obs: &Observation,
+    record: &AppliedRecord,
+    refused: &[RefusedRelease],
+    report: &Report,
+    observed_generation: Option<i64>,
+    prior: Option<&LivePatchNodeStatus>,
+    now: &str,
+) -> LivePatchNodeStatus {
+    let applied = live_release(record, &obs.loaded).map(|r| AppliedRelease {
+        id: r.id.clone(),
+        version: r.version,
+        module_name: r.module_name.clone(),
+        cves: r.cves.clone(),
+        policy: record.policy.clone(),
+        applied_at: record.applied_at.clone(),
+    });
+    let healthy = !matches!(
+        report.state,
+        NodePatchState::Failed | NodePatchState::CrashSuspected
+    );
+    let (health_reason, health_message) = match &report.error {
+        Some(e) if !healthy => (format!("{:?}", e.reason), e.message.clone()),
+        _ => ("Healthy".to_string(), String::new()),
+    };
+    let prior_conditions = prior.map(|p| p.conditions.as_slice()).unwrap_or_default();
+    let conditions = vec![
+        condition(
+            prior_conditions,
+            "Ready",
+            true,
+            "AgentRunning",
+            String::new(),
+            now,
+        ),
+        condition(
+            prior_conditions,
+            "Healthy",
+            healthy,
+            &health_reason,
+            health_message,
+            now,
+        ),
+    ];
+    LivePatchNodeStatus {
+        state: Some(report.state),
+        kernel_release: obs.identity.as_ref().map(|i| i.release.clone()),
+        build_id: obs.identity.as_ref().map(|i| i.build_id.clone()),
+        livepatch_supported: obs.supported,
+        boot_id: Some(obs.boot_id.clone()),
+        loaded: obs
+            .loaded
+            .iter()
+            .map(|p| LoadedPatch {
+                name: p.name.clone(),
+                enabled: p.enabled,
+                transition: p.transition,
+            })
+            .collect(),
+        applied,
+        last_error: report.error.clone(),
+        timings: report.timings.clone(),
+        refused_releases: refused.iter().map(|r| r.id.clone()).collect(),
+        observed_generation,
+        conditions,
+        agent_version: Some(env!("CARGO_PKG_VERSION").to_string()),
+    }
+}
+
+/// A condition, keeping its last transition time when its status did not change.
+fn condition(
+    prior: &[NodeCondition],
+    type_: &str,
+    ok: bool,
+    reason: &str,
+    message: String,
+    now: &str,
+) -> NodeCondition {
+    let status = if ok { "True" } else { "False" };
+    let since = prior
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .and_then(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| now.to_string());
+    NodeCondition {
+        type_: type_.to_string(),
+        status: status.to_string(),
+        reason: reason.to_string(),
+        message,
+        last_transition_time: Some(since),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kpersist_crds::NodeErrorReason;
+
+    use crate::checks::Failure;
+
+    fn record(module: &str) -> AppliedRecord {
+        AppliedRecord {
+            current: Some(PatchRelease {
+                id: "k/v2".into(),
+                version: 2,
+                kernel_release: "k".into(),
+                build_id: "b".into(),
+                module_name: module.into(),
+                module_url: "file:///m".into(),
+                sha256: "a".repeat(64),
+                size: 1,
+                cves: vec!["CVE-2024-1".into()],
+            }),
+            ..AppliedRecord::default()
+        }
+    }
+
+    fn obs(loaded: Vec<PatchState>) -> Observation {
+        Observation {
+            identity: Some(KernelIdentity {
+                release: "k".into(),
+                build_id: "b".into(),
+            }),
+            supported: true,
+            boot_id: "boot".into(),
+            loaded,
+        }
+    }
+
+    #[test]
+    fn applied_is_only_what_the_kernel_runs() {
+        let patch = PatchState {
+            name: "kpersist_v2".into(),
+            enabled: true,
+            transition: false,
+        };
+        let report = Report::state(NodePatchState::Applied);
+        let s = build_status(
+            &obs(vec![patch]),
+            &record("kpersist_v2"),
+            &[],
+            &report,
+            Some(4),
+            None,
+            "t0",
+        );
+        let applied = s.applied.unwrap();
+        assert_eq!((applied.id.as_str(), applied.cves.len()), ("k/v2", 1));
+        assert_eq!(s.observed_generation, Some(4));
+        // After a reboot the record stays but nothing is loaded.
+        let s = build_status(
+            &obs(vec![]),
+            &record("kpersist_v2"),
+            &[],
+            &report,
+            None,
+            None,
+            "t0",
+        );
+        assert_eq!(s.applied, None);
+    }
+
+    #[test]
+    fn failures_make_the_node_unhealthy_and_keep_condition_times() {
+        let failure = Failure::new(NodeErrorReason::NewTaint, "taint W");
+        let outcome = Outcome {
+            state: NodePatchState::Failed,
+            failure: Some((failure, Some("k/v2".into()))),
+            timings: PatchTimings::default(),
+        };
+        let report = Report::from_outcome(outcome, "t1");
+        let first = build_status(
+            &obs(vec![]),
+            &AppliedRecord::default(),
+            &[],
+            &report,
+            None,
+            None,
+            "t1",
+        );
+        let healthy = &first.conditions[1];
+        assert_eq!(
+            (healthy.status.as_str(), healthy.reason.as_str()),
+            ("False", "NewTaint")
+        );
+        assert_eq!(
+            first.last_error.as_ref().unwrap().release.as_deref(),
+            Some("k/v2")
+        );
+        let again = build_status(
+            &obs(vec![]),
+            &AppliedRecord::default(),
+            &[],
+            &report,
+            None,
+            Some(&first),
+            "t2",
+        );
+        assert_eq!(
+            again.conditions[1].last_transition_time.as_deref(),
+            Some("t1")
+        );
+    }
+}
