@@ -1,0 +1,169 @@
+//! One reconcile of one policy: poll its repository and gate when due (client/network),
+//! build the engine's input from the stores and decide (no client), then write node specs,
+//! status and Events (client). Deletion goes through a finalizer that clears the policy's
+//! `spec.desired` everywhere and unloads nothing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kpersist_crds::{LivePatchPolicy, parse_duration};
+use kube::runtime::controller::Action;
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Api, ResourceExt};
+use tokio::time::Instant;
+
+use super::Context;
+use super::{select, status, write};
+use crate::engine::{self, EngineInput, GateVerdict};
+use crate::error::Error;
+use crate::gate;
+use crate::repository::{RepositorySource, keys, poll_repository};
+
+/// The finalizer that makes deletion clear the policy's node specs first.
+pub const FINALIZER: &str = "kpersist.io/clear-desired";
+
+/// Used when a duration in the spec does not parse (validation reports it in status).
+const FALLBACK_CHECK_INTERVAL: Duration = Duration::from_secs(3600);
+const FALLBACK_GATE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// The controller's reconcile function.
+#[tracing::instrument(skip_all, fields(policy = %policy.name_any()))]
+pub async fn reconcile(policy: Arc<LivePatchPolicy>, ctx: Arc<Context>) -> Result<Action, Error> {
+    ctx.wait_until_leading().await;
+    let started = Instant::now();
+    let name = policy.metadata.name.clone().ok_or(Error::UnnamedPolicy)?;
+    // A standby replica may have waited long for the lease: act on the newest object.
+    let Some(policy) = ctx.policies.get(&ObjectRef::new(&name)) else {
+        return Ok(Action::await_change());
+    };
+    let api: Api<LivePatchPolicy> = Api::all(ctx.client.clone());
+    let result = finalizer(&api, FINALIZER, policy, |event| async {
+        match event {
+            Finalizer::Apply(policy) => apply(policy, ctx.clone()).await,
+            Finalizer::Cleanup(policy) => cleanup(policy, ctx.clone()).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    ctx.metrics.observe_reconcile(started.elapsed());
+    result
+}
+
+/// What the controller does after a failed reconcile: count it and retry soon.
+pub fn error_policy(policy: Arc<LivePatchPolicy>, error: &Error, ctx: Arc<Context>) -> Action {
+    tracing::warn!(policy = %policy.name_any(), %error, "reconcile failed");
+    ctx.metrics.reconcile_failed(error.metric_label());
+    Action::requeue(Duration::from_secs(15))
+}
+
+async fn apply(policy: Arc<LivePatchPolicy>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let name = policy.name_any();
+    let now = jiff::Timestamp::now();
+
+    let repo_spec = &policy.spec.repository;
+    let interval = parse_duration(&repo_spec.check_interval).unwrap_or(FALLBACK_CHECK_INTERVAL);
+    let mut repo = ctx.repositories.take(&name, RepositorySource::of(repo_spec));
+    if repo.due(now, interval) {
+        let trusted = keys::trusted_keys(&ctx.client, repo_spec).await;
+        poll_repository(&mut repo, trusted, now).await;
+        if let Some(outcome) = &repo.outcome {
+            ctx.metrics.repository_polled(&name, outcome.metric_label());
+        }
+    }
+    let view = repo.view.clone();
+    let condition = repo.condition();
+    let verified_at = repo.verified_at;
+    let next_poll = repo.next_poll_in(now, interval);
+    ctx.repositories.put(&name, repo);
+
+    let (verdict, next_gate) = evaluate_gate(&policy, &ctx, now).await;
+
+    let nodes = ctx.nodes.state();
+    let policies = ctx.policies.state();
+    let views = select::node_views(&policy, &nodes, &ctx.lpns, &policies);
+    let decision = engine::decide(&EngineInput {
+        policy: &policy,
+        nodes: &views,
+        repository: view.as_deref(),
+        gate: verdict,
+        now,
+    });
+
+    let mut new_status = decision.status;
+    status::merge_repository(
+        &mut new_status,
+        policy.status.as_ref(),
+        condition,
+        verified_at,
+        policy.metadata.generation,
+        now,
+    );
+
+    // Only nodes with a LivePatchNode are written: the agent creates it (owned by the
+    // Node, so it goes with the Node); a spec written before that would orphan it.
+    let writes: Vec<_> = decision
+        .desired
+        .into_iter()
+        .filter(|(node, _)| ctx.lpns.get(&ObjectRef::new(node)).is_some())
+        .collect();
+    write::apply_all_desired(&ctx.client, &writes).await?;
+    if policy.status.as_ref() != Some(&new_status) {
+        write::apply_status(&ctx.client, &name, &new_status).await?;
+    }
+    write::publish_events(&ctx.recorder, &policy, &decision.events).await;
+    status::count_events(&ctx.metrics, &name, &decision.events);
+    ctx.metrics.record_status(&name, &new_status);
+
+    let wait = status::requeue_after(decision.requeue_after, next_poll, next_gate);
+    tracing::debug!(nodes = views.len(), writes = writes.len(), ?wait, "reconciled");
+    Ok(Action::requeue(wait))
+}
+
+/// Runs the Prometheus gate when the policy has one and a bake is on; returns the verdict
+/// for this bake and when to evaluate next.
+async fn evaluate_gate(
+    policy: &LivePatchPolicy,
+    ctx: &Context,
+    now: jiff::Timestamp,
+) -> (Option<GateVerdict>, Option<Duration>) {
+    let name = policy.name_any();
+    let (Some(spec), Some(bake)) = (
+        policy.spec.health.prometheus.as_ref(),
+        status::baking(policy.status.as_ref()),
+    ) else {
+        ctx.gates.forget(&name);
+        return (None, None);
+    };
+    let interval = parse_duration(&spec.interval).unwrap_or(FALLBACK_GATE_INTERVAL);
+    let mut state = ctx.gates.take(&name, Some(&bake));
+    if state.due(now, interval) {
+        let result = gate::query(&ctx.http, spec).await;
+        state.record(result, now);
+    }
+    let verdict = state.verdict.clone();
+    ctx.gates.put(&name, state);
+    (verdict, Some(interval))
+}
+
+/// Deleting a policy clears `spec.desired` on every LivePatchNode it set, and never unloads
+/// a patch: a loaded livepatch is what closes the CVEs on a running kernel, and taking it
+/// away because a Kubernetes object went (or was recreated, or moved to another policy)
+/// would silently re-expose every node. Unloading is an explicit action, a `Revert`
+/// another policy or a person asks for.
+async fn cleanup(policy: Arc<LivePatchPolicy>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let name = policy.name_any();
+    let writes: Vec<_> = ctx
+        .lpns
+        .state()
+        .iter()
+        .filter(|lpn| lpn.spec.desired.as_ref().is_some_and(|d| d.policy == name))
+        .map(|lpn| (lpn.name_any(), None))
+        .collect();
+    let cleared = write::apply_all_desired(&ctx.client, &writes).await?;
+    tracing::info!(cleared, "policy deleted: cleared its desired specs, loaded patches stay");
+    ctx.repositories.forget(&name);
+    ctx.gates.forget(&name);
+    ctx.metrics.forget_policy(&name);
+    Ok(Action::await_change())
+}

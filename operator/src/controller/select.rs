@@ -1,0 +1,172 @@
+//! Which nodes a policy selects and what the engine is told about each, built from the
+//! reflector stores; which policies a Node or LivePatchNode change concerns; and the
+//! trimming that keeps those stores small. No client required.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Node, NodeCondition, NodeStatus, NodeSystemInfo};
+use kpersist_crds::{LivePatchNode, LivePatchPolicy};
+use kube::ResourceExt;
+use kube::core::{Selector, SelectorExt};
+
+use crate::engine::NodeView;
+
+/// The parsed selector of a policy; `None` when it does not parse (validation reports it,
+/// and such a policy selects nothing).
+pub fn selector_of(policy: &LivePatchPolicy) -> Option<Selector> {
+    Selector::try_from(policy.spec.node_selector.clone()).ok()
+}
+
+/// Whether `policy` selects a node with these labels. A policy being deleted selects
+/// nothing, so its nodes are free for another policy at once.
+pub fn selects(policy: &LivePatchPolicy, labels: &BTreeMap<String, String>) -> bool {
+    policy.metadata.deletion_timestamp.is_none()
+        && selector_of(policy).is_some_and(|s| s.matches(labels))
+}
+
+/// Whether the Node's `Ready` condition is True.
+pub fn node_ready(node: &Node) -> bool {
+    node.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// The engine's view of every node `policy` selects, sorted by name. `policies` is every
+/// policy, used to tell the engine which nodes another policy also selects.
+pub fn node_views(
+    policy: &LivePatchPolicy,
+    nodes: &[std::sync::Arc<Node>],
+    lpns: &kube::runtime::reflector::Store<LivePatchNode>,
+    policies: &[std::sync::Arc<LivePatchPolicy>],
+) -> Vec<NodeView> {
+    let Some(selector) = selector_of(policy) else {
+        return Vec::new();
+    };
+    let name = policy.name_any();
+    let others: Vec<_> = policies
+        .iter()
+        .filter(|p| p.name_any() != name && p.metadata.deletion_timestamp.is_none())
+        .filter_map(|p| Some((p.name_any(), selector_of(p)?)))
+        .collect();
+    let mut views: Vec<NodeView> = nodes
+        .iter()
+        .filter(|node| selector.matches(node.labels()))
+        .map(|node| {
+            let node_name = node.name_any();
+            let lpn = lpns
+                .get(&kube::runtime::reflector::ObjectRef::new(&node_name))
+                .map(|l| (*l).clone());
+            let other_policies = others
+                .iter()
+                .filter(|(_, s)| s.matches(node.labels()))
+                .map(|(n, _)| n.clone())
+                .collect();
+            NodeView {
+                ready: node_ready(node),
+                kernel_release: node
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.node_info.as_ref())
+                    .map(|i| i.kernel_version.clone())
+                    .filter(|k| !k.is_empty()),
+                build_id: None,
+                lpn,
+                other_policies,
+                name: node_name,
+            }
+        })
+        .collect();
+    views.sort_by(|a, b| a.name.cmp(&b.name));
+    views
+}
+
+/// The policies a change of the node named `node` (with `labels`) concerns: those that
+/// select it, and the one its LivePatchNode's `spec.desired` names (which may no longer
+/// select it and must notice it left).
+pub fn policies_for_node(
+    node: &str,
+    labels: Option<&BTreeMap<String, String>>,
+    lpn: Option<&LivePatchNode>,
+    policies: &[std::sync::Arc<LivePatchPolicy>],
+) -> Vec<String> {
+    let mut names: Vec<String> = match labels {
+        Some(labels) => policies
+            .iter()
+            .filter(|p| selects(p, labels))
+            .map(|p| p.name_any())
+            .collect(),
+        None => Vec::new(),
+    };
+    if let Some(owner) = lpn.and_then(|l| l.spec.desired.as_ref()).map(|d| d.policy.clone()) {
+        names.push(owner);
+    }
+    names.sort();
+    names.dedup();
+    tracing::trace!(node, ?names, "node change maps to policies");
+    names
+}
+
+/// Drops what the controller never reads from a Node: at 10,000 nodes the images list and
+/// managed fields alone are hundreds of megabytes. Kept: name, labels, the Ready condition
+/// and the kernel version.
+pub fn trim_node(node: &mut Node) {
+    let name = node.metadata.name.take();
+    let labels = node.metadata.labels.take();
+    let uid = node.metadata.uid.take();
+    let resource_version = node.metadata.resource_version.take();
+    node.metadata = kube::api::ObjectMeta {
+        name,
+        labels,
+        uid,
+        resource_version,
+        ..Default::default()
+    };
+    node.spec = None;
+    let status = node.status.take().unwrap_or_default();
+    let ready = status
+        .conditions
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|c| c.type_ == "Ready")
+        .map(|c| NodeCondition {
+            type_: c.type_,
+            status: c.status,
+            ..NodeCondition::default()
+        })
+        .collect();
+    let kernel_version = status.node_info.map(|i| i.kernel_version).unwrap_or_default();
+    node.status = Some(NodeStatus {
+        conditions: Some(ready),
+        node_info: Some(NodeSystemInfo {
+            kernel_version,
+            ..NodeSystemInfo::default()
+        }),
+        ..NodeStatus::default()
+    });
+}
+
+/// Drops managed fields and annotations from any object kept in a store.
+pub fn trim_metadata<K: kube::Resource>(object: &mut K) {
+    object.meta_mut().managed_fields = None;
+    object.meta_mut().annotations = None;
+}
+
+/// A hash of what the controller reads from a Node, so heartbeats (which only bump
+/// timestamps that trimming already removed, and the resourceVersion) trigger nothing.
+pub fn node_relevance(node: &Node) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    node.labels().hash(&mut hasher);
+    node_ready(node).hash(&mut hasher);
+    node.status
+        .as_ref()
+        .and_then(|s| s.node_info.as_ref())
+        .map(|i| &i.kernel_version)
+        .hash(&mut hasher);
+    Some(hasher.finish())
+}
+
+#[cfg(test)]
+#[path = "select_tests.rs"]
+mod tests;

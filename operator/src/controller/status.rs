@@ -1,0 +1,126 @@
+//! Finishing the engine's decision for writing: the controller's own `RepositoryReachable`
+//! condition and `lastRepositoryCheck` merged into the status, the next wake-up, Events and
+//! the metrics the rollout events move. No client required.
+
+use std::time::Duration;
+
+use kpersist_crds::{LivePatchPolicyStatus, PolicyCondition, PolicyPhase};
+use kube::runtime::events::{Event, EventType};
+
+use crate::engine::RolloutEvent;
+use crate::metrics::Metrics;
+
+/// How often a policy is looked at when nothing asks sooner, so a lost watch event or a
+/// missed requeue cannot stall a rollout for long.
+pub const RESYNC: Duration = Duration::from_secs(300);
+
+/// Puts `condition` into `conditions`, replacing one of the same type. The transition
+/// time is kept when the status did not change, else set to `now`.
+pub fn set_condition(
+    conditions: &mut Vec<PolicyCondition>,
+    mut condition: PolicyCondition,
+    previous: &[PolicyCondition],
+    now: jiff::Timestamp,
+) {
+    let before = previous.iter().find(|c| c.type_ == condition.type_);
+    condition.last_transition_time = match before {
+        Some(old) if old.status == condition.status => old.last_transition_time.clone(),
+        _ => Some(now.to_string()),
+    };
+    conditions.retain(|c| c.type_ != condition.type_);
+    conditions.push(condition);
+}
+
+/// Merges the repository poll's results into the status the engine produced.
+pub fn merge_repository(
+    status: &mut LivePatchPolicyStatus,
+    previous: Option<&LivePatchPolicyStatus>,
+    condition: Option<PolicyCondition>,
+    verified_at: Option<jiff::Timestamp>,
+    generation: Option<i64>,
+    now: jiff::Timestamp,
+) {
+    let old_conditions = previous.map(|s| s.conditions.as_slice()).unwrap_or_default();
+    if let Some(mut condition) = condition {
+        condition.observed_generation = generation;
+        set_condition(&mut status.conditions, condition, old_conditions, now);
+    }
+    if let Some(at) = verified_at {
+        status.last_repository_check = Some(at.to_string());
+    }
+}
+
+/// When to reconcile again: the soonest of the engine's wish, the next repository poll,
+/// the next gate evaluation, and the resync period.
+pub fn requeue_after(
+    engine: Option<Duration>,
+    next_poll: Duration,
+    next_gate: Option<Duration>,
+) -> Duration {
+    [Some(RESYNC), engine, Some(next_poll), next_gate]
+        .into_iter()
+        .flatten()
+        // A zero wait would spin; a second is soon enough for anything the engine times.
+        .map(|d| d.max(Duration::from_secs(1)))
+        .min()
+        .unwrap_or(RESYNC)
+}
+
+/// The Kubernetes Event for a rollout event.
+pub fn kube_event(event: &RolloutEvent) -> Event {
+    Event {
+        type_: if event.is_warning() {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: event.reason().to_string(),
+        note: Some(truncate(event.message(), 1024)),
+        action: "Rollout".to_string(),
+        secondary: None,
+    }
+}
+
+/// Counts what the events say into the rollout and revert counters.
+pub fn count_events(metrics: &Metrics, policy: &str, events: &[RolloutEvent]) {
+    for event in events {
+        match event {
+            RolloutEvent::RolloutComplete { .. } => metrics.rollout_ended(policy, "complete"),
+            RolloutEvent::WaveFailed { .. } => metrics.rollout_ended(policy, "failed"),
+            RolloutEvent::RevertStarted { .. } => metrics.revert_started(policy),
+            _ => {}
+        }
+    }
+}
+
+/// Whether the status says a bake is running, so the Prometheus gate must be evaluated.
+pub fn baking(status: Option<&LivePatchPolicyStatus>) -> Option<String> {
+    let status = status?;
+    if status.phase != Some(PolicyPhase::Baking) {
+        return None;
+    }
+    // The bake's start names the bake; without one, the wave start does.
+    let rollout = status.rollout.as_ref()?;
+    Some(
+        rollout
+            .bake_started_at
+            .clone()
+            .unwrap_or_else(|| rollout.wave_started_at.clone()),
+    )
+}
+
+fn truncate(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut cut = max.saturating_sub(3);
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push_str("...");
+    }
+    text
+}
+
+#[cfg(test)]
+#[path = "status_tests.rs"]
+mod tests;

@@ -1,0 +1,104 @@
+use super::*;
+use kpersist_crds::RolloutProgress;
+
+fn condition(status: &str, at: Option<&str>) -> PolicyCondition {
+    PolicyCondition {
+        type_: "RepositoryReachable".into(),
+        status: status.into(),
+        reason: "Verified".into(),
+        message: String::new(),
+        last_transition_time: at.map(str::to_string),
+        observed_generation: None,
+    }
+}
+
+fn ts(s: &str) -> jiff::Timestamp {
+    s.parse().unwrap()
+}
+
+#[test]
+fn transition_time_moves_only_when_the_status_changes() {
+    let previous = vec![condition("True", Some("2026-01-01T00:00:00Z"))];
+    let now = ts("2026-02-01T00:00:00Z");
+
+    let mut same = previous.clone();
+    set_condition(&mut same, condition("True", None), &previous, now);
+    assert_eq!(same.len(), 1);
+    assert_eq!(same[0].last_transition_time.as_deref(), Some("2026-01-01T00:00:00Z"));
+
+    let mut flipped = previous.clone();
+    set_condition(&mut flipped, condition("False", None), &previous, now);
+    assert_eq!(flipped.len(), 1);
+    assert_eq!(flipped[0].last_transition_time.as_deref(), Some("2026-02-01T00:00:00Z"));
+}
+
+#[test]
+fn repository_merge_sets_check_time_and_generation() {
+    let mut status = LivePatchPolicyStatus::default();
+    let now = ts("2026-02-01T00:00:00Z");
+    merge_repository(&mut status, None, Some(condition("True", None)), Some(now), Some(4), now);
+    assert_eq!(status.last_repository_check.as_deref(), Some("2026-02-01T00:00:00Z"));
+    assert_eq!(status.conditions[0].observed_generation, Some(4));
+
+    // A failed poll keeps the last successful check time the engine copied through.
+    let mut status = LivePatchPolicyStatus {
+        last_repository_check: Some("2026-01-01T00:00:00Z".into()),
+        ..LivePatchPolicyStatus::default()
+    };
+    merge_repository(&mut status, None, Some(condition("False", None)), None, Some(4), now);
+    assert_eq!(status.last_repository_check.as_deref(), Some("2026-01-01T00:00:00Z"));
+}
+
+#[test]
+fn requeue_takes_the_soonest_but_never_zero() {
+    let s = Duration::from_secs;
+    assert_eq!(requeue_after(None, s(3600), None), RESYNC);
+    assert_eq!(requeue_after(Some(s(20)), s(60), Some(s(30))), s(20));
+    assert_eq!(requeue_after(Some(s(90)), s(60), Some(s(30))), s(30));
+    assert_eq!(requeue_after(None, Duration::ZERO, None), s(1));
+}
+
+#[test]
+fn warnings_and_notes() {
+    let failed = kube_event(&RolloutEvent::WaveFailed {
+        wave: 2,
+        reason: "x".repeat(5000),
+    });
+    assert_eq!(failed.type_, EventType::Warning);
+    assert_eq!(failed.reason, "WaveFailed");
+    assert!(failed.note.as_ref().unwrap().len() <= 1024);
+    let done = kube_event(&RolloutEvent::WaveDone { wave: 1, waves: 3 });
+    assert_eq!(done.type_, EventType::Normal);
+}
+
+#[test]
+fn events_move_the_counters() {
+    let metrics = Metrics::new();
+    count_events(
+        &metrics,
+        "web",
+        &[
+            RolloutEvent::WaveFailed { wave: 1, reason: "r".into() },
+            RolloutEvent::RevertStarted { release: "k/v2".into(), nodes: 1 },
+        ],
+    );
+    let text = metrics.render();
+    assert!(text.contains(r#"kpersist_rollouts_total{policy="web",result="failed"} 1"#), "{text}");
+    assert!(text.contains(r#"kpersist_reverts_total{policy="web"} 1"#), "{text}");
+}
+
+#[test]
+fn a_bake_is_named_by_its_start() {
+    let mut status = LivePatchPolicyStatus {
+        phase: Some(PolicyPhase::Baking),
+        rollout: Some(RolloutProgress {
+            wave_started_at: "w".into(),
+            bake_started_at: Some("b".into()),
+            ..RolloutProgress::default()
+        }),
+        ..LivePatchPolicyStatus::default()
+    };
+    assert_eq!(baking(Some(&status)).as_deref(), Some("b"));
+    status.phase = Some(PolicyPhase::Progressing);
+    assert_eq!(baking(Some(&status)), None);
+}

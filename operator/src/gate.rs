@@ -1,0 +1,227 @@
+//! The Prometheus health gate: during a bake the policy's PromQL query is evaluated against
+//! `<url>/api/v1/query` every `interval`, and each sample compared with the threshold.
+//! Parsing and comparing are pure; only [`query`] talks to the network.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kpersist_crds::PrometheusGate;
+use serde::Deserialize;
+
+use crate::engine::GateVerdict;
+
+/// Consecutive query errors after which the gate fails rather than waiting: a Prometheus
+/// that cannot answer for the whole bake must not let a wave pass unchecked.
+pub const ERRORS_BEFORE_FAILING: u32 = 3;
+
+/// The JSON answer of `/api/v1/query`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QueryResponse {
+    /// `success` or `error`.
+    pub status: String,
+    /// The result, on success.
+    #[serde(default)]
+    pub data: Option<QueryData>,
+    /// The error text, on error.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// The `data` of a query answer.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", tag = "resultType", content = "result")]
+pub enum QueryData {
+    /// One sample per series.
+    #[serde(rename = "vector")]
+    Vector(Vec<VectorSample>),
+    /// One value.
+    #[serde(rename = "scalar")]
+    Scalar((f64, String)),
+    /// Series of samples (a range selector in the query); the last value of each counts.
+    #[serde(rename = "matrix")]
+    Matrix(Vec<MatrixSeries>),
+    /// A string result cannot be compared.
+    #[serde(rename = "string")]
+    String((f64, String)),
+}
+
+/// A vector sample.
+#[derive(Debug, Deserialize)]
+pub struct VectorSample {
+    /// Series labels.
+    #[serde(default)]
+    pub metric: HashMap<String, String>,
+    /// `[timestamp, "value"]`.
+    pub value: (f64, String),
+}
+
+/// A matrix series.
+#[derive(Debug, Deserialize)]
+pub struct MatrixSeries {
+    /// Series labels.
+    #[serde(default)]
+    pub metric: HashMap<String, String>,
+    /// `[[timestamp, "value"], ...]`.
+    pub values: Vec<(f64, String)>,
+}
+
+/// Judges a query answer against the gate. No client required.
+pub fn verdict(gate: &PrometheusGate, response: &QueryResponse) -> Result<GateVerdict, String> {
+    if response.status != "success" {
+        return Err(format!(
+            "Prometheus refused the query: {}",
+            response.error.as_deref().unwrap_or("no error text")
+        ));
+    }
+    let samples: Vec<(String, String)> = match &response.data {
+        None => return Err("Prometheus answered success without data".to_string()),
+        Some(QueryData::String(_)) => {
+            return Err("the query returns a string; write one that returns numbers".to_string());
+        }
+        Some(QueryData::Scalar((_, value))) => vec![("scalar".to_string(), value.clone())],
+        Some(QueryData::Vector(samples)) => samples
+            .iter()
+            .map(|s| (series_name(&s.metric), s.value.1.clone()))
+            .collect(),
+        Some(QueryData::Matrix(series)) => series
+            .iter()
+            .filter_map(|s| Some((series_name(&s.metric), s.values.last()?.1.clone())))
+            .collect(),
+    };
+    if samples.is_empty() {
+        return Ok(if gate.fail_on_empty {
+            GateVerdict::Fail(format!("query {:?} returned no samples (failOnEmpty)", gate.query))
+        } else {
+            GateVerdict::Pass
+        });
+    }
+    for (series, text) in samples {
+        // Prometheus writes NaN and ±Inf as text; NaN compares false and so fails.
+        let value: f64 = text
+            .parse()
+            .map_err(|_| format!("sample {series} has value {text:?}, not a number"))?;
+        if !gate.operator.holds(value, gate.threshold) {
+            return Ok(GateVerdict::Fail(format!(
+                "{series} = {value} does not satisfy {:?} {} (query {:?})",
+                gate.operator, gate.threshold, gate.query
+            )));
+        }
+    }
+    Ok(GateVerdict::Pass)
+}
+
+fn series_name(metric: &HashMap<String, String>) -> String {
+    let mut labels: Vec<_> = metric.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
+    labels.sort();
+    format!("{{{}}}", labels.join(","))
+}
+
+/// Runs the gate's query once. Network required.
+#[tracing::instrument(skip_all, fields(url = %gate.url))]
+pub async fn query(client: &reqwest::Client, gate: &PrometheusGate) -> Result<GateVerdict, String> {
+    let base = format!("{}/api/v1/query", gate.url.trim_end_matches('/'));
+    let url = reqwest::Url::parse_with_params(&base, &[("query", gate.query.as_str())])
+        .map_err(|e| format!("health.prometheus.url {:?} is not a URL: {e}", gate.url))?;
+    let response = client
+        .get(url.clone())
+        .send()
+        .await
+        .map_err(|e| format!("GET {url} failed: {e}"))?;
+    let status = response.status();
+    let body = response
+        .bytes()
+        .await
+        .map_err(|e| format!("reading the answer of {url} failed: {e}"))?;
+    // Prometheus answers 400/422 with a JSON error body worth showing.
+    let parsed: QueryResponse = serde_json::from_slice(&body)
+        .map_err(|e| format!("{url} answered HTTP {status} with no Prometheus JSON: {e}"))?;
+    verdict(gate, &parsed)
+}
+
+/// The gate's memory for one policy's current bake.
+#[derive(Debug, Clone, Default)]
+pub struct GateState {
+    /// The bake this state belongs to (`status.rollout.bakeStartedAt`).
+    pub bake: Option<String>,
+    /// When the query last ran.
+    pub evaluated_at: Option<jiff::Timestamp>,
+    /// The last verdict.
+    pub verdict: Option<GateVerdict>,
+    /// Query errors in a row.
+    pub errors: u32,
+}
+
+impl GateState {
+    /// Whether the query should run now for this bake.
+    pub fn due(&self, now: jiff::Timestamp, interval: Duration) -> bool {
+        match self.evaluated_at {
+            None => true,
+            Some(at) => Duration::try_from(now.duration_since(at)).unwrap_or(Duration::ZERO) >= interval,
+        }
+    }
+
+    /// Records a query's result. A failing verdict stays for the rest of the bake: the
+    /// wave failed, whatever later samples say.
+    pub fn record(&mut self, result: Result<GateVerdict, String>, now: jiff::Timestamp) {
+        self.evaluated_at = Some(now);
+        if matches!(self.verdict, Some(GateVerdict::Fail(_))) {
+            return;
+        }
+        match result {
+            Ok(verdict) => {
+                self.errors = 0;
+                self.verdict = Some(verdict);
+            }
+            Err(message) => {
+                self.errors += 1;
+                tracing::warn!(%message, errors = self.errors, "Prometheus gate query failed");
+                if self.errors >= ERRORS_BEFORE_FAILING {
+                    self.verdict = Some(GateVerdict::Fail(format!(
+                        "the Prometheus gate could not be evaluated {} times in a row: {message}",
+                        self.errors
+                    )));
+                }
+            }
+        }
+    }
+}
+
+/// Every policy's gate state, keyed by policy name.
+#[derive(Debug, Default, Clone)]
+pub struct GateStates {
+    states: Arc<Mutex<HashMap<String, GateState>>>,
+}
+
+impl GateStates {
+    /// The policy's state for `bake`, fresh when the bake changed.
+    pub fn take(&self, policy: &str, bake: Option<&str>) -> GateState {
+        let kept = self.lock().remove(policy);
+        match kept {
+            Some(state) if state.bake.as_deref() == bake => state,
+            _ => GateState {
+                bake: bake.map(str::to_string),
+                ..GateState::default()
+            },
+        }
+    }
+
+    /// Stores the policy's state.
+    pub fn put(&self, policy: &str, state: GateState) {
+        self.lock().insert(policy.to_string(), state);
+    }
+
+    /// Forgets a deleted policy.
+    pub fn forget(&self, policy: &str) {
+        self.lock().remove(policy);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, GateState>> {
+        self.states.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+#[path = "gate_tests.rs"]
+mod tests;

@@ -1,0 +1,293 @@
+//! Leader election over a `coordination.k8s.io/v1` Lease, so two replicas can run and only
+//! one reconciles. kube 5 ships no elector, so this follows client-go's protocol: the leader
+//! renews `renewTime`; a candidate takes over once it has seen the record unchanged for the
+//! lease duration (measured on its own monotonic clock, so clock skew between replicas does
+//! not matter); the leader releases the Lease on a clean shutdown so the next one starts at
+//! once. Client required.
+
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use kube::api::{ObjectMeta, PostParams};
+use kube::{Api, Client};
+use tokio::time::Instant;
+
+/// Timings of the election, client-go's defaults.
+#[derive(Debug, Clone)]
+pub struct LeaseConfig {
+    /// Name of the Lease object.
+    pub name: String,
+    /// Namespace of the Lease object.
+    pub namespace: String,
+    /// This replica's identity, unique among the candidates (the pod name).
+    pub identity: String,
+    /// How long a record must stay unchanged before another replica may take over.
+    pub lease_duration: Duration,
+    /// A leader that has not renewed for this long steps down.
+    pub renew_deadline: Duration,
+    /// How often the leader renews and candidates retry.
+    pub retry_period: Duration,
+}
+
+impl LeaseConfig {
+    /// A config with client-go's default timings (15 s, 10 s, 2 s).
+    pub fn new(name: String, namespace: String, identity: String) -> Self {
+        Self {
+            name,
+            namespace,
+            identity,
+            lease_duration: Duration::from_secs(15),
+            renew_deadline: Duration::from_secs(10),
+            retry_period: Duration::from_secs(2),
+        }
+    }
+}
+
+/// What a candidate does with the Lease it read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// No Lease exists: create it, holding it.
+    Create,
+    /// It holds the Lease: renew it.
+    Renew,
+    /// The Lease is free or its holder stopped renewing: take it over.
+    TakeOver,
+    /// Someone else holds a live Lease: wait.
+    Wait,
+}
+
+/// Decides the claim from the Lease's spec and whether its record has gone stale. Pure.
+pub fn claim(spec: Option<&LeaseSpec>, identity: &str, stale: bool) -> Claim {
+    let Some(spec) = spec else {
+        return Claim::Create;
+    };
+    match spec.holder_identity.as_deref() {
+        Some(holder) if holder == identity => Claim::Renew,
+        None | Some("") => Claim::TakeOver,
+        Some(_) if stale => Claim::TakeOver,
+        Some(_) => Claim::Wait,
+    }
+}
+
+/// The part of a Lease record whose change proves its holder is alive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Record {
+    holder: Option<String>,
+    renew_time: Option<String>,
+    transitions: Option<i32>,
+}
+
+impl Record {
+    fn of(spec: &LeaseSpec) -> Self {
+        Self {
+            holder: spec.holder_identity.clone(),
+            renew_time: spec.renew_time.as_ref().map(|t| t.0.to_string()),
+            transitions: spec.lease_transitions,
+        }
+    }
+}
+
+/// One replica's side of the election.
+pub struct LeaderElector {
+    api: Api<Lease>,
+    config: LeaseConfig,
+    observed: Option<(Record, Instant)>,
+}
+
+impl LeaderElector {
+    /// An elector for the Lease named in `config`.
+    pub fn new(client: Client, config: LeaseConfig) -> Self {
+        let api = Api::namespaced(client, &config.namespace);
+        Self {
+            api,
+            config,
+            observed: None,
+        }
+    }
+
+    /// The election's settings.
+    pub fn config(&self) -> &LeaseConfig {
+        &self.config
+    }
+
+    /// Reads the Lease and creates, renews or takes it over when allowed. Returns whether
+    /// this replica holds it afterwards. A conflict (someone else wrote first) is a loss,
+    /// not an error.
+    #[tracing::instrument(skip(self), fields(lease = %self.config.name))]
+    pub async fn try_acquire_or_renew(&mut self) -> Result<bool, kube::Error> {
+        let current = self.api.get_opt(&self.config.name).await?;
+        let now = Instant::now();
+        let spec = current.as_ref().and_then(|l| l.spec.as_ref());
+        let stale = match spec {
+            Some(spec) => {
+                let record = Record::of(spec);
+                match &self.observed {
+                    Some((seen, at)) if *seen == record => {
+                        now.duration_since(*at) >= self.config.lease_duration
+                    }
+                    _ => {
+                        self.observed = Some((record, now));
+                        false
+                    }
+                }
+            }
+            None => false,
+        };
+        let decision = claim(spec, &self.config.identity, stale);
+        let result = match decision {
+            Claim::Wait => return Ok(false),
+            Claim::Create => {
+                let lease = Lease {
+                    metadata: ObjectMeta {
+                        name: Some(self.config.name.clone()),
+                        namespace: Some(self.config.namespace.clone()),
+                        ..ObjectMeta::default()
+                    },
+                    spec: Some(self.held_spec(None, true)),
+                };
+                self.api.create(&PostParams::default(), &lease).await
+            }
+            Claim::Renew | Claim::TakeOver => {
+                let Some(mut lease) = current else {
+                    return Ok(false);
+                };
+                let taking_over = decision == Claim::TakeOver;
+                lease.spec = Some(self.held_spec(lease.spec.as_ref(), taking_over));
+                // The replace carries the resourceVersion we read: if another replica wrote
+                // in between, the API answers 409 and we have not won.
+                self.api
+                    .replace(&self.config.name, &PostParams::default(), &lease)
+                    .await
+            }
+        };
+        match result {
+            Ok(written) => {
+                if let Some(spec) = written.spec.as_ref() {
+                    self.observed = Some((Record::of(spec), Instant::now()));
+                }
+                if decision != Claim::Renew {
+                    tracing::info!(identity = %self.config.identity, "acquired the leader lease");
+                }
+                Ok(true)
+            }
+            Err(kube::Error::Api(status)) if status.is_conflict() || status.is_already_exists() => {
+                Ok(false)
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    fn held_spec(&self, previous: Option<&LeaseSpec>, acquiring: bool) -> LeaseSpec {
+        let now = MicroTime(jiff::Timestamp::now());
+        let previous = previous.cloned().unwrap_or_default();
+        let transitions = previous.lease_transitions.unwrap_or(0);
+        LeaseSpec {
+            holder_identity: Some(self.config.identity.clone()),
+            lease_duration_seconds: Some(
+                i32::try_from(self.config.lease_duration.as_secs()).unwrap_or(i32::MAX),
+            ),
+            acquire_time: if acquiring {
+                Some(now.clone())
+            } else {
+                previous.acquire_time.clone()
+            },
+            renew_time: Some(now),
+            lease_transitions: Some(if acquiring && previous.holder_identity.is_some() {
+                transitions.saturating_add(1)
+            } else {
+                transitions
+            }),
+            ..previous
+        }
+    }
+
+    /// Blocks until this replica holds the Lease, retrying every retry period. API errors
+    /// are logged and retried: an apiserver blip must not kill a waiting candidate.
+    pub async fn acquire(&mut self) {
+        loop {
+            match self.try_acquire_or_renew().await {
+                Ok(true) => return,
+                Ok(false) => {}
+                Err(error) => tracing::warn!(%error, "reading the leader lease failed; retrying"),
+            }
+            tokio::time::sleep(self.config.retry_period).await;
+        }
+    }
+
+    /// Renews until the Lease is lost (another holder, or no successful renewal within the
+    /// renew deadline), then returns. The caller steps down by exiting.
+    pub async fn hold(&mut self) {
+        let mut last_renewed = Instant::now();
+        loop {
+            tokio::time::sleep(self.config.retry_period).await;
+            match self.try_acquire_or_renew().await {
+                Ok(true) => last_renewed = Instant::now(),
+                Ok(false) => {
+                    tracing::error!("another replica holds the leader lease");
+                    return;
+                }
+                Err(error) => tracing::warn!(%error, "renewing the leader lease failed"),
+            }
+            if last_renewed.elapsed() > self.config.renew_deadline {
+                tracing::error!(
+                    deadline = ?self.config.renew_deadline,
+                    "could not renew the leader lease in time"
+                );
+                return;
+            }
+        }
+    }
+
+    /// A handle that can release the Lease after the elector moved into its renewal task.
+    pub fn releaser(&self) -> LeaseReleaser {
+        LeaseReleaser {
+            api: self.api.clone(),
+            name: self.config.name.clone(),
+            identity: self.config.identity.clone(),
+        }
+    }
+}
+
+/// Releases the Lease on shutdown.
+#[derive(Clone)]
+pub struct LeaseReleaser {
+    api: Api<Lease>,
+    name: String,
+    identity: String,
+}
+
+impl LeaseReleaser {
+    /// Gives the Lease up so another replica takes over without waiting for it to expire.
+    /// Only clears the holder when it is still us.
+    pub async fn release(&self) -> Result<(), kube::Error> {
+        let Some(mut lease) = self.api.get_opt(&self.name).await? else {
+            return Ok(());
+        };
+        let Some(spec) = lease.spec.as_mut() else {
+            return Ok(());
+        };
+        if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
+            return Ok(());
+        }
+        spec.holder_identity = None;
+        spec.lease_duration_seconds = Some(1);
+        spec.renew_time = Some(MicroTime(jiff::Timestamp::now()));
+        self.api
+            .replace(&self.name, &PostParams::default(), &lease)
+            .await?;
+        tracing::info!("released the leader lease");
+        Ok(())
+    }
+}
+
+/// This replica's identity: the pod name when the chart passes it, else the host name.
+pub fn default_identity() -> String {
+    std::env::var("POD_NAME")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_else(|_| format!("kpersist-operator-{}", std::process::id()))
+}
+
+#[cfg(test)]
+#[path = "leader_tests.rs"]
+mod tests;

@@ -1,0 +1,297 @@
+//! The operator's Prometheus metrics, in a registry of their own so tests can build as many
+//! as they like. Every series carrying a `policy` label is removed when the policy goes, so
+//! a cluster that churns policies does not grow the exposition forever.
+
+use std::time::Duration;
+
+use kpersist_crds::{LivePatchPolicyStatus, NodeCounts, PolicyPhase};
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+
+/// Every phase a policy can be in, so the phase gauge always carries a 0 or 1 for each.
+const PHASES: [PolicyPhase; 7] = [
+    PolicyPhase::Idle,
+    PolicyPhase::Progressing,
+    PolicyPhase::Baking,
+    PolicyPhase::Paused,
+    PolicyPhase::RollingBack,
+    PolicyPhase::Complete,
+    PolicyPhase::Failed,
+];
+
+/// The operator's metrics.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    nodes: IntGaugeVec,
+    rollout_wave: IntGaugeVec,
+    rollout_phase: IntGaugeVec,
+    rollouts: IntCounterVec,
+    reverts: IntCounterVec,
+    repository_polls: IntCounterVec,
+    reconcile_duration: Histogram,
+    reconcile_errors: IntCounterVec,
+    leader: IntGauge,
+}
+
+/// Builds a metric and registers it; names and labels are constants, so a failure here is a
+/// programming error caught by the first test that builds `Metrics`.
+fn registered<M: prometheus::core::Collector + Clone + 'static>(registry: &Registry, m: M) -> M {
+    #[allow(clippy::expect_used)]
+    registry
+        .register(Box::new(m.clone()))
+        .expect("metric names are unique constants");
+    m
+}
+
+#[allow(clippy::expect_used)]
+fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric definition")
+}
+
+#[allow(clippy::expect_used)]
+fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric definition")
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Creates every metric in a fresh registry.
+    #[allow(clippy::expect_used)]
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let r = &registry;
+        let reconcile_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "kpersist_reconcile_duration_seconds",
+                "Time one policy reconcile took, including API writes and repository polls.",
+            )
+            .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+        )
+        .expect("valid metric definition");
+        let leader = IntGauge::new(
+            "kpersist_leader",
+            "1 while this replica holds the leader Lease and reconciles, else 0.",
+        )
+        .expect("valid metric definition");
+        Self {
+            nodes: registered(
+                r,
+                gauge_vec(
+                    "kpersist_nodes",
+                    "Selected nodes per policy and state (patched, applying, pending, ...).",
+                    &["policy", "state"],
+                ),
+            ),
+            rollout_wave: registered(
+                r,
+                gauge_vec(
+                    "kpersist_rollout_wave",
+                    "Current wave of the policy's rollout, from 1; 0 when none runs.",
+                    &["policy"],
+                ),
+            ),
+            rollout_phase: registered(
+                r,
+                gauge_vec(
+                    "kpersist_rollout_phase",
+                    "1 for the policy's current phase, 0 for the others.",
+                    &["policy", "phase"],
+                ),
+            ),
+            rollouts: registered(
+                r,
+                counter_vec(
+                    "kpersist_rollouts_total",
+                    "Rollouts that ended, by result (complete, failed, paused, superseded).",
+                    &["policy", "result"],
+                ),
+            ),
+            reverts: registered(
+                r,
+                counter_vec(
+                    "kpersist_reverts_total",
+                    "Reverts started because a wave failed.",
+                    &["policy"],
+                ),
+            ),
+            repository_polls: registered(
+                r,
+                counter_vec(
+                    "kpersist_repository_polls_total",
+                    "Repository index polls by result (updated, not_modified, or the failure reason).",
+                    &["policy", "result"],
+                ),
+            ),
+            reconcile_errors: registered(
+                r,
+                counter_vec(
+                    "kpersist_reconcile_errors_total",
+                    "Failed reconciles by error kind.",
+                    &["reason"],
+                ),
+            ),
+            reconcile_duration: registered(r, reconcile_duration),
+            leader: registered(r, leader),
+            registry,
+        }
+    }
+
+    /// Records a reconcile's duration.
+    pub fn observe_reconcile(&self, duration: Duration) {
+        self.reconcile_duration.observe(duration.as_secs_f64());
+    }
+
+    /// Counts a failed reconcile under the error's label.
+    pub fn reconcile_failed(&self, reason: &str) {
+        self.reconcile_errors.with_label_values(&[reason]).inc();
+    }
+
+    /// Counts a repository poll.
+    pub fn repository_polled(&self, policy: &str, result: &str) {
+        self.repository_polls
+            .with_label_values(&[policy, result])
+            .inc();
+    }
+
+    /// Counts a finished rollout.
+    pub fn rollout_ended(&self, policy: &str, result: &str) {
+        self.rollouts.with_label_values(&[policy, result]).inc();
+    }
+
+    /// Counts a revert.
+    pub fn revert_started(&self, policy: &str) {
+        self.reverts.with_label_values(&[policy]).inc();
+    }
+
+    /// Sets whether this replica leads.
+    pub fn set_leader(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
+    }
+
+    /// Mirrors a policy's status into the node, wave and phase gauges.
+    pub fn record_status(&self, policy: &str, status: &LivePatchPolicyStatus) {
+        for (state, count) in node_count_series(&status.nodes) {
+            self.nodes
+                .with_label_values(&[policy, state])
+                .set(i64::from(count));
+        }
+        let wave = status.rollout.as_ref().map_or(0, |r| r.wave);
+        self.rollout_wave
+            .with_label_values(&[policy])
+            .set(i64::from(wave));
+        for phase in PHASES {
+            let current = status.phase == Some(phase);
+            self.rollout_phase
+                .with_label_values(&[policy, phase_label(phase)])
+                .set(i64::from(current));
+        }
+    }
+
+    /// Drops the gauges of a deleted policy. Counters stay: they are totals over the
+    /// process's life and Prometheus handles their disappearance on restart anyway.
+    pub fn forget_policy(&self, policy: &str) {
+        for (state, _) in node_count_series(&NodeCounts::default()) {
+            let _ = self.nodes.remove_label_values(&[policy, state]);
+        }
+        let _ = self.rollout_wave.remove_label_values(&[policy]);
+        for phase in PHASES {
+            let _ = self
+                .rollout_phase
+                .remove_label_values(&[policy, phase_label(phase)]);
+        }
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        // Encoding into a Vec cannot fail on I/O; an error would mean a malformed metric.
+        if let Err(error) = TextEncoder::new().encode(&self.registry.gather(), &mut buffer) {
+            tracing::error!(%error, "encoding metrics failed");
+        }
+        String::from_utf8_lossy(&buffer).into_owned()
+    }
+}
+
+/// The phase as it appears in the `phase` label: the API's own spelling.
+pub fn phase_label(phase: PolicyPhase) -> &'static str {
+    match phase {
+        PolicyPhase::Idle => "Idle",
+        PolicyPhase::Progressing => "Progressing",
+        PolicyPhase::Baking => "Baking",
+        PolicyPhase::Paused => "Paused",
+        PolicyPhase::RollingBack => "RollingBack",
+        PolicyPhase::Complete => "Complete",
+        PolicyPhase::Failed => "Failed",
+    }
+}
+
+fn node_count_series(counts: &NodeCounts) -> [(&'static str, u32); 9] {
+    [
+        ("total", counts.total),
+        ("patched", counts.patched),
+        ("applying", counts.applying),
+        ("reverting", counts.reverting),
+        ("pending", counts.pending),
+        ("failed", counts.failed),
+        ("unsupported", counts.unsupported),
+        ("crash_suspected", counts.crash_suspected),
+        ("unknown", counts.unknown),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kpersist_crds::RolloutProgress;
+
+    #[test]
+    fn status_sets_node_wave_and_phase_series() {
+        let metrics = Metrics::new();
+        let status = LivePatchPolicyStatus {
+            phase: Some(PolicyPhase::Baking),
+            nodes: NodeCounts {
+                total: 5,
+                patched: 2,
+                ..NodeCounts::default()
+            },
+            rollout: Some(RolloutProgress {
+                wave: 2,
+                waves: 3,
+                ..RolloutProgress::default()
+            }),
+            ..LivePatchPolicyStatus::default()
+        };
+        metrics.record_status("web", &status);
+        let text = metrics.render();
+        assert!(text.contains(r#"kpersist_nodes{policy="web",state="patched"} 2"#), "{text}");
+        assert!(text.contains(r#"kpersist_rollout_wave{policy="web"} 2"#), "{text}");
+        assert!(text.contains(r#"kpersist_rollout_phase{phase="Baking",policy="web"} 1"#), "{text}");
+        assert!(text.contains(r#"kpersist_rollout_phase{phase="Idle",policy="web"} 0"#), "{text}");
+
+        metrics.forget_policy("web");
+        let text = metrics.render();
+        assert!(!text.contains(r#"policy="web""#), "{text}");
+    }
+
+    #[test]
+    fn counters_and_leader_gauge_render() {
+        let metrics = Metrics::new();
+        metrics.repository_polled("web", "not_modified");
+        metrics.reconcile_failed("kube");
+        metrics.set_leader(true);
+        metrics.observe_reconcile(Duration::from_millis(3));
+        let text = metrics.render();
+        assert!(text.contains(r#"kpersist_repository_polls_total{policy="web",result="not_modified"} 1"#));
+        assert!(text.contains(r#"kpersist_reconcile_errors_total{reason="kube"} 1"#));
+        assert!(text.contains("kpersist_leader 1"));
+        assert!(text.contains("kpersist_reconcile_duration_seconds_count 1"));
+    }
+}
