@@ -25,7 +25,27 @@ pub enum RepositoryError {
         /// Its size.
         size: u64,
     },
-    /// The signature is malformed or does not verify.
+    /// The signature is well-formed but does not verify over the index.
+    #[error(
+        "{index_file} does not match its signature {signature_file} under any of the {keys} \
+         trusted key(s): it was changed after signing or signed with another key; re-sign it \
+         with `kpersist-repo sign` or check the trusted keys"
+    )]
+    SignatureMismatch {
+        /// The index's name or path.
+        index_file: String,
+        /// The signature's name or path.
+        signature_file: String,
+        /// How many trusted keys were tried.
+        keys: usize,
+    },
+    /// The index has no signature next to it.
+    #[error("{path} is missing; sign the index with `kpersist-repo sign`")]
+    MissingSignature {
+        /// Where the signature should be.
+        path: String,
+    },
+    /// The signature is malformed, or no key is trusted.
     #[error(transparent)]
     Signature(#[from] SigningError),
     /// The index is not JSON of the index's shape.
@@ -68,7 +88,10 @@ pub enum RepositoryError {
         problem: String,
     },
     /// Two releases share a kernel release and version.
-    #[error("release {id} appears twice; each kernel release and version may be published once")]
+    #[error(
+        "release {id} is listed more than once; each kernel release and version is published \
+         once, so use a higher version"
+    )]
     DuplicateRelease {
         /// The duplicated id.
         id: String,

@@ -6,7 +6,7 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 
 use super::{INDEX_FILE, Index, MAX_INDEX_SIZE, Release, RepositoryError, SIGNATURE_FILE};
-use crate::signing::{self, PublicKey};
+use crate::signing::{self, PublicKey, SigningError};
 
 /// Largest signature file accepted; a real one is 89 bytes.
 pub const MAX_SIGNATURE_SIZE: u64 = 1024;
@@ -44,7 +44,17 @@ fn verify_index_named(
             size: signature.len() as u64,
         });
     }
-    signing::verify(index, signature, signature_file, trusted)?;
+    match signing::verify(index, signature, signature_file, trusted) {
+        Ok(()) => {}
+        Err(SigningError::Mismatch { keys, .. }) => {
+            return Err(RepositoryError::SignatureMismatch {
+                index_file: index_file.to_string(),
+                signature_file: signature_file.to_string(),
+                keys,
+            });
+        }
+        Err(other) => return Err(other.into()),
+    }
     Index::parse_named(index, index_file)
 }
 
@@ -98,6 +108,9 @@ pub fn verify_repository_dir(root: &Path, trusted: &[PublicKey]) -> Result<Index
     })?;
     let sig_path = root.join(SIGNATURE_FILE);
     let sig_name = sig_path.display().to_string();
+    if !sig_path.exists() {
+        return Err(RepositoryError::MissingSignature { path: sig_name });
+    }
     let signature = read_capped(&sig_path, MAX_SIGNATURE_SIZE, |size| {
         RepositoryError::SignatureTooLarge {
             file: sig_name.clone(),

@@ -54,6 +54,10 @@ fn init_add_sign_verify_round_trip() {
     repo.add(&v2, new_release(2), now()).unwrap();
     assert!(!root.join(SIGNATURE_FILE).exists());
     let err = repo.verify(&[key.public_key()]).unwrap_err();
+    assert!(
+        matches!(err, RepositoryError::MissingSignature { .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains("index.json.sig"), "{err}");
 }
 

@@ -1,0 +1,197 @@
+//! The command line of `kpersist-repo`: its subcommands, flags and their help text. Flag
+//! values are checked here, so a malformed one is a usage error (exit code 2).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use kpersist_kmod::repository::{is_channel, is_cve_id};
+
+/// Build, sign and verify a kpersist patch repository.
+///
+/// A repository is a directory served over HTTP(S): `index.json` lists the cumulative
+/// livepatch releases, `index.json.sig` is its detached ed25519 signature, and `modules/`
+/// holds the `.ko` files by SHA-256. Typical use: `keygen` once, `init` once, then for each
+/// release `add` and `sign`, and `verify` before publishing.
+#[derive(Parser, Debug)]
+#[command(name = "kpersist-repo", version)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Generate an ed25519 signing key pair: kpersist.key (private, mode 0600) and
+    /// kpersist.pub (the public key to give the cluster's LivePatchPolicy).
+    Keygen {
+        /// Directory to write kpersist.key and kpersist.pub into (created if missing);
+        /// existing key files are never overwritten.
+        #[arg(long, value_name = "DIR")]
+        out_dir: PathBuf,
+    },
+    /// Create an empty repository: an index with no releases and a modules/ directory.
+    Init {
+        /// Repository directory (created if missing; must not hold an index yet).
+        #[arg(long, value_name = "DIR")]
+        repo: PathBuf,
+    },
+    /// Add a livepatch module as a new release. The module must declare `livepatch=Y` and
+    /// be built for --kernel-release; the repository must be signed again afterwards.
+    Add(AddArgs),
+    /// Sign the index's exact bytes, writing index.json.sig.
+    Sign {
+        /// Repository directory.
+        #[arg(long, value_name = "DIR")]
+        repo: PathBuf,
+        /// Private key file written by `kpersist-repo keygen` (kpersist.key).
+        #[arg(long, value_name = "FILE")]
+        key: PathBuf,
+    },
+    /// Check the repository as clients will: the signature over index.json, the index's
+    /// contents, and every module's size and SHA-256. Exits 0 only when all check out.
+    Verify {
+        /// Repository directory.
+        #[arg(long, value_name = "DIR")]
+        repo: PathBuf,
+        /// Trusted public key file (kpersist.pub); repeat to trust several keys.
+        #[arg(long = "pubkey", value_name = "FILE", required = true)]
+        pubkeys: Vec<PathBuf>,
+    },
+    /// List the releases in the index: id, module name, channels, CVEs, publication time.
+    List {
+        /// Repository directory.
+        #[arg(long, value_name = "DIR")]
+        repo: PathBuf,
+    },
+}
+
+/// The flags of `kpersist-repo add`.
+#[derive(Args, Debug)]
+pub struct AddArgs {
+    /// The livepatch kernel module (.ko) to publish.
+    #[arg(value_name = "MODULE.ko")]
+    pub module: PathBuf,
+    /// Repository directory made by `kpersist-repo init`.
+    #[arg(long, value_name = "DIR")]
+    pub repo: PathBuf,
+    /// Kernel release the module is for, as `uname -r` prints it on the target nodes;
+    /// must equal the first word of the module's vermagic.
+    #[arg(long, value_name = "RELEASE", value_parser = parse_kernel_release)]
+    pub kernel_release: String,
+    /// GNU build id of that kernel, hex (e.g. from `readelf -n vmlinux` or
+    /// /sys/kernel/notes on a node).
+    #[arg(long, value_name = "HEX", value_parser = parse_build_id)]
+    pub build_id: String,
+    /// Cumulative version, greater than every version already published for this
+    /// kernel build.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub version: u64,
+    /// A CVE this release fixes, e.g. CVE-2024-1086; repeat for each (a release fixes
+    /// everything earlier ones did, so list them all).
+    #[arg(long = "cve", value_name = "CVE-YYYY-NNNN", value_parser = parse_cve)]
+    pub cves: Vec<String>,
+    /// Channel to publish in, e.g. stable or edge; repeat for several.
+    #[arg(
+        long = "channel",
+        value_name = "NAME",
+        default_value = "stable",
+        value_parser = parse_channel
+    )]
+    pub channels: Vec<String>,
+    /// Publication time (RFC 3339, e.g. 2026-01-31T12:00:00Z); policies with a delay
+    /// wait from this time. Defaults to now.
+    #[arg(long, value_name = "RFC3339", value_parser = parse_timestamp)]
+    pub published: Option<jiff::Timestamp>,
+}
+
+fn parse_kernel_release(text: &str) -> Result<String, String> {
+    if text.is_empty()
+        || text.len() > 64
+        || !text.bytes().all(|b| b.is_ascii_graphic() && b != b'/')
+    {
+        return Err(
+            "expected a kernel release as `uname -r` prints it, e.g. 6.1.0-28-amd64".into(),
+        );
+    }
+    Ok(text.to_string())
+}
+
+fn parse_build_id(text: &str) -> Result<String, String> {
+    let hex = text.to_ascii_lowercase();
+    let valid = (2..=128).contains(&hex.len())
+        && hex.len().is_multiple_of(2)
+        && hex.bytes().all(|b| b.is_ascii_hexdigit());
+    if !valid {
+        return Err("expected an even number of hex digits, e.g. a 40-digit GNU build id".into());
+    }
+    Ok(hex)
+}
+
+fn parse_cve(text: &str) -> Result<String, String> {
+    if !is_cve_id(text) {
+        return Err("expected a CVE id such as CVE-2024-1086".into());
+    }
+    Ok(text.to_string())
+}
+
+fn parse_channel(text: &str) -> Result<String, String> {
+    if !is_channel(text) {
+        return Err("expected lowercase letters, digits, `.`, `_` or `-`, e.g. stable".into());
+    }
+    Ok(text.to_string())
+}
+
+fn parse_timestamp(text: &str) -> Result<jiff::Timestamp, String> {
+    text.parse()
+        .map_err(|e| format!("expected an RFC 3339 time such as 2026-01-31T12:00:00Z ({e})"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn flag_values_are_checked() {
+        assert_eq!(parse_build_id("ABcd").unwrap(), "abcd");
+        assert!(parse_build_id("abc").is_err());
+        assert!(parse_build_id("zz").is_err());
+        assert!(parse_cve("CVE-2024-1").is_err());
+        assert!(parse_channel("Stable").is_err());
+        assert!(parse_kernel_release("6.1 x").is_err());
+        assert!(parse_timestamp("2026-01-31").is_err());
+        assert!(parse_timestamp("2026-01-31T12:00:00Z").is_ok());
+    }
+
+    #[test]
+    fn channel_defaults_to_stable() {
+        let cli = Cli::try_parse_from([
+            "kpersist-repo",
+            "add",
+            "m.ko",
+            "--repo",
+            "r",
+            "--kernel-release",
+            "6.1.0",
+            "--build-id",
+            "ab",
+            "--version",
+            "1",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Add(add) => {
+                assert_eq!(add.channels, ["stable"]);
+                assert!(add.cves.is_empty());
+            }
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! What each `kpersist-repo` subcommand does. Each returns the lines to print on success or
+//! a [`Failure`] saying what failed, why, and what to do.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use jiff::Timestamp;
+use kpersist_kmod::repository::{INDEX_FILE, LocalRepository, NewRelease, verify_repository_dir};
+use kpersist_kmod::signing::{PrivateKey, PublicKey};
+
+use crate::args::{AddArgs, Command};
+use crate::table::release_table;
+
+/// File name of the private key `keygen` writes.
+pub const PRIVATE_KEY_FILE: &str = "kpersist.key";
+/// File name of the public key `keygen` writes.
+pub const PUBLIC_KEY_FILE: &str = "kpersist.pub";
+
+/// A command that did not succeed, printed as `kpersist-repo: <what>: <why>; <fix>`.
+#[derive(Debug)]
+pub struct Failure {
+    /// The step that failed, naming its subject.
+    pub what: String,
+    /// Why, including what to do when the error itself says so.
+    pub why: String,
+    /// What to do, used when `why` carries no advice of its own.
+    pub fix: &'static str,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Library errors that reach users already end with advice after a `;`.
+        if self.why.contains("; ") {
+            write!(f, "{}: {}", self.what, self.why)
+        } else {
+            write!(f, "{}: {}; {}", self.what, self.why, self.fix)
+        }
+    }
+}
+
+fn failure(what: String, fix: &'static str) -> impl FnOnce(&dyn std::fmt::Display) -> Failure {
+    move |why| Failure {
+        what,
+        why: why.to_string(),
+        fix,
+    }
+}
+
+/// Runs `command`, reading the clock only here, and returns what to print.
+pub fn run(command: Command) -> Result<String, Failure> {
+    match command {
+        Command::Keygen { out_dir } => keygen(&out_dir),
+        Command::Init { repo } => init(&repo),
+        Command::Add(args) => add(args),
+        Command::Sign { repo, key } => sign(&repo, &key),
+        Command::Verify { repo, pubkeys } => verify(&repo, &pubkeys),
+        Command::List { repo } => list(&repo),
+    }
+}
+
+fn init(repo: &Path) -> Result<String, Failure> {
+    let fail = failure(
+        format!("init {}", repo.display()),
+        "check the directory path and permissions",
+    );
+    LocalRepository::init(repo, Timestamp::now()).map_err(|e| fail(&e))?;
+    Ok(format!(
+        "initialized an empty repository in {}\n",
+        repo.display()
+    ))
+}
+
+fn add(args: AddArgs) -> Result<String, Failure> {
+    let fail = failure(
+        format!("add to {}", args.repo.display()),
+        "fix the module or the flags and run add again",
+    );
+    let now = Timestamp::now();
+    let new = NewRelease {
+        kernel_release: args.kernel_release,
+        build_id: args.build_id,
+        version: args.version,
+        cves: args.cves,
+        channels: args.channels,
+        published: args.published.unwrap_or(now),
+    };
+    let release = LocalRepository::open(&args.repo)
+        .add(&args.module, new, now)
+        .map_err(|e| fail(&e))?;
+    Ok(format!(
+        "added {} (module {}, sha256 {}); run `kpersist-repo sign` before publishing\n",
+        release.id(),
+        release.module_name,
+        release.sha256
+    ))
+}
+
+fn sign(repo: &Path, key: &Path) -> Result<String, Failure> {
+    let what = format!("sign {}", repo.display());
+    let key = PrivateKey::read(key).map_err(|e| failure(what.clone(), "check --key")(&e))?;
+    LocalRepository::open(repo)
+        .sign(&key)
+        .map_err(|e| failure(what, "check --repo")(&e))?;
+    Ok(format!("signed {}\n", repo.join(INDEX_FILE).display()))
+}
+
+fn list(repo: &Path) -> Result<String, Failure> {
+    let fail = failure(
+        format!("list {}", repo.display()),
+        "check that --repo names a repository made by `kpersist-repo init`",
+    );
+    let index = LocalRepository::open(repo)
+        .load_index()
+        .map_err(|e| fail(&e))?;
+    Ok(release_table(&index.releases))
+}
+
+fn verify(repo: &Path, pubkeys: &[PathBuf]) -> Result<String, Failure> {
+    let what = format!("verify {}", repo.display());
+    let fix = "do not publish this repository; re-add or re-sign it from trusted files";
+    let keys = pubkeys
+        .iter()
+        .map(|path| PublicKey::read(path))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| failure(what.clone(), "check --pubkey")(&e))?;
+    let index = verify_repository_dir(repo, &keys).map_err(|e| failure(what, fix)(&e))?;
+    Ok(format!(
+        "OK: index.json signature, {} release(s) and their modules verified\n",
+        index.releases.len()
+    ))
+}
+
+fn keygen(out_dir: &Path) -> Result<String, Failure> {
+    let fix = "choose another --out-dir or move the existing key files away";
+    let fail =
+        |why: &dyn std::fmt::Display| failure(format!("keygen {}", out_dir.display()), fix)(why);
+    let private = out_dir.join(PRIVATE_KEY_FILE);
+    let public = out_dir.join(PUBLIC_KEY_FILE);
+    // Check both first so that a refusal leaves no half-written pair behind.
+    for path in [&private, &public] {
+        if path.exists() {
+            return Err(fail(&format!("{} already exists", path.display())));
+        }
+    }
+    std::fs::create_dir_all(out_dir).map_err(|e| fail(&e))?;
+    let key = PrivateKey::generate();
+    write_new(&private, key.to_base64_line().as_bytes(), 0o600).map_err(|e| fail(&e))?;
+    let public_line = key.public_key().to_base64_line();
+    write_new(&public, public_line.as_bytes(), 0o644).map_err(|e| fail(&e))?;
+    Ok(format!(
+        "wrote {} (keep it secret) and {}\npublic key: {public_line}",
+        private.display(),
+        public.display()
+    ))
+}
+
+/// Writes a file that must not exist yet, created with `mode` so a private key is never
+/// readable by others, not even briefly.
+fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), String> {
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
