@@ -1,0 +1,345 @@
+//! Runs the built `kpersist-repo` binary end to end on the real livepatch modules in
+//! tests/fixtures: keygen, init, add, sign, verify, list, and verify's refusal of any
+//! changed byte in the index or a module.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use kpersist_kmod::modinfo::ModInfo;
+
+const BUILD_ID: &str = "4f1f5bd3e0b2a6c4d8e9f0a1b2c3d4e5f6a7b8c9";
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// The kernel release the fixtures were built for, from their own vermagic.
+fn fixture_kernel() -> String {
+    let info = ModInfo::from_file(&fixture("kpersist_v1.ko")).unwrap();
+    info.vermagic_release().unwrap().to_string()
+}
+
+fn repo_tool(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_kpersist-repo"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn succeed(args: &[&str]) -> String {
+    let out = repo_tool(args);
+    assert!(out.status.success(), "{args:?} failed: {}", stderr(&out));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs `args`, expects exit code `code`, and returns stderr.
+fn fail(args: &[&str], code: i32) -> String {
+    let out = repo_tool(args);
+    assert_eq!(out.status.code(), Some(code), "{args:?}: {}", stderr(&out));
+    stderr(&out)
+}
+
+fn s(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+/// A signed repository with kpersist_v1 and kpersist_v2 as versions 1 and 2.
+struct Published {
+    _dir: tempfile::TempDir,
+    repo: PathBuf,
+    keys: PathBuf,
+}
+
+impl Published {
+    fn new() -> Published {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = dir.path().join("repo");
+        let keys = dir.path().join("keys");
+        let kernel = fixture_kernel();
+        succeed(&["keygen", "--out-dir", s(&keys)]);
+        succeed(&["init", "--repo", s(&repo)]);
+        for (version, module) in [("1", "kpersist_v1.ko"), ("2", "kpersist_v2.ko")] {
+            let ko = fixture(module);
+            let out = succeed(&[
+                "add",
+                s(&ko),
+                "--repo",
+                s(&repo),
+                "--kernel-release",
+                &kernel,
+                "--build-id",
+                BUILD_ID,
+                "--version",
+                version,
+                "--cve",
+                "CVE-2024-1086",
+                "--channel",
+                "stable",
+                "--channel",
+                "edge",
+            ]);
+            assert!(out.contains(&format!("{kernel}/v{version}")), "{out}");
+        }
+        let key = keys.join("kpersist.key");
+        succeed(&["sign", "--repo", s(&repo), "--key", s(&key)]);
+        Published {
+            _dir: dir,
+            repo,
+            keys,
+        }
+    }
+
+    fn verify_args(&self) -> [String; 5] {
+        let pubkey = self.keys.join("kpersist.pub");
+        ["verify", "--repo", s(&self.repo), "--pubkey", s(&pubkey)].map(str::to_string)
+    }
+
+    fn verify(&self) -> Output {
+        let args = self.verify_args();
+        repo_tool(&args.each_ref().map(String::as_str))
+    }
+}
+
+/// Flips one bit at `at` in `path`, runs `check`, then restores the file.
+fn with_flipped_byte(path: &Path, at: usize, check: impl FnOnce()) {
+    let original = std::fs::read(path).unwrap();
+    let mut changed = original.clone();
+    changed[at] ^= 0x01;
+    std::fs::write(path, &changed).unwrap();
+    check();
+    std::fs::write(path, &original).unwrap();
+}
+
+#[test]
+fn a_published_repository_verifies_and_lists() {
+    let published = Published::new();
+    let out = published.verify();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("2 release(s)"));
+
+    let table = succeed(&["list", "--repo", s(&published.repo)]);
+    let kernel = fixture_kernel();
+    assert!(table.starts_with("ID "), "{table}");
+    assert!(
+        table.contains(&format!(
+            "{kernel}/v2  kpersist_v2  stable,edge  CVE-2024-1086"
+        )),
+        "{table}"
+    );
+}
+
+#[test]
+fn keygen_writes_a_private_key_only_the_owner_can_read_and_never_overwrites() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let out = succeed(&["keygen", "--out-dir", s(dir.path())]);
+    let key = dir.path().join("kpersist.key");
+    let public = std::fs::read_to_string(dir.path().join("kpersist.pub")).unwrap();
+    assert!(out.contains(public.trim()), "{out}");
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let before = std::fs::read(&key).unwrap();
+    let err = fail(&["keygen", "--out-dir", s(dir.path())], 1);
+    assert!(err.starts_with("kpersist-repo: keygen "), "{err}");
+    assert!(err.contains("kpersist.key already exists"), "{err}");
+    assert_eq!(std::fs::read(&key).unwrap(), before);
+}
+
+#[test]
+fn verify_fails_when_any_byte_of_the_index_changes() {
+    let published = Published::new();
+    let index = published.repo.join("index.json");
+    let len = std::fs::metadata(&index).unwrap().len() as usize;
+    for at in [0, 1, len / 3, len / 2, len - 2, len - 1] {
+        with_flipped_byte(&index, at, || {
+            let out = published.verify();
+            assert_eq!(
+                out.status.code(),
+                Some(1),
+                "byte {at} changed but verify passed"
+            );
+            let err = stderr(&out);
+            assert!(err.starts_with("kpersist-repo: verify "), "{err}");
+            assert!(
+                err.contains(&format!("{} does not match", index.display())),
+                "{err}"
+            );
+        });
+    }
+    assert!(
+        published.verify().status.success(),
+        "restored index must verify again"
+    );
+}
+
+#[test]
+fn verify_fails_when_any_byte_of_a_module_changes() {
+    let published = Published::new();
+    let modules: Vec<PathBuf> = std::fs::read_dir(published.repo.join("modules"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    assert_eq!(modules.len(), 2);
+    for module in &modules {
+        let len = std::fs::metadata(module).unwrap().len() as usize;
+        for at in [0, len / 2, len - 1] {
+            with_flipped_byte(module, at, || {
+                let out = published.verify();
+                assert_eq!(out.status.code(), Some(1), "{} byte {at}", module.display());
+                let err = stderr(&out);
+                assert!(err.contains(&module.display().to_string()), "{err}");
+                assert!(err.contains("sha256 is"), "{err}");
+            });
+        }
+    }
+    let first = &modules[0];
+    let original = std::fs::read(first).unwrap();
+    std::fs::write(first, &original[..original.len() - 1]).unwrap();
+    let err = stderr(&published.verify());
+    assert!(
+        err.contains(&first.display().to_string()) && err.contains("size is"),
+        "{err}"
+    );
+}
+
+#[test]
+fn verify_refuses_other_keys_and_names_a_malformed_key_file() {
+    let published = Published::new();
+    let other = tempfile::tempdir().unwrap();
+    succeed(&["keygen", "--out-dir", s(other.path())]);
+    let other_pub = other.path().join("kpersist.pub");
+    let err = fail(
+        &[
+            "verify",
+            "--repo",
+            s(&published.repo),
+            "--pubkey",
+            s(&other_pub),
+        ],
+        1,
+    );
+    assert!(err.contains("does not match its signature"), "{err}");
+
+    std::fs::write(&other_pub, "not-a-key\n").unwrap();
+    let err = fail(
+        &[
+            "verify",
+            "--repo",
+            s(&published.repo),
+            "--pubkey",
+            s(&other_pub),
+        ],
+        1,
+    );
+    assert!(err.contains(&other_pub.display().to_string()), "{err}");
+    assert!(err.contains("base64"), "{err}");
+}
+
+#[test]
+fn add_refuses_modules_that_are_not_livepatches_for_the_kernel_and_repeated_versions() {
+    let published = Published::new();
+    let kernel = fixture_kernel();
+    let repo = s(&published.repo);
+    let add = |module: &str, version: &str| {
+        let ko = fixture(module);
+        fail(
+            &[
+                "add",
+                s(&ko),
+                "--repo",
+                repo,
+                "--kernel-release",
+                &kernel,
+                "--build-id",
+                BUILD_ID,
+                "--version",
+                version,
+            ],
+            1,
+        )
+    };
+    let err = add("not_livepatch.ko", "3");
+    assert!(
+        err.contains("not_livepatch.ko") && err.contains("livepatch=Y"),
+        "{err}"
+    );
+    let err = add("kpersist_badvermagic.ko", "3");
+    assert!(
+        err.contains("kpersist_badvermagic.ko") && err.contains("vermagic"),
+        "{err}"
+    );
+    let err = add("kpersist_v2.ko", "2");
+    assert!(err.contains("listed more than once"), "{err}");
+    let err = add("kpersist_v2.ko", "1");
+    assert!(err.contains("listed more than once"), "{err}");
+    // None of the refused adds touched the signed repository.
+    assert!(published.verify().status.success());
+}
+
+#[test]
+fn usage_errors_exit_with_code_2_and_every_subcommand_has_help() {
+    fail(
+        &[
+            "add",
+            "m.ko",
+            "--kernel-release",
+            "6.1.0",
+            "--build-id",
+            "ab",
+            "--version",
+            "1",
+        ],
+        2,
+    );
+    fail(
+        &[
+            "add",
+            "m.ko",
+            "--repo",
+            "r",
+            "--kernel-release",
+            "6.1.0",
+            "--build-id",
+            "xyz",
+            "--version",
+            "1",
+        ],
+        2,
+    );
+    fail(
+        &[
+            "add",
+            "m.ko",
+            "--repo",
+            "r",
+            "--kernel-release",
+            "6.1.0",
+            "--build-id",
+            "ab",
+            "--version",
+            "0",
+        ],
+        2,
+    );
+    fail(&["verify", "--repo", "r"], 2);
+    fail(&["frobnicate"], 2);
+    for (sub, flag) in [
+        ("keygen", "--out-dir"),
+        ("init", "--repo"),
+        ("add", "--kernel-release"),
+        ("sign", "--key"),
+        ("verify", "--pubkey"),
+        ("list", "--repo"),
+    ] {
+        let help = succeed(&[sub, "--help"]);
+        assert!(help.contains(flag), "{sub} --help lacks {flag}: {help}");
+    }
+}
