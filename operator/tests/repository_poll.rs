@@ -1,0 +1,268 @@
+//! The repository poller against a real HTTP server on 127.0.0.1 serving a repository
+//! signed with kmod's functions: ETag round trips, bad signatures, bad indexes, and a
+//! server that is not there.
+
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use kpersist_kmod::repository::{Index, Release};
+use kpersist_kmod::signing::{PrivateKey, PublicKey};
+use kpersist_operator::repository::keys::TrustedKeys;
+use kpersist_operator::repository::{
+    FailureReason, PollOutcome, RepositorySource, RepositoryState, poll_repository,
+};
+
+/// What the test server serves, and what it saw.
+#[derive(Default)]
+struct Served {
+    index: Vec<u8>,
+    signature: Vec<u8>,
+    etag: String,
+    /// `If-None-Match` of every index request.
+    conditional: Vec<Option<String>>,
+}
+
+type Shared = Arc<Mutex<Served>>;
+
+async fn index(State(served): State<Shared>, headers: HeaderMap) -> Response {
+    let mut served = served.lock().unwrap();
+    let sent = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    served.conditional.push(sent.clone());
+    if sent.as_deref() == Some(served.etag.as_str()) {
+        return StatusCode::NOT_MODIFIED.into_response();
+    }
+    ([(header::ETAG, served.etag.clone())], served.index.clone()).into_response()
+}
+
+async fn signature(State(served): State<Shared>) -> Vec<u8> {
+    served.lock().unwrap().signature.clone()
+}
+
+async fn serve(served: Shared) -> String {
+    let app = Router::new()
+        .route("/repo/index.json", get(index))
+        .route("/repo/index.json.sig", get(signature))
+        .with_state(served);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}/repo/")
+}
+
+fn release(version: u64) -> Release {
+    let sha256 = format!("{:064x}", version);
+    Release {
+        kernel_release: "6.1.0-56-amd64".into(),
+        build_id: "ab".repeat(20),
+        version,
+        module: format!("modules/{sha256}.ko"),
+        sha256,
+        size: 4096,
+        module_name: format!("kpersist_lp_v{version}"),
+        cves: vec!["CVE-2026-0001".into()],
+        channels: vec!["stable".into()],
+        published: "2026-01-01T00:00:00Z".into(),
+    }
+}
+
+/// A signed repository with `versions`, as (index bytes, signature bytes).
+fn signed(key: &PrivateKey, versions: &[u64]) -> (Vec<u8>, Vec<u8>) {
+    let mut index = Index::empty("2026-01-01T00:00:00Z".parse().unwrap());
+    for v in versions {
+        index.add_release(release(*v)).unwrap();
+    }
+    let bytes = index.to_json_bytes();
+    let sig = key.sign_to_base64_line(&bytes).into_bytes();
+    (bytes, sig)
+}
+
+fn state_for(url: &str) -> RepositoryState {
+    RepositoryState::new(RepositorySource {
+        url: url.to_string(),
+        ca_bundle: None,
+        keys: Vec::new(),
+        keys_secret: None,
+    })
+}
+
+fn trusting(key: &PublicKey) -> TrustedKeys {
+    let text = key.to_base64_line();
+    TrustedKeys {
+        keys: vec![PublicKey::from_base64(&text, "test").unwrap()],
+        problems: Vec::new(),
+    }
+}
+
+fn now() -> jiff::Timestamp {
+    "2026-03-01T12:00:00Z".parse().unwrap()
+}
+
+fn failure_reason(state: &RepositoryState) -> Option<FailureReason> {
+    match &state.outcome {
+        Some(PollOutcome::Failed(f)) => Some(f.reason),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn full_fetch_then_not_modified_with_the_etag() {
+    kpersist_operator::install_crypto_provider();
+    let key = PrivateKey::generate();
+    let (index, signature) = signed(&key, &[1, 2]);
+    let served = Arc::new(Mutex::new(Served {
+        index,
+        signature,
+        etag: "\"v2\"".into(),
+        ..Served::default()
+    }));
+    let url = serve(served.clone()).await;
+    let mut state = state_for(&url);
+
+    poll_repository(&mut state, trusting(&key.public_key()), now()).await;
+    assert_eq!(state.outcome, Some(PollOutcome::Updated { releases: 2 }));
+    assert_eq!(state.view.as_ref().unwrap().index.releases.len(), 2);
+    assert_eq!(state.view.as_ref().unwrap().base_url, url);
+    assert_eq!(state.etag.as_deref(), Some("\"v2\""));
+    let condition = state.condition().unwrap();
+    assert_eq!((condition.status.as_str(), condition.reason.as_str()), ("True", "Verified"));
+    assert_eq!(state.verified_at, Some(now()));
+
+    let later = now() + jiff::SignedDuration::from_secs(3600);
+    poll_repository(&mut state, trusting(&key.public_key()), later).await;
+    assert_eq!(state.outcome, Some(PollOutcome::NotModified));
+    assert_eq!(state.view.as_ref().unwrap().index.releases.len(), 2);
+    assert_eq!(state.verified_at, Some(later));
+    assert_eq!(
+        served.lock().unwrap().conditional,
+        [None, Some("\"v2\"".to_string())]
+    );
+}
+
+#[tokio::test]
+async fn a_bad_signature_sets_the_condition_false_and_gives_no_view() {
+    kpersist_operator::install_crypto_provider();
+    let publisher = PrivateKey::generate();
+    let stranger = PrivateKey::generate();
+    let (index, signature) = signed(&stranger, &[1]);
+    let served = Arc::new(Mutex::new(Served {
+        index,
+        signature,
+        etag: "\"x\"".into(),
+        ..Served::default()
+    }));
+    let url = serve(served).await;
+    let mut state = state_for(&url);
+
+    poll_repository(&mut state, trusting(&publisher.public_key()), now()).await;
+    assert_eq!(failure_reason(&state), Some(FailureReason::SignatureInvalid));
+    assert!(state.view.is_none());
+    assert!(state.etag.is_none());
+    assert!(state.verified_at.is_none());
+    let condition = state.condition().unwrap();
+    assert_eq!(condition.status, "False");
+    assert_eq!(condition.reason, "SignatureInvalid");
+    assert!(condition.message.contains("index.json"), "{}", condition.message);
+}
+
+#[tokio::test]
+async fn a_tampered_index_keeps_the_last_verified_view() {
+    kpersist_operator::install_crypto_provider();
+    let key = PrivateKey::generate();
+    let (index, signature) = signed(&key, &[1]);
+    let served = Arc::new(Mutex::new(Served {
+        index,
+        signature,
+        etag: "\"a\"".into(),
+        ..Served::default()
+    }));
+    let url = serve(served.clone()).await;
+    let mut state = state_for(&url);
+    poll_repository(&mut state, trusting(&key.public_key()), now()).await;
+    assert!(state.view.is_some());
+
+    {
+        // A new index whose signature is the old one: someone changed the file.
+        let (tampered, _) = signed(&key, &[1, 2]);
+        let mut served = served.lock().unwrap();
+        served.index = tampered;
+        served.etag = "\"b\"".into();
+    }
+    poll_repository(&mut state, trusting(&key.public_key()), now()).await;
+    assert_eq!(failure_reason(&state), Some(FailureReason::SignatureInvalid));
+    assert_eq!(state.view.as_ref().unwrap().index.releases.len(), 1);
+    assert_eq!(state.etag.as_deref(), Some("\"a\""));
+    let condition = state.condition().unwrap();
+    assert!(condition.message.contains("last verified index stays"), "{}", condition.message);
+}
+
+#[tokio::test]
+async fn a_signed_index_that_is_not_an_index_is_index_invalid() {
+    kpersist_operator::install_crypto_provider();
+    let key = PrivateKey::generate();
+    let bytes = b"{\"schemaVersion\": 1, \"releases\": 7}".to_vec();
+    let signature = key.sign_to_base64_line(&bytes).into_bytes();
+    let served = Arc::new(Mutex::new(Served {
+        index: bytes,
+        signature,
+        etag: "\"x\"".into(),
+        ..Served::default()
+    }));
+    let url = serve(served).await;
+    let mut state = state_for(&url);
+    poll_repository(&mut state, trusting(&key.public_key()), now()).await;
+    assert_eq!(failure_reason(&state), Some(FailureReason::IndexInvalid));
+    assert!(state.view.is_none());
+}
+
+#[tokio::test]
+async fn a_server_that_is_not_there_is_unreachable() {
+    kpersist_operator::install_crypto_provider();
+    // Bind and drop a listener so the port is known to be closed.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let url = format!("http://{addr}/repo");
+    let mut state = state_for(&url);
+    let key = PrivateKey::generate();
+    poll_repository(&mut state, trusting(&key.public_key()), now()).await;
+    assert_eq!(failure_reason(&state), Some(FailureReason::Unreachable));
+    let condition = state.condition().unwrap();
+    assert_eq!((condition.status.as_str(), condition.reason.as_str()), ("False", "Unreachable"));
+    assert!(condition.message.contains(&addr.to_string()), "{}", condition.message);
+    assert_eq!(state.polled_at, Some(now()));
+}
+
+#[tokio::test]
+async fn no_trusted_keys_fetches_nothing() {
+    kpersist_operator::install_crypto_provider();
+    let served = Arc::new(Mutex::new(Served::default()));
+    let url = serve(served.clone()).await;
+    let mut state = state_for(&url);
+    let keys = TrustedKeys {
+        keys: Vec::new(),
+        problems: vec!["repository.trustedKeys[0]: not valid base64".into()],
+    };
+    poll_repository(&mut state, keys, now()).await;
+    assert_eq!(failure_reason(&state), Some(FailureReason::NoTrustedKeys));
+    assert!(state.condition().unwrap().message.contains("trustedKeys[0]"));
+    assert!(served.lock().unwrap().conditional.is_empty());
+}
+
+#[test]
+fn polls_are_due_at_the_check_interval() {
+    let mut state = state_for("http://r");
+    let hour = std::time::Duration::from_secs(3600);
+    assert!(state.due(now(), hour));
+    state.polled_at = Some(now());
+    let soon = now() + jiff::SignedDuration::from_secs(600);
+    assert!(!state.due(soon, hour));
+    assert_eq!(state.next_poll_in(soon, hour), std::time::Duration::from_secs(3000));
+    assert!(state.due(now() + jiff::SignedDuration::from_secs(3600), hour));
+}
