@@ -123,6 +123,12 @@ fn a_published_repository_verifies_and_lists() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("2 release(s)"));
 
+    let bytes = std::fs::read(published.repo.join("index.json")).unwrap();
+    let index = kpersist_kmod::repository::Index::from_json_bytes(&bytes).unwrap();
+    // Times are written to the second.
+    assert!(!index.generated_at.contains('.'), "{}", index.generated_at);
+    assert!(index.releases.iter().all(|r| !r.published.contains('.')));
+
     let table = succeed(&["list", "--repo", s(&published.repo)]);
     let kernel = fixture_kernel();
     assert!(table.starts_with("ID "), "{table}");

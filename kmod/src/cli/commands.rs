@@ -47,6 +47,12 @@ fn failure(what: String, fix: &'static str) -> impl FnOnce(&dyn std::fmt::Displa
     }
 }
 
+/// Now, to the second: index times need no more precision and read better without it.
+fn current_time() -> Timestamp {
+    let now = Timestamp::now();
+    now.round(jiff::Unit::Second).unwrap_or(now)
+}
+
 /// Runs `command`, reading the clock only here, and returns what to print.
 pub fn run(command: Command) -> Result<String, Failure> {
     match command {
@@ -64,7 +70,7 @@ fn init(repo: &Path) -> Result<String, Failure> {
         format!("init {}", repo.display()),
         "check the directory path and permissions",
     );
-    LocalRepository::init(repo, Timestamp::now()).map_err(|e| fail(&e))?;
+    LocalRepository::init(repo, current_time()).map_err(|e| fail(&e))?;
     Ok(format!(
         "initialized an empty repository in {}\n",
         repo.display()
@@ -76,7 +82,7 @@ fn add(args: AddArgs) -> Result<String, Failure> {
         format!("add to {}", args.repo.display()),
         "fix the module or the flags and run add again",
     );
-    let now = Timestamp::now();
+    let now = current_time();
     let new = NewRelease {
         kernel_release: args.kernel_release,
         build_id: args.build_id,

@@ -127,6 +127,16 @@ pub enum RepositoryError {
         /// What differs.
         problem: String,
     },
+    /// A module to be added is larger than any livepatch module would be.
+    #[error("{path}: {size} bytes is over the {max}-byte limit for a module; check the file")]
+    ModuleTooLarge {
+        /// The module file.
+        path: String,
+        /// Its size.
+        size: u64,
+        /// The limit.
+        max: u64,
+    },
     /// A module to be added cannot be read as a kernel module.
     #[error(transparent)]
     ModInfo(#[from] ModInfoError),

@@ -141,13 +141,11 @@ impl LocalRepository {
     ) -> Result<Release, RepositoryError> {
         let name = module_path.display().to_string();
         let module = read_capped(module_path, MAX_MODULE_SIZE, |size| {
-            RepositoryError::in_file(
-                &name,
-                RepositoryError::InvalidIndex {
-                    field: "size",
-                    problem: format!("{size} bytes is over the {MAX_MODULE_SIZE}-byte limit"),
-                },
-            )
+            RepositoryError::ModuleTooLarge {
+                path: name.clone(),
+                size,
+                max: MAX_MODULE_SIZE,
+            }
         })?;
         let info = ModInfo::from_bytes(&module).map_err(|source| {
             crate::modinfo::ModInfoError::InFile {
