@@ -7,14 +7,20 @@
 
 pub mod apply;
 pub mod checks;
+pub mod cli;
+pub mod controller;
 pub mod engine;
 pub mod error;
 pub mod fetch;
+pub mod local;
 pub mod metrics;
 pub mod plan;
 pub mod revert;
+pub mod run;
+pub mod server;
 pub mod state;
 pub mod status;
+pub mod telemetry;
 pub mod transition;
 
 pub use error::AgentError;

@@ -1,0 +1,260 @@
+//! The Kubernetes side: create or adopt this node's `LivePatchNode` (owned by the Node),
+//! watch only that object, act on `spec.desired` through the engine, and write `status` with
+//! server-side apply. Every API call is retried with backoff; nothing polls.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Node;
+use kpersist_crds::{AGENT_MANAGER, LivePatchNode, LivePatchNodeStatus, NodePatchState};
+use kpersist_kmod::kernel::Kernel;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource};
+use serde_json::json;
+
+use crate::engine::Engine;
+use crate::error::AgentError;
+use crate::status::Report;
+
+/// Backoff between retries of a failed API call: 0.5 s doubling up to 30 s.
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis(500u64.saturating_mul(1 << attempt.min(6))).min(Duration::from_secs(30))
+}
+
+/// Runs `call` until it succeeds, `attempts` times at most, with backoff in between.
+async fn retry<T, F, Fut>(what: &str, attempts: u32, mut call: F) -> Result<T, kube::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, kube::Error>>,
+{
+    let mut attempt = 0;
+    loop {
+        match call().await {
+            Ok(value) => return Ok(value),
+            Err(e) if attempt + 1 < attempts => {
+                tracing::warn!(error = %e, attempt, "{what} failed; retrying");
+                tokio::time::sleep(backoff(attempt)).await;
+                attempt += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// The agent's connection to its own `LivePatchNode`.
+pub struct NodeController<K> {
+    api: Api<LivePatchNode>,
+    nodes: Api<Node>,
+    name: String,
+    engine: Engine<K>,
+}
+
+impl<K: Kernel + Clone + 'static> NodeController<K> {
+    /// A controller for the node `name`.
+    pub fn new(client: Client, name: String, engine: Engine<K>) -> NodeController<K> {
+        NodeController {
+            api: Api::all(client.clone()),
+            nodes: Api::all(client),
+            name,
+            engine,
+        }
+    }
+
+    /// Creates the `LivePatchNode` if it is missing and makes sure it is owned by the Node.
+    pub async fn ensure_object(&self) -> Result<LivePatchNode, AgentError> {
+        let node = retry("reading the Node", 8, || self.nodes.get_opt(&self.name)).await?;
+        let node = node.ok_or_else(|| AgentError::NodeNotFound(self.name.clone()))?;
+        let uid = node.metadata.uid.clone().unwrap_or_default();
+        // Server-side apply of metadata only: creates the object when missing, and adds the
+        // owner reference to one the operator or an earlier agent made, leaving spec alone.
+        let object = json!({
+            "apiVersion": LivePatchNode::api_version(&()),
+            "kind": LivePatchNode::kind(&()),
+            "metadata": {
+                "name": self.name,
+                "ownerReferences": [{
+                    "apiVersion": "v1",
+                    "kind": "Node",
+                    "name": self.name,
+                    "uid": uid,
+                }],
+            },
+            // The schema requires spec; an empty one claims none of the operator's fields.
+            "spec": {},
+        });
+        let params = PatchParams::apply(AGENT_MANAGER).force();
+        let patch = Patch::Apply(object);
+        let lpn = retry("creating or adopting the LivePatchNode", 8, || {
+            self.api.patch(&self.name, &params, &patch)
+        })
+        .await?;
+        Ok(lpn)
+    }
+
+    /// Writes `status` with server-side apply, retrying with backoff.
+    async fn write_status(&self, status: &LivePatchNodeStatus) -> Result<(), AgentError> {
+        let body = json!({
+            "apiVersion": LivePatchNode::api_version(&()),
+            "kind": LivePatchNode::kind(&()),
+            "status": status,
+        });
+        let params = PatchParams::apply(AGENT_MANAGER).force();
+        let patch = Patch::Apply(body);
+        retry("writing status", 6, || {
+            self.api.patch_status(&self.name, &params, &patch)
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Runs until `shutdown` resolves: start-up recovery, then one reconcile per change of
+    /// the object. Never unloads anything on the way out.
+    pub async fn run(
+        &self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> Result<(), AgentError> {
+        let lpn = self.ensure_object().await?;
+        let mut prior = lpn.status.clone();
+        if let Some(report) = self.engine.recover().await {
+            let status = self
+                .engine
+                .status(
+                    &report,
+                    prior.as_ref().and_then(|p| p.observed_generation),
+                    prior.as_ref(),
+                )
+                .await?;
+            self.write_status(&status).await?;
+            prior = Some(status);
+        }
+        let config = watcher::Config::default().fields(&format!("metadata.name={}", self.name));
+        let events = watcher(self.api.clone(), config)
+            .default_backoff()
+            .applied_objects();
+        tokio::pin!(events);
+        tokio::pin!(shutdown);
+        loop {
+            let next = tokio::select! {
+                () = &mut shutdown => return Ok(()),
+                next = events.next() => next,
+            };
+            match next {
+                None => return Ok(()),
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "watch of the LivePatchNode failed; the watcher retries")
+                }
+                Some(Ok(lpn)) => match self.reconcile(&lpn, prior.as_ref()).await {
+                    Ok(status) => prior = Some(status),
+                    Err(e) => {
+                        tracing::error!(error = %e, "reconcile failed; waiting for the next change")
+                    }
+                },
+            }
+        }
+    }
+
+    /// One reconcile of the object as watched.
+    async fn reconcile(
+        &self,
+        lpn: &LivePatchNode,
+        prior: Option<&LivePatchNodeStatus>,
+    ) -> Result<LivePatchNodeStatus, AgentError> {
+        // The object's own status is the truth of record; ours may be newer if the watch lags.
+        let prior = lpn.status.as_ref().or(prior);
+        let generation = lpn.metadata.generation;
+        let desired = lpn.spec.desired.as_ref();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<NodePatchState>();
+        let work = async move {
+            let progress = move |state: NodePatchState| {
+                let _ = tx.send(state);
+            };
+            self.engine
+                .reconcile(desired, prior, generation, &progress)
+                .await
+        };
+        let progress_writer = async {
+            while let Some(state) = rx.recv().await {
+                tracing::info!(node = %self.name, ?state, "progress");
+                let report = Report {
+                    state,
+                    ..prior
+                        .map(Report::from_status)
+                        .unwrap_or_else(|| Report::state(state))
+                };
+                match self
+                    .engine
+                    .status(&report, prior.and_then(|p| p.observed_generation), prior)
+                    .await
+                {
+                    Ok(status) => {
+                        if let Err(e) = self.write_status(&status).await {
+                            tracing::warn!(error = %e, "writing progress failed");
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "reading the kernel for progress failed"),
+                }
+            }
+        };
+        let (report, ()) = tokio::join!(work, progress_writer);
+        let report = report?;
+        let status = self.engine.status(&report, generation, prior).await?;
+        if let Some(e) = &report.error {
+            tracing::warn!(node = %self.name, state = ?report.state, reason = ?e.reason, message = %e.message, "not applied");
+        }
+        // Writing an unchanged status would only wake this watch again.
+        if prior.is_none_or(|p| !same_status(p, &status)) {
+            tracing::info!(node = %self.name, state = ?report.state, applied = ?status.applied.as_ref().map(|a| &a.id), "status");
+            self.write_status(&status).await?;
+        }
+        Ok(status)
+    }
+}
+
+/// Whether two statuses say the same, ignoring timestamps that change on every write.
+pub fn same_status(a: &LivePatchNodeStatus, b: &LivePatchNodeStatus) -> bool {
+    normalized(a) == normalized(b)
+}
+
+fn normalized(status: &LivePatchNodeStatus) -> LivePatchNodeStatus {
+    let mut s = status.clone();
+    if let Some(e) = s.last_error.as_mut() {
+        e.at = None;
+    }
+    for c in &mut s.conditions {
+        c.last_transition_time = None;
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kpersist_crds::{NodeError, NodeErrorReason};
+
+    #[test]
+    fn timestamps_alone_do_not_make_a_new_status() {
+        let a = LivePatchNodeStatus {
+            state: Some(NodePatchState::Failed),
+            last_error: Some(NodeError {
+                reason: NodeErrorReason::ReleaseRefused,
+                message: "m".into(),
+                release: None,
+                at: Some("t1".into()),
+            }),
+            ..LivePatchNodeStatus::default()
+        };
+        let mut b = a.clone();
+        b.last_error.as_mut().unwrap().at = Some("t2".into());
+        assert!(same_status(&a, &b));
+        b.state = Some(NodePatchState::Applied);
+        assert!(!same_status(&a, &b));
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        assert_eq!(backoff(0), Duration::from_millis(500));
+        assert_eq!(backoff(2), Duration::from_secs(2));
+        assert_eq!(backoff(20), Duration::from_secs(30));
+    }
+}
