@@ -352,7 +352,9 @@ pub struct PolicyCondition {
     /// Machine-readable reason in CamelCase.
     pub reason: String,
     /// What happened, for people.
-    #[serde(default)]
+    // No schema default: kube-apiserver 1.20 reads an empty-string default as null and
+    // refuses the whole CRD; skipping the empty value keeps schemars from emitting one.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub message: String,
     /// When the status last changed (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
