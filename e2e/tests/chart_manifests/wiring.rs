@@ -1,0 +1,309 @@
+//! The pieces refer to each other correctly: bindings to roles and service accounts,
+//! Services and ServiceMonitors to pods and ports, the admission policy to the agent, the
+//! alerts and dashboard to metrics the binaries export.
+
+use std::collections::BTreeSet;
+
+use k8s_openapi::api::admissionregistration::v1::{
+    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+};
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+
+use super::{DEFAULT, FULL, pod_template, rendered};
+use crate::chart_support::{Manifest, PrometheusRule, ServiceMonitor, all, find};
+
+fn names(m: &[Manifest], kind: &str) -> BTreeSet<(Option<String>, String)> {
+    all(m, kind)
+        .map(|x| (x.namespace().map(str::to_string), x.name().to_string()))
+        .collect()
+}
+
+#[test]
+fn bindings_and_workloads_name_what_the_chart_renders() {
+    for file in [DEFAULT, FULL] {
+        let Some(m) = rendered(file) else { return };
+        let accounts = names(&m, "ServiceAccount");
+        for b in all(&m, "RoleBinding").chain(all(&m, "ClusterRoleBinding")) {
+            let role_kind = b.value["roleRef"]["kind"].as_str().unwrap_or_default();
+            let role = b.value["roleRef"]["name"].as_str().unwrap_or_default();
+            let ns = if role_kind == "Role" {
+                b.namespace().map(str::to_string)
+            } else {
+                None
+            };
+            assert!(
+                names(&m, role_kind).contains(&(ns, role.to_string())),
+                "{file}: {} binds missing {role_kind} {role}",
+                b.name()
+            );
+            for s in b.value["subjects"].as_array().into_iter().flatten() {
+                let key = (
+                    s["namespace"].as_str().map(str::to_string),
+                    s["name"].as_str().unwrap_or_default().to_string(),
+                );
+                assert!(
+                    accounts.contains(&key),
+                    "{file}: {} binds unknown account {key:?}",
+                    b.name()
+                );
+            }
+        }
+        for component in ["operator", "agent"] {
+            let sa = pod_template(&m, component)
+                .spec
+                .and_then(|s| s.service_account_name)
+                .unwrap_or_default();
+            assert!(
+                accounts.iter().any(|(_, n)| *n == sa),
+                "{file}: {component} runs as unrendered account {sa:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn services_select_the_pods_and_name_their_ports() {
+    let Some(m) = rendered(DEFAULT) else { return };
+    for component in ["operator", "agent"] {
+        let svc: Service = find(&m, "Service", &format!("-{component}-metrics"))
+            .typed()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let spec = svc.spec.unwrap_or_default();
+        let template = pod_template(&m, component);
+        let labels = template.metadata.and_then(|m| m.labels).unwrap_or_default();
+        let selector = spec.selector.unwrap_or_default();
+        assert!(!selector.is_empty(), "{component} Service selects nothing");
+        for (k, v) in &selector {
+            assert_eq!(
+                labels.get(k),
+                Some(v),
+                "{component} Service selector {k}={v} misses its pods"
+            );
+        }
+        let ports: Vec<String> = template
+            .spec
+            .into_iter()
+            .flat_map(|s| s.containers)
+            .flat_map(|c| c.ports.unwrap_or_default())
+            .filter_map(|p| p.name)
+            .collect();
+        for p in spec.ports.unwrap_or_default() {
+            let target = serde_json::to_value(&p.target_port).unwrap_or_default();
+            assert!(
+                target
+                    .as_str()
+                    .is_some_and(|t| ports.iter().any(|n| n == t)),
+                "{component} Service targets {target}, pods name {ports:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn optional_parts_are_off_by_default() {
+    let Some(m) = rendered(DEFAULT) else { return };
+    for kind in [
+        "ValidatingAdmissionPolicy",
+        "ServiceMonitor",
+        "PrometheusRule",
+        "ConfigMap",
+    ] {
+        assert_eq!(all(&m, kind).count(), 0, "{kind} rendered by default");
+    }
+}
+
+#[test]
+fn admission_policy_holds_the_agent_to_its_own_node() {
+    let Some(m) = rendered(FULL) else { return };
+    let policy: ValidatingAdmissionPolicy =
+        find(&m, "ValidatingAdmissionPolicy", "-agent-own-node")
+            .typed()
+            .unwrap_or_else(|e| panic!("{e}"));
+    let binding: ValidatingAdmissionPolicyBinding =
+        find(&m, "ValidatingAdmissionPolicyBinding", "-agent-own-node")
+            .typed()
+            .unwrap_or_else(|e| panic!("{e}"));
+    let bspec = binding.spec.unwrap_or_default();
+    assert_eq!(bspec.policy_name, policy.metadata.name);
+    assert_eq!(bspec.validation_actions, Some(vec!["Deny".to_string()]));
+    let spec = policy.spec.unwrap_or_default();
+    assert_eq!(spec.failure_policy.as_deref(), Some("Fail"));
+    let agent_sa = pod_template(&m, "agent")
+        .spec
+        .and_then(|s| s.service_account_name)
+        .unwrap_or_default();
+    let condition = spec.match_conditions.unwrap_or_default();
+    assert!(
+        condition.iter().any(|c| c
+            .expression
+            .contains(&format!("system:serviceaccount:kpersist:{agent_sa}'"))),
+        "the policy does not match the agent's account: {condition:?}"
+    );
+    let text = serde_json::to_string(&spec.variables).unwrap_or_default();
+    assert!(
+        text.contains("authentication.kubernetes.io/node-name"),
+        "no node-name claim in {text}"
+    );
+    let validations = spec.validations.unwrap_or_default();
+    assert!(
+        validations
+            .iter()
+            .any(|v| v.expression == "object.metadata.name == variables.nodeName")
+    );
+    let rules = spec
+        .match_constraints
+        .and_then(|c| c.resource_rules)
+        .unwrap_or_default();
+    let resources: BTreeSet<String> = rules
+        .into_iter()
+        .flat_map(|r| r.resources.unwrap_or_default())
+        .collect();
+    assert_eq!(
+        resources,
+        BTreeSet::from([
+            "livepatchnodes".to_string(),
+            "livepatchnodes/status".to_string()
+        ])
+    );
+}
+
+#[test]
+fn service_monitors_scrape_both_metrics_services() {
+    let Some(m) = rendered(FULL) else { return };
+    for component in ["operator", "agent"] {
+        let sm: ServiceMonitor = find(&m, "ServiceMonitor", &format!("-{component}"))
+            .typed()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let svc: Service = find(&m, "Service", &format!("-{component}-metrics"))
+            .typed()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let labels = svc.metadata.labels.unwrap_or_default();
+        for (k, v) in sm.spec.selector.match_labels.unwrap_or_default() {
+            assert_eq!(
+                labels.get(&k),
+                Some(&v),
+                "{component} ServiceMonitor selector {k}={v} misses its Service"
+            );
+        }
+        let port_names: Vec<String> = svc
+            .spec
+            .and_then(|s| s.ports)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|p| p.name)
+            .collect();
+        for e in &sm.spec.endpoints {
+            assert!(
+                port_names.contains(&e.port),
+                "{component} ServiceMonitor scrapes port {} of {port_names:?}",
+                e.port
+            );
+        }
+        assert_eq!(
+            sm.metadata
+                .labels
+                .unwrap_or_default()
+                .get("release")
+                .map(String::as_str),
+            Some("prometheus")
+        );
+    }
+}
+
+/// Metric names the operator and agent export, as agreed with them.
+const METRICS: &[&str] = &[
+    "kpersist_nodes",
+    "kpersist_rollout_phase",
+    "kpersist_reverts_total",
+    "kpersist_rollouts_total",
+    "kpersist_repository_polls_total",
+    "kpersist_agent_applies_total",
+    "kpersist_agent_transition_seconds",
+];
+
+/// Every `kpersist_*` identifier in a PromQL expression.
+fn metric_names(expr: &str) -> BTreeSet<String> {
+    expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("kpersist_"))
+        .map(|w| w.trim_end_matches("_bucket").to_string())
+        .collect()
+}
+
+#[test]
+fn alerts_cover_the_failure_modes_and_use_exported_metrics() {
+    let Some(m) = rendered(FULL) else { return };
+    let rule: PrometheusRule = find(&m, "PrometheusRule", "kp")
+        .typed()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let alerts: Vec<_> = rule.spec.groups.iter().flat_map(|g| &g.rules).collect();
+    let alert_names: BTreeSet<&str> = alerts.iter().map(|a| a.alert.as_str()).collect();
+    for want in [
+        "KpersistRolloutFailed",
+        "KpersistReleaseReverted",
+        "KpersistNodesUnpatched",
+        "KpersistAgentDown",
+        "KpersistTransitionStalled",
+    ] {
+        assert!(
+            alert_names.contains(want),
+            "no alert {want} in {alert_names:?}"
+        );
+    }
+    for a in &alerts {
+        assert!(
+            a.labels.contains_key("severity"),
+            "{} has no severity",
+            a.alert
+        );
+        assert!(
+            a.annotations.contains_key("summary"),
+            "{} has no summary",
+            a.alert
+        );
+        for name in metric_names(&a.expr) {
+            assert!(
+                METRICS.contains(&name.as_str()),
+                "{} uses unknown metric {name}",
+                a.alert
+            );
+        }
+    }
+}
+
+#[test]
+fn dashboard_is_grafana_json_over_exported_metrics() {
+    let Some(m) = rendered(FULL) else { return };
+    let cm: ConfigMap = find(&m, "ConfigMap", "-dashboard")
+        .typed()
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        cm.metadata
+            .labels
+            .unwrap_or_default()
+            .get("grafana_dashboard")
+            .map(String::as_str),
+        Some("1")
+    );
+    let text = cm
+        .data
+        .unwrap_or_default()
+        .remove("kpersist.json")
+        .unwrap_or_default();
+    let dash: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("dashboard is not JSON: {e}"));
+    let panels = dash["panels"].as_array().cloned().unwrap_or_default();
+    assert!(panels.len() >= 6, "dashboard has {} panels", panels.len());
+    let mut used = BTreeSet::new();
+    for p in &panels {
+        for t in p["targets"].as_array().into_iter().flatten() {
+            used.extend(metric_names(t["expr"].as_str().unwrap_or_default()));
+        }
+    }
+    for name in &used {
+        assert!(
+            METRICS.contains(&name.as_str()),
+            "dashboard uses unknown metric {name}"
+        );
+    }
+    assert!(used.len() >= 6, "dashboard shows only {used:?}");
+}
