@@ -43,6 +43,9 @@ pub enum Error {
         seconds: f64,
         last: String,
     },
+    /// Publishing to the test repository failed.
+    #[error("patch repository: {0}")]
+    Repository(#[from] kpersist_kmod::repository::RepositoryError),
     /// The repository server could not listen on loopback.
     #[error("repository server on 127.0.0.1: {0}")]
     Listen(#[source] std::io::Error),

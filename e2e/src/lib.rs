@@ -6,6 +6,7 @@ pub mod controlplane;
 pub mod error;
 pub mod fleet;
 pub mod monitor;
+pub mod patch_repo;
 pub mod process;
 pub mod repo_server;
 pub mod wait;
