@@ -24,7 +24,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 /// Connects to the cluster and proves it answers, so a wrong kubeconfig fails at once
 /// instead of as endless watch retries.
 pub async fn connect() -> Result<Client, StartupError> {
-    let config = kube::Config::infer().await.map_err(StartupError::NoKubeconfig)?;
+    let config = kube::Config::infer()
+        .await
+        .map_err(StartupError::NoKubeconfig)?;
     let server = config.cluster_url.to_string();
     let client = Client::try_from(config).map_err(|source| StartupError::Client {
         server: server.clone(),
@@ -87,7 +89,11 @@ pub async fn run(cli: Cli) -> Result<(), StartupError> {
     ));
 
     let outcome = if cli.leader_elect {
-        let lease = LeaseConfig::new(cli.lease_name.clone(), cli.lease_namespace.clone(), identity);
+        let lease = LeaseConfig::new(
+            cli.lease_name.clone(),
+            cli.lease_namespace.clone(),
+            identity,
+        );
         let mut elector = LeaderElector::new(client, lease);
         let releaser = elector.releaser();
         tracing::info!(lease = %cli.lease_name, namespace = %cli.lease_namespace, "waiting for the leader lease");

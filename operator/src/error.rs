@@ -81,7 +81,9 @@ pub enum StartupError {
     )]
     NoKubeconfig(#[source] kube::config::InferConfigError),
     /// The configuration was found but a client cannot be built from it.
-    #[error("cannot build a Kubernetes client for {server}: {source}; check the kubeconfig's TLS and credentials")]
+    #[error(
+        "cannot build a Kubernetes client for {server}: {source}; check the kubeconfig's TLS and credentials"
+    )]
     Client {
         /// The API server URL.
         server: String,

@@ -92,7 +92,10 @@ pub fn verdict(gate: &PrometheusGate, response: &QueryResponse) -> Result<GateVe
     };
     if samples.is_empty() {
         return Ok(if gate.fail_on_empty {
-            GateVerdict::Fail(format!("query {:?} returned no samples (failOnEmpty)", gate.query))
+            GateVerdict::Fail(format!(
+                "query {:?} returned no samples (failOnEmpty)",
+                gate.query
+            ))
         } else {
             GateVerdict::Pass
         });
@@ -158,7 +161,9 @@ impl GateState {
     pub fn due(&self, now: jiff::Timestamp, interval: Duration) -> bool {
         match self.evaluated_at {
             None => true,
-            Some(at) => Duration::try_from(now.duration_since(at)).unwrap_or(Duration::ZERO) >= interval,
+            Some(at) => {
+                Duration::try_from(now.duration_since(at)).unwrap_or(Duration::ZERO) >= interval
+            }
         }
     }
 

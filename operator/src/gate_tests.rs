@@ -40,7 +40,10 @@ fn every_sample_must_hold() {
 #[test]
 fn nan_fails_and_garbage_is_an_error() {
     let g = gate(ComparisonOperator::LessThan, 1.0, false);
-    assert!(matches!(verdict(&g, &vector(&["NaN"])), Ok(GateVerdict::Fail(_))));
+    assert!(matches!(
+        verdict(&g, &vector(&["NaN"])),
+        Ok(GateVerdict::Fail(_))
+    ));
     assert!(verdict(&g, &vector(&["abc"])).is_err());
 }
 
@@ -59,18 +62,23 @@ fn empty_results_pass_unless_fail_on_empty() {
 #[test]
 fn scalars_and_matrices_compare_too() {
     let g = gate(ComparisonOperator::GreaterThanOrEqual, 0.99, false);
-    let scalar = response(json!({"status": "success", "data": {"resultType": "scalar", "result": [1.0, "0.995"]}}));
+    let scalar = response(
+        json!({"status": "success", "data": {"resultType": "scalar", "result": [1.0, "0.995"]}}),
+    );
     assert_eq!(verdict(&g, &scalar), Ok(GateVerdict::Pass));
-    let matrix = response(json!({"status": "success", "data": {"resultType": "matrix", "result": [
-        {"metric": {}, "values": [[1.0, "1"], [2.0, "0.5"]]}
-    ]}}));
+    let matrix = response(
+        json!({"status": "success", "data": {"resultType": "matrix", "result": [
+            {"metric": {}, "values": [[1.0, "1"], [2.0, "0.5"]]}
+        ]}}),
+    );
     assert!(matches!(verdict(&g, &matrix), Ok(GateVerdict::Fail(_))));
 }
 
 #[test]
 fn prometheus_errors_are_reported() {
     let g = gate(ComparisonOperator::LessThan, 1.0, false);
-    let error = response(json!({"status": "error", "errorType": "bad_data", "error": "parse error"}));
+    let error =
+        response(json!({"status": "error", "errorType": "bad_data", "error": "parse error"}));
     let message = verdict(&g, &error).unwrap_err();
     assert!(message.contains("parse error"), "{message}");
 }
@@ -85,14 +93,20 @@ fn state_fails_after_repeated_errors_and_a_failure_sticks() {
     state.record(Err("refused".into()), now);
     assert!(matches!(state.verdict, Some(GateVerdict::Fail(_))));
     state.record(Ok(GateVerdict::Pass), now);
-    assert!(matches!(state.verdict, Some(GateVerdict::Fail(_))), "a failed bake stays failed");
+    assert!(
+        matches!(state.verdict, Some(GateVerdict::Fail(_))),
+        "a failed bake stays failed"
+    );
 }
 
 #[test]
 fn a_new_bake_starts_a_fresh_state() {
     let states = GateStates::default();
     let mut state = states.take("web", Some("t1"));
-    state.record(Ok(GateVerdict::Fail("x".into())), jiff::Timestamp::UNIX_EPOCH);
+    state.record(
+        Ok(GateVerdict::Fail("x".into())),
+        jiff::Timestamp::UNIX_EPOCH,
+    );
     states.put("web", state);
     assert!(states.take("web", Some("t1")).verdict.is_some());
     assert!(states.take("web", Some("t2")).verdict.is_none());

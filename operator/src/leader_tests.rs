@@ -4,7 +4,11 @@ use http::{Method, StatusCode};
 use serde_json::json;
 
 fn config() -> LeaseConfig {
-    LeaseConfig::new("kpersist-operator".into(), "kpersist".into(), "pod-a".into())
+    LeaseConfig::new(
+        "kpersist-operator".into(),
+        "kpersist".into(),
+        "pod-a".into(),
+    )
 }
 
 fn lease_json(holder: Option<&str>, renew: &str) -> serde_json::Value {
@@ -31,7 +35,10 @@ fn claim_follows_the_holder_and_staleness() {
     assert_eq!(claim(Some(&held("a")), "a", false), Claim::Renew);
     assert_eq!(claim(Some(&held("b")), "a", false), Claim::Wait);
     assert_eq!(claim(Some(&held("b")), "a", true), Claim::TakeOver);
-    assert_eq!(claim(Some(&LeaseSpec::default()), "a", false), Claim::TakeOver);
+    assert_eq!(
+        claim(Some(&LeaseSpec::default()), "a", false),
+        Claim::TakeOver
+    );
 }
 
 #[tokio::test]
@@ -39,9 +46,19 @@ async fn creates_a_missing_lease_and_leads() {
     let (client, mut handle) = mock_client();
     let mut elector = LeaderElector::new(client, config());
     let server = tokio::spawn(async move {
-        let get = answer(&mut handle, StatusCode::NOT_FOUND, status_body(404, "NotFound")).await;
+        let get = answer(
+            &mut handle,
+            StatusCode::NOT_FOUND,
+            status_body(404, "NotFound"),
+        )
+        .await;
         assert_eq!(get.method, Method::GET);
-        assert!(get.uri.contains("/namespaces/kpersist/leases/kpersist-operator"), "{}", get.uri);
+        assert!(
+            get.uri
+                .contains("/namespaces/kpersist/leases/kpersist-operator"),
+            "{}",
+            get.uri
+        );
         let post = answer(
             &mut handle,
             StatusCode::CREATED,
@@ -100,8 +117,18 @@ async fn a_conflicting_write_is_a_loss_not_an_error() {
     let (client, mut handle) = mock_client();
     let mut elector = LeaderElector::new(client, config());
     let server = tokio::spawn(async move {
-        answer(&mut handle, StatusCode::OK, lease_json(None, "2026-01-01T00:00:00.000000Z")).await;
-        let put = answer(&mut handle, StatusCode::CONFLICT, status_body(409, "Conflict")).await;
+        answer(
+            &mut handle,
+            StatusCode::OK,
+            lease_json(None, "2026-01-01T00:00:00.000000Z"),
+        )
+        .await;
+        let put = answer(
+            &mut handle,
+            StatusCode::CONFLICT,
+            status_body(409, "Conflict"),
+        )
+        .await;
         assert_eq!(put.method, Method::PUT);
     });
     assert!(!elector.try_acquire_or_renew().await.unwrap());
@@ -114,11 +141,26 @@ async fn release_clears_the_holder_only_when_it_is_us() {
     let elector = LeaderElector::new(client, config());
     let releaser = elector.releaser();
     let server = tokio::spawn(async move {
-        answer(&mut handle, StatusCode::OK, lease_json(Some("pod-a"), "2026-01-01T00:00:00.000000Z")).await;
-        let put = answer(&mut handle, StatusCode::OK, lease_json(None, "2026-01-01T00:00:01.000000Z")).await;
+        answer(
+            &mut handle,
+            StatusCode::OK,
+            lease_json(Some("pod-a"), "2026-01-01T00:00:00.000000Z"),
+        )
+        .await;
+        let put = answer(
+            &mut handle,
+            StatusCode::OK,
+            lease_json(None, "2026-01-01T00:00:01.000000Z"),
+        )
+        .await;
         assert_eq!(put.method, Method::PUT);
         assert!(put.body["spec"]["holderIdentity"].is_null());
-        answer(&mut handle, StatusCode::OK, lease_json(Some("pod-b"), "2026-01-01T00:00:00.000000Z")).await;
+        answer(
+            &mut handle,
+            StatusCode::OK,
+            lease_json(Some("pod-b"), "2026-01-01T00:00:00.000000Z"),
+        )
+        .await;
     });
     releaser.release().await.unwrap();
     // Held by someone else now: nothing is written.

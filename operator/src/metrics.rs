@@ -73,7 +73,9 @@ impl Metrics {
                 "kpersist_reconcile_duration_seconds",
                 "Time one policy reconcile took, including API writes and repository polls.",
             )
-            .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
         )
         .expect("valid metric definition");
         let leader = IntGauge::new(
@@ -271,10 +273,22 @@ mod tests {
         };
         metrics.record_status("web", &status);
         let text = metrics.render();
-        assert!(text.contains(r#"kpersist_nodes{policy="web",state="patched"} 2"#), "{text}");
-        assert!(text.contains(r#"kpersist_rollout_wave{policy="web"} 2"#), "{text}");
-        assert!(text.contains(r#"kpersist_rollout_phase{phase="Baking",policy="web"} 1"#), "{text}");
-        assert!(text.contains(r#"kpersist_rollout_phase{phase="Idle",policy="web"} 0"#), "{text}");
+        assert!(
+            text.contains(r#"kpersist_nodes{policy="web",state="patched"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"kpersist_rollout_wave{policy="web"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"kpersist_rollout_phase{phase="Baking",policy="web"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"kpersist_rollout_phase{phase="Idle",policy="web"} 0"#),
+            "{text}"
+        );
 
         metrics.forget_policy("web");
         let text = metrics.render();
@@ -289,7 +303,11 @@ mod tests {
         metrics.set_leader(true);
         metrics.observe_reconcile(Duration::from_millis(3));
         let text = metrics.render();
-        assert!(text.contains(r#"kpersist_repository_polls_total{policy="web",result="not_modified"} 1"#));
+        assert!(
+            text.contains(
+                r#"kpersist_repository_polls_total{policy="web",result="not_modified"} 1"#
+            )
+        );
         assert!(text.contains(r#"kpersist_reconcile_errors_total{reason="kube"} 1"#));
         assert!(text.contains("kpersist_leader 1"));
         assert!(text.contains("kpersist_reconcile_duration_seconds_count 1"));

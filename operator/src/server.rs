@@ -32,7 +32,10 @@ pub fn router(endpoints: Endpoints) -> Router {
 
 async fn metrics(State(endpoints): State<Endpoints>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         endpoints.metrics.render(),
     )
 }

@@ -131,7 +131,10 @@ async fn full_fetch_then_not_modified_with_the_etag() {
     assert_eq!(state.view.as_ref().unwrap().base_url, url);
     assert_eq!(state.etag.as_deref(), Some("\"v2\""));
     let condition = state.condition().unwrap();
-    assert_eq!((condition.status.as_str(), condition.reason.as_str()), ("True", "Verified"));
+    assert_eq!(
+        (condition.status.as_str(), condition.reason.as_str()),
+        ("True", "Verified")
+    );
     assert_eq!(state.verified_at, Some(now()));
 
     let later = now() + jiff::SignedDuration::from_secs(3600);
@@ -161,14 +164,21 @@ async fn a_bad_signature_sets_the_condition_false_and_gives_no_view() {
     let mut state = state_for(&url);
 
     poll_repository(&mut state, trusting(&publisher.public_key()), now()).await;
-    assert_eq!(failure_reason(&state), Some(FailureReason::SignatureInvalid));
+    assert_eq!(
+        failure_reason(&state),
+        Some(FailureReason::SignatureInvalid)
+    );
     assert!(state.view.is_none());
     assert!(state.etag.is_none());
     assert!(state.verified_at.is_none());
     let condition = state.condition().unwrap();
     assert_eq!(condition.status, "False");
     assert_eq!(condition.reason, "SignatureInvalid");
-    assert!(condition.message.contains("index.json"), "{}", condition.message);
+    assert!(
+        condition.message.contains("index.json"),
+        "{}",
+        condition.message
+    );
 }
 
 #[tokio::test]
@@ -195,11 +205,18 @@ async fn a_tampered_index_keeps_the_last_verified_view() {
         served.etag = "\"b\"".into();
     }
     poll_repository(&mut state, trusting(&key.public_key()), now()).await;
-    assert_eq!(failure_reason(&state), Some(FailureReason::SignatureInvalid));
+    assert_eq!(
+        failure_reason(&state),
+        Some(FailureReason::SignatureInvalid)
+    );
     assert_eq!(state.view.as_ref().unwrap().index.releases.len(), 1);
     assert_eq!(state.etag.as_deref(), Some("\"a\""));
     let condition = state.condition().unwrap();
-    assert!(condition.message.contains("last verified index stays"), "{}", condition.message);
+    assert!(
+        condition.message.contains("last verified index stays"),
+        "{}",
+        condition.message
+    );
 }
 
 #[tokio::test]
@@ -234,8 +251,15 @@ async fn a_server_that_is_not_there_is_unreachable() {
     poll_repository(&mut state, trusting(&key.public_key()), now()).await;
     assert_eq!(failure_reason(&state), Some(FailureReason::Unreachable));
     let condition = state.condition().unwrap();
-    assert_eq!((condition.status.as_str(), condition.reason.as_str()), ("False", "Unreachable"));
-    assert!(condition.message.contains(&addr.to_string()), "{}", condition.message);
+    assert_eq!(
+        (condition.status.as_str(), condition.reason.as_str()),
+        ("False", "Unreachable")
+    );
+    assert!(
+        condition.message.contains(&addr.to_string()),
+        "{}",
+        condition.message
+    );
     assert_eq!(state.polled_at, Some(now()));
 }
 
@@ -251,7 +275,13 @@ async fn no_trusted_keys_fetches_nothing() {
     };
     poll_repository(&mut state, keys, now()).await;
     assert_eq!(failure_reason(&state), Some(FailureReason::NoTrustedKeys));
-    assert!(state.condition().unwrap().message.contains("trustedKeys[0]"));
+    assert!(
+        state
+            .condition()
+            .unwrap()
+            .message
+            .contains("trustedKeys[0]")
+    );
     assert!(served.lock().unwrap().conditional.is_empty());
 }
 
@@ -263,6 +293,9 @@ fn polls_are_due_at_the_check_interval() {
     state.polled_at = Some(now());
     let soon = now() + jiff::SignedDuration::from_secs(600);
     assert!(!state.due(soon, hour));
-    assert_eq!(state.next_poll_in(soon, hour), std::time::Duration::from_secs(3000));
+    assert_eq!(
+        state.next_poll_in(soon, hour),
+        std::time::Duration::from_secs(3000)
+    );
     assert!(state.due(now() + jiff::SignedDuration::from_secs(3600), hour));
 }

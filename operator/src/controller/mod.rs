@@ -151,7 +151,9 @@ pub async fn run(client: Client, metrics: Metrics, settings: Settings) {
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
         .for_each(|result| async move {
             match result {
-                Ok((object, action)) => tracing::debug!(policy = %object.name, ?action, "reconciled"),
+                Ok((object, action)) => {
+                    tracing::debug!(policy = %object.name, ?action, "reconciled")
+                }
                 Err(error) => tracing::warn!(%error, "controller error"),
             }
         })

@@ -63,7 +63,9 @@ async fn apply(policy: Arc<LivePatchPolicy>, ctx: Arc<Context>) -> Result<Action
 
     let repo_spec = &policy.spec.repository;
     let interval = parse_duration(&repo_spec.check_interval).unwrap_or(FALLBACK_CHECK_INTERVAL);
-    let mut repo = ctx.repositories.take(&name, RepositorySource::of(repo_spec));
+    let mut repo = ctx
+        .repositories
+        .take(&name, RepositorySource::of(repo_spec));
     if repo.due(now, interval) {
         let trusted = keys::trusted_keys(&ctx.client, repo_spec).await;
         poll_repository(&mut repo, trusted, now).await;
@@ -116,7 +118,12 @@ async fn apply(policy: Arc<LivePatchPolicy>, ctx: Arc<Context>) -> Result<Action
     ctx.metrics.record_status(&name, &new_status);
 
     let wait = status::requeue_after(decision.requeue_after, next_poll, next_gate);
-    tracing::debug!(nodes = views.len(), writes = writes.len(), ?wait, "reconciled");
+    tracing::debug!(
+        nodes = views.len(),
+        writes = writes.len(),
+        ?wait,
+        "reconciled"
+    );
     Ok(Action::requeue(wait))
 }
 
@@ -161,9 +168,16 @@ async fn cleanup(policy: Arc<LivePatchPolicy>, ctx: Arc<Context>) -> Result<Acti
         .map(|lpn| (lpn.name_any(), None))
         .collect();
     let cleared = write::apply_all_desired(&ctx.client, &writes).await?;
-    tracing::info!(cleared, "policy deleted: cleared its desired specs, loaded patches stay");
+    tracing::info!(
+        cleared,
+        "policy deleted: cleared its desired specs, loaded patches stay"
+    );
     ctx.repositories.forget(&name);
     ctx.gates.forget(&name);
     ctx.metrics.forget_policy(&name);
     Ok(Action::await_change())
 }
+
+#[cfg(test)]
+#[path = "reconcile_tests.rs"]
+mod tests;

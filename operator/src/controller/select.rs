@@ -98,7 +98,10 @@ pub fn policies_for_node(
             .collect(),
         None => Vec::new(),
     };
-    if let Some(owner) = lpn.and_then(|l| l.spec.desired.as_ref()).map(|d| d.policy.clone()) {
+    if let Some(owner) = lpn
+        .and_then(|l| l.spec.desired.as_ref())
+        .map(|d| d.policy.clone())
+    {
         names.push(owner);
     }
     names.sort();
@@ -135,7 +138,10 @@ pub fn trim_node(node: &mut Node) {
             ..NodeCondition::default()
         })
         .collect();
-    let kernel_version = status.node_info.map(|i| i.kernel_version).unwrap_or_default();
+    let kernel_version = status
+        .node_info
+        .map(|i| i.kernel_version)
+        .unwrap_or_default();
     node.status = Some(NodeStatus {
         conditions: Some(ready),
         node_info: Some(NodeSystemInfo {

@@ -1,35 +1,8 @@
 use std::sync::Arc;
 
 use super::*;
-use kube::runtime::reflector::{self, Store};
-use kube::runtime::watcher;
+use crate::fixtures::{node, store_of};
 use serde_json::json;
-
-pub(crate) fn node(name: &str, labels: serde_json::Value, ready: bool) -> Node {
-    serde_json::from_value(json!({
-        "metadata": {
-            "name": name,
-            "labels": labels,
-            "annotations": {"big": "x"},
-            "managedFields": [{"manager": "kubelet", "operation": "Update"}]
-        },
-        "spec": {"podCIDR": "10.0.0.0/24"},
-        "status": {
-            "conditions": [
-                {"type": "Ready", "status": if ready { "True" } else { "False" },
-                 "lastHeartbeatTime": "2026-01-01T00:00:00Z"},
-                {"type": "MemoryPressure", "status": "False"}
-            ],
-            "images": [{"names": ["registry/app:1"], "sizeBytes": 123}],
-            "nodeInfo": {
-                "kernelVersion": "6.1.0-56-amd64", "architecture": "amd64", "bootID": "b",
-                "containerRuntimeVersion": "c", "kubeProxyVersion": "", "kubeletVersion": "v1",
-                "machineID": "m", "operatingSystem": "linux", "osImage": "Debian", "systemUUID": "u"
-            }
-        }
-    }))
-    .unwrap()
-}
 
 pub(crate) fn policy(name: &str, match_labels: serde_json::Value) -> LivePatchPolicy {
     serde_json::from_value(json!({
@@ -55,14 +28,6 @@ pub(crate) fn lpn(name: &str, desired_policy: Option<&str>) -> LivePatchNode {
     .unwrap()
 }
 
-fn store_of(lpns: Vec<LivePatchNode>) -> Store<LivePatchNode> {
-    let (reader, mut writer) = reflector::store();
-    for l in lpns {
-        writer.apply_watcher_event(&watcher::Event::Apply(l));
-    }
-    reader
-}
-
 #[test]
 fn trimming_keeps_only_what_the_controller_reads() {
     let mut n = node("a", json!({"pool": "web"}), true);
@@ -73,10 +38,17 @@ fn trimming_keeps_only_what_the_controller_reads() {
     let status = n.status.as_ref().unwrap();
     assert!(status.images.is_none());
     assert_eq!(status.conditions.as_ref().unwrap().len(), 1);
-    assert!(status.conditions.as_ref().unwrap()[0].last_heartbeat_time.is_none());
+    assert!(
+        status.conditions.as_ref().unwrap()[0]
+            .last_heartbeat_time
+            .is_none()
+    );
     assert!(node_ready(&n));
     assert_eq!(n.labels().get("pool").map(String::as_str), Some("web"));
-    assert_eq!(status.node_info.as_ref().unwrap().kernel_version, "6.1.0-56-amd64");
+    assert_eq!(
+        status.node_info.as_ref().unwrap().kernel_version,
+        "6.1.0-56-amd64"
+    );
 }
 
 #[test]
@@ -125,7 +97,10 @@ fn a_node_change_concerns_selecting_policies_and_its_current_owner() {
         policies_for_node("n1", Some(&labels), Some(&owned), &policies),
         ["db", "web"]
     );
-    assert_eq!(policies_for_node("n1", None, None, &policies), Vec::<String>::new());
+    assert_eq!(
+        policies_for_node("n1", None, None, &policies),
+        Vec::<String>::new()
+    );
 }
 
 #[test]

@@ -40,7 +40,9 @@ pub fn merge_repository(
     generation: Option<i64>,
     now: jiff::Timestamp,
 ) {
-    let old_conditions = previous.map(|s| s.conditions.as_slice()).unwrap_or_default();
+    let old_conditions = previous
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
     if let Some(mut condition) = condition {
         condition.observed_generation = generation;
         set_condition(&mut status.conditions, condition, old_conditions, now);

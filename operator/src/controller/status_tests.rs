@@ -24,20 +24,36 @@ fn transition_time_moves_only_when_the_status_changes() {
     let mut same = previous.clone();
     set_condition(&mut same, condition("True", None), &previous, now);
     assert_eq!(same.len(), 1);
-    assert_eq!(same[0].last_transition_time.as_deref(), Some("2026-01-01T00:00:00Z"));
+    assert_eq!(
+        same[0].last_transition_time.as_deref(),
+        Some("2026-01-01T00:00:00Z")
+    );
 
     let mut flipped = previous.clone();
     set_condition(&mut flipped, condition("False", None), &previous, now);
     assert_eq!(flipped.len(), 1);
-    assert_eq!(flipped[0].last_transition_time.as_deref(), Some("2026-02-01T00:00:00Z"));
+    assert_eq!(
+        flipped[0].last_transition_time.as_deref(),
+        Some("2026-02-01T00:00:00Z")
+    );
 }
 
 #[test]
 fn repository_merge_sets_check_time_and_generation() {
     let mut status = LivePatchPolicyStatus::default();
     let now = ts("2026-02-01T00:00:00Z");
-    merge_repository(&mut status, None, Some(condition("True", None)), Some(now), Some(4), now);
-    assert_eq!(status.last_repository_check.as_deref(), Some("2026-02-01T00:00:00Z"));
+    merge_repository(
+        &mut status,
+        None,
+        Some(condition("True", None)),
+        Some(now),
+        Some(4),
+        now,
+    );
+    assert_eq!(
+        status.last_repository_check.as_deref(),
+        Some("2026-02-01T00:00:00Z")
+    );
     assert_eq!(status.conditions[0].observed_generation, Some(4));
 
     // A failed poll keeps the last successful check time the engine copied through.
@@ -45,8 +61,18 @@ fn repository_merge_sets_check_time_and_generation() {
         last_repository_check: Some("2026-01-01T00:00:00Z".into()),
         ..LivePatchPolicyStatus::default()
     };
-    merge_repository(&mut status, None, Some(condition("False", None)), None, Some(4), now);
-    assert_eq!(status.last_repository_check.as_deref(), Some("2026-01-01T00:00:00Z"));
+    merge_repository(
+        &mut status,
+        None,
+        Some(condition("False", None)),
+        None,
+        Some(4),
+        now,
+    );
+    assert_eq!(
+        status.last_repository_check.as_deref(),
+        Some("2026-01-01T00:00:00Z")
+    );
 }
 
 #[test]
@@ -78,13 +104,25 @@ fn events_move_the_counters() {
         &metrics,
         "web",
         &[
-            RolloutEvent::WaveFailed { wave: 1, reason: "r".into() },
-            RolloutEvent::RevertStarted { release: "k/v2".into(), nodes: 1 },
+            RolloutEvent::WaveFailed {
+                wave: 1,
+                reason: "r".into(),
+            },
+            RolloutEvent::RevertStarted {
+                release: "k/v2".into(),
+                nodes: 1,
+            },
         ],
     );
     let text = metrics.render();
-    assert!(text.contains(r#"kpersist_rollouts_total{policy="web",result="failed"} 1"#), "{text}");
-    assert!(text.contains(r#"kpersist_reverts_total{policy="web"} 1"#), "{text}");
+    assert!(
+        text.contains(r#"kpersist_rollouts_total{policy="web",result="failed"} 1"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"kpersist_reverts_total{policy="web"} 1"#),
+        "{text}"
+    );
 }
 
 #[test]

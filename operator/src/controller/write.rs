@@ -4,7 +4,9 @@
 //! it and no one else does. Client required.
 
 use futures::{StreamExt, stream};
-use kpersist_crds::{DesiredPatch, LivePatchNode, LivePatchPolicy, LivePatchPolicyStatus, OPERATOR_MANAGER};
+use kpersist_crds::{
+    DesiredPatch, LivePatchNode, LivePatchPolicy, LivePatchPolicyStatus, OPERATOR_MANAGER,
+};
 use kube::api::{Patch, PatchParams};
 use kube::runtime::events::Recorder;
 use kube::{Api, Client, Resource};
@@ -38,20 +40,31 @@ pub fn node_spec_patch(node: &str, desired: Option<&DesiredPatch>) -> serde_json
 
 /// Writes `spec.desired` of one LivePatchNode.
 #[tracing::instrument(skip(client, desired), fields(release = desired.and_then(|d| d.release.as_ref()).map(|r| r.id.as_str())))]
-pub async fn apply_desired(client: &Client, node: &str, desired: Option<&DesiredPatch>) -> Result<(), Error> {
+pub async fn apply_desired(
+    client: &Client,
+    node: &str,
+    desired: Option<&DesiredPatch>,
+) -> Result<(), Error> {
     let api: Api<LivePatchNode> = Api::all(client.clone());
-    api.patch(node, &apply_params(), &Patch::Apply(node_spec_patch(node, desired)))
-        .await
-        .map_err(|source| Error::NodeApply {
-            node: node.to_string(),
-            source,
-        })?;
+    api.patch(
+        node,
+        &apply_params(),
+        &Patch::Apply(node_spec_patch(node, desired)),
+    )
+    .await
+    .map_err(|source| Error::NodeApply {
+        node: node.to_string(),
+        source,
+    })?;
     Ok(())
 }
 
 /// Writes many nodes' `spec.desired`, a few at a time. Every write is tried; the first
 /// error is returned so the reconcile retries (the engine repeats the same writes).
-pub async fn apply_all_desired(client: &Client, writes: &[(String, Option<DesiredPatch>)]) -> Result<usize, Error> {
+pub async fn apply_all_desired(
+    client: &Client,
+    writes: &[(String, Option<DesiredPatch>)],
+) -> Result<usize, Error> {
     // Each future owns its inputs: borrowing them from the closure's argument makes the
     // stream's futures not `Send` for every lifetime, which the controller requires.
     let results: Vec<Result<(), Error>> = stream::iter(writes.iter().cloned())
@@ -71,7 +84,11 @@ pub async fn apply_all_desired(client: &Client, writes: &[(String, Option<Desire
 
 /// Writes the policy's status.
 #[tracing::instrument(skip(client, status))]
-pub async fn apply_status(client: &Client, policy: &str, status: &LivePatchPolicyStatus) -> Result<(), Error> {
+pub async fn apply_status(
+    client: &Client,
+    policy: &str,
+    status: &LivePatchPolicyStatus,
+) -> Result<(), Error> {
     let api: Api<LivePatchPolicy> = Api::all(client.clone());
     let body = json!({
         "apiVersion": LivePatchPolicy::api_version(&()),
@@ -90,7 +107,11 @@ pub async fn apply_status(client: &Client, policy: &str, status: &LivePatchPolic
 
 /// Records the events on the policy. Events are best effort: a refused one is logged and
 /// does not fail the reconcile, whose real work is already written.
-pub async fn publish_events(recorder: &Recorder, policy: &LivePatchPolicy, events: &[RolloutEvent]) {
+pub async fn publish_events(
+    recorder: &Recorder,
+    policy: &LivePatchPolicy,
+    events: &[RolloutEvent],
+) {
     let reference = policy.object_ref(&());
     for event in events {
         if let Err(error) = recorder.publish(&kube_event(event), &reference).await {
@@ -98,3 +119,7 @@ pub async fn publish_events(recorder: &Recorder, policy: &LivePatchPolicy, event
         }
     }
 }
+
+#[cfg(test)]
+#[path = "write_tests.rs"]
+mod tests;

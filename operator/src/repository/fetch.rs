@@ -18,7 +18,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
     /// The policy's `caBundle` is not PEM.
-    #[error("repository.caBundle is not a PEM certificate bundle ({0}); paste the CA certificates in PEM form")]
+    #[error(
+        "repository.caBundle is not a PEM certificate bundle ({0}); paste the CA certificates in PEM form"
+    )]
     CaBundle(String),
     /// The HTTP client could not be built.
     #[error("cannot build the HTTP client for {url}: {message}")]
@@ -167,8 +169,14 @@ mod tests {
 
     #[test]
     fn file_url_joins_with_one_slash() {
-        assert_eq!(file_url("http://r/x/", "index.json"), "http://r/x/index.json");
-        assert_eq!(file_url("http://r/x", "index.json.sig"), "http://r/x/index.json.sig");
+        assert_eq!(
+            file_url("http://r/x/", "index.json"),
+            "http://r/x/index.json"
+        );
+        assert_eq!(
+            file_url("http://r/x", "index.json.sig"),
+            "http://r/x/index.json.sig"
+        );
     }
 
     #[test]

@@ -32,8 +32,9 @@ pub fn inline_keys(spec: &RepositorySpec) -> TrustedKeys {
 /// Adds the keys of a Secret's data values. No client required.
 pub fn add_secret_keys(out: &mut TrustedKeys, secret: &Secret, namespace: &str, name: &str) {
     let Some(data) = secret.data.as_ref().filter(|d| !d.is_empty()) else {
-        out.problems
-            .push(format!("Secret {namespace}/{name} has no data; put one public key per data key"));
+        out.problems.push(format!(
+            "Secret {namespace}/{name} has no data; put one public key per data key"
+        ));
         return;
     };
     for (field, value) in data {
@@ -76,8 +77,7 @@ mod tests {
     use std::collections::BTreeMap;
 
     fn spec(keys: Vec<String>) -> RepositorySpec {
-        serde_json::from_value(serde_json::json!({"url": "http://r", "trustedKeys": keys}))
-            .unwrap()
+        serde_json::from_value(serde_json::json!({"url": "http://r", "trustedKeys": keys})).unwrap()
     }
 
     #[test]
@@ -86,7 +86,11 @@ mod tests {
         let keys = inline_keys(&spec(vec!["bm90IGEga2V5".into(), good]));
         assert_eq!(keys.keys.len(), 1);
         assert_eq!(keys.problems.len(), 1);
-        assert!(keys.problems[0].contains("trustedKeys[0]"), "{:?}", keys.problems);
+        assert!(
+            keys.problems[0].contains("trustedKeys[0]"),
+            "{:?}",
+            keys.problems
+        );
     }
 
     #[test]

@@ -54,7 +54,8 @@ async fn fetch_and_verify(
         });
     }
     let source = &state.source;
-    let client = fetch::client_for(&source.url, source.ca_bundle.as_deref()).map_err(unreachable)?;
+    let client =
+        fetch::client_for(&source.url, source.ca_bundle.as_deref()).map_err(unreachable)?;
     let index_url = fetch::file_url(&source.url, INDEX_FILE);
     // Without a verified view a 304 would leave us with nothing, so only send the ETag when
     // there is a view it stands for.
@@ -66,15 +67,17 @@ async fn fetch_and_verify(
             Err(error) => return Err(fetch_failure(error)),
         };
     let sig_url = fetch::file_url(&source.url, SIGNATURE_FILE);
-    let signature = match fetch::get(&client, &sig_url, None, fetch::SIGNATURE_LIMIT, "signature").await {
-        Ok(Fetched::Modified { body, .. }) => body,
-        Ok(Fetched::NotModified) => Vec::new(),
-        Err(error) => return Err(fetch_failure(error)),
-    };
-    let index = verify_index(&index_bytes, &signature, &keys.keys).map_err(|error| PollFailure {
-        reason: verify_reason(&error),
-        message: format!("{index_url}: {error}"),
-    })?;
+    let signature =
+        match fetch::get(&client, &sig_url, None, fetch::SIGNATURE_LIMIT, "signature").await {
+            Ok(Fetched::Modified { body, .. }) => body,
+            Ok(Fetched::NotModified) => Vec::new(),
+            Err(error) => return Err(fetch_failure(error)),
+        };
+    let index =
+        verify_index(&index_bytes, &signature, &keys.keys).map_err(|error| PollFailure {
+            reason: verify_reason(&error),
+            message: format!("{index_url}: {error}"),
+        })?;
     let view = RepositoryView {
         base_url: source.url.clone(),
         index,
@@ -92,7 +95,9 @@ fn unreachable(error: FetchError) -> PollFailure {
 fn fetch_failure(error: FetchError) -> PollFailure {
     let reason = match error {
         // An oversized file is a bad repository, not a network problem.
-        FetchError::TooLarge { what: "signature", .. } => FailureReason::SignatureInvalid,
+        FetchError::TooLarge {
+            what: "signature", ..
+        } => FailureReason::SignatureInvalid,
         FetchError::TooLarge { .. } => FailureReason::IndexInvalid,
         _ => FailureReason::Unreachable,
     };

@@ -1,0 +1,253 @@
+//! Whole reconciles against a mocked API server (every request recorded and answered) and,
+//! where a repository is needed, a real one on 127.0.0.1 signed with kmod's functions.
+
+use std::sync::Arc;
+
+use http::{Method, StatusCode};
+use kpersist_crds::LivePatchNode;
+use kpersist_kmod::repository::{Index, Release};
+use kpersist_kmod::signing::PrivateKey;
+use kube::runtime::controller::Action;
+use serde_json::{Value, json};
+
+use super::*;
+use crate::fixtures::{ApiHandle, SeenRequest, answer_with, context, mock_client, node};
+
+const KERNEL: &str = "6.1.0-56-amd64";
+
+fn build_id() -> String {
+    "ab".repeat(20)
+}
+
+fn policy_json(url: &str, key: &str, finalizers: &[&str], deleting: bool) -> Value {
+    let mut metadata =
+        json!({"name": "web", "generation": 1, "uid": "u1", "finalizers": finalizers});
+    if deleting {
+        metadata["deletionTimestamp"] = json!("2026-03-01T00:00:00Z");
+    }
+    json!({
+        "apiVersion": "kpersist.io/v1alpha1",
+        "kind": "LivePatchPolicy",
+        "metadata": metadata,
+        "spec": {
+            "nodeSelector": {"matchLabels": {"pool": "web"}},
+            "repository": {"url": url, "trustedKeys": [key], "checkInterval": "1h"},
+            "rollout": {"waves": [{"nodes": 1, "bake": "0s"}]}
+        }
+    })
+}
+
+fn lpn(name: &str, desired_policy: Option<&str>) -> LivePatchNode {
+    let desired = desired_policy.map(|p| json!({"policy": p, "action": "Apply"}));
+    serde_json::from_value(json!({
+        "apiVersion": "kpersist.io/v1alpha1",
+        "kind": "LivePatchNode",
+        "metadata": {"name": name, "generation": 1},
+        "spec": {"desired": desired},
+        "status": {
+            "state": "Idle", "kernelRelease": KERNEL, "buildId": build_id(),
+            "livepatchSupported": true, "observedGeneration": 1
+        }
+    }))
+    .unwrap()
+}
+
+/// Answers every request until the client is dropped: policies get the policy back,
+/// everything else (node specs, Events) is echoed. Returns what was asked.
+fn api_server(mut handle: ApiHandle, policy: Value) -> tokio::task::JoinHandle<Vec<SeenRequest>> {
+    tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while let Some(request) = answer_with(&mut handle, |r: &SeenRequest| {
+            if r.uri.contains("/livepatchpolicies/") {
+                (StatusCode::OK, policy.clone())
+            } else {
+                (StatusCode::OK, r.body.clone())
+            }
+        })
+        .await
+        {
+            seen.push(request);
+        }
+        seen
+    })
+}
+
+/// Serves a repository signed by `key` with one release for [`KERNEL`]; returns its URL.
+async fn serve_repository(key: &PrivateKey) -> String {
+    let sha256 = "1".repeat(64);
+    let mut index = Index::empty("2026-01-01T00:00:00Z".parse().unwrap());
+    index
+        .add_release(Release {
+            kernel_release: KERNEL.into(),
+            build_id: build_id(),
+            version: 2,
+            module: format!("modules/{sha256}.ko"),
+            sha256,
+            size: 4096,
+            module_name: "kpersist_lp_v2".into(),
+            cves: vec!["CVE-2026-0001".into()],
+            channels: vec!["stable".into()],
+            published: "2026-01-01T00:00:00Z".into(),
+        })
+        .unwrap();
+    let bytes = index.to_json_bytes();
+    let sig = key.sign_to_base64_line(&bytes);
+    let app = axum::Router::new()
+        .route(
+            "/index.json",
+            axum::routing::get(move || async move { bytes.clone() }),
+        )
+        .route(
+            "/index.json.sig",
+            axum::routing::get(move || async move { sig.clone() }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
+}
+
+fn closed_port_url() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    format!("http://{addr}")
+}
+
+async fn run(policy: Value, lpns: Vec<LivePatchNode>) -> (Action, Vec<SeenRequest>) {
+    crate::install_crypto_provider();
+    let (client, handle) = mock_client();
+    let server = api_server(handle, policy.clone());
+    let object: LivePatchPolicy = serde_json::from_value(policy).unwrap();
+    let nodes = vec![
+        node("n1", json!({"pool": "web"}), true),
+        node("n9", json!({"pool": "db"}), true),
+    ];
+    let ctx = context(client, vec![object.clone()], nodes, lpns);
+    let action = reconcile(Arc::new(object), ctx.clone()).await.unwrap();
+    drop(ctx);
+    (action, server.await.unwrap())
+}
+
+fn status_patch(seen: &[SeenRequest]) -> &Value {
+    let patch = seen
+        .iter()
+        .find(|r| r.method == Method::PATCH && r.uri.contains("/livepatchpolicies/web/status"))
+        .unwrap_or_else(|| panic!("no status write in {seen:#?}"));
+    &patch.body["status"]
+}
+
+fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
+    status["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == type_))
+        .unwrap_or_else(|| panic!("no {type_} condition in {status:#}"))
+}
+
+#[tokio::test]
+async fn an_unreachable_repository_is_reported_and_nothing_is_assigned() {
+    let key = PrivateKey::generate().public_key().to_base64_line();
+    let policy = policy_json(&closed_port_url(), &key, &[FINALIZER], false);
+    let (action, seen) = run(policy, vec![lpn("n1", None)]).await;
+    let status = status_patch(&seen);
+    let reachable = condition(status, "RepositoryReachable");
+    assert_eq!(reachable["status"], "False");
+    assert_eq!(reachable["reason"], "Unreachable");
+    assert!(reachable["lastTransitionTime"].is_string());
+    assert!(
+        !seen.iter().any(|r| r.uri.contains("/livepatchnodes/")),
+        "{seen:#?}"
+    );
+    assert_ne!(action, Action::await_change());
+}
+
+#[tokio::test]
+async fn a_verified_release_goes_to_the_first_wave_only_on_selected_nodes() {
+    let key = PrivateKey::generate();
+    let url = serve_repository(&key).await;
+    let policy = policy_json(
+        &url,
+        &key.public_key().to_base64_line(),
+        &[FINALIZER],
+        false,
+    );
+    let (_, seen) = run(policy, vec![lpn("n1", None), lpn("n9", None)]).await;
+
+    let status = status_patch(&seen);
+    assert_eq!(condition(status, "RepositoryReachable")["status"], "True");
+    assert!(status["lastRepositoryCheck"].is_string(), "{status:#}");
+    assert_eq!(status["observedGeneration"], 1, "{status:#}");
+
+    let node_writes: Vec<_> = seen
+        .iter()
+        .filter(|r| r.uri.contains("/livepatchnodes/"))
+        .collect();
+    assert_eq!(node_writes.len(), 1, "{node_writes:#?}");
+    assert!(node_writes[0].uri.contains("/livepatchnodes/n1?"));
+    let desired = &node_writes[0].body["spec"]["desired"];
+    assert_eq!(desired["policy"], "web");
+    assert_eq!(desired["action"], "Apply");
+    assert_eq!(desired["release"]["id"], format!("{KERNEL}/v2"));
+    // Node writes come before the status that counts them.
+    let node_at = seen
+        .iter()
+        .position(|r| r.uri.contains("/livepatchnodes/n1"))
+        .unwrap();
+    let status_at = seen.iter().position(|r| r.uri.contains("/status")).unwrap();
+    assert!(node_at < status_at);
+
+    let events: Vec<_> = seen
+        .iter()
+        .filter(|r| r.method == Method::POST && r.uri.contains("/apis/events.k8s.io/v1/"))
+        .collect();
+    assert!(!events.is_empty(), "no Event recorded: {seen:#?}");
+    for event in events {
+        assert_eq!(event.body["regarding"]["name"], "web");
+        assert_eq!(event.body["reportingController"], "kpersist-operator");
+    }
+}
+
+#[tokio::test]
+async fn a_policy_without_the_finalizer_gets_it_first() {
+    let key = PrivateKey::generate().public_key().to_base64_line();
+    let policy = policy_json(&closed_port_url(), &key, &[], false);
+    let (_, seen) = run(policy, vec![lpn("n1", None)]).await;
+    assert_eq!(seen.len(), 1, "{seen:#?}");
+    assert_eq!(
+        seen[0].content_type.as_deref(),
+        Some("application/json-patch+json")
+    );
+    assert!(
+        seen[0].body.to_string().contains(FINALIZER),
+        "{}",
+        seen[0].body
+    );
+}
+
+#[tokio::test]
+async fn deleting_a_policy_clears_its_desired_specs_and_unloads_nothing() {
+    let key = PrivateKey::generate().public_key().to_base64_line();
+    let policy = policy_json(&closed_port_url(), &key, &[FINALIZER], true);
+    let lpns = vec![
+        lpn("n1", Some("web")),
+        lpn("n2", Some("db")),
+        lpn("n3", None),
+    ];
+    let (action, seen) = run(policy, lpns).await;
+    assert_eq!(action, Action::await_change());
+    let node_writes: Vec<_> = seen
+        .iter()
+        .filter(|r| r.uri.contains("/livepatchnodes/"))
+        .collect();
+    assert_eq!(node_writes.len(), 1, "{node_writes:#?}");
+    assert!(node_writes[0].uri.contains("/livepatchnodes/n1?"));
+    // Cleared, not reverted: no desired at all.
+    assert_eq!(node_writes[0].body["spec"], json!({}));
+    // Then the finalizer goes.
+    let last = seen.last().unwrap();
+    assert_eq!(
+        last.content_type.as_deref(),
+        Some("application/json-patch+json")
+    );
+    assert!(last.body.to_string().contains("remove"), "{}", last.body);
+}
