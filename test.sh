@@ -23,5 +23,8 @@ PROPTEST_CASES="${PROPTEST_CASES:-256}" cargo test --workspace
 step "CRD manifests match the API types"
 cargo run -q -p kpersist-crds --bin crdgen -- --check
 
+step "chart suite: helm lint, rendered manifests, RBAC on a real API server"
+e2e/chart/run.sh
+
 echo
 echo "ALL SUITES: PASS"
