@@ -17,11 +17,76 @@
 //! point, or a controller whose caches lag behind its own writes, gets the same decision
 //! from the same objects: assignment follows a fixed node order, so a repeated decision
 //! repeats the same writes.
+//!
+//! # Rules
+//!
+//! - **Targets.** A node's target is the newest release for its exact kernel build in the
+//!   policy's channel, published at least `delay` ago (or exactly `pinnedVersion`), not in
+//!   `badReleases` and not in the node's `refusedReleases`. A node without one, or whose
+//!   agent reports no livepatch support, is Unsupported, not failed. Without a pin a node
+//!   already running a newer release is left alone.
+//! - **Waves.** The rollout's nodes are the selected nodes that need their target when it
+//!   starts, plus those that join later. After wave *k* has started, `quota(k)` of them have
+//!   been handed their release: `nodes`, or `percent` of them rounded up, cumulative and never
+//!   decreasing; a final wave takes whatever the last wave left. Nodes are taken in a fixed
+//!   order (a hash of policy and node name), skipping nodes that are NotReady. A node is done
+//!   when its agent reports `Applied` with the asked release for the current generation. A
+//!   wave is done when every node of it is done or failed (failures within `maxFailures`)
+//!   and `bake` has passed since the last of them settled (`bakeStartedAt`), with a passing
+//!   Prometheus verdict when the policy has a gate; only then does the next wave start.
+//! - **Failures.** Counted per wave among the nodes it was handed: a failed apply (the
+//!   agent's reason, e.g. TransitionStalled, NewTaint, KernelWarning), CrashSuspected, and,
+//!   with `health.nodeReady`, a node that applied and then went NotReady. A failed gate fails
+//!   the wave outright. More than `maxFailures` fails the wave: with `Revert` the releases the
+//!   failed nodes were given are marked bad (with a gate failure, every release of the wave)
+//!   and every node this policy gave one of them gets `Revert` to the release its
+//!   `spec.desired.previous` recorded (none: unload); nothing new starts until all of them
+//!   settled, then the phase is Failed. With `Pause` the rollout stops (`failedWave`) until
+//!   the policy is edited.
+//! - **maxInFlight** bounds the nodes with an unfinished apply (asked and not yet observed,
+//!   downloading or applying). Reverts are not bounded: going back to a release that ran
+//!   before is the safe direction and should not wait.
+//! - **Maintenance windows** gate only handing out releases; bakes, wave changes and reverts
+//!   go on outside them. `paused` stops handing out releases and moving to the next wave.
+//!   `dryRun` writes nothing to any node and fills `plannedWaves`.
+//! - **Nodes selected by two policies** are patched by neither, counted in `total` only and
+//!   named in the Degraded condition.
+//!
+//! # A newer release mid-rollout: finish, then roll the newer one out
+//!
+//! A rollout keeps the releases it started with (`status.rollout.releases`) until its last
+//! wave is done; a release published meanwhile starts its own rollout, from the canary wave,
+//! right after. Superseding instead would restart the canary on every publication, so a
+//! channel that publishes more often than a rollout takes would never get past its first
+//! waves; and every node handed the running release gets one that already passed the
+//! earlier waves' bakes. Kernel builds that join mid-rollout join it with their newest
+//! release. The rollout does start over when one of its releases is no longer offered: the
+//! pin changed to another version, or the release left the channel or the index.
 
+mod failure;
+mod nodes;
+mod order;
+mod rollout;
+mod settings;
+mod status;
+mod targets;
+mod waves;
+pub(crate) mod window;
+
+use std::collections::HashSet;
 use std::time::Duration;
 
-use kpersist_crds::{DesiredPatch, LivePatchNode, LivePatchPolicy, LivePatchPolicyStatus};
+use kpersist_crds::{
+    DesiredPatch, LivePatchNode, LivePatchPolicy, LivePatchPolicyStatus, PatchAction,
+    PolicyCondition, PolicyPhase,
+};
 use kpersist_kmod::repository::Index;
+
+use crate::validate::FieldError;
+use nodes::{Context, Standing, classify, kernel_of};
+use rollout::{Outcome, Step};
+use settings::Settings;
+use targets::Targets;
 
 /// The verified repository index a policy reads, with the URL module paths are relative to.
 #[derive(Clone, Debug)]
@@ -92,7 +157,11 @@ pub struct Decision {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RolloutEvent {
     /// A rollout of new targets began.
-    RolloutStarted { releases: Vec<String>, nodes: u32, waves: u32 },
+    RolloutStarted {
+        releases: Vec<String>,
+        nodes: u32,
+        waves: u32,
+    },
     /// A wave was given its first nodes.
     WaveStarted { wave: u32, waves: u32, nodes: u32 },
     /// Every node of a wave applied and stayed healthy for the bake.
@@ -147,7 +216,11 @@ impl RolloutEvent {
     /// What happened, for people.
     pub fn message(&self) -> String {
         match self {
-            Self::RolloutStarted { releases, nodes, waves } => format!(
+            Self::RolloutStarted {
+                releases,
+                nodes,
+                waves,
+            } => format!(
                 "rolling out {} to {nodes} node(s) in {waves} wave(s)",
                 releases.join(", ")
             ),
@@ -183,6 +256,248 @@ impl RolloutEvent {
 
 /// Decides what to write and announce for one policy. Pure: same input, same decision.
 pub fn decide(input: &EngineInput) -> Decision {
-    let _ = input;
-    todo!("rollout engine")
+    let policy = input.policy;
+    let name = policy.metadata.name.as_deref().unwrap_or_default();
+    let generation = policy.metadata.generation;
+    let previous = policy.status.clone().unwrap_or_default();
+    let settings = match Settings::read(&policy.spec) {
+        Ok(settings) => settings,
+        Err(errors) => return invalid(input, previous, &errors),
+    };
+    let bad: HashSet<String> = previous
+        .bad_releases
+        .iter()
+        .map(|b| b.release.clone())
+        .collect();
+    let targets = Targets::new(
+        input.repository,
+        &settings,
+        &bad,
+        previous.rollout.as_ref(),
+        &previous.targets,
+        input.now,
+        input.nodes.iter().filter_map(kernel_of),
+    );
+    let rollout = previous.rollout.as_ref().filter(|_| !targets.superseded);
+    let ctx = Context {
+        policy: name,
+        bad: &bad,
+        members: rollout
+            .map(|r| r.assigned_nodes.iter().map(String::as_str).collect())
+            .unwrap_or_default(),
+        rollout: rollout.map(|r| (r.wave, r.releases.as_slice())),
+        pinned: settings.pinned_version.is_some(),
+        have_index: input.repository.is_some(),
+    };
+    let mut facts: Vec<_> = input
+        .nodes
+        .iter()
+        .map(|view| classify(view, &targets, &ctx))
+        .collect();
+    let step = Step {
+        settings: &settings,
+        previous: &previous,
+        generation,
+        now: input.now,
+        gate: input.gate.as_ref(),
+        have_index: input.repository.is_some(),
+        superseded: targets.superseded,
+    };
+    let mut outcome = rollout::run(&step, &mut facts);
+    pause_events(&previous, &mut outcome);
+
+    let desired = if settings.dry_run {
+        Vec::new()
+    } else {
+        node_writes(name, &settings, &targets, &facts, &outcome)
+    };
+
+    let counts = status::count_nodes(&facts, settings.pinned_version.is_some());
+    let per_build = status::nodes_per_build(&facts);
+    let kernel_targets = targets.kernel_targets(|kernel, build| {
+        per_build.get(&(kernel, build)).copied().unwrap_or_default()
+    });
+    if let Some(r) = outcome.rollout.as_mut() {
+        let mut members: Vec<_> = facts
+            .iter()
+            .filter_map(|f| match f.standing {
+                Standing::Member { wave, .. } => Some((wave, f.order, f.view.name.as_str())),
+                _ => None,
+            })
+            .collect();
+        members.sort_unstable();
+        r.assigned_nodes = members.into_iter().map(|(_, _, n)| n.to_string()).collect();
+    }
+    let conditions = status::conditions(
+        &status::ConditionInput {
+            phase: outcome.phase,
+            note: outcome.note.as_deref(),
+            wave: outcome.rollout.as_ref().map(|r| (r.wave, r.waves)),
+            facts: &facts,
+            counts: &counts,
+            have_targets: !kernel_targets.is_empty(),
+            have_index: input.repository.is_some(),
+            failed_wave: outcome
+                .rollout
+                .as_ref()
+                .is_some_and(|r| r.failed_wave.is_some()),
+        },
+        &previous.conditions,
+        generation,
+        input.now,
+    );
+    let mut bad_releases = previous.bad_releases.clone();
+    bad_releases.extend(outcome.new_bad.iter().cloned());
+    let requeue_after = [
+        outcome.requeue,
+        targets
+            .next_eligible
+            .map(|at| Duration::try_from(at.duration_since(input.now)).unwrap_or_default()),
+    ]
+    .into_iter()
+    .flatten()
+    .min();
+    let status = LivePatchPolicyStatus {
+        phase: Some(outcome.phase),
+        conditions,
+        wave_summary: outcome
+            .rollout
+            .as_ref()
+            .map(|r| format!("{}/{}", r.wave, r.waves)),
+        rollout: outcome.rollout,
+        patched_summary: Some(format!("{}/{}", counts.patched, counts.total)),
+        nodes: counts,
+        target_summary: status::target_summary(kernel_targets.iter().map(|t| t.version)),
+        targets: kernel_targets,
+        bad_releases,
+        planned_waves: outcome.planned,
+        last_repository_check: previous.last_repository_check.clone(),
+        observed_generation: generation,
+    };
+    Decision {
+        desired,
+        status,
+        events: outcome.events,
+        requeue_after,
+    }
+}
+
+/// The `spec.desired` writes: the nodes handed their target now and the nodes holding a
+/// bad release, each only when its LivePatchNode does not say so already.
+fn node_writes(
+    policy: &str,
+    settings: &Settings,
+    targets: &Targets<'_>,
+    facts: &[nodes::NodeFacts<'_>],
+    outcome: &Outcome,
+) -> Vec<(String, Option<DesiredPatch>)> {
+    let mut writes = Vec::new();
+    for &(index, wave) in &outcome.assigned {
+        let f = &facts[index];
+        let Some(release) = f.target.as_ref().and_then(|t| t.release.clone()) else {
+            continue;
+        };
+        let previous = f
+            .status
+            .and_then(|s| s.applied.as_ref())
+            .and_then(|a| targets.release_by_id(&a.id));
+        writes.push((
+            f,
+            DesiredPatch {
+                policy: policy.to_string(),
+                action: PatchAction::Apply,
+                release: Some(release),
+                previous,
+                wave: Some(wave),
+                transition_timeout: settings.transition_timeout.clone(),
+                kmsg_checks: settings.kmsg_checks,
+            },
+        ));
+    }
+    for f in facts {
+        if let (Standing::RevertNeeded, Some(ours)) = (&f.standing, f.ours) {
+            writes.push((f, failure::revert_of(ours, settings)));
+        }
+    }
+    writes
+        .into_iter()
+        .filter(|(f, desired)| {
+            f.view.lpn.as_ref().and_then(|l| l.spec.desired.as_ref()) != Some(desired)
+        })
+        .map(|(f, desired)| (f.view.name.clone(), Some(desired)))
+        .collect()
+}
+
+/// RolloutPaused and RolloutResumed when the phase enters or leaves Paused.
+fn pause_events(previous: &LivePatchPolicyStatus, outcome: &mut Outcome) {
+    let was_paused = previous.phase == Some(PolicyPhase::Paused);
+    let paused = outcome.phase == PolicyPhase::Paused;
+    if paused && !was_paused {
+        outcome.events.push(RolloutEvent::RolloutPaused {
+            reason: outcome.note.clone().unwrap_or_default(),
+        });
+    } else if was_paused
+        && matches!(
+            outcome.phase,
+            PolicyPhase::Progressing | PolicyPhase::Baking
+        )
+    {
+        outcome.events.push(RolloutEvent::RolloutResumed);
+    }
+}
+
+/// The decision for a policy that failed validation: phase Failed, Ready=False with reason
+/// InvalidPolicy, nothing written to nodes. The rollout state is kept so that fixing the
+/// policy carries on where it stopped.
+fn invalid(
+    input: &EngineInput,
+    previous: LivePatchPolicyStatus,
+    errors: &[FieldError],
+) -> Decision {
+    let generation = input.policy.metadata.generation;
+    let messages: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    let already_reported = previous.observed_generation == generation
+        && previous
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.reason == "InvalidPolicy");
+    let message = format!("the policy is invalid: {}", messages.join("; "));
+    let mut conditions: Vec<PolicyCondition> = previous
+        .conditions
+        .iter()
+        .filter(|c| !matches!(c.type_.as_str(), "Ready" | "Progressing"))
+        .cloned()
+        .collect();
+    for type_ in ["Ready", "Progressing"] {
+        let since = previous
+            .conditions
+            .iter()
+            .find(|c| c.type_ == type_ && c.status == "False" && c.reason == "InvalidPolicy")
+            .and_then(|c| c.last_transition_time.clone())
+            .unwrap_or_else(|| input.now.to_string());
+        conditions.push(PolicyCondition {
+            type_: type_.to_string(),
+            status: "False".to_string(),
+            reason: "InvalidPolicy".to_string(),
+            message: message.clone(),
+            last_transition_time: Some(since),
+            observed_generation: generation,
+        });
+    }
+    let events = if already_reported {
+        Vec::new()
+    } else {
+        vec![RolloutEvent::PolicyInvalid { errors: messages }]
+    };
+    Decision {
+        desired: Vec::new(),
+        status: LivePatchPolicyStatus {
+            phase: Some(PolicyPhase::Failed),
+            conditions,
+            observed_generation: generation,
+            ..previous
+        },
+        events,
+        requeue_after: None,
+    }
 }

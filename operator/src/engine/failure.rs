@@ -1,0 +1,111 @@
+//! When a wave has failed and what is undone then: the failures counted against a wave's
+//! `maxFailures`, the releases blamed, and the request that sends a node back to the
+//! release it ran before.
+
+use std::collections::BTreeSet;
+
+use kpersist_crds::{DesiredPatch, PatchAction};
+
+use super::nodes::{NodeFacts, Progress, Standing};
+use super::settings::Settings;
+
+/// A node of the current wave that counts as failed, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct NodeFailure<'a> {
+    pub node: &'a str,
+    pub reason: String,
+}
+
+/// Failures among the nodes handed the release in `wave`: a failed apply (the agent's
+/// reason: TransitionStalled, NewTaint, KernelWarning, ...), a suspected crash, and, when
+/// the policy watches Node readiness, a node that applied and then went NotReady. Nodes of
+/// earlier waves had their own bake and are not counted again.
+pub(crate) fn wave_failures<'a>(
+    facts: &'a [NodeFacts<'_>],
+    wave: u32,
+    settings: &Settings,
+) -> Vec<NodeFailure<'a>> {
+    facts
+        .iter()
+        .filter_map(|f| match &f.standing {
+            Standing::Member {
+                wave: w,
+                progress: Progress::Failed(reason),
+            } if *w == wave => Some(NodeFailure {
+                node: &f.view.name,
+                reason: reason.clone(),
+            }),
+            Standing::Member {
+                wave: w,
+                progress: Progress::Done,
+            } if *w == wave && settings.node_ready && !f.view.ready => Some(NodeFailure {
+                node: &f.view.name,
+                reason: "NodeNotReady".to_string(),
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Why a wave failed, for status, events and the bad-release record.
+pub(crate) fn describe(
+    failures: &[NodeFailure<'_>],
+    gate: Option<&str>,
+    max_failures: usize,
+) -> String {
+    const SHOWN: usize = 5;
+    let mut parts = Vec::new();
+    if !failures.is_empty() {
+        let mut names: Vec<String> = failures
+            .iter()
+            .take(SHOWN)
+            .map(|f| format!("{} ({})", f.node, f.reason))
+            .collect();
+        if failures.len() > SHOWN {
+            names.push(format!("and {} more", failures.len() - SHOWN));
+        }
+        parts.push(format!(
+            "{} node(s) failed where maxFailures allows {max_failures}: {}",
+            failures.len(),
+            names.join(", ")
+        ));
+    }
+    if let Some(gate) = gate {
+        parts.push(format!("the Prometheus gate failed: {gate}"));
+    }
+    parts.join("; ")
+}
+
+/// The releases a failed wave is blamed on: those its failed nodes were given, or with a
+/// failed gate every release the wave's nodes were given.
+pub(crate) fn failing_releases(
+    facts: &[NodeFacts<'_>],
+    wave: u32,
+    failures: &[NodeFailure<'_>],
+    gate_failed: bool,
+) -> BTreeSet<String> {
+    facts
+        .iter()
+        .filter(|f| matches!(f.standing, Standing::Member { wave: w, .. } if w == wave))
+        .filter(|f| gate_failed || failures.iter().any(|x| x.node == f.view.name))
+        .filter_map(|f| {
+            f.ours
+                .and_then(|d| d.release.as_ref())
+                .map(|r| r.id.clone())
+        })
+        .collect()
+}
+
+/// The request that sends a node back from `applied` (this policy's `Apply`) to the
+/// release it ran before, or to no livepatch when it ran none.
+pub(crate) fn revert_of(applied: &DesiredPatch, settings: &Settings) -> DesiredPatch {
+    DesiredPatch {
+        policy: applied.policy.clone(),
+        action: PatchAction::Revert,
+        release: applied.previous.clone(),
+        previous: None,
+        wave: None,
+        transition_timeout: settings.transition_timeout.clone(),
+        kmsg_checks: settings.kmsg_checks,
+    }
+}

@@ -1,0 +1,247 @@
+//! Where each selected node stands in this policy's rollout, read from its LivePatchNode
+//! alone: the spec the operator wrote (which release, which wave, what ran before) and the
+//! status its agent reported. Nothing is remembered between decisions.
+
+use std::borrow::Cow;
+use std::collections::HashSet;
+
+use kpersist_crds::{DesiredPatch, LivePatchNodeStatus, NodePatchState, PatchAction};
+
+use super::NodeView;
+use super::order::rollout_order;
+use super::targets::{Target, Targets};
+
+/// How far a node handed a release of the current rollout has got with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Progress {
+    /// Not yet observed by the agent, or downloading or applying.
+    InFlight,
+    /// Applied and reported healthy.
+    Done,
+    /// The apply failed; the text is the agent's reason.
+    Failed(String),
+}
+
+/// Where a node stands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Standing {
+    /// Another policy selects it too, so this one leaves it alone.
+    Conflicted,
+    /// No agent has reported its kernel yet.
+    Unknown,
+    /// No verified index yet and no earlier target for its kernel.
+    Waiting,
+    /// No livepatch support, or no release for its kernel.
+    Unsupported,
+    /// Asked by this policy to revert; `settled` once the agent finished.
+    Reverting { settled: bool, failed: bool },
+    /// Holds this policy's request for a release now marked bad: it must be reverted.
+    RevertNeeded,
+    /// Handed a release of the current rollout in wave `wave`.
+    Member { wave: u32, progress: Progress },
+    /// Runs its target (or newer, without a pin).
+    OnTarget,
+    /// Was asked for its target outside the current rollout and failed; not asked again
+    /// until the target changes.
+    Failed,
+    /// Busy with work that is not part of the current rollout.
+    InFlight,
+    /// Should get its target; `startable` when it can be handed it now.
+    Needing { startable: bool },
+}
+
+/// One selected node with what the engine worked out about it.
+#[derive(Clone, Debug)]
+pub(crate) struct NodeFacts<'a> {
+    pub view: &'a NodeView,
+    pub order: u64,
+    pub standing: Standing,
+    pub target: Option<Cow<'a, Target>>,
+    /// This policy's request on the node, if any.
+    pub ours: Option<&'a DesiredPatch>,
+    pub status: Option<&'a LivePatchNodeStatus>,
+}
+
+impl NodeFacts<'_> {
+    pub(crate) fn state(&self) -> Option<NodePatchState> {
+        self.status.and_then(|s| s.state)
+    }
+
+    /// Whether the node counts against `maxInFlight`.
+    pub(crate) fn in_flight(&self) -> bool {
+        matches!(
+            self.standing,
+            Standing::InFlight
+                | Standing::Member {
+                    progress: Progress::InFlight,
+                    ..
+                }
+        )
+    }
+}
+
+/// What classification needs besides the node.
+pub(crate) struct Context<'a> {
+    pub policy: &'a str,
+    pub bad: &'a HashSet<String>,
+    /// Nodes the rollout in progress has handed a release (`status.rollout.assignedNodes`).
+    pub members: HashSet<&'a str>,
+    /// The rollout in progress: its current wave and releases.
+    pub rollout: Option<(u32, &'a [String])>,
+    pub pinned: bool,
+    pub have_index: bool,
+}
+
+/// The kernel build a node runs, preferring what its agent reported.
+pub(crate) fn kernel_of(view: &NodeView) -> Option<(&str, &str)> {
+    let status = view.lpn.as_ref().and_then(|l| l.status.as_ref());
+    let kernel = status
+        .and_then(|s| s.kernel_release.as_deref())
+        .or(view.kernel_release.as_deref())?;
+    let build = status
+        .and_then(|s| s.build_id.as_deref())
+        .or(view.build_id.as_deref())?;
+    Some((kernel, build))
+}
+
+/// Works out where `view` stands.
+pub(crate) fn classify<'a>(
+    view: &'a NodeView,
+    targets: &'a Targets<'_>,
+    ctx: &Context<'_>,
+) -> NodeFacts<'a> {
+    let mut facts = NodeFacts {
+        view,
+        order: rollout_order(ctx.policy, &view.name),
+        standing: Standing::Unknown,
+        target: None,
+        ours: None,
+        status: None,
+    };
+    if !view.other_policies.is_empty() {
+        facts.standing = Standing::Conflicted;
+        return facts;
+    }
+    let Some(lpn) = &view.lpn else {
+        return facts;
+    };
+    facts.ours = lpn.spec.desired.as_ref().filter(|d| d.policy == ctx.policy);
+    let Some(status) = &lpn.status else {
+        return facts;
+    };
+    facts.status = Some(status);
+    let observed = status.observed_generation == lpn.metadata.generation;
+    let busy = matches!(
+        status.state,
+        Some(NodePatchState::Downloading | NodePatchState::Applying | NodePatchState::Reverting)
+    );
+    let settled = observed && !busy;
+    let asked = facts
+        .ours
+        .and_then(|d| d.release.as_ref())
+        .map(|r| r.id.as_str());
+
+    // A revert is followed through whatever else is true of the node.
+    if let Some(desired) = facts.ours {
+        if desired.action == PatchAction::Revert {
+            let failed = settled && status.state == Some(NodePatchState::Failed);
+            facts.standing = Standing::Reverting { settled, failed };
+            return facts;
+        }
+        if asked.is_some_and(|id| ctx.bad.contains(id)) {
+            facts.standing = Standing::RevertNeeded;
+            return facts;
+        }
+    }
+    let Some((kernel, build)) = kernel_of(view) else {
+        return facts;
+    };
+    if status.state == Some(NodePatchState::Unsupported) || !status.livepatch_supported {
+        facts.standing = Standing::Unsupported;
+        return facts;
+    }
+    let Some(target) = targets.for_node(kernel, build, &status.refused_releases) else {
+        facts.standing = if ctx.have_index {
+            Standing::Unsupported
+        } else {
+            Standing::Waiting
+        };
+        return facts;
+    };
+
+    if let (Some(desired), Some(asked)) = (facts.ours, asked) {
+        let in_rollout = ctx
+            .rollout
+            .filter(|(_, releases)| releases.iter().any(|r| r == asked));
+        let listed = ctx.members.contains(view.name.as_str());
+        // A node the controller wrote to but whose status write was lost is taken back
+        // while its apply is still going, so the wave's failures count it.
+        let adopted = in_rollout.is_some_and(|(wave, _)| desired.wave == Some(wave) && !settled);
+        if in_rollout.is_some() && (listed || adopted) {
+            facts.standing = Standing::Member {
+                wave: desired.wave.unwrap_or(1),
+                progress: progress(status, observed, asked),
+            };
+            facts.target = Some(target);
+            return facts;
+        }
+        if asked == target.id {
+            facts.standing = match progress(status, observed, asked) {
+                _ if !settled => Standing::InFlight,
+                Progress::Done => Standing::OnTarget,
+                Progress::Failed(_) => Standing::Failed,
+                Progress::InFlight => Standing::InFlight,
+            };
+            facts.target = Some(target);
+            return facts;
+        }
+    }
+    if busy || (facts.ours.is_some() && !observed) {
+        facts.standing = Standing::InFlight;
+        facts.target = Some(target);
+        return facts;
+    }
+    let needs = match &status.applied {
+        None => true,
+        Some(applied) if ctx.pinned => applied.id != target.id,
+        Some(applied) => applied.version < target.version,
+    };
+    facts.standing = if needs {
+        let previous_known = status
+            .applied
+            .as_ref()
+            .is_none_or(|a| targets.has_release(&a.id));
+        Standing::Needing {
+            startable: view.ready && target.release.is_some() && previous_known,
+        }
+    } else {
+        Standing::OnTarget
+    };
+    facts.target = Some(target);
+    facts
+}
+
+fn progress(status: &LivePatchNodeStatus, observed: bool, release: &str) -> Progress {
+    if !observed {
+        return Progress::InFlight;
+    }
+    if status.refused_releases.iter().any(|r| r == release)
+        || status.state == Some(NodePatchState::CrashSuspected)
+    {
+        return Progress::Failed("CrashSuspected".to_string());
+    }
+    match status.state {
+        Some(NodePatchState::Failed) => Progress::Failed(
+            status
+                .last_error
+                .as_ref()
+                .map_or_else(|| "ApplyFailed".to_string(), |e| format!("{:?}", e.reason)),
+        ),
+        Some(NodePatchState::Applied)
+            if status.applied.as_ref().is_some_and(|a| a.id == release) =>
+        {
+            Progress::Done
+        }
+        _ => Progress::InFlight,
+    }
+}

@@ -1,0 +1,502 @@
+//! The rollout state machine: from where the nodes stand and the previous status, decide
+//! whether a rollout starts, which nodes of the current wave are handed their release,
+//! whether the wave failed, baked or is done, and what phase the policy is in.
+
+use std::time::Duration;
+
+use jiff::Timestamp;
+use kpersist_crds::{
+    BadRelease, FailurePolicy, LivePatchPolicyStatus, PlannedWave, PolicyPhase, RolloutProgress,
+};
+
+use super::failure::{describe, failing_releases, wave_failures};
+use super::nodes::{NodeFacts, Progress, Standing};
+use super::settings::Settings;
+use super::waves::{bake, plan, quota, wave_count};
+use super::{GateVerdict, RolloutEvent};
+
+/// Everything the state machine reads besides the nodes.
+pub(crate) struct Step<'a> {
+    pub settings: &'a Settings,
+    pub previous: &'a LivePatchPolicyStatus,
+    pub generation: Option<i64>,
+    pub now: Timestamp,
+    pub gate: Option<&'a GateVerdict>,
+    pub have_index: bool,
+    pub superseded: bool,
+}
+
+/// What the state machine decided.
+#[derive(Debug)]
+pub(crate) struct Outcome {
+    pub phase: PolicyPhase,
+    pub rollout: Option<RolloutProgress>,
+    /// Nodes (index into the facts) handed their target now, with their wave.
+    pub assigned: Vec<(usize, u32)>,
+    pub new_bad: Vec<BadRelease>,
+    pub events: Vec<RolloutEvent>,
+    pub requeue: Option<Duration>,
+    pub planned: Vec<PlannedWave>,
+    /// What the rollout waits for or why it stopped, for the conditions.
+    pub note: Option<String>,
+}
+
+/// Runs one step. Marks nodes handed a release as members and nodes holding a release
+/// marked bad now as needing a revert, so the caller writes what `facts` say.
+pub(crate) fn run(step: &Step<'_>, facts: &mut [NodeFacts<'_>]) -> Outcome {
+    let mut out = Outcome {
+        phase: PolicyPhase::Idle,
+        rollout: None,
+        assigned: Vec::new(),
+        new_bad: Vec::new(),
+        events: Vec::new(),
+        requeue: None,
+        planned: Vec::new(),
+        note: None,
+    };
+    let reverting = facts
+        .iter()
+        .filter(|f| {
+            matches!(
+                f.standing,
+                Standing::RevertNeeded | Standing::Reverting { settled: false, .. }
+            )
+        })
+        .count();
+    if reverting > 0 {
+        // Nothing new starts until every node that took a bad release is back.
+        out.phase = PolicyPhase::RollingBack;
+        out.note = Some(format!(
+            "{reverting} node(s) are going back to their previous release"
+        ));
+        return out;
+    }
+    let after_revert = step.previous.phase == Some(PolicyPhase::RollingBack);
+    if after_revert {
+        let reverted = facts
+            .iter()
+            .filter(|f| matches!(f.standing, Standing::Reverting { .. }))
+            .count();
+        let failed = facts
+            .iter()
+            .filter(|f| matches!(f.standing, Standing::Reverting { failed: true, .. }))
+            .count();
+        out.events.push(RolloutEvent::RevertComplete {
+            nodes: count(reverted),
+            failed: count(failed),
+        });
+    }
+
+    let settings = step.settings;
+    let rules = &settings.waves;
+    let waves = wave_count(rules);
+    let mut startable: Vec<usize> = (0..facts.len())
+        .filter(|&i| matches!(facts[i].standing, Standing::Needing { startable: true }))
+        .collect();
+    startable.sort_by(|&a, &b| {
+        (facts[a].order, &facts[a].view.name).cmp(&(facts[b].order, &facts[b].view.name))
+    });
+    let needing = facts
+        .iter()
+        .filter(|f| matches!(f.standing, Standing::Needing { .. }))
+        .count();
+    let members = |facts: &[NodeFacts<'_>]| {
+        facts
+            .iter()
+            .filter(|f| matches!(f.standing, Standing::Member { .. }))
+            .count()
+    };
+    let mut population = members(facts) + needing;
+
+    let mut rollout = if step.superseded {
+        None
+    } else {
+        step.previous.rollout.clone()
+    };
+    if rollout.is_none() {
+        if startable.is_empty() || settings.dry_run {
+            out.phase = terminal_phase(step.previous, after_revert);
+            if needing > 0 && !settings.dry_run {
+                out.note = Some(format!(
+                    "{needing} node(s) need a release but none can start now \
+                     (NotReady, or the release they run is not in the index)"
+                ));
+            }
+            if settings.dry_run {
+                out.planned = planned_waves(rules, 1, population, 0, facts, &startable);
+                out.note = Some(format!(
+                    "dry run: {} node(s) would be patched in the waves shown in plannedWaves; \
+                     nothing is written to nodes",
+                    startable.len()
+                ));
+            }
+            return out;
+        }
+        let releases = rollout_releases(facts, &[]);
+        adopt_first_wave(facts, &releases);
+        population = members(facts) + needing;
+        out.events.push(RolloutEvent::RolloutStarted {
+            releases: releases.clone(),
+            nodes: count(needing),
+            waves,
+        });
+        let now = step.now.to_string();
+        rollout = Some(RolloutProgress {
+            releases,
+            wave: 1,
+            waves,
+            started_at: now.clone(),
+            wave_started_at: now,
+            ..RolloutProgress::default()
+        });
+    }
+    let Some(mut r) = rollout else {
+        return out;
+    };
+    r.waves = waves;
+    r.wave = r.wave.clamp(1, waves);
+    // Kernel builds that joined the fleet during the rollout join it too.
+    r.releases = rollout_releases(facts, &r.releases);
+
+    if r.failed_wave.is_some() {
+        if step.generation != step.previous.observed_generation {
+            // The policy was edited: look at the wave again.
+            r.failed_wave = None;
+            r.paused_reason = None;
+        } else {
+            out.phase = PolicyPhase::Paused;
+            out.note = r.paused_reason.clone();
+            out.rollout = Some(r);
+            return out;
+        }
+    }
+
+    let window_open = settings.windows.is_open(step.now);
+    let blocked = if settings.paused {
+        Some("spec.rollout.paused is set".to_string())
+    } else if settings.dry_run {
+        Some("dryRun is set: nothing is written to nodes".to_string())
+    } else if !step.have_index {
+        Some("no verified repository index yet".to_string())
+    } else if !window_open {
+        let next = settings.windows.next_open(step.now);
+        Some(match next {
+            Some(at) => format!("outside every maintenance window; the next opens at {at}"),
+            None => "outside every maintenance window".to_string(),
+        })
+    } else {
+        None
+    };
+    let mut in_flight = facts.iter().filter(|f| f.in_flight()).count();
+    let mut next = 0;
+    out.phase = PolicyPhase::Progressing;
+    loop {
+        let wave = r.wave;
+        let failures = wave_failures(facts, wave, settings);
+        let gate_failure = match (step.gate, &r.bake_started_at) {
+            (Some(GateVerdict::Fail(why)), Some(_)) => Some(why.as_str()),
+            _ => None,
+        };
+        if failures.len() > settings.max_failures || gate_failure.is_some() {
+            let reason = describe(&failures, gate_failure, settings.max_failures);
+            let blamed = failing_releases(facts, wave, &failures, gate_failure.is_some());
+            out.events.push(RolloutEvent::WaveFailed {
+                wave,
+                reason: reason.clone(),
+            });
+            match settings.failure_policy {
+                FailurePolicy::Revert => {
+                    revert(step, facts, &mut out, wave, &reason, blamed);
+                    return out;
+                }
+                FailurePolicy::Pause => {
+                    let why = format!(
+                        "wave {wave} failed: {reason}; edit the policy to continue \
+                         (for example raise maxFailures or set failurePolicy: Revert)"
+                    );
+                    r.failed_wave = Some(wave);
+                    r.paused_reason = Some(why.clone());
+                    out.phase = PolicyPhase::Paused;
+                    out.note = Some(why);
+                    out.rollout = Some(r);
+                    return out;
+                }
+            }
+        }
+
+        let mut assigned = members(facts);
+        let wanted = quota(rules, wave, population);
+        if blocked.is_none() && assigned < wanted {
+            let room = settings.max_in_flight.saturating_sub(in_flight);
+            let take = (wanted - assigned).min(room).min(startable.len() - next);
+            let wave_had_nodes = facts
+                .iter()
+                .any(|f| matches!(f.standing, Standing::Member { wave: w, .. } if w == wave));
+            if take > 0 && !wave_had_nodes {
+                out.events.push(RolloutEvent::WaveStarted {
+                    wave,
+                    waves,
+                    nodes: count(wanted - assigned),
+                });
+            }
+            for &index in &startable[next..next + take] {
+                facts[index].standing = Standing::Member {
+                    wave,
+                    progress: Progress::InFlight,
+                };
+                out.assigned.push((index, wave));
+            }
+            next += take;
+            in_flight += take;
+            assigned += take;
+        }
+        let fully_assigned = assigned >= wanted || next >= startable.len();
+        let mut wave_nodes = facts.iter().filter_map(|f| match &f.standing {
+            Standing::Member { wave: w, progress } if *w == wave => Some(progress),
+            _ => None,
+        });
+        let has_nodes = wave_nodes.clone().next().is_some();
+        let settled = fully_assigned && wave_nodes.all(|p| *p != Progress::InFlight);
+        if !settled {
+            r.bake_started_at = None;
+            break;
+        }
+        if has_nodes {
+            let started = r
+                .bake_started_at
+                .as_deref()
+                .and_then(|t| t.parse::<Timestamp>().ok())
+                .unwrap_or(step.now);
+            r.bake_started_at = Some(started.to_string());
+            let end = started.checked_add(bake(rules, wave)).unwrap_or(started);
+            let gate_pending =
+                settings.gate_interval.is_some() && !matches!(step.gate, Some(GateVerdict::Pass));
+            if step.now < end || gate_pending {
+                out.phase = PolicyPhase::Baking;
+                let left = until(step.now, end);
+                out.requeue = Some(match settings.gate_interval {
+                    Some(interval) if !left.is_zero() => left.min(interval),
+                    Some(interval) => interval,
+                    None => left,
+                });
+                break;
+            }
+        }
+        // Moving to the next wave is new work; a closed window only holds its nodes.
+        if wave < waves && (settings.paused || settings.dry_run) {
+            // The bake is over but starting the next wave is new work, which waits.
+            break;
+        }
+        if has_nodes {
+            out.events.push(RolloutEvent::WaveDone { wave, waves });
+        }
+        if wave >= waves {
+            out.events.push(RolloutEvent::RolloutComplete {
+                releases: r.releases.clone(),
+                nodes: count(members(facts)),
+            });
+            out.phase = PolicyPhase::Complete;
+            // Releases published during the rollout were held back until now: look again.
+            out.requeue = Some(Duration::from_secs(1));
+            finish(
+                step,
+                facts,
+                &mut out,
+                None,
+                &blocked,
+                in_flight,
+                &startable[next..],
+            );
+            return out;
+        }
+        r.wave += 1;
+        r.wave_started_at = step.now.to_string();
+        r.bake_started_at = None;
+    }
+    finish(
+        step,
+        facts,
+        &mut out,
+        Some(r),
+        &blocked,
+        in_flight,
+        &startable[next..],
+    );
+    out
+}
+
+/// A rollout starting while nodes already apply its releases as wave 1: the previous
+/// decision started it, its node writes landed and its status write did not. Counting
+/// them keeps the wave from growing past its size.
+fn adopt_first_wave(facts: &mut [NodeFacts<'_>], releases: &[String]) {
+    for f in facts.iter_mut() {
+        let first_wave_apply = f.ours.is_some_and(|d| {
+            d.action == kpersist_crds::PatchAction::Apply
+                && d.wave == Some(1)
+                && d.release.as_ref().is_some_and(|r| releases.contains(&r.id))
+        });
+        if f.standing == Standing::InFlight && first_wave_apply {
+            f.standing = Standing::Member {
+                wave: 1,
+                progress: Progress::InFlight,
+            };
+        }
+    }
+}
+
+/// Sets the phase for a rollout that goes on, the plan, and when to look again.
+fn finish(
+    step: &Step<'_>,
+    facts: &[NodeFacts<'_>],
+    out: &mut Outcome,
+    rollout: Option<RolloutProgress>,
+    blocked: &Option<String>,
+    in_flight: usize,
+    waiting: &[usize],
+) {
+    let settings = step.settings;
+    let Some(mut r) = rollout else {
+        out.rollout = None;
+        return;
+    };
+    if out.phase == PolicyPhase::Progressing
+        && let Some(why) = blocked
+        && in_flight == 0
+    {
+        out.phase = PolicyPhase::Paused;
+        out.note = Some(why.clone());
+        if !waiting.is_empty()
+            && !settings.windows.is_open(step.now)
+            && let Some(at) = settings.windows.next_open(step.now)
+        {
+            out.requeue = Some(until(step.now, at));
+        }
+    }
+    r.paused_reason = (out.phase == PolicyPhase::Paused)
+        .then(|| out.note.clone())
+        .flatten();
+    if settings.dry_run {
+        let assigned = facts
+            .iter()
+            .filter(|f| matches!(f.standing, Standing::Member { .. }))
+            .count();
+        let needing = facts
+            .iter()
+            .filter(|f| matches!(f.standing, Standing::Needing { .. }))
+            .count();
+        out.planned = planned_waves(
+            &settings.waves,
+            r.wave,
+            assigned + needing,
+            assigned,
+            facts,
+            waiting,
+        );
+    }
+    out.rollout = Some(r);
+}
+
+/// Marks the blamed releases bad and every node holding one for revert.
+fn revert(
+    step: &Step<'_>,
+    facts: &mut [NodeFacts<'_>],
+    out: &mut Outcome,
+    wave: u32,
+    reason: &str,
+    blamed: std::collections::BTreeSet<String>,
+) {
+    for release in blamed {
+        let mut nodes = 0;
+        for f in facts.iter_mut() {
+            let holds = f
+                .ours
+                .and_then(|d| d.release.as_ref())
+                .is_some_and(|r| r.id == release)
+                && f.ours
+                    .is_some_and(|d| d.action == kpersist_crds::PatchAction::Apply);
+            if holds {
+                f.standing = Standing::RevertNeeded;
+                nodes += 1;
+            }
+        }
+        let why = format!("wave {wave} failed: {reason}");
+        out.events.push(RolloutEvent::ReleaseMarkedBad {
+            release: release.clone(),
+            reason: why.clone(),
+        });
+        out.events.push(RolloutEvent::RevertStarted {
+            release: release.clone(),
+            nodes,
+        });
+        out.new_bad.push(BadRelease {
+            release,
+            reason: why,
+            marked_at: step.now.to_string(),
+        });
+    }
+    out.phase = PolicyPhase::RollingBack;
+    out.rollout = None;
+    out.note = Some(format!("wave {wave} failed: {reason}"));
+}
+
+/// The phase when no rollout is running.
+fn terminal_phase(previous: &LivePatchPolicyStatus, after_revert: bool) -> PolicyPhase {
+    let was_invalid = previous
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "Ready" && c.reason == "InvalidPolicy");
+    match previous.phase {
+        _ if after_revert => PolicyPhase::Failed,
+        Some(PolicyPhase::Failed) if !was_invalid => PolicyPhase::Failed,
+        Some(
+            PolicyPhase::Complete
+            | PolicyPhase::Progressing
+            | PolicyPhase::Baking
+            | PolicyPhase::Paused,
+        ) => PolicyPhase::Complete,
+        _ => PolicyPhase::Idle,
+    }
+}
+
+/// `existing` plus the targets of nodes that still need theirs, sorted.
+fn rollout_releases(facts: &[NodeFacts<'_>], existing: &[String]) -> Vec<String> {
+    let mut releases: Vec<String> = existing.to_vec();
+    for f in facts {
+        if let (Standing::Needing { .. }, Some(target)) = (&f.standing, &f.target)
+            && !releases.contains(&target.id)
+        {
+            releases.push(target.id.clone());
+        }
+    }
+    releases.sort();
+    releases
+}
+
+fn planned_waves(
+    rules: &[super::waves::WaveRule],
+    first_wave: u32,
+    population: usize,
+    assigned: usize,
+    facts: &[NodeFacts<'_>],
+    waiting: &[usize],
+) -> Vec<PlannedWave> {
+    let names: Vec<&str> = waiting
+        .iter()
+        .map(|&i| facts[i].view.name.as_str())
+        .collect();
+    plan(rules, first_wave, population, assigned, &names)
+        .into_iter()
+        .map(|(wave, nodes)| PlannedWave {
+            wave,
+            nodes: nodes.into_iter().map(str::to_string).collect(),
+        })
+        .collect()
+}
+
+fn until(now: Timestamp, then: Timestamp) -> Duration {
+    Duration::try_from(then.duration_since(now)).unwrap_or_default()
+}
+
+fn count(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}

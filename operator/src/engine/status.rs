@@ -1,0 +1,251 @@
+//! The policy status a decision writes: node counts, targets, the summaries `kubectl get`
+//! prints, and the Ready, Progressing and Degraded conditions (RepositoryReachable belongs
+//! to the controller and is copied through).
+
+use std::collections::HashMap;
+
+use jiff::Timestamp;
+use kpersist_crds::{NodeCounts, NodePatchState, PolicyCondition, PolicyPhase};
+
+use super::nodes::{NodeFacts, Progress, Standing};
+
+/// Counts the selected nodes by state. A node selected by two policies is counted in
+/// `total` only (the Degraded condition names it).
+pub(crate) fn count_nodes(facts: &[NodeFacts<'_>], pinned: bool) -> NodeCounts {
+    let mut counts = NodeCounts {
+        total: u32::try_from(facts.len()).unwrap_or(u32::MAX),
+        ..NodeCounts::default()
+    };
+    for f in facts {
+        let bucket = match (&f.standing, f.state()) {
+            (Standing::Conflicted, _) => continue,
+            (Standing::Unknown, _) => &mut counts.unknown,
+            (_, Some(NodePatchState::CrashSuspected)) => &mut counts.crash_suspected,
+            (_, Some(NodePatchState::Failed)) => &mut counts.failed,
+            (_, Some(NodePatchState::Downloading | NodePatchState::Applying)) => {
+                &mut counts.applying
+            }
+            (_, Some(NodePatchState::Reverting)) => &mut counts.reverting,
+            (Standing::Unsupported, _) => &mut counts.unsupported,
+            _ if on_target(f, pinned) => &mut counts.patched,
+            _ => &mut counts.pending,
+        };
+        *bucket += 1;
+    }
+    counts
+}
+
+/// Whether the node runs its target (or, without a pin, a newer release).
+fn on_target(f: &NodeFacts<'_>, pinned: bool) -> bool {
+    let (Some(target), Some(status)) = (&f.target, f.status) else {
+        return false;
+    };
+    status.state == Some(NodePatchState::Applied)
+        && status
+            .applied
+            .as_ref()
+            .is_some_and(|a| a.id == target.id || (!pinned && a.version >= target.version))
+}
+
+/// Nodes per kernel build, for the targets list.
+pub(crate) fn nodes_per_build<'a>(facts: &[NodeFacts<'a>]) -> HashMap<(&'a str, &'a str), u32> {
+    let mut counts = HashMap::new();
+    for f in facts {
+        if let Some(build) = super::nodes::kernel_of(f.view) {
+            *counts.entry(build).or_insert(0) += 1;
+        }
+    }
+    counts
+}
+
+/// `v3` when every kernel build's target has one version, `mixed` otherwise.
+pub(crate) fn target_summary(versions: impl Iterator<Item = u64>) -> Option<String> {
+    let mut versions = versions.peekable();
+    let first = *versions.peek()?;
+    Some(if versions.all(|v| v == first) {
+        format!("v{first}")
+    } else {
+        "mixed".to_string()
+    })
+}
+
+/// What the conditions are computed from.
+pub(crate) struct ConditionInput<'a> {
+    pub phase: PolicyPhase,
+    pub note: Option<&'a str>,
+    pub wave: Option<(u32, u32)>,
+    pub facts: &'a [NodeFacts<'a>],
+    pub counts: &'a NodeCounts,
+    pub have_targets: bool,
+    pub have_index: bool,
+    pub failed_wave: bool,
+}
+
+/// The conditions this engine owns, with the previous ones' transition times kept where
+/// nothing changed, and every other condition (RepositoryReachable) copied through.
+pub(crate) fn conditions(
+    input: &ConditionInput<'_>,
+    previous: &[PolicyCondition],
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Vec<PolicyCondition> {
+    let note = input.note.unwrap_or_default();
+    let ready = match input.phase {
+        PolicyPhase::Idle | PolicyPhase::Complete if !input.have_index && !input.have_targets => (
+            "False",
+            "NoRepositoryIndex",
+            "no verified repository index yet, so no node has a target".to_string(),
+        ),
+        PolicyPhase::Idle | PolicyPhase::Complete => (
+            "True",
+            "UpToDate",
+            format!(
+                "{} of {} node(s) run their target; {} unsupported, {} pending{}",
+                input.counts.patched,
+                input.counts.total,
+                input.counts.unsupported,
+                input.counts.pending,
+                suffix(note)
+            ),
+        ),
+        PolicyPhase::Progressing | PolicyPhase::Baking => {
+            ("False", "RolloutInProgress", wave_text(input.wave))
+        }
+        PolicyPhase::Paused => ("False", "Paused", note.to_string()),
+        PolicyPhase::RollingBack => ("False", "RollingBack", note.to_string()),
+        PolicyPhase::Failed => (
+            "False",
+            "RolloutFailed",
+            "the last rollout failed and was reverted; see badReleases".to_string(),
+        ),
+    };
+    let progressing = match input.phase {
+        PolicyPhase::Progressing => ("True", "WaveInProgress", wave_text(input.wave)),
+        PolicyPhase::Baking => ("True", "Baking", wave_text(input.wave)),
+        PolicyPhase::RollingBack => ("True", "RollingBack", note.to_string()),
+        PolicyPhase::Paused => ("False", "Paused", note.to_string()),
+        PolicyPhase::Complete => ("False", "RolloutComplete", note.to_string()),
+        PolicyPhase::Failed => ("False", "RolloutFailed", note.to_string()),
+        PolicyPhase::Idle => ("False", "Idle", note.to_string()),
+    };
+    let degraded = degraded(input);
+    let mine = [
+        ("Ready", ready),
+        ("Progressing", progressing),
+        ("Degraded", degraded),
+    ];
+    let mut out: Vec<PolicyCondition> = mine
+        .into_iter()
+        .map(|(type_, (status, reason, message))| {
+            let before = previous.iter().find(|c| c.type_ == type_);
+            let since = before
+                .filter(|c| c.status == status)
+                .and_then(|c| c.last_transition_time.clone())
+                .unwrap_or_else(|| now.to_string());
+            PolicyCondition {
+                type_: type_.to_string(),
+                status: status.to_string(),
+                reason: reason.to_string(),
+                message,
+                last_transition_time: Some(since),
+                observed_generation: generation,
+            }
+        })
+        .collect();
+    out.extend(
+        previous
+            .iter()
+            .filter(|c| !matches!(c.type_.as_str(), "Ready" | "Progressing" | "Degraded"))
+            .cloned(),
+    );
+    out
+}
+
+fn degraded(input: &ConditionInput<'_>) -> (&'static str, &'static str, String) {
+    let conflicted: Vec<String> = input
+        .facts
+        .iter()
+        .filter(|f| matches!(f.standing, Standing::Conflicted))
+        .take(5)
+        .map(|f| {
+            format!(
+                "{} (also {})",
+                f.view.name,
+                f.view.other_policies.join(", ")
+            )
+        })
+        .collect();
+    let revert_failed = input
+        .facts
+        .iter()
+        .filter(|f| matches!(f.standing, Standing::Reverting { failed: true, .. }))
+        .count();
+    let failed_members = input
+        .facts
+        .iter()
+        .filter(|f| {
+            matches!(
+                f.standing,
+                Standing::Member {
+                    progress: Progress::Failed(_),
+                    ..
+                }
+            )
+        })
+        .count();
+    let note = input.note.unwrap_or_default().to_string();
+    if input.phase == PolicyPhase::RollingBack || input.failed_wave {
+        ("True", "WaveFailed", note)
+    } else if revert_failed > 0 {
+        (
+            "True",
+            "RevertFailed",
+            format!(
+                "{revert_failed} node(s) could not go back to their previous release; see their LivePatchNode status"
+            ),
+        )
+    } else if input.phase == PolicyPhase::Failed {
+        (
+            "True",
+            "RolloutFailed",
+            "the last rollout failed and was reverted".to_string(),
+        )
+    } else if !conflicted.is_empty() {
+        (
+            "True",
+            "ConflictingPolicies",
+            format!(
+                "node(s) selected by another policy too are patched by neither: {}",
+                conflicted.join(", ")
+            ),
+        )
+    } else if failed_members + input.counts.failed as usize + input.counts.crash_suspected as usize
+        > 0
+    {
+        (
+            "True",
+            "NodesFailed",
+            format!(
+                "{} node(s) failed to apply and {} went down while applying; see their LivePatchNode status",
+                input.counts.failed, input.counts.crash_suspected
+            ),
+        )
+    } else {
+        ("False", "Healthy", String::new())
+    }
+}
+
+fn wave_text(wave: Option<(u32, u32)>) -> String {
+    match wave {
+        Some((wave, waves)) => format!("wave {wave} of {waves}"),
+        None => String::new(),
+    }
+}
+
+fn suffix(note: &str) -> String {
+    if note.is_empty() {
+        String::new()
+    } else {
+        format!("; {note}")
+    }
+}

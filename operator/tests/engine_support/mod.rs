@@ -1,0 +1,423 @@
+//! A simulated fleet for the rollout engine's tests: policies, repository indexes and
+//! LivePatchNodes built in memory, and agents that act on `spec.desired` the way the real
+//! agent does (observe the generation, download, apply or revert, report), with faults.
+// Each test crate uses a different part of this module.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+
+use jiff::Timestamp;
+use kpersist_crds::{
+    AppliedRelease, DesiredPatch, HealthSpec, LivePatchNode, LivePatchNodeSpec,
+    LivePatchNodeStatus, LivePatchPolicy, LivePatchPolicySpec, NodeError, NodeErrorReason,
+    NodePatchState, PatchAction, PatchRelease, RepositorySpec, RolloutSpec, Wave,
+};
+use kpersist_kmod::repository::{Index, Release};
+use kpersist_operator::engine::{
+    Decision, EngineInput, GateVerdict, NodeView, RepositoryView, decide,
+};
+
+pub const POLICY: &str = "fleet";
+/// A valid ed25519 public key (of the all-zero seed), base64.
+pub const KEY: &str = "O2onvM62pC1io6jQKm8Nc2UyFXcd4kOmOsBIoYtZ2ik=";
+pub const BASE_URL: &str = "https://patches.example.com/repo";
+
+pub fn at(text: &str) -> Timestamp {
+    text.parse()
+        .unwrap_or_else(|e| panic!("bad test time {text}: {e}"))
+}
+
+pub fn start_time() -> Timestamp {
+    at("2026-03-02T10:00:00Z")
+}
+
+pub fn kernel(k: usize) -> String {
+    format!("6.1.0-{k}-amd64")
+}
+
+pub fn build(k: usize) -> String {
+    format!("{:040x}", k + 1)
+}
+
+/// A release of kernel `k` with version `version`, published at `published`.
+pub fn release(k: usize, version: u64, published: Timestamp) -> Release {
+    Release {
+        kernel_release: kernel(k),
+        build_id: build(k),
+        version,
+        module: format!("modules/k{k}-v{version}.ko"),
+        sha256: format!("{:064x}", k as u64 * 1000 + version),
+        size: 4096,
+        module_name: format!("kpersist_k{k}_v{version}"),
+        cves: (0..version)
+            .map(|i| format!("CVE-2026-{:04}", 1000 + i))
+            .collect(),
+        channels: vec!["stable".into()],
+        published: published.to_string(),
+    }
+}
+
+pub fn repository(releases: Vec<Release>) -> RepositoryView {
+    RepositoryView {
+        base_url: BASE_URL.into(),
+        index: Index {
+            schema_version: 1,
+            generated_at: start_time().to_string(),
+            releases,
+        },
+    }
+}
+
+pub fn id(k: usize, version: u64) -> String {
+    PatchRelease::id_for(&kernel(k), version)
+}
+
+pub fn waves(spec: &[(Option<u32>, Option<u32>, &str)]) -> Vec<Wave> {
+    spec.iter()
+        .map(|&(nodes, percent, bake)| Wave {
+            nodes,
+            percent,
+            bake: bake.into(),
+        })
+        .collect()
+}
+
+pub fn policy_spec() -> LivePatchPolicySpec {
+    LivePatchPolicySpec {
+        node_selector: Default::default(),
+        repository: RepositorySpec {
+            url: BASE_URL.into(),
+            channel: "stable".into(),
+            trusted_keys: vec![KEY.into()],
+            trusted_keys_secret: None,
+            ca_bundle: None,
+            check_interval: "1h".into(),
+            delay: None,
+            pinned_version: None,
+        },
+        rollout: RolloutSpec::default(),
+        health: HealthSpec::default(),
+    }
+}
+
+pub fn policy(spec: LivePatchPolicySpec) -> LivePatchPolicy {
+    let mut policy = LivePatchPolicy::new(POLICY, spec);
+    policy.metadata.generation = Some(1);
+    policy
+}
+
+/// How a node's agent reacts to applying one release.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// The transition stalls; the agent reverses it and reports TransitionStalled.
+    Stall,
+    /// The release loads but the kernel taints; reported as NewTaint.
+    Taint,
+    /// The node goes down while applying; it comes back CrashSuspected and refuses it.
+    Crash,
+}
+
+/// One node of the simulated fleet with its agent.
+#[derive(Clone, Debug)]
+pub struct SimNode {
+    pub view: NodeView,
+    /// Not matched by the policy's selector: never passed to the engine.
+    pub unselected: bool,
+    /// Faults per release id.
+    pub faults: BTreeMap<String, Fault>,
+    /// Agent ticks an apply or revert takes.
+    pub work_ticks: u32,
+    work: Option<(Option<PatchRelease>, PatchAction, u32)>,
+}
+
+impl SimNode {
+    /// A node on kernel `k` with an agent, running `applied` (a version of kernel `k`).
+    pub fn new(name: &str, k: usize, applied: Option<u64>) -> SimNode {
+        let mut lpn = LivePatchNode::new(name, LivePatchNodeSpec::default());
+        lpn.metadata.generation = Some(1);
+        lpn.status = Some(LivePatchNodeStatus {
+            state: Some(if applied.is_some() {
+                NodePatchState::Applied
+            } else {
+                NodePatchState::Idle
+            }),
+            kernel_release: Some(kernel(k)),
+            build_id: Some(build(k)),
+            livepatch_supported: true,
+            applied: applied.map(|v| applied_release(&id(k, v), v)),
+            observed_generation: Some(1),
+            ..LivePatchNodeStatus::default()
+        });
+        SimNode {
+            view: NodeView {
+                name: name.into(),
+                ready: true,
+                kernel_release: Some(kernel(k)),
+                build_id: None,
+                lpn: Some(lpn),
+                other_policies: Vec::new(),
+            },
+            unselected: false,
+            faults: BTreeMap::new(),
+            work_ticks: 1,
+            work: None,
+        }
+    }
+
+    pub fn status(&self) -> &LivePatchNodeStatus {
+        match self.view.lpn.as_ref().and_then(|l| l.status.as_ref()) {
+            Some(status) => status,
+            None => panic!("{} has no status", self.view.name),
+        }
+    }
+
+    fn status_mut(&mut self) -> Option<&mut LivePatchNodeStatus> {
+        self.view.lpn.as_mut().and_then(|l| l.status.as_mut())
+    }
+
+    pub fn desired(&self) -> Option<&DesiredPatch> {
+        self.view.lpn.as_ref().and_then(|l| l.spec.desired.as_ref())
+    }
+
+    pub fn applied_id(&self) -> Option<String> {
+        self.view
+            .lpn
+            .as_ref()
+            .and_then(|l| l.status.as_ref())
+            .and_then(|s| s.applied.as_ref())
+            .map(|a| a.id.clone())
+    }
+
+    /// Whether the agent has seen the current spec and is not working on it.
+    pub fn settled(&self) -> bool {
+        let Some(lpn) = &self.view.lpn else {
+            return true;
+        };
+        let Some(status) = &lpn.status else {
+            return true;
+        };
+        status.observed_generation == lpn.metadata.generation
+            && !matches!(
+                status.state,
+                Some(
+                    NodePatchState::Downloading
+                        | NodePatchState::Applying
+                        | NodePatchState::Reverting
+                )
+            )
+    }
+
+    /// Makes the node run no livepatch at all.
+    pub fn run_no_release(&mut self) {
+        if let Some(status) = self.status_mut() {
+            status.applied = None;
+            status.state = Some(NodePatchState::Idle);
+        }
+    }
+
+    /// Writes `spec.desired` as the API server would: a changed spec bumps the generation.
+    pub fn write_desired(&mut self, desired: Option<DesiredPatch>) {
+        let Some(lpn) = self.view.lpn.as_mut() else {
+            panic!(
+                "engine wrote to {} which has no LivePatchNode",
+                self.view.name
+            );
+        };
+        if lpn.spec.desired != desired {
+            lpn.spec.desired = desired;
+            lpn.metadata.generation = Some(lpn.metadata.generation.unwrap_or(0) + 1);
+        }
+    }
+
+    /// One step of the agent.
+    pub fn agent_tick(&mut self, now: Timestamp) {
+        let Some(lpn) = self.view.lpn.as_ref() else {
+            return;
+        };
+        let generation = lpn.metadata.generation;
+        let desired = lpn.spec.desired.clone();
+        let Some(observed) = lpn.status.as_ref().map(|s| s.observed_generation) else {
+            return;
+        };
+        if observed != generation {
+            let Some(status) = self.status_mut() else {
+                return;
+            };
+            status.observed_generation = generation;
+            let Some(desired) = desired else {
+                return;
+            };
+            status.state = Some(match desired.action {
+                PatchAction::Apply => NodePatchState::Downloading,
+                PatchAction::Revert => NodePatchState::Reverting,
+            });
+            self.work = Some((desired.release, desired.action, self.work_ticks));
+            return;
+        }
+        let Some((release, action, left)) = self.work.take() else {
+            return;
+        };
+        if left > 1 {
+            if action == PatchAction::Apply
+                && let Some(status) = self.status_mut()
+            {
+                status.state = Some(NodePatchState::Applying);
+            }
+            self.work = Some((release, action, left - 1));
+            return;
+        }
+        let fault = release
+            .as_ref()
+            .filter(|_| action == PatchAction::Apply)
+            .and_then(|r| self.faults.get(&r.id).copied());
+        let Some(status) = self.status_mut() else {
+            return;
+        };
+        let error = |reason, release: &Option<PatchRelease>| NodeError {
+            reason,
+            message: format!("{reason:?}"),
+            release: release.as_ref().map(|r| r.id.clone()),
+            at: Some(now.to_string()),
+        };
+        match (action, fault) {
+            (PatchAction::Revert, _) => {
+                status.applied = release.as_ref().map(|r| applied_release(&r.id, r.version));
+                status.state = Some(if release.is_some() {
+                    NodePatchState::Applied
+                } else {
+                    NodePatchState::Idle
+                });
+                status.last_error = None;
+            }
+            (PatchAction::Apply, None) => {
+                status.applied = release.as_ref().map(|r| applied_release(&r.id, r.version));
+                status.state = Some(NodePatchState::Applied);
+                status.last_error = None;
+            }
+            (PatchAction::Apply, Some(Fault::Stall)) => {
+                status.state = Some(NodePatchState::Failed);
+                status.last_error = Some(error(NodeErrorReason::TransitionStalled, &release));
+            }
+            (PatchAction::Apply, Some(Fault::Taint)) => {
+                status.applied = release.as_ref().map(|r| applied_release(&r.id, r.version));
+                status.state = Some(NodePatchState::Failed);
+                status.last_error = Some(error(NodeErrorReason::NewTaint, &release));
+            }
+            (PatchAction::Apply, Some(Fault::Crash)) => {
+                // The node rebooted: nothing is loaded any more.
+                status.applied = None;
+                status.state = Some(NodePatchState::CrashSuspected);
+                if let Some(r) = &release {
+                    status.refused_releases.push(r.id.clone());
+                }
+                status.last_error = Some(error(NodeErrorReason::CrashSuspected, &release));
+            }
+        }
+    }
+}
+
+pub fn applied_release(id: &str, version: u64) -> AppliedRelease {
+    AppliedRelease {
+        id: id.into(),
+        version,
+        module_name: String::new(),
+        cves: Vec::new(),
+        policy: Some(POLICY.into()),
+        applied_at: None,
+    }
+}
+
+/// A policy, its fleet and repository, stepped through time.
+pub struct Sim {
+    pub policy: LivePatchPolicy,
+    pub nodes: Vec<SimNode>,
+    pub repository: Option<RepositoryView>,
+    pub gate: Option<GateVerdict>,
+    pub now: Timestamp,
+}
+
+impl Sim {
+    pub fn new(spec: LivePatchPolicySpec, nodes: Vec<SimNode>, releases: Vec<Release>) -> Sim {
+        Sim {
+            policy: policy(spec),
+            nodes,
+            repository: Some(repository(releases)),
+            gate: None,
+            now: start_time(),
+        }
+    }
+
+    /// The nodes the engine is shown: the selected ones.
+    pub fn views(&self) -> Vec<NodeView> {
+        self.nodes
+            .iter()
+            .filter(|n| !n.unselected)
+            .map(|n| n.view.clone())
+            .collect()
+    }
+
+    /// Runs the engine once.
+    pub fn decide(&self) -> Decision {
+        let views = self.views();
+        decide(&EngineInput {
+            policy: &self.policy,
+            nodes: &views,
+            repository: self.repository.as_ref(),
+            gate: self.gate.clone(),
+            now: self.now,
+        })
+    }
+
+    /// Writes a decision the way the controller does.
+    pub fn apply(&mut self, decision: &Decision) {
+        for (name, desired) in &decision.desired {
+            let Some(node) = self.nodes.iter_mut().find(|n| &n.view.name == name) else {
+                panic!("engine wrote to unknown node {name}");
+            };
+            node.write_desired(desired.clone());
+        }
+        self.policy.status = Some(decision.status.clone());
+    }
+
+    /// Every agent takes one step.
+    pub fn agents(&mut self) {
+        let now = self.now;
+        for node in &mut self.nodes {
+            node.agent_tick(now);
+        }
+    }
+
+    pub fn advance(&mut self, seconds: i64) {
+        self.now = self
+            .now
+            .checked_add(jiff::SignedDuration::from_secs(seconds))
+            .unwrap_or_else(|e| panic!("time overflow: {e}"));
+    }
+
+    /// Decides, applies, and lets the agents act; returns the decision.
+    pub fn step(&mut self, seconds: i64) -> Decision {
+        let decision = self.decide();
+        self.apply(&decision);
+        self.agents();
+        self.advance(seconds);
+        decision
+    }
+
+    pub fn node(&self, name: &str) -> &SimNode {
+        match self.nodes.iter().find(|n| n.view.name == name) {
+            Some(node) => node,
+            None => panic!("no node {name}"),
+        }
+    }
+
+    pub fn node_mut(&mut self, name: &str) -> &mut SimNode {
+        match self.nodes.iter_mut().find(|n| n.view.name == name) {
+            Some(node) => node,
+            None => panic!("no node {name}"),
+        }
+    }
+
+    pub fn phase(&self) -> Option<kpersist_crds::PolicyPhase> {
+        self.policy.status.as_ref().and_then(|s| s.phase)
+    }
+}
