@@ -1,16 +1,15 @@
 //! The pieces refer to each other correctly: bindings to roles and service accounts,
-//! Services and ServiceMonitors to pods and ports, the admission policy to the agent, the
-//! alerts and dashboard to metrics the binaries export.
+//! Services and ServiceMonitors to pods and ports, the admission policy to the agent.
 
 use std::collections::BTreeSet;
 
 use k8s_openapi::api::admissionregistration::v1::{
     ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
 };
-use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::api::core::v1::Service;
 
 use super::{DEFAULT, FULL, pod_template, rendered};
-use crate::chart_support::{Manifest, PrometheusRule, ServiceMonitor, all, find};
+use crate::chart_support::{Manifest, ServiceMonitor, all, find};
 
 fn names(m: &[Manifest], kind: &str) -> BTreeSet<(Option<String>, String)> {
     all(m, kind)
@@ -208,102 +207,4 @@ fn service_monitors_scrape_both_metrics_services() {
             Some("prometheus")
         );
     }
-}
-
-/// Metric names the operator and agent export, as agreed with them.
-const METRICS: &[&str] = &[
-    "kpersist_nodes",
-    "kpersist_rollout_phase",
-    "kpersist_reverts_total",
-    "kpersist_rollouts_total",
-    "kpersist_repository_polls_total",
-    "kpersist_agent_applies_total",
-    "kpersist_agent_transition_seconds",
-];
-
-/// Every `kpersist_*` identifier in a PromQL expression.
-fn metric_names(expr: &str) -> BTreeSet<String> {
-    expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-        .filter(|w| w.starts_with("kpersist_"))
-        .map(|w| w.trim_end_matches("_bucket").to_string())
-        .collect()
-}
-
-#[test]
-fn alerts_cover_the_failure_modes_and_use_exported_metrics() {
-    let Some(m) = rendered(FULL) else { return };
-    let rule: PrometheusRule = find(&m, "PrometheusRule", "kp")
-        .typed()
-        .unwrap_or_else(|e| panic!("{e}"));
-    let alerts: Vec<_> = rule.spec.groups.iter().flat_map(|g| &g.rules).collect();
-    let alert_names: BTreeSet<&str> = alerts.iter().map(|a| a.alert.as_str()).collect();
-    for want in [
-        "KpersistRolloutFailed",
-        "KpersistReleaseReverted",
-        "KpersistNodesUnpatched",
-        "KpersistAgentDown",
-        "KpersistTransitionStalled",
-    ] {
-        assert!(
-            alert_names.contains(want),
-            "no alert {want} in {alert_names:?}"
-        );
-    }
-    for a in &alerts {
-        assert!(
-            a.labels.contains_key("severity"),
-            "{} has no severity",
-            a.alert
-        );
-        assert!(
-            a.annotations.contains_key("summary"),
-            "{} has no summary",
-            a.alert
-        );
-        for name in metric_names(&a.expr) {
-            assert!(
-                METRICS.contains(&name.as_str()),
-                "{} uses unknown metric {name}",
-                a.alert
-            );
-        }
-    }
-}
-
-#[test]
-fn dashboard_is_grafana_json_over_exported_metrics() {
-    let Some(m) = rendered(FULL) else { return };
-    let cm: ConfigMap = find(&m, "ConfigMap", "-dashboard")
-        .typed()
-        .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(
-        cm.metadata
-            .labels
-            .unwrap_or_default()
-            .get("grafana_dashboard")
-            .map(String::as_str),
-        Some("1")
-    );
-    let text = cm
-        .data
-        .unwrap_or_default()
-        .remove("kpersist.json")
-        .unwrap_or_default();
-    let dash: serde_json::Value =
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("dashboard is not JSON: {e}"));
-    let panels = dash["panels"].as_array().cloned().unwrap_or_default();
-    assert!(panels.len() >= 6, "dashboard has {} panels", panels.len());
-    let mut used = BTreeSet::new();
-    for p in &panels {
-        for t in p["targets"].as_array().into_iter().flatten() {
-            used.extend(metric_names(t["expr"].as_str().unwrap_or_default()));
-        }
-    }
-    for name in &used {
-        assert!(
-            METRICS.contains(&name.as_str()),
-            "dashboard uses unknown metric {name}"
-        );
-    }
-    assert!(used.len() >= 6, "dashboard shows only {used:?}");
 }
