@@ -6,9 +6,12 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
-use kpersist_crds::{AGENT_MANAGER, LivePatchNode, LivePatchNodeStatus, NodePatchState};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kpersist_crds::{
+    AGENT_MANAGER, LivePatchNode, LivePatchNodeSpec, LivePatchNodeStatus, NodePatchState,
+};
 use kpersist_kmod::kernel::Kernel;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource};
 use serde_json::json;
@@ -62,34 +65,57 @@ impl<K: Kernel + Clone + 'static> NodeController<K> {
     }
 
     /// Creates the `LivePatchNode` if it is missing and makes sure it is owned by the Node.
+    ///
+    /// This uses create and a merge patch rather than a server-side apply: before 1.22 the
+    /// API server keeps one field set per manager for the object and its status together, so
+    /// an apply here would drop the agent's ownership of its status fields.
     pub async fn ensure_object(&self) -> Result<LivePatchNode, AgentError> {
         let node = retry("reading the Node", 8, || self.nodes.get_opt(&self.name)).await?;
         let node = node.ok_or_else(|| AgentError::NodeNotFound(self.name.clone()))?;
-        let uid = node.metadata.uid.clone().unwrap_or_default();
-        // Server-side apply of metadata only: creates the object when missing, and adds the
-        // owner reference to one the operator or an earlier agent made, leaving spec alone.
-        let object = json!({
-            "apiVersion": LivePatchNode::api_version(&()),
-            "kind": LivePatchNode::kind(&()),
-            "metadata": {
-                "name": self.name,
-                "ownerReferences": [{
-                    "apiVersion": "v1",
-                    "kind": "Node",
-                    "name": self.name,
-                    "uid": uid,
-                }],
-            },
-            // The schema requires spec; an empty one claims none of the operator's fields.
-            "spec": {},
-        });
-        let params = PatchParams::apply(AGENT_MANAGER).force();
-        let patch = Patch::Apply(object);
-        let lpn = retry("creating or adopting the LivePatchNode", 8, || {
-            self.api.patch(&self.name, &params, &patch)
-        })
-        .await?;
-        Ok(lpn)
+        let owner = OwnerReference {
+            api_version: "v1".into(),
+            kind: "Node".into(),
+            name: self.name.clone(),
+            uid: node.metadata.uid.clone().unwrap_or_default(),
+            ..OwnerReference::default()
+        };
+        let params = PatchParams {
+            field_manager: Some(AGENT_MANAGER.into()),
+            ..PatchParams::default()
+        };
+        loop {
+            let existing = retry("reading the LivePatchNode", 8, || {
+                self.api.get_opt(&self.name)
+            })
+            .await?;
+            let Some(lpn) = existing else {
+                let mut lpn = LivePatchNode::new(&self.name, LivePatchNodeSpec::default());
+                lpn.metadata.owner_references = Some(vec![owner.clone()]);
+                let create = PostParams {
+                    field_manager: Some(AGENT_MANAGER.into()),
+                    ..PostParams::default()
+                };
+                match self.api.create(&create, &lpn).await {
+                    Ok(created) => return Ok(created),
+                    // Someone else created it meanwhile: adopt theirs.
+                    Err(kube::Error::Api(e)) if e.code == 409 => continue,
+                    Err(e) => return Err(e.into()),
+                }
+            };
+            let mut owners = lpn.metadata.owner_references.clone().unwrap_or_default();
+            if owners
+                .iter()
+                .any(|o| o.kind == "Node" && o.uid == owner.uid)
+            {
+                return Ok(lpn);
+            }
+            owners.push(owner.clone());
+            let patch = Patch::Merge(json!({ "metadata": { "ownerReferences": owners } }));
+            return Ok(retry("adopting the LivePatchNode", 8, || {
+                self.api.patch(&self.name, &params, &patch)
+            })
+            .await?);
+        }
     }
 
     /// Writes `status` with server-side apply, retrying with backoff.
@@ -160,8 +186,9 @@ impl<K: Kernel + Clone + 'static> NodeController<K> {
         lpn: &LivePatchNode,
         prior: Option<&LivePatchNodeStatus>,
     ) -> Result<LivePatchNodeStatus, AgentError> {
-        // The object's own status is the truth of record; ours may be newer if the watch lags.
-        let prior = lpn.status.as_ref().or(prior);
+        // This agent is the only writer of status, so the status it wrote last is the newest;
+        // the watched object's may lag behind (its own progress writes come back as events).
+        let prior = prior.or(lpn.status.as_ref());
         let generation = lpn.metadata.generation;
         let desired = lpn.spec.desired.as_ref();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<NodePatchState>();

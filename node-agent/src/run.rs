@@ -57,12 +57,14 @@ async fn simulated(cli: Cli) -> Result<ExitCode, AgentError> {
     );
     let faults = cli.host.sim_faults()?;
     let handle = sim.clone();
+    // Faults are keyed by module name in the kernel but by release here; set (or clear) the
+    // module's fault before each load so one release's fault does not follow its module.
     let hook: BeforeLoad = Arc::new(move |release| {
-        for (id, fault) in &faults {
-            if *id == release.id {
-                handle.set_fault(release.module_name.clone(), fault.clone());
-            }
-        }
+        let fault = faults
+            .iter()
+            .find(|(id, _)| *id == release.id)
+            .map(|(_, f)| f.clone());
+        handle.set_fault(release.module_name.clone(), fault.unwrap_or_default());
     });
     dispatch(cli, sim, Some(hook)).await
 }
