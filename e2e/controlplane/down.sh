@@ -26,12 +26,14 @@ for name in owner-watch kube-apiserver etcd; do
     continue
   fi
   kill -TERM "$pid" 2>/dev/null
-  for _ in $(seq 1 50); do
+  # The scratch data is thrown away, so a short grace period is enough; the API server
+  # would otherwise spend up to a minute draining watches.
+  for _ in $(seq 1 25); do
     ours "$pid" || break
     sleep 0.2
   done
   if ours "$pid"; then
-    log "$name (pid $pid) did not stop within 10s; killing it"
+    log "$name (pid $pid) did not stop within 5s; killing it"
     kill -KILL "$pid" 2>/dev/null
   fi
   log "stopped $name (pid $pid)"

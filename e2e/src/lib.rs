@@ -9,6 +9,7 @@ pub mod monitor;
 pub mod patch_repo;
 pub mod process;
 pub mod repo_server;
+pub mod sim_fleet;
 pub mod wait;
 
 pub use error::Error;

@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use futures::StreamExt;
 use kpersist_crds::{LivePatchNode, NodePatchState, PatchAction};
@@ -17,8 +18,10 @@ struct History {
     current: BTreeMap<String, LivePatchNode>,
     max_in_flight: usize,
     in_flight_at_max: Vec<String>,
-    desired: BTreeMap<String, BTreeSet<String>>,
-    applied: BTreeMap<String, BTreeSet<String>>,
+    /// Per release: each node asked for it, in the order first seen, and when.
+    desired: BTreeMap<String, Vec<(String, Instant)>>,
+    /// Per release: each node that reported running it, and when first seen.
+    applied: BTreeMap<String, BTreeMap<String, Instant>>,
     synced: bool,
     errors: Vec<String>,
 }
@@ -49,17 +52,23 @@ pub fn in_flight(node: &LivePatchNode) -> bool {
 impl History {
     fn record(&mut self, node: LivePatchNode) {
         let name = node.metadata.name.clone().unwrap_or_default();
-        if let Some(release) = node.spec.desired.as_ref().and_then(|d| d.release.as_ref()) {
-            self.desired
-                .entry(release.id.clone())
-                .or_default()
-                .insert(name.clone());
+        let now = Instant::now();
+        let desired = node.spec.desired.as_ref();
+        if let Some(release) = desired
+            .filter(|d| d.action == PatchAction::Apply)
+            .and_then(|d| d.release.as_ref())
+        {
+            let nodes = self.desired.entry(release.id.clone()).or_default();
+            if !nodes.iter().any(|(n, _)| *n == name) {
+                nodes.push((name.clone(), now));
+            }
         }
         if let Some(applied) = node.status.as_ref().and_then(|s| s.applied.as_ref()) {
             self.applied
                 .entry(applied.id.clone())
                 .or_default()
-                .insert(name.clone());
+                .entry(name.clone())
+                .or_insert(now);
         }
         self.current.insert(name, node);
         self.update_max();
@@ -129,14 +138,28 @@ impl NodeWatch {
         (history.max_in_flight, history.in_flight_at_max.clone())
     }
 
-    /// Nodes whose spec ever asked for release `id`.
+    /// Nodes whose spec ever asked to apply release `id`.
     pub fn ever_desired(&self, id: &str) -> BTreeSet<String> {
+        self.desired_order(id).into_iter().map(|(n, _)| n).collect()
+    }
+
+    /// Nodes asked to apply release `id`, in the order they were first asked, and when.
+    pub fn desired_order(&self, id: &str) -> Vec<(String, Instant)> {
         self.history().desired.get(id).cloned().unwrap_or_default()
     }
 
     /// Nodes that ever reported running release `id`.
     pub fn ever_applied(&self, id: &str) -> BTreeSet<String> {
-        self.history().applied.get(id).cloned().unwrap_or_default()
+        self.history()
+            .applied
+            .get(id)
+            .map(|nodes| nodes.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// When `node` was first seen running release `id`.
+    pub fn applied_at(&self, id: &str, node: &str) -> Option<Instant> {
+        self.history().applied.get(id)?.get(node).copied()
     }
 
     /// The latest state of every node.

@@ -119,7 +119,17 @@ impl Process {
             .open(&self.log)
             .map_err(|e| Error::io(&self.log, e))?;
         let file2 = file.try_clone().map_err(|e| Error::io(&self.log, e))?;
-        let child = tokio::process::Command::new(&self.program)
+        let mut command = tokio::process::Command::new(&self.program);
+        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+        // The child dies with the thread that started it, even if that thread is killed
+        // before it can kill the child.
+        unsafe {
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let child = command
             .args(&self.args)
             .envs(self.envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())

@@ -1,13 +1,7 @@
-//! The fleet suite: kpersist's CRDs, RBAC, operator and simulated agents against a real
-//! kube-apiserver and etcd (built from Debian's Kubernetes source by
-//! `e2e/controlplane/build.sh`). Every assertion reads API objects, never logs.
-//!
-//! Each test starts its own control plane; they run one at a time so that their API
-//! servers do not compete for the machine's cores.
+//! What the API server itself enforces for kpersist: the CRDs' schema and the chart's RBAC
+//! per identity.
 
-mod fleet_support;
-
-use fleet_support::{forbidden, invalid, sample_policy, serial};
+use crate::support::{forbidden, invalid, sample_policy, serial};
 use k8s_openapi::api::core::v1::{Node, Secret};
 use kpersist_crds::{LivePatchNode, LivePatchNodeSpec, LivePatchPolicy, Wave};
 use kpersist_e2e::controlplane::Identity;

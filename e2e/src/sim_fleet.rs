@@ -1,0 +1,354 @@
+//! A simulated fleet on a real control plane: Node objects, one `kpersist-agent --simulate`
+//! process per node, a real `kpersist-operator` process, a signed repository served over
+//! HTTP, and a watch of every LivePatchNode. The fleet suite and the demo drive it.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kpersist_crds::{
+    HealthSpec, LivePatchNode, LivePatchPolicy, LivePatchPolicySpec, RepositorySpec, RolloutSpec,
+    Wave,
+};
+use kube::Api;
+use kube::api::{Patch, PatchParams, PostParams};
+
+use crate::controlplane::Identity;
+use crate::fleet::{Cluster, NAMESPACE};
+use crate::monitor::NodeWatch;
+use crate::patch_repo::Publisher;
+use crate::process::{Process, build_binaries, workspace_binary};
+use crate::repo_server::RepoServer;
+use crate::wait::{Check, wait_until};
+use crate::{Error, Result};
+
+/// Label every simulated node carries, and the policies select on.
+pub const FLEET_LABEL: &str = "kpersist.io/e2e-fleet";
+
+/// One simulated machine: its Node name and the kernel its agent pretends to run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SimNode {
+    /// Node name.
+    pub name: String,
+    /// `uname -r` of the simulated kernel.
+    pub kernel_release: String,
+    /// GNU build id of the simulated kernel.
+    pub build_id: String,
+    /// `--sim-fail-release` values: `<release id>=<fault>`.
+    pub faults: Vec<String>,
+}
+
+impl SimNode {
+    /// A node running `kernel_release` with build id `build_id`, without faults.
+    pub fn new(name: &str, kernel_release: &str, build_id: &str) -> Self {
+        Self {
+            name: name.into(),
+            kernel_release: kernel_release.into(),
+            build_id: build_id.into(),
+            faults: Vec::new(),
+        }
+    }
+}
+
+/// The running fleet. Dropping it kills every process and stops the control plane.
+pub struct SimFleet {
+    /// Processes go first when dropped, before the API server they talk to.
+    agents: BTreeMap<String, Process>,
+    operator: Option<Process>,
+    /// Watch of every LivePatchNode since before the operator started.
+    pub watch: NodeWatch,
+    /// The repository server; fault switches are on it.
+    pub repo: RepoServer,
+    /// Publishes and signs releases into the served directory.
+    pub publisher: Publisher,
+    /// The control plane with CRDs and RBAC.
+    pub cluster: Cluster,
+    nodes: Vec<SimNode>,
+    scratch: tempfile::TempDir,
+    operator_metrics: String,
+}
+
+impl SimFleet {
+    /// Builds the binaries, starts the control plane, the repository (empty, signed), the
+    /// watch, and creates a Ready Node object per node. No operator or agent runs yet.
+    pub async fn start(nodes: Vec<SimNode>) -> Result<Self> {
+        build_binaries(&["kpersist-operator", "kpersist-agent"])?;
+        let cluster = Cluster::start().await?;
+        let scratch = tempfile::Builder::new()
+            .prefix("kpersist-fleet-")
+            .tempdir()
+            .map_err(|e| Error::io(std::env::temp_dir(), e))?;
+        let publisher = Publisher::init(&scratch.path().join("repo"))?;
+        let repo = RepoServer::start(publisher.root()).await?;
+        let labels = BTreeMap::from([(FLEET_LABEL.to_string(), "true".to_string())]);
+        for node in &nodes {
+            cluster.create_node(&node.name, &labels).await?;
+        }
+        let watch = NodeWatch::start(cluster.admin.clone());
+        wait_until(
+            "the LivePatchNode watch to sync",
+            Duration::from_secs(30),
+            || {
+                let synced = watch.synced();
+                async move {
+                    Ok(if synced {
+                        Check::Done(())
+                    } else {
+                        Check::NotYet("not synced".into())
+                    })
+                }
+            },
+        )
+        .await?;
+        let operator_metrics = format!("127.0.0.1:{}", free_port()?);
+        Ok(Self {
+            agents: BTreeMap::new(),
+            operator: None,
+            watch,
+            repo,
+            publisher,
+            cluster,
+            nodes,
+            scratch,
+            operator_metrics,
+        })
+    }
+
+    /// The simulated nodes.
+    pub fn nodes(&self) -> &[SimNode] {
+        &self.nodes
+    }
+
+    fn logs_dir(&self) -> PathBuf {
+        self.cluster.plane.dir().to_path_buf()
+    }
+
+    /// Starts (or restarts) the agent of every node.
+    pub fn start_agents(&mut self) -> Result<()> {
+        for node in self.nodes.clone() {
+            self.start_agent(&node.name)?;
+        }
+        Ok(())
+    }
+
+    /// Starts the agent of `name`, or restarts it if it was killed.
+    pub fn start_agent(&mut self, name: &str) -> Result<()> {
+        if let Some(agent) = self.agents.get_mut(name) {
+            return agent.restart();
+        }
+        let node = self
+            .nodes
+            .iter()
+            .find(|n| n.name == name)
+            .cloned()
+            .ok_or_else(|| Error::Malformed {
+                path: self.logs_dir(),
+                problem: format!("no simulated node named {name}"),
+            })?;
+        let state_dir = self.scratch.path().join("agents").join(name);
+        std::fs::create_dir_all(&state_dir).map_err(|e| Error::io(&state_dir, e))?;
+        let mut args = vec![
+            "--simulate".to_string(),
+            "--sim-kernel-release".into(),
+            node.kernel_release.clone(),
+            "--sim-build-id".into(),
+            node.build_id.clone(),
+            "--node-name".into(),
+            node.name.clone(),
+            "--state-dir".into(),
+            state_dir.display().to_string(),
+            "--metrics-addr".into(),
+            "127.0.0.1:0".into(),
+        ];
+        for fault in &node.faults {
+            args.push("--sim-fail-release".into());
+            args.push(fault.clone());
+        }
+        let process = Process::spawn(
+            &format!("agent {name}"),
+            &workspace_binary("kpersist-agent")?,
+            &args,
+            &self.kube_env(Identity::Agent),
+            &self.logs_dir().join(format!("agent-{name}.log")),
+        )?;
+        self.agents.insert(name.to_string(), process);
+        Ok(())
+    }
+
+    /// The agent process of a node, to kill or inspect.
+    pub fn agent(&mut self, name: &str) -> Option<&mut Process> {
+        self.agents.get_mut(name)
+    }
+
+    /// Starts the operator, or restarts it if it was killed. It runs with leader election
+    /// on, as in the chart, so the RBAC for its Lease is exercised too.
+    pub fn start_operator(&mut self) -> Result<()> {
+        if let Some(operator) = self.operator.as_mut() {
+            return operator.restart();
+        }
+        let args = vec![
+            "--metrics-addr".to_string(),
+            self.operator_metrics.clone(),
+            "--lease-namespace".into(),
+            NAMESPACE.into(),
+        ];
+        let process = Process::spawn(
+            "operator",
+            &workspace_binary("kpersist-operator")?,
+            &args,
+            &self.kube_env(Identity::Operator),
+            &self.logs_dir().join("operator.log"),
+        )?;
+        self.operator = Some(process);
+        Ok(())
+    }
+
+    /// The operator process, to kill or inspect.
+    pub fn operator(&mut self) -> Option<&mut Process> {
+        self.operator.as_mut()
+    }
+
+    /// `host:port` of the operator's /metrics.
+    pub fn operator_metrics_addr(&self) -> &str {
+        &self.operator_metrics
+    }
+
+    fn kube_env(&self, identity: Identity) -> Vec<(String, String)> {
+        vec![
+            (
+                "KUBECONFIG".into(),
+                self.cluster
+                    .plane
+                    .kubeconfig(identity)
+                    .display()
+                    .to_string(),
+            ),
+            ("RUST_LOG".into(), "info".into()),
+        ]
+    }
+
+    /// A policy selecting every simulated node, trusting the repository's key, checking it
+    /// every two seconds, with the given waves and `max_in_flight`.
+    pub fn policy(&self, name: &str, waves: Vec<Wave>, max_in_flight: u32) -> LivePatchPolicy {
+        let selector = LabelSelector {
+            match_labels: Some(BTreeMap::from([(
+                FLEET_LABEL.to_string(),
+                "true".to_string(),
+            )])),
+            ..LabelSelector::default()
+        };
+        let spec = LivePatchPolicySpec {
+            node_selector: selector,
+            repository: RepositorySpec {
+                url: self.repo.url(),
+                channel: "stable".into(),
+                trusted_keys: vec![self.publisher.public_key()],
+                trusted_keys_secret: None,
+                ca_bundle: None,
+                check_interval: "2s".into(),
+                delay: None,
+                pinned_version: None,
+            },
+            rollout: RolloutSpec {
+                waves,
+                max_in_flight,
+                ..RolloutSpec::default()
+            },
+            health: HealthSpec {
+                transition_timeout: "5s".into(),
+                ..HealthSpec::default()
+            },
+        };
+        LivePatchPolicy::new(name, spec)
+    }
+
+    /// Creates a policy as the admin.
+    pub async fn create_policy(&self, policy: &LivePatchPolicy) -> Result<()> {
+        Api::<LivePatchPolicy>::all(self.cluster.admin.clone())
+            .create(&PostParams::default(), policy)
+            .await?;
+        Ok(())
+    }
+
+    /// Merge-patches a policy's spec as the admin (e.g. to pause it).
+    pub async fn patch_policy(&self, name: &str, spec: serde_json::Value) -> Result<()> {
+        let patch = serde_json::json!({ "spec": spec });
+        Api::<LivePatchPolicy>::all(self.cluster.admin.clone())
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        Ok(())
+    }
+
+    /// Waits until `check` holds for the policy `name`.
+    pub async fn wait_policy<T>(
+        &self,
+        name: &str,
+        what: &str,
+        timeout: Duration,
+        check: impl Fn(&LivePatchPolicy) -> Check<T>,
+    ) -> Result<T> {
+        let api: Api<LivePatchPolicy> = Api::all(self.cluster.admin.clone());
+        let what = format!("policy {name}: {what}");
+        wait_until(&what, timeout, || {
+            let api = api.clone();
+            let check = &check;
+            async move {
+                Ok(match api.get_opt(name).await? {
+                    Some(policy) => check(&policy),
+                    None => Check::NotYet("the policy does not exist".into()),
+                })
+            }
+        })
+        .await
+    }
+
+    /// Waits until `check` holds for the set of every LivePatchNode (by name).
+    pub async fn wait_nodes<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        check: impl Fn(&BTreeMap<String, LivePatchNode>) -> Check<T>,
+    ) -> Result<T> {
+        let api: Api<LivePatchNode> = Api::all(self.cluster.admin.clone());
+        wait_until(what, timeout, || {
+            let api = api.clone();
+            let check = &check;
+            async move {
+                let nodes = api
+                    .list(&Default::default())
+                    .await?
+                    .items
+                    .into_iter()
+                    .map(|n| (n.metadata.name.clone().unwrap_or_default(), n))
+                    .collect();
+                Ok(check(&nodes))
+            }
+        })
+        .await
+    }
+
+    /// A summary of every process that is not running, with its log's tail, for failure
+    /// messages.
+    pub fn process_report(&mut self) -> String {
+        let mut report = String::new();
+        let processes = self.operator.iter_mut().chain(self.agents.values_mut());
+        for process in processes {
+            if let Some(status) = process.exit_status() {
+                report.push_str(&format!(
+                    "\n{} exited ({status}); last lines of {}:\n{}\n",
+                    process.name(),
+                    process.log().display(),
+                    process.log_tail(15)
+                ));
+            }
+        }
+        report
+    }
+}
+
+/// A loopback port nothing listens on right now.
+fn free_port() -> Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(Error::Listen)?;
+    Ok(listener.local_addr().map_err(Error::Listen)?.port())
+}

@@ -1,0 +1,12 @@
+//! The fleet suite: kpersist's CRDs, RBAC, operator and simulated agents against a real
+//! kube-apiserver and etcd (built from Debian's Kubernetes source by
+//! `e2e/controlplane/build.sh`). Every assertion reads API objects, never logs.
+//!
+//! Each test starts its own control plane; they run one at a time so that their API
+//! servers and processes do not compete for the machine's cores.
+//!
+//! Run: `cargo test -p kpersist-e2e --test fleet` (test.sh does).
+
+mod api;
+mod rollout;
+mod support;

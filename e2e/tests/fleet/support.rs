@@ -1,0 +1,172 @@
+//! Helpers shared by the fleet suite's tests: sample objects, one-at-a-time turns, and
+//! assertions on the API server's refusals.
+
+use std::collections::BTreeMap;
+
+use kpersist_crds::{
+    LivePatchNode, LivePatchPolicy, LivePatchPolicySpec, NodePatchState, RepositorySpec,
+    RolloutSpec, Wave,
+};
+use kpersist_e2e::sim_fleet::{SimFleet, SimNode};
+use kpersist_e2e::wait::Check;
+
+/// Turns: one test at a time owns the machine's cores.
+static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Waits for this test's turn; the turn ends when the guard is dropped.
+pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    TURN.lock().await
+}
+
+/// A policy that passes the schema, with every optional part at its default.
+pub fn sample_policy(name: &str) -> LivePatchPolicy {
+    let spec = LivePatchPolicySpec {
+        node_selector: Default::default(),
+        repository: serde_json::from_value::<RepositorySpec>(serde_json::json!({
+            "url": "http://127.0.0.1:9/repo",
+        }))
+        .expect("repository spec with defaults"),
+        rollout: RolloutSpec::default(),
+        health: Default::default(),
+    };
+    LivePatchPolicy::new(name, spec)
+}
+
+/// The status code and message of an API refusal; panics when `result` is not one.
+fn refusal<T: std::fmt::Debug>(what: &str, result: Result<T, kube::Error>) -> (u16, String) {
+    match result {
+        Err(kube::Error::Api(status)) => (status.code, status.message.clone()),
+        other => panic!("{what}: expected the API server to refuse, got {other:?}"),
+    }
+}
+
+/// Asserts `result` is a 403 Forbidden from RBAC.
+pub fn forbidden<T: std::fmt::Debug>(what: &str, result: Result<T, kube::Error>) {
+    let (code, message) = refusal(what, result);
+    assert_eq!(
+        code, 403,
+        "{what}: expected 403 Forbidden, got {code}: {message}"
+    );
+}
+
+/// Asserts `result` is a 422 Invalid from schema validation and returns its message.
+pub fn invalid<T: std::fmt::Debug>(result: Result<T, kube::Error>) -> String {
+    let (code, message) = refusal("invalid object", result);
+    assert_eq!(code, 422, "expected 422 Invalid, got {code}: {message}");
+    message
+}
+
+/// Kernels of the simulated fleet. K1 and K2 have releases; K3 never does.
+pub const K1: (&str, &str) = ("6.1.0-56-amd64", "a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1");
+pub const K2: (&str, &str) = ("6.1.0-57-amd64", "b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2");
+pub const K3: (&str, &str) = ("6.1.0-99-amd64", "c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3c3");
+
+/// Seven nodes: four on K1, two on K2, one on K3 (nothing published for it).
+pub fn standard_nodes() -> Vec<SimNode> {
+    (1..=7)
+        .map(|i| {
+            let (release, build) = match i {
+                1..=4 => K1,
+                5 | 6 => K2,
+                _ => K3,
+            };
+            SimNode::new(&format!("node-{i}"), release, build)
+        })
+        .collect()
+}
+
+/// The release id of `version` for kernel `k`.
+pub fn id(k: (&str, &str), version: u64) -> String {
+    format!("{}/v{version}", k.0)
+}
+
+/// Canary of one node, then half, then everything, each wave baking `bake`.
+pub fn three_waves(bake: &str) -> Vec<Wave> {
+    let wave = |nodes, percent| Wave {
+        nodes,
+        percent,
+        bake: bake.to_string(),
+    };
+    vec![
+        wave(Some(1), None),
+        wave(None, Some(50)),
+        wave(None, Some(100)),
+    ]
+}
+
+/// One line per node: state, applied and desired release, last error.
+pub fn describe(nodes: &BTreeMap<String, LivePatchNode>) -> String {
+    let mut out = String::new();
+    for (name, node) in nodes {
+        let status = node.status.clone().unwrap_or_default();
+        let desired = node
+            .spec
+            .desired
+            .as_ref()
+            .map(|d| {
+                let id = d.release.as_ref().map(|r| r.id.as_str()).unwrap_or("none");
+                format!("{:?} {id}", d.action)
+            })
+            .unwrap_or_else(|| "nothing".into());
+        let error = status
+            .last_error
+            .map(|e| format!(" error {:?}: {}", e.reason, e.message))
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "\n  {name}: {:?}, applied {}, desired {desired}{error}",
+            status.state,
+            status
+                .applied
+                .map(|a| a.id)
+                .unwrap_or_else(|| "none".into()),
+        ));
+    }
+    out
+}
+
+/// Done when every node in `expected` runs the release given for it.
+pub fn all_applied(
+    nodes: &BTreeMap<String, LivePatchNode>,
+    expected: &BTreeMap<String, String>,
+) -> Check<()> {
+    let done = expected.iter().all(|(name, release)| {
+        nodes
+            .get(name)
+            .and_then(|n| n.status.as_ref())
+            .is_some_and(|s| {
+                s.state == Some(NodePatchState::Applied)
+                    && s.applied.as_ref().map(|a| a.id.as_str()) == Some(release.as_str())
+            })
+    });
+    if done {
+        Check::Done(())
+    } else {
+        Check::NotYet(describe(nodes))
+    }
+}
+
+/// One line on a policy's status, for failure messages.
+pub fn describe_policy(policy: &LivePatchPolicy) -> String {
+    let status = policy.status.clone().unwrap_or_default();
+    let conditions: Vec<String> = status
+        .conditions
+        .iter()
+        .map(|c| format!("{}={} ({}: {})", c.type_, c.status, c.reason, c.message))
+        .collect();
+    format!(
+        "phase {:?}, nodes {:?}, bad {:?}, conditions [{}]",
+        status.phase,
+        status.nodes,
+        status.bad_releases,
+        conditions.join("; ")
+    )
+}
+
+/// Panics with `error`, the fleet's dead processes, and where the logs are.
+pub fn fail(fleet: &mut SimFleet, error: kpersist_e2e::Error) -> ! {
+    panic!(
+        "{error}{}\n(logs of every process are in {})",
+        fleet.process_report(),
+        fleet.cluster.plane.dir().display()
+    )
+}
