@@ -58,8 +58,13 @@ pub async fn run(cli: Cli) -> Result<(), StartupError> {
             _ = interrupt.recv() => tracing::info!("SIGINT received, shutting down"),
         }
     };
+    tokio::pin!(shutdown);
 
-    let client = connect().await?;
+    // A signal while the API server is still being reached ends the process at once.
+    let client = tokio::select! {
+        client = connect() => client?,
+        () = &mut shutdown => return Ok(()),
+    };
     let metrics = Metrics::new();
     let ready = Arc::new(AtomicBool::new(false));
     let listener = tokio::net::TcpListener::bind(cli.metrics_addr)
@@ -98,7 +103,7 @@ pub async fn run(cli: Cli) -> Result<(), StartupError> {
         let releaser = elector.releaser();
         tracing::info!(lease = %cli.lease_name, namespace = %cli.lease_namespace, "waiting for the leader lease");
         let outcome = tokio::select! {
-            () = shutdown => Ok(()),
+            () = &mut shutdown => Ok(()),
             outcome = lead(&mut elector, &leading_tx, &metrics, &cli) => outcome,
         };
         // Stop reconciling before giving the Lease up, so two leaders never overlap.
@@ -110,7 +115,7 @@ pub async fn run(cli: Cli) -> Result<(), StartupError> {
         outcome
     } else {
         tokio::select! {
-            () = shutdown => Ok(()),
+            () = &mut shutdown => Ok(()),
             result = &mut controller => Err(StartupError::Controller(match result {
                 Ok(()) => "the watches ended".to_string(),
                 Err(error) => error.to_string(),

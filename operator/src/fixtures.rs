@@ -91,16 +91,9 @@ pub fn context(
     nodes: Vec<k8s_openapi::api::core::v1::Node>,
     lpns: Vec<kpersist_crds::LivePatchNode>,
 ) -> std::sync::Arc<crate::controller::Context> {
-    use kube::runtime::events::{Recorder, Reporter};
     let (_, leading) = tokio::sync::watch::channel(true);
     std::sync::Arc::new(crate::controller::Context {
-        recorder: Recorder::new(
-            client.clone(),
-            Reporter {
-                controller: kpersist_crds::OPERATOR_MANAGER.into(),
-                instance: Some("test".into()),
-            },
-        ),
+        events: crate::controller::events::EventPublisher::new(client.clone(), "test".into()),
         client,
         policies: store_of(policies),
         nodes: store_of(nodes),

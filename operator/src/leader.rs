@@ -180,6 +180,9 @@ impl LeaderElector {
 
     fn held_spec(&self, previous: Option<&LeaseSpec>, acquiring: bool) -> LeaseSpec {
         let now = MicroTime(jiff::Timestamp::now());
+        // Like client-go: every change of holder on an existing Lease is a transition,
+        // including taking over a released one.
+        let transition = acquiring && previous.is_some();
         let previous = previous.cloned().unwrap_or_default();
         let transitions = previous.lease_transitions.unwrap_or(0);
         LeaseSpec {
@@ -193,7 +196,7 @@ impl LeaderElector {
                 previous.acquire_time.clone()
             },
             renew_time: Some(now),
-            lease_transitions: Some(if acquiring && previous.holder_identity.is_some() {
+            lease_transitions: Some(if transition {
                 transitions.saturating_add(1)
             } else {
                 transitions

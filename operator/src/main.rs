@@ -1,5 +1,6 @@
 //! `kpersist-operator`: see `--help`.
 
+use std::error::Error as _;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -15,8 +16,16 @@ async fn main() -> ExitCode {
     match app::run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            tracing::error!(%error, "kpersist-operator stopped");
-            eprintln!("kpersist-operator: {error}");
+            // The message already carries its direct source; the deeper causes (refused,
+            // certificate unknown, ...) are what a person needs to act on.
+            let mut message = error.to_string();
+            let mut cause = error.source().and_then(|s| s.source());
+            while let Some(inner) = cause {
+                message.push_str("\n  caused by: ");
+                message.push_str(&inner.to_string());
+                cause = inner.source();
+            }
+            eprintln!("kpersist-operator: {message}");
             ExitCode::FAILURE
         }
     }

@@ -3,6 +3,7 @@
 //! each policy (see [`reconcile`]). Every replica keeps its stores warm; only the one that
 //! holds the leader Lease runs reconciles.
 
+pub mod events;
 pub mod reconcile;
 pub mod select;
 pub mod status;
@@ -14,8 +15,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
-use kpersist_crds::{LivePatchNode, LivePatchPolicy, OPERATOR_MANAGER};
-use kube::runtime::events::{Recorder, Reporter};
+use kpersist_crds::{LivePatchNode, LivePatchPolicy};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{Controller, WatchStreamExt, controller, watcher};
 use kube::{Api, Client, ResourceExt};
@@ -42,7 +42,7 @@ pub struct Context {
     /// HTTP client for Prometheus.
     pub http: reqwest::Client,
     /// Publishes Events on policies.
-    pub recorder: Recorder,
+    pub events: events::EventPublisher,
     /// The metrics.
     pub metrics: Metrics,
     /// `true` while this replica leads.
@@ -102,12 +102,8 @@ pub async fn run(client: Client, metrics: Metrics, settings: Settings) {
         settings.ready,
     ));
 
-    let reporter = Reporter {
-        controller: OPERATOR_MANAGER.to_string(),
-        instance: Some(settings.identity),
-    };
     let ctx = Arc::new(Context {
-        recorder: Recorder::new(client.clone(), reporter),
+        events: events::EventPublisher::new(client.clone(), settings.identity),
         client,
         policies: policy_reader.clone(),
         nodes: node_reader.clone(),
@@ -171,12 +167,26 @@ async fn mark_ready(
     lpns: Store<LivePatchNode>,
     ready: Arc<AtomicBool>,
 ) {
-    // An error means a writer was dropped: the controller is stopping and never gets ready.
-    let synced = policies.wait_until_ready().await.is_ok()
-        && nodes.wait_until_ready().await.is_ok()
-        && lpns.wait_until_ready().await.is_ok();
+    let synced =
+        store_synced(&policies).await && store_synced(&nodes).await && store_synced(&lpns).await;
     if synced {
         tracing::info!("caches synced");
         ready.store(true, Ordering::Release);
+    }
+}
+
+/// Whether the store got its first list; `false` when its writer went away (shutdown).
+/// kube 5's readiness signal wakes only the last task that waited on it, and the
+/// controller waits too, so this asks again every half second instead of waiting once.
+async fn store_synced<K>(store: &Store<K>) -> bool
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    loop {
+        let attempt = tokio::time::timeout(Duration::from_millis(500), store.wait_until_ready());
+        if let Ok(result) = attempt.await {
+            return result.is_ok();
+        }
     }
 }

@@ -113,7 +113,7 @@ async fn apply(policy: Arc<LivePatchPolicy>, ctx: Arc<Context>) -> Result<Action
     if policy.status.as_ref() != Some(&new_status) {
         write::apply_status(&ctx.client, &name, &new_status).await?;
     }
-    write::publish_events(&ctx.recorder, &policy, &decision.events).await;
+    ctx.events.publish(&policy, &decision.events).await;
     status::count_events(&ctx.metrics, &name, &decision.events);
     ctx.metrics.record_status(&name, &new_status);
 

@@ -198,7 +198,11 @@ async fn a_verified_release_goes_to_the_first_wave_only_on_selected_nodes() {
 
     let events: Vec<_> = seen
         .iter()
-        .filter(|r| r.method == Method::POST && r.uri.contains("/apis/events.k8s.io/v1/"))
+        .filter(|r| {
+            r.method == Method::POST
+                && r.uri
+                    .starts_with("/apis/events.k8s.io/v1/namespaces/kube-system/events")
+        })
         .collect();
     assert!(!events.is_empty(), "no Event recorded: {seen:#?}");
     for event in events {

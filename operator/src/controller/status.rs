@@ -1,11 +1,10 @@
 //! Finishing the engine's decision for writing: the controller's own `RepositoryReachable`
-//! condition and `lastRepositoryCheck` merged into the status, the next wake-up, Events and
-//! the metrics the rollout events move. No client required.
+//! condition and `lastRepositoryCheck` merged into the status, the next wake-up, and the
+//! metrics the rollout events move. No client required.
 
 use std::time::Duration;
 
 use kpersist_crds::{LivePatchPolicyStatus, PolicyCondition, PolicyPhase};
-use kube::runtime::events::{Event, EventType};
 
 use crate::engine::RolloutEvent;
 use crate::metrics::Metrics;
@@ -68,21 +67,6 @@ pub fn requeue_after(
         .unwrap_or(RESYNC)
 }
 
-/// The Kubernetes Event for a rollout event.
-pub fn kube_event(event: &RolloutEvent) -> Event {
-    Event {
-        type_: if event.is_warning() {
-            EventType::Warning
-        } else {
-            EventType::Normal
-        },
-        reason: event.reason().to_string(),
-        note: Some(truncate(event.message(), 1024)),
-        action: "Rollout".to_string(),
-        secondary: None,
-    }
-}
-
 /// Counts what the events say into the rollout and revert counters.
 pub fn count_events(metrics: &Metrics, policy: &str, events: &[RolloutEvent]) {
     for event in events {
@@ -109,18 +93,6 @@ pub fn baking(status: Option<&LivePatchPolicyStatus>) -> Option<String> {
             .clone()
             .unwrap_or_else(|| rollout.wave_started_at.clone()),
     )
-}
-
-fn truncate(mut text: String, max: usize) -> String {
-    if text.len() > max {
-        let mut cut = max.saturating_sub(3);
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        text.truncate(cut);
-        text.push_str("...");
-    }
-    text
 }
 
 #[cfg(test)]

@@ -85,19 +85,6 @@ fn requeue_takes_the_soonest_but_never_zero() {
 }
 
 #[test]
-fn warnings_and_notes() {
-    let failed = kube_event(&RolloutEvent::WaveFailed {
-        wave: 2,
-        reason: "x".repeat(5000),
-    });
-    assert_eq!(failed.type_, EventType::Warning);
-    assert_eq!(failed.reason, "WaveFailed");
-    assert!(failed.note.as_ref().unwrap().len() <= 1024);
-    let done = kube_event(&RolloutEvent::WaveDone { wave: 1, waves: 3 });
-    assert_eq!(done.type_, EventType::Normal);
-}
-
-#[test]
 fn events_move_the_counters() {
     let metrics = Metrics::new();
     count_events(

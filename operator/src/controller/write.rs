@@ -8,12 +8,9 @@ use kpersist_crds::{
     DesiredPatch, LivePatchNode, LivePatchPolicy, LivePatchPolicyStatus, OPERATOR_MANAGER,
 };
 use kube::api::{Patch, PatchParams};
-use kube::runtime::events::Recorder;
 use kube::{Api, Client, Resource};
 use serde_json::json;
 
-use super::status::kube_event;
-use crate::engine::RolloutEvent;
 use crate::error::Error;
 
 /// Node writes in flight at once: enough to start a large wave quickly, few enough not to
@@ -103,21 +100,6 @@ pub async fn apply_status(
             source,
         })?;
     Ok(())
-}
-
-/// Records the events on the policy. Events are best effort: a refused one is logged and
-/// does not fail the reconcile, whose real work is already written.
-pub async fn publish_events(
-    recorder: &Recorder,
-    policy: &LivePatchPolicy,
-    events: &[RolloutEvent],
-) {
-    let reference = policy.object_ref(&());
-    for event in events {
-        if let Err(error) = recorder.publish(&kube_event(event), &reference).await {
-            tracing::warn!(%error, reason = event.reason(), "recording an Event failed");
-        }
-    }
 }
 
 #[cfg(test)]
