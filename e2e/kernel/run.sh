@@ -1,0 +1,247 @@
+#!/usr/bin/env bash
+# Real-kernel end-to-end suite: boots Debian's 6.1 kernel in qemu (TCG, no network) and
+# drives kpersist-agent's one-shot local mode through apply, atomic replace, revert,
+# disable, refusals, a stalled transition and a crash marker, against the real livepatch
+# interface. Every step prints "KERNEL-E2E: <step>: ok|FAIL <why>"; the last line is
+# "KERNEL-E2E: PASS" or "KERNEL-E2E: FAIL" and the exit status matches.
+#
+# Slow things are cached under ${KPERSIST_CACHE:-/var/cache/kpersist}/kernel (kernel image
+# by release and package version, modules by source hash) and target-static (the static
+# agent build), so a second run only repacks the initramfs and boots.
+#
+# Environment: KPERSIST_CACHE, KPERSIST_KERNEL_RELEASE (e.g. 6.1.0-56-amd64; default: the
+# newest 6.1.0-N-amd64 with both headers and image in apt), KPERSIST_VM_TIMEOUT (seconds,
+# default 300).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+HERE=$ROOT/e2e/kernel
+CACHE=${KPERSIST_CACHE:-/var/cache/kpersist}
+KCACHE=$CACHE/kernel
+VM_TIMEOUT=${KPERSIST_VM_TIMEOUT:-300}
+START=$SECONDS
+
+# Repository versions of the test modules; the guest maps them back the same way.
+V_V1=1 V_V2=2 V_FAIL=3 V_STALL=4 V_BAD=5
+GUEST_STEPS="boot build-id apply-v1 apply-v2 revert-v1 disable bad-vermagic enable-fails
+stall-reversed stall-applied crash-suspected kernel-log"
+
+say() { printf 'kernel-e2e: [%3ds] %s\n' $((SECONDS - START)) "$*"; }
+ok() { echo "KERNEL-E2E: $1: ok${2:+ ($2)}"; }
+# A host step failed: nothing after it can run.
+fatal() {
+	echo "KERNEL-E2E: $1: FAIL $2"
+	echo "KERNEL-E2E: FAIL"
+	exit 1
+}
+
+mkdir -p "$KCACHE"
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/kpersist-kernel-e2e.XXXXXX")
+QEMU_PID=
+cleanup() {
+	[ -n "$QEMU_PID" ] && kill "$QEMU_PID" 2>/dev/null
+	rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# --- packages -------------------------------------------------------------------------------
+[ "$(id -u)" = 0 ] || fatal packages "run as root: it installs Debian packages and creates device nodes"
+
+pick_release() {
+	if [ -n "${KPERSIST_KERNEL_RELEASE:-}" ]; then
+		echo "$KPERSIST_KERNEL_RELEASE"
+		return
+	fi
+	local rel
+	for rel in $(apt-cache pkgnames linux-headers-6.1.0- |
+		sed -n 's/^linux-headers-\(6\.1\.0-[0-9]*-amd64\)$/\1/p' | sort -V -r); do
+		if apt-cache show --no-all-versions "linux-image-$rel" >/dev/null 2>&1; then
+			echo "$rel"
+			return
+		fi
+	done
+}
+
+install_missing() {
+	local want=() pkg
+	command -v qemu-system-x86_64 >/dev/null || want+=(qemu-system-x86)
+	dpkg-query -W -f '${Status}' busybox-static 2>/dev/null | grep -q 'ok installed' || want+=(busybox-static)
+	command -v cpio >/dev/null || want+=(cpio)
+	command -v xz >/dev/null || want+=(xz-utils)
+	command -v readelf >/dev/null && command -v objcopy >/dev/null || want+=(binutils)
+	command -v gcc >/dev/null || want+=(gcc)
+	command -v make >/dev/null || want+=(make)
+	command -v python3 >/dev/null || want+=(python3)
+	[ -f "/usr/src/linux-headers-$KREL/include/generated/utsrelease.h" ] || want+=("linux-headers-$KREL")
+	[ ${#want[@]} -eq 0 ] && return 0
+	say "installing ${want[*]}"
+	if ! DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${want[@]}" >"$WORK/apt.log" 2>&1; then
+		say "apt-get install failed; updating package lists and retrying"
+		apt-get update >>"$WORK/apt.log" 2>&1 || true
+		DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${want[@]}" >>"$WORK/apt.log" 2>&1 ||
+			fatal packages "apt-get install ${want[*]} failed: $(tail -n 3 "$WORK/apt.log" | tr '\n' ' ')"
+	fi
+	for pkg in "${want[@]}"; do say "installed $pkg"; done
+}
+
+say "choosing the kernel"
+KREL=$(pick_release)
+[ -n "$KREL" ] || fatal packages "no linux-headers-6.1.0-N-amd64 with a matching linux-image in apt; run apt-get update"
+install_missing
+KDIR=/usr/src/linux-headers-$KREL
+ok packages "kernel $KREL, qemu, busybox-static, cpio, headers"
+
+# --- kernel image and build id --------------------------------------------------------------
+KVER=$(apt-cache show --no-all-versions "linux-image-$KREL" 2>/dev/null | sed -n 's/^Version: //p' | head -n 1)
+IMAGE_DIR=$KCACHE/image-$KREL-${KVER:-unknown}
+if [ ! -s "$IMAGE_DIR/vmlinuz" ] || [ ! -s "$IMAGE_DIR/build-id" ]; then
+	say "downloading linux-image-$KREL ${KVER}"
+	mkdir -p "$WORK/deb" "$IMAGE_DIR"
+	(cd "$WORK/deb" && apt-get download "linux-image-$KREL" >"$WORK/download.log" 2>&1) ||
+		fatal kernel-image "apt-get download linux-image-$KREL failed: $(tail -n 2 "$WORK/download.log" | tr '\n' ' ')"
+	dpkg-deb --fsys-tarfile "$WORK"/deb/linux-image-*.deb |
+		tar -x -O "./boot/vmlinuz-$KREL" >"$IMAGE_DIR/vmlinuz.part"
+	mv "$IMAGE_DIR/vmlinuz.part" "$IMAGE_DIR/vmlinuz"
+	rm -rf "$WORK/deb"
+	say "computing the kernel's build id from vmlinuz"
+	"$HERE/vmlinuz-build-id.sh" "$IMAGE_DIR/vmlinuz" >"$IMAGE_DIR/build-id.part" ||
+		fatal build-id "cannot read the build id from $IMAGE_DIR/vmlinuz"
+	mv "$IMAGE_DIR/build-id.part" "$IMAGE_DIR/build-id"
+fi
+VMLINUZ=$IMAGE_DIR/vmlinuz
+BUILD_ID=$(cat "$IMAGE_DIR/build-id")
+ok kernel-image "$VMLINUZ, build id $BUILD_ID"
+
+# --- livepatch modules ----------------------------------------------------------------------
+SRC_HASH=$( (cd "$ROOT/kmod/livepatch" && cat Kbuild Makefile ./*.c; echo "$KREL") | sha256sum | cut -c1-16)
+MOD_DIR=$KCACHE/modules-$KREL-$SRC_HASH
+if [ ! -f "$MOD_DIR/done" ]; then
+	say "building the livepatch modules against $KDIR"
+	rm -rf "$MOD_DIR"
+	make -C "$ROOT/kmod/livepatch" KDIR="$KDIR" BUILD="$MOD_DIR/build" >"$WORK/kbuild.log" 2>&1 ||
+		fatal modules "make -C kmod/livepatch failed: $(grep -m 3 -i 'error' "$WORK/kbuild.log" | tr '\n' ' ')"
+	touch "$MOD_DIR/done"
+fi
+MODS=$MOD_DIR/build
+ok modules "$MODS"
+
+# --- static agent and repository tool -------------------------------------------------------
+# Static (glibc, crt-static) so both run in the bare initramfs; release without debug info
+# keeps the initramfs small. The target dir is cached, so later runs rebuild only our crates.
+static_build() {
+	(cd "$ROOT" && CARGO_TARGET_DIR="$CACHE/target-static" CARGO_PROFILE_RELEASE_DEBUG=false \
+		RUSTFLAGS="-C target-feature=+crt-static" \
+		cargo build --release --target x86_64-unknown-linux-gnu "$@")
+}
+BIN=$CACHE/target-static/x86_64-unknown-linux-gnu/release
+AGENT=$BIN/kpersist-agent
+REPO_TOOL=$BIN/kpersist-repo
+say "building kpersist-repo (cargo output follows)"
+static_build -p kpersist-kmod --bin kpersist-repo ||
+	fatal repo-tool "cargo build of kpersist-repo failed (output above)"
+ok repo-tool "$REPO_TOOL"
+say "building static kpersist-agent (cargo output follows; the first build takes minutes)"
+if ! static_build -p kpersist-agent --bin kpersist-agent; then
+	MODE=insmod
+	echo "KERNEL-E2E: agent: FAIL cargo build of kpersist-agent failed (output above); the guest drives insmod/sysfs instead and the agent-only steps fail"
+elif case "$("$AGENT" local --help 2>&1 || true)" in *apply*) true ;; *) false ;; esac; then
+	MODE=agent
+	ok agent "$AGENT (static, has local mode)"
+else
+	MODE=insmod
+	echo "KERNEL-E2E: agent: FAIL $AGENT has no 'local' subcommand; the guest drives insmod/sysfs instead and the agent-only steps fail"
+fi
+
+# --- signed repository ----------------------------------------------------------------------
+say "creating and signing the repository"
+if "$HERE/make-repo.sh" "$REPO_TOOL" "$MODS" "$WORK" "$KREL" "$BUILD_ID" >"$WORK/repo.log" 2>&1; then
+	ok repository "signed with a fresh key, verified with kpersist-repo verify"
+elif [ "$MODE" = agent ]; then
+	fatal repository "$(tail -n 5 "$WORK/repo.log" | tr '\n' ' ')"
+else
+	# The insmod-driven guest reads no repository; keep going to exercise the kernel.
+	echo "KERNEL-E2E: repository: FAIL $(tail -n 2 "$WORK/repo.log" | tr '\n' ' ')"
+	mkdir -p "$WORK/repo"
+	: >"$WORK/repo.pub"
+fi
+
+# --- initramfs ------------------------------------------------------------------------------
+say "packing the initramfs"
+R=$WORK/root
+mkdir -p "$R/bin" "$R/dev" "$R/proc" "$R/sys" "$R/tmp" "$R/e2e/modules"
+cp /bin/busybox "$R/bin/busybox"
+for applet in $("$R/bin/busybox" --list); do
+	[ "$applet" = busybox ] || ln -s busybox "$R/bin/$applet"
+done
+mknod "$R/dev/console" c 5 1
+mknod "$R/dev/null" c 1 3
+[ "$MODE" = agent ] && strip -o "$R/bin/kpersist-agent" "$AGENT"
+cp "$MODS"/*.ko "$R/e2e/modules/"
+cp -r "$WORK/repo" "$R/e2e/repo"
+cp "$WORK/repo.pub" "$R/e2e/repo.pub"
+cp "$HERE/guest-init.sh" "$R/init"
+chmod 0755 "$R/init"
+cat >"$R/e2e/env" <<EOF
+MODE=$MODE
+EXPECT_RELEASE=$KREL
+EXPECT_BUILD_ID=$BUILD_ID
+V_V1=$V_V1 V_V2=$V_V2 V_BAD=$V_BAD V_FAIL=$V_FAIL V_STALL=$V_STALL
+EOF
+(cd "$R" && find . | cpio -o -H newc --quiet) >"$WORK/initramfs.cpio"
+ok initramfs "$(du -h "$WORK/initramfs.cpio" | cut -f1), mode $MODE"
+
+# --- boot -----------------------------------------------------------------------------------
+SERIAL=$WORK/serial.log
+: >"$SERIAL"
+say "booting $KREL under qemu TCG (limit ${VM_TIMEOUT}s); guest verdicts follow"
+timeout -k 5 "$VM_TIMEOUT" qemu-system-x86_64 -accel tcg -cpu max -m 512 -nic none \
+	-no-reboot -nographic -monitor none -display none -kernel "$VMLINUZ" \
+	-initrd "$WORK/initramfs.cpio" -append "console=ttyS0 panic=-1 quiet" \
+	-serial "file:$SERIAL" </dev/null >"$WORK/qemu.log" 2>&1 &
+QEMU_PID=$!
+# Relay the guest's verdict lines as they arrive.
+tail -n +1 -F --pid="$QEMU_PID" "$SERIAL" 2>/dev/null | sed -u 's/\r//g' |
+	grep --line-buffered -o -E 'KERNEL-E2E: .*|^    (dmesg)?[|] .*' &
+RELAY_PID=$!
+set +e
+wait "$QEMU_PID"
+QEMU_RC=$?
+set -e
+QEMU_PID=
+wait "$RELAY_PID" 2>/dev/null || true
+cp "$SERIAL" "$KCACHE/last-serial.log"
+tr -d '\r' <"$SERIAL" >"$WORK/serial.txt"
+
+FAILED=0
+if [ "$QEMU_RC" = 124 ] || [ "$QEMU_RC" = 137 ]; then
+	echo "KERNEL-E2E: vm: FAIL did not finish within ${VM_TIMEOUT}s and was killed; last serial lines:"
+	tail -n 40 "$WORK/serial.txt" | sed 's/^/    | /'
+	FAILED=1
+elif [ "$QEMU_RC" != 0 ]; then
+	echo "KERNEL-E2E: vm: FAIL qemu exited $QEMU_RC: $(tail -n 3 "$WORK/qemu.log" | tr '\n' ' ')"
+	FAILED=1
+elif ! grep -q 'KERNEL-E2E-GUEST: done' "$WORK/serial.txt"; then
+	echo "KERNEL-E2E: vm: FAIL the guest stopped before its last step; last serial lines:"
+	tail -n 40 "$WORK/serial.txt" | sed 's/^/    | /'
+	FAILED=1
+else
+	ok vm "guest finished"
+fi
+
+for step in $GUEST_STEPS; do
+	line=$(grep -o "KERNEL-E2E: $step: .*" "$WORK/serial.txt" | head -n 1 || true)
+	case "$line" in
+	"KERNEL-E2E: $step: ok"*) ;;
+	"") echo "KERNEL-E2E: $step: FAIL no verdict from the guest"; FAILED=1 ;;
+	*) FAILED=1 ;;
+	esac
+done
+[ "$MODE" = agent ] || FAILED=1
+
+say "serial log kept at $KCACHE/last-serial.log"
+if [ "$FAILED" = 0 ]; then
+	echo "KERNEL-E2E: PASS"
+else
+	echo "KERNEL-E2E: FAIL"
+	exit 1
+fi
