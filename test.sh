@@ -26,5 +26,8 @@ cargo run -q -p kpersist-crds --bin crdgen -- --check
 step "chart suite: helm lint, rendered manifests, RBAC on a real API server"
 e2e/chart/run.sh
 
+step "real-kernel suite: the agent live-patches Debian's 6.1 kernel in qemu"
+e2e/kernel/run.sh
+
 echo
 echo "ALL SUITES: PASS"
