@@ -14,8 +14,8 @@ use tokio::time::Instant;
 
 use crate::checks::{self, Failure};
 use crate::fetch::Fetcher;
-use crate::state::{CrashMarker, MarkerRelease, RefusedRelease, StateDir};
-use crate::transition::{Settled, wait_settled};
+use crate::state::{CrashMarker, MarkerRelease, StateDir};
+use crate::transition::{Settled, unload_module, wait_settled};
 
 /// What to load, and under which rules.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,7 +51,7 @@ pub struct Outcome {
 }
 
 impl Outcome {
-    fn failed(
+    pub(crate) fn failed(
         state: NodePatchState,
         failure: Failure,
         release: Option<&str>,
@@ -84,9 +84,9 @@ pub struct Patcher<K> {
 
 /// What the kernel looked like right before a load, to tell what the load changed.
 #[derive(Clone, Copy, Debug)]
-struct Baseline {
-    taint: u64,
-    kmsg: KmsgMark,
+pub(crate) struct Baseline {
+    pub(crate) taint: u64,
+    pub(crate) kmsg: KmsgMark,
 }
 
 impl<K: Kernel + Clone + 'static> Patcher<K> {
@@ -257,8 +257,7 @@ impl<K: Kernel + Clone + 'static> Patcher<K> {
                 if patches.iter().any(|p| p.name == name) {
                     Err(e)
                 } else {
-                    let owned = name.to_string();
-                    self.call(move |k| k.delete_module(&owned))
+                    unload_module(self, name)
                         .await
                         .map_err(|e| load_failure(name, e))?;
                     self.call(move |k| k.load_module(&path)).await
@@ -270,7 +269,7 @@ impl<K: Kernel + Clone + 'static> Patcher<K> {
     }
 
     /// Waits for the transition of the loaded release, then checks what the load did.
-    async fn settle_and_check(
+    pub(crate) async fn settle_and_check(
         &self,
         req: &Request,
         baseline: Baseline,
@@ -338,8 +337,7 @@ impl<K: Kernel + Clone + 'static> Patcher<K> {
                     message.push_str(
                         "; the transition was reversed and the previous patch state is back",
                     );
-                    let unload = name.clone();
-                    if let Err(e) = self.call(move |k| k.delete_module(&unload)).await {
+                    if let Err(e) = unload_module(self, &name).await {
                         message.push_str(&format!(" (unloading {name} failed: {e})"));
                     }
                 }
@@ -370,111 +368,16 @@ impl<K: Kernel + Clone + 'static> Patcher<K> {
             if patches.iter().any(|p| &p.name == old) {
                 continue;
             }
-            let old = old.clone();
             // Best effort: ENOENT (never loaded or already gone) is the common case.
-            let _ = self.call(move |k| k.delete_module(&old)).await;
+            let _ = unload_module(self, old).await;
         }
         Ok(())
     }
 
-    fn clear_marker(&self) -> Result<(), Failure> {
+    pub(crate) fn clear_marker(&self) -> Result<(), Failure> {
         self.state
             .clear_crash_marker()
             .map_err(|e| host_msg(e.to_string()))
-    }
-
-    /// Looks for a crash marker at start. From another boot: the release is refused for
-    /// good and the outcome is `CrashSuspected`. From this boot (the agent restarted
-    /// mid-apply): a run whose module is loaded is finished; otherwise the marker is dropped
-    /// and `None` returned, so the desired state is acted on afresh.
-    pub async fn recover(&self) -> Option<Outcome> {
-        let marker = match self.state.crash_marker() {
-            Ok(marker) => marker?,
-            Err(e) => {
-                return Some(Outcome::failed(
-                    NodePatchState::Failed,
-                    host_msg(e.to_string()),
-                    None,
-                    PatchTimings::default(),
-                ));
-            }
-        };
-        let boot_id = match self.call(|k| k.boot_id()).await {
-            Ok(id) => id,
-            Err(e) => {
-                return Some(Outcome::failed(
-                    NodePatchState::Failed,
-                    host(e),
-                    None,
-                    PatchTimings::default(),
-                ));
-            }
-        };
-        let id = marker.release.id().to_string();
-        if marker.boot_id != boot_id {
-            let refused = RefusedRelease {
-                id: id.clone(),
-                crashed_boot_id: marker.boot_id.clone(),
-                detected_at: jiff::Timestamp::now().to_string(),
-            };
-            let message = format!(
-                "the node went down while loading release {id} (crash marker from boot {}, now boot {boot_id}); \
-                 {id} is refused on this node for good",
-                marker.boot_id
-            );
-            let failure = match self
-                .state
-                .refuse(refused)
-                .and_then(|()| self.state.clear_crash_marker())
-            {
-                Ok(()) => Failure::new(NodeErrorReason::CrashSuspected, message),
-                Err(e) => host_msg(format!("{message}, but recording that failed: {e}")),
-            };
-            return Some(Outcome::failed(
-                NodePatchState::CrashSuspected,
-                failure,
-                Some(&id),
-                PatchTimings::default(),
-            ));
-        }
-        let MarkerRelease::Full(release) = marker.release.clone() else {
-            let _ = self.state.clear_crash_marker();
-            return None;
-        };
-        let patches = self.call(|k| k.loaded_patches()).await.unwrap_or_default();
-        if !patches
-            .iter()
-            .any(|p| p.name == release.module_name && p.enabled)
-        {
-            // The load never happened or failed: nothing to finish.
-            let _ = self.state.clear_crash_marker();
-            return None;
-        }
-        let req = Request {
-            release,
-            policy: marker.policy.clone(),
-            transition_timeout: Duration::from_millis(marker.transition_timeout_ms),
-            kmsg_checks: marker.kmsg_checks,
-        };
-        let baseline = Baseline {
-            taint: marker.taint_before,
-            kmsg: KmsgMark(marker.kmsg_mark),
-        };
-        let started = Instant::now();
-        let mut timings = PatchTimings::default();
-        let result = self
-            .settle_and_check(&req, baseline, started, &mut timings)
-            .await;
-        let cleared = self.clear_marker();
-        timings.total_ms = Some(millis(started.elapsed()));
-        Some(match result.and(cleared) {
-            Ok(()) => Outcome {
-                state: NodePatchState::Applied,
-                failure: None,
-                timings,
-            },
-            Err(f) => Outcome::failed(NodePatchState::Failed, f, Some(&req.release.id), timings),
-        })
     }
 }
 

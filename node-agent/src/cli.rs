@@ -130,6 +130,10 @@ pub struct HostArgs {
         global = true
     )]
     pub sim_build_id: String,
+    /// Boot id of the simulated kernel; restart an agent with another one to simulate a
+    /// reboot (a crash marker left by the previous process then means CrashSuspected).
+    #[arg(long, env = "KPERSIST_SIM_BOOT_ID", global = true)]
+    pub sim_boot_id: Option<String>,
     /// Fault of the simulated kernel for one release: `ID=stall|taint|warning|load-error|lockdown|fail-enable`
     /// (repeatable; comma-separated in the environment).
     #[arg(

@@ -15,6 +15,7 @@ pub mod fetch;
 pub mod local;
 pub mod metrics;
 pub mod plan;
+pub mod recover;
 pub mod revert;
 pub mod run;
 pub mod server;

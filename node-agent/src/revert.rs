@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use crate::apply::{Outcome, Patcher, Progress, host, host_msg, millis};
 use crate::checks::Failure;
-use crate::transition::{Settled, wait_settled};
+use crate::transition::{Settled, unload_module, wait_settled};
 
 impl<K: Kernel + Clone + 'static> Patcher<K> {
     /// Disables and unloads every kpersist livepatch: those the agent ever loaded here and
@@ -79,8 +79,7 @@ impl<K: Kernel + Clone + 'static> Patcher<K> {
         // With every patch disabled, unload each kpersist module still loaded; modules of
         // patches replaced earlier linger too.
         for name in &names {
-            let owned = name.clone();
-            match self.call(move |k| k.delete_module(&owned)).await {
+            match unload_module(self, name).await {
                 Ok(()) => {}
                 Err(e) if e.syscall_failure() == Some(SyscallFailure::NotFound) => {}
                 Err(e) => {

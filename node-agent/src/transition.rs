@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use kpersist_kmod::kernel::{Kernel, KernelError};
+use kpersist_kmod::kernel::{Kernel, KernelError, SyscallFailure};
 use tokio::time::Instant;
 
 use crate::apply::Patcher;
@@ -38,5 +38,30 @@ pub async fn wait_settled<K: Kernel + Clone + 'static>(
             return Ok(Settled::TimedOut);
         }
         tokio::time::sleep(patcher.poll_interval).await;
+    }
+}
+
+/// How many times an unload refused with `EBUSY` is tried again, one poll interval apart.
+const UNLOAD_ATTEMPTS: u32 = 20;
+
+/// Unloads module `name`. A livepatch that was just disabled or replaced is freed by the
+/// kernel asynchronously, so its module may stay busy for a moment: `EBUSY` is retried.
+pub async fn unload_module<K: Kernel + Clone + 'static>(
+    patcher: &Patcher<K>,
+    name: &str,
+) -> Result<(), KernelError> {
+    let mut attempt = 0;
+    loop {
+        let owned = name.to_string();
+        match patcher.call(move |k| k.delete_module(&owned)).await {
+            Err(e)
+                if e.syscall_failure() == Some(SyscallFailure::Busy)
+                    && attempt + 1 < UNLOAD_ATTEMPTS =>
+            {
+                attempt += 1;
+                tokio::time::sleep(patcher.poll_interval).await;
+            }
+            other => return other,
+        }
     }
 }

@@ -96,6 +96,12 @@ impl SimKernel {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The same kernel with boot id `boot_id` (a process simulating a reboot passes a new one).
+    pub fn with_boot_id(self, boot_id: impl Into<String>) -> SimKernel {
+        self.lock().boot_id = boot_id.into();
+        self
+    }
+
     /// Injects `fault` for the module named `module`, replacing any earlier one.
     pub fn set_fault(&self, module: impl Into<String>, fault: SimFault) {
         self.lock().faults.insert(module.into(), fault);

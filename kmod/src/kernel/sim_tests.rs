@@ -200,6 +200,8 @@ fn reboot_forgets_everything_and_changes_boot_id() {
     kernel.load_module(&fixture("kpersist_v1.ko")).unwrap();
     kernel.reboot();
     assert_ne!(kernel.boot_id().unwrap(), before);
+    let named = sim().with_boot_id("boot-b");
+    assert_eq!(named.boot_id().unwrap(), "boot-b");
     assert!(kernel.loaded_patches().unwrap().is_empty());
     assert_eq!(kernel.tainted().unwrap(), 0);
 }

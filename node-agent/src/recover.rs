@@ -1,0 +1,109 @@
+//! Start-up recovery from the crash marker: a marker from another boot means the node went
+//! down while a module was going in (the release is then refused for good); a marker from
+//! this boot means only the agent was restarted, and its run is finished or dropped.
+
+use std::time::Duration;
+
+use kpersist_crds::{NodeErrorReason, NodePatchState, PatchTimings};
+use kpersist_kmod::kernel::{Kernel, KmsgMark};
+use tokio::time::Instant;
+
+use crate::apply::{Baseline, Outcome, Patcher, Request, host, host_msg, millis};
+use crate::checks::Failure;
+use crate::state::{MarkerRelease, RefusedRelease};
+
+impl<K: Kernel + Clone + 'static> Patcher<K> {
+    /// Looks for a crash marker at start. From another boot: the release is refused for
+    /// good and the outcome is `CrashSuspected`. From this boot (the agent restarted
+    /// mid-apply): a run whose module is loaded is finished; otherwise the marker is dropped
+    /// and `None` returned, so the desired state is acted on afresh.
+    pub async fn recover(&self) -> Option<Outcome> {
+        let marker = match self.state.crash_marker() {
+            Ok(marker) => marker?,
+            Err(e) => {
+                return Some(Outcome::failed(
+                    NodePatchState::Failed,
+                    host_msg(e.to_string()),
+                    None,
+                    PatchTimings::default(),
+                ));
+            }
+        };
+        let boot_id = match self.call(|k| k.boot_id()).await {
+            Ok(id) => id,
+            Err(e) => {
+                return Some(Outcome::failed(
+                    NodePatchState::Failed,
+                    host(e),
+                    None,
+                    PatchTimings::default(),
+                ));
+            }
+        };
+        let id = marker.release.id().to_string();
+        if marker.boot_id != boot_id {
+            let refused = RefusedRelease {
+                id: id.clone(),
+                crashed_boot_id: marker.boot_id.clone(),
+                detected_at: jiff::Timestamp::now().to_string(),
+            };
+            let message = format!(
+                "the node went down while loading release {id} (crash marker from boot {}, now boot {boot_id}); \
+                 {id} is refused on this node for good",
+                marker.boot_id
+            );
+            let failure = match self
+                .state
+                .refuse(refused)
+                .and_then(|()| self.state.clear_crash_marker())
+            {
+                Ok(()) => Failure::new(NodeErrorReason::CrashSuspected, message),
+                Err(e) => host_msg(format!("{message}, but recording that failed: {e}")),
+            };
+            return Some(Outcome::failed(
+                NodePatchState::CrashSuspected,
+                failure,
+                Some(&id),
+                PatchTimings::default(),
+            ));
+        }
+        let MarkerRelease::Full(release) = marker.release.clone() else {
+            let _ = self.state.clear_crash_marker();
+            return None;
+        };
+        let patches = self.call(|k| k.loaded_patches()).await.unwrap_or_default();
+        if !patches
+            .iter()
+            .any(|p| p.name == release.module_name && p.enabled)
+        {
+            // The load never happened or failed: nothing to finish.
+            let _ = self.state.clear_crash_marker();
+            return None;
+        }
+        let req = Request {
+            release,
+            policy: marker.policy.clone(),
+            transition_timeout: Duration::from_millis(marker.transition_timeout_ms),
+            kmsg_checks: marker.kmsg_checks,
+        };
+        let baseline = Baseline {
+            taint: marker.taint_before,
+            kmsg: KmsgMark(marker.kmsg_mark),
+        };
+        let started = Instant::now();
+        let mut timings = PatchTimings::default();
+        let result = self
+            .settle_and_check(&req, baseline, started, &mut timings)
+            .await;
+        let cleared = self.clear_marker();
+        timings.total_ms = Some(millis(started.elapsed()));
+        Some(match result.and(cleared) {
+            Ok(()) => Outcome {
+                state: NodePatchState::Applied,
+                failure: None,
+                timings,
+            },
+            Err(f) => Outcome::failed(NodePatchState::Failed, f, Some(&req.release.id), timings),
+        })
+    }
+}
