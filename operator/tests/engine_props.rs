@@ -1,0 +1,558 @@
+//! Property tests of the rollout engine: random fleets (kernels, supported or not, agents
+//! or not, nodes joining, leaving and flapping NotReady), random wave specs, and fault
+//! schedules (releases that stall, taint or crash on some nodes, a failing Prometheus gate,
+//! a release published mid-rollout), run in a loop with simulated agents. Every step checks
+//! the rollout's invariants, and every run must end in a terminal phase.
+//!
+//! The number of cases comes from `PROPTEST_CASES` (default 10,000 for this file).
+
+mod engine_support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use engine_support::*;
+use jiff::Timestamp;
+use kpersist_crds::{
+    ComparisonOperator, FailurePolicy, MaintenanceWindow, NodePatchState, PatchAction, PolicyPhase,
+    PrometheusGate, parse_duration,
+};
+use kpersist_operator::engine::{Decision, GateVerdict};
+use proptest::prelude::*;
+
+/// Steps after the last scheduled event within which the rollout must settle.
+const SETTLE_BOUND: usize = 600;
+
+#[derive(Clone, Debug)]
+struct NodePlan {
+    /// Kernel index; `UNSUPPORTED_KERNEL` has no release at all.
+    kernel: usize,
+    applied_v1: bool,
+    selected: bool,
+    conflicted: bool,
+    has_agent: bool,
+    livepatch: bool,
+    /// Applying the broken release fails on this node.
+    vulnerable: bool,
+    /// NotReady from this step for this many steps.
+    flap: Option<(usize, usize)>,
+    join_at: Option<usize>,
+    leave_at: Option<usize>,
+    work_ticks: u32,
+}
+
+const UNSUPPORTED_KERNEL: usize = 9;
+
+#[derive(Clone, Debug)]
+struct Scenario {
+    kernels: usize,
+    nodes: Vec<NodePlan>,
+    /// (percent?, value, bake minutes), sorted into non-decreasing sizes.
+    waves: Vec<(bool, u32, u32)>,
+    max_in_flight: u32,
+    max_failures: u32,
+    failure_policy: FailurePolicy,
+    paused: bool,
+    dry_run: bool,
+    /// Window opening hour and length in hours (UTC).
+    window: Option<(u8, u8)>,
+    /// The broken release version and how it fails.
+    broken: Option<(u64, Fault)>,
+    /// The gate fails while any node runs this version.
+    gate_fails_on: Option<u64>,
+    /// Step at which v4 is published for kernel 0.
+    publish_at: Option<usize>,
+    pinned: Option<u64>,
+    step_seconds: i64,
+}
+
+fn node_plan(kernels: usize) -> impl Strategy<Value = NodePlan> {
+    (
+        prop_oneof![9 => 0..kernels, 1 => Just(UNSUPPORTED_KERNEL)],
+        any::<bool>(),
+        prop::bool::weighted(0.92),
+        prop::bool::weighted(0.05),
+        prop::bool::weighted(0.95),
+        prop::bool::weighted(0.95),
+        prop::bool::weighted(0.35),
+        prop::option::weighted(0.2, (0usize..40, 1usize..8)),
+        prop::option::weighted(0.1, 1usize..40),
+        prop::option::weighted(0.08, 1usize..60),
+        1u32..=3,
+    )
+        .prop_map(
+            |(
+                kernel,
+                applied_v1,
+                selected,
+                conflicted,
+                has_agent,
+                livepatch,
+                vulnerable,
+                flap,
+                join_at,
+                leave_at,
+                work_ticks,
+            )| {
+                NodePlan {
+                    kernel,
+                    applied_v1,
+                    selected,
+                    conflicted,
+                    has_agent,
+                    livepatch,
+                    vulnerable,
+                    flap,
+                    join_at,
+                    leave_at,
+                    work_ticks,
+                }
+            },
+        )
+}
+
+fn scenario() -> impl Strategy<Value = Scenario> {
+    (1usize..=3).prop_flat_map(|kernels| {
+        (
+            Just(kernels),
+            prop::collection::vec(node_plan(kernels), 1..=12),
+            prop::collection::vec((any::<bool>(), 1u32..=100, 0u32..=20), 1..=4),
+            1u32..=4,
+            0u32..=2,
+            prop_oneof![3 => Just(FailurePolicy::Revert), 1 => Just(FailurePolicy::Pause)],
+            prop::bool::weighted(0.04),
+            prop::bool::weighted(0.04),
+            prop::option::weighted(0.15, (0u8..24, 1u8..6)),
+            prop::option::weighted(
+                0.5,
+                (
+                    2u64..=4,
+                    prop_oneof![Just(Fault::Stall), Just(Fault::Taint), Just(Fault::Crash)],
+                ),
+            ),
+            prop::option::weighted(0.15, 2u64..=4),
+            (
+                prop::option::weighted(0.3, 1usize..50),
+                prop::option::weighted(0.05, 1u64..=4),
+                20i64..=240,
+            ),
+        )
+            .prop_map(
+                |(
+                    kernels,
+                    nodes,
+                    waves,
+                    max_in_flight,
+                    max_failures,
+                    failure_policy,
+                    paused,
+                    dry_run,
+                    window,
+                    broken,
+                    gate_fails_on,
+                    (publish_at, pinned, step_seconds),
+                )| {
+                    Scenario {
+                        kernels,
+                        nodes,
+                        waves,
+                        max_in_flight,
+                        max_failures,
+                        failure_policy,
+                        paused,
+                        dry_run,
+                        window,
+                        broken,
+                        gate_fails_on,
+                        publish_at,
+                        pinned,
+                        step_seconds,
+                    }
+                },
+            )
+    })
+}
+
+/// The scenario as a simulation: policy, fleet and repository.
+fn build(s: &Scenario) -> Sim {
+    let mut spec = policy_spec();
+    // Waves must not shrink; percentages are clamped to 1..=100.
+    let mut percents: Vec<u32> = s.waves.iter().filter(|w| w.0).map(|w| w.1).collect();
+    let mut counts: Vec<u32> = s
+        .waves
+        .iter()
+        .filter(|w| !w.0)
+        .map(|w| w.1 % 15 + 1)
+        .collect();
+    percents.sort_unstable();
+    counts.sort_unstable();
+    let (mut p, mut c) = (percents.into_iter(), counts.into_iter());
+    spec.rollout.waves = s
+        .waves
+        .iter()
+        .map(|&(is_percent, _, bake)| {
+            let (nodes, percent) = if is_percent {
+                (None, p.next())
+            } else {
+                (c.next(), None)
+            };
+            kpersist_crds::Wave {
+                nodes,
+                percent,
+                bake: format!("{bake}m"),
+            }
+        })
+        .collect();
+    spec.rollout.max_in_flight = s.max_in_flight;
+    spec.rollout.max_failures = s.max_failures;
+    spec.rollout.failure_policy = s.failure_policy;
+    spec.rollout.paused = s.paused;
+    spec.rollout.dry_run = s.dry_run;
+    if let Some((hour, length)) = s.window {
+        spec.rollout.maintenance_windows = vec![MaintenanceWindow {
+            days: vec![],
+            start: format!("{hour:02}:00"),
+            end: format!("{:02}:00", (hour + length) % 24),
+            time_zone: "UTC".into(),
+        }];
+    }
+    if s.gate_fails_on.is_some() {
+        spec.health.prometheus = Some(PrometheusGate {
+            url: "http://prometheus:9090".into(),
+            query: "errors".into(),
+            operator: ComparisonOperator::LessThan,
+            threshold: 1.0,
+            fail_on_empty: false,
+            interval: "1m".into(),
+        });
+    }
+    spec.repository.pinned_version = s.pinned;
+    let published = start_time()
+        .checked_sub(jiff::SignedDuration::from_hours(240))
+        .unwrap_or(start_time());
+    let releases = (0..s.kernels)
+        .flat_map(|k| (1..=3).map(move |v| release(k, v, published)))
+        .collect();
+    let mut sim = Sim::new(spec, Vec::new(), releases);
+    for (i, plan) in s.nodes.iter().enumerate() {
+        if plan.join_at.is_none() {
+            sim.nodes.push(sim_node(s, i, plan));
+        }
+    }
+    sim
+}
+
+fn sim_node(s: &Scenario, index: usize, plan: &NodePlan) -> SimNode {
+    let applied = (plan.applied_v1 && plan.kernel != UNSUPPORTED_KERNEL).then_some(1);
+    let mut node = SimNode::new(&format!("node-{index:02}"), plan.kernel, applied);
+    node.unselected = !plan.selected;
+    if plan.conflicted {
+        node.view.other_policies = vec!["other".into()];
+    }
+    if !plan.has_agent {
+        node.view.lpn = None;
+    } else if !plan.livepatch
+        && let Some(status) = node.view.lpn.as_mut().and_then(|l| l.status.as_mut())
+    {
+        status.livepatch_supported = false;
+        status.state = Some(NodePatchState::Unsupported);
+    }
+    node.work_ticks = plan.work_ticks;
+    if let (Some((version, fault)), true) = (s.broken, plan.vulnerable) {
+        for k in 0..s.kernels {
+            node.faults.insert(id(k, version), fault);
+        }
+    }
+    node
+}
+
+/// What the checker remembers across steps.
+#[derive(Default)]
+struct Memory {
+    bad: BTreeSet<String>,
+    /// Per node: the release of its last Apply and what it ran when that was written.
+    last_apply: BTreeMap<String, (String, Option<String>)>,
+    /// The rollout being watched (its startedAt) and, per wave, its nodes and since when
+    /// all of them have settled.
+    rollout: Option<String>,
+    waves: BTreeMap<u32, (BTreeSet<String>, Option<Timestamp>)>,
+    previous_phase: Option<PolicyPhase>,
+}
+
+fn bake_of(sim: &Sim, wave: u32) -> Duration {
+    let waves = &sim.policy.spec.rollout.waves;
+    let index = (wave as usize).saturating_sub(1).min(waves.len() - 1);
+    parse_duration(&waves[index].bake).unwrap_or_default()
+}
+
+/// Checks one decision against the state it was made from, before it is written.
+fn check_decision(
+    sim: &Sim,
+    memory: &mut Memory,
+    decision: &Decision,
+) -> Result<(), TestCaseError> {
+    let allowed: BTreeSet<&str> = sim
+        .nodes
+        .iter()
+        .filter(|n| !n.unselected && n.view.other_policies.is_empty() && n.view.lpn.is_some())
+        .map(|n| n.view.name.as_str())
+        .collect();
+    let spec = &sim.policy.spec.rollout;
+    let now_bad: BTreeSet<String> = decision
+        .status
+        .bad_releases
+        .iter()
+        .map(|b| b.release.clone())
+        .collect();
+    prop_assert!(
+        now_bad.is_superset(&memory.bad),
+        "bad releases were forgotten"
+    );
+    if spec.dry_run {
+        prop_assert!(
+            decision.desired.is_empty(),
+            "dry run wrote {:?}",
+            decision.desired
+        );
+    }
+    for (name, desired) in &decision.desired {
+        prop_assert!(
+            allowed.contains(name.as_str()),
+            "touched {name}, which is not this policy's alone"
+        );
+        let Some(desired) = desired else { continue };
+        if desired.action != PatchAction::Apply {
+            continue;
+        }
+        prop_assert!(!spec.paused, "{name} started while paused");
+        let release = desired
+            .release
+            .as_ref()
+            .map(|r| r.id.clone())
+            .unwrap_or_default();
+        prop_assert!(
+            !now_bad.contains(&release),
+            "bad release {release} handed to {name}"
+        );
+        let wave = desired.wave.unwrap_or(0);
+        let Some(rollout) = &decision.status.rollout else {
+            return Err(TestCaseError::fail(format!(
+                "{name} handed {release} with no rollout"
+            )));
+        };
+        prop_assert_eq!(
+            rollout.wave,
+            wave,
+            "{} handed a release outside the current wave",
+            name
+        );
+        if memory.rollout.as_deref() != Some(rollout.started_at.as_str()) {
+            memory.rollout = Some(rollout.started_at.clone());
+            memory.waves.clear();
+        }
+        for (&earlier, (nodes, settled_since)) in memory.waves.range(..wave) {
+            // A wave whose nodes all left the cluster has nothing left to bake.
+            if !nodes.iter().any(|n| sim.nodes.iter().any(|s| &s.view.name == n)) {
+                continue;
+            }
+            let Some(since) = settled_since else {
+                return Err(TestCaseError::fail(format!(
+                    "{name} handed wave {wave} while wave {earlier} ({nodes:?}) is not done"
+                )));
+            };
+            let baked = since.checked_add(bake_of(sim, earlier)).unwrap_or(*since);
+            prop_assert!(
+                baked <= sim.now,
+                "wave {} started before wave {} baked",
+                wave,
+                earlier
+            );
+        }
+        let entry = memory.waves.entry(wave).or_default();
+        entry.0.insert(name.clone());
+        entry.1 = None;
+        let previous = sim.node(name).applied_id();
+        memory.last_apply.insert(name.clone(), (release, previous));
+    }
+    memory.bad = now_bad;
+    Ok(())
+}
+
+/// Checks the fleet after a decision was written.
+fn check_fleet(
+    sim: &Sim,
+    memory: &Memory,
+    phase: Option<PolicyPhase>,
+) -> Result<(), TestCaseError> {
+    let max = sim.policy.spec.rollout.max_in_flight as usize;
+    let applying = sim
+        .nodes
+        .iter()
+        .filter(|n| {
+            n.desired().is_some_and(|d| d.action == PatchAction::Apply)
+                && (!n.settled()
+                    || matches!(
+                        n.view
+                            .lpn
+                            .as_ref()
+                            .and_then(|l| l.status.as_ref())
+                            .and_then(|s| s.state),
+                        Some(NodePatchState::Downloading | NodePatchState::Applying)
+                    ))
+        })
+        .count();
+    prop_assert!(
+        applying <= max,
+        "{} nodes applying, maxInFlight {}",
+        applying,
+        max
+    );
+    let revert_done = memory.previous_phase == Some(PolicyPhase::RollingBack)
+        && phase != Some(PolicyPhase::RollingBack);
+    if revert_done {
+        for node in &sim.nodes {
+            let Some((release, previous)) = memory.last_apply.get(&node.view.name) else {
+                continue;
+            };
+            if memory.bad.contains(release) {
+                prop_assert_eq!(
+                    &node.applied_id(),
+                    previous,
+                    "{} took bad {} and is not back on its previous release",
+                    node.view.name,
+                    release
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Refreshes since when each watched wave's nodes have all settled.
+fn note_settled(sim: &Sim, memory: &mut Memory) {
+    for (nodes, since) in memory.waves.values_mut() {
+        let all = nodes.iter().all(|n| {
+            sim.nodes
+                .iter()
+                .find(|s| &s.view.name == n)
+                .is_none_or(SimNode::settled)
+        });
+        *since = match (all, *since) {
+            (true, Some(t)) => Some(t),
+            (true, None) => Some(sim.now),
+            (false, _) => None,
+        };
+    }
+}
+
+/// Applies the scenario's schedule for `step`; returns whether anything is still to come.
+fn schedule(s: &Scenario, sim: &mut Sim, step: usize) -> bool {
+    let mut pending = false;
+    for (i, plan) in s.nodes.iter().enumerate() {
+        let name = format!("node-{i:02}");
+        if plan.join_at == Some(step) {
+            sim.nodes.push(sim_node(s, i, plan));
+        }
+        if plan.leave_at == Some(step) {
+            sim.nodes.retain(|n| n.view.name != name);
+        }
+        if let Some((from, length)) = plan.flap
+            && let Some(node) = sim.nodes.iter_mut().find(|n| n.view.name == name)
+        {
+            node.view.ready = !(from..from + length).contains(&step);
+        }
+        let last = [plan.join_at, plan.leave_at, plan.flap.map(|(f, l)| f + l)];
+        pending |= last.into_iter().flatten().any(|at| at > step);
+    }
+    if s.publish_at == Some(step)
+        && let Some(repo) = sim.repository.as_mut()
+    {
+        repo.index.releases.push(release(0, 4, sim.now));
+    }
+    pending | s.publish_at.is_some_and(|at| at > step)
+}
+
+fn gate(s: &Scenario, sim: &Sim) -> Option<GateVerdict> {
+    let version = s.gate_fails_on?;
+    let failing = sim.nodes.iter().any(|n| {
+        n.view
+            .lpn
+            .as_ref()
+            .and_then(|l| l.status.as_ref())
+            .and_then(|st| st.applied.as_ref())
+            .is_some_and(|a| a.version == version)
+    });
+    Some(if failing {
+        GateVerdict::Fail(format!("errors >= 1 while v{version} runs"))
+    } else {
+        GateVerdict::Pass
+    })
+}
+
+fn run(s: &Scenario) -> Result<(), TestCaseError> {
+    let mut sim = build(s);
+    let mut memory = Memory::default();
+    let mut quiet = 0;
+    let mut step = 0;
+    let mut last_event = 0;
+    while step < last_event + SETTLE_BOUND {
+        if schedule(s, &mut sim, step) {
+            last_event = step + 1;
+        }
+        sim.gate = gate(s, &sim);
+        note_settled(&sim, &mut memory);
+        let decision = sim.decide();
+        check_decision(&sim, &mut memory, &decision)?;
+        sim.apply(&decision);
+        let phase = decision.status.phase;
+        check_fleet(&sim, &memory, phase)?;
+        memory.previous_phase = phase;
+        let terminal = matches!(
+            phase,
+            Some(
+                PolicyPhase::Complete
+                    | PolicyPhase::Failed
+                    | PolicyPhase::Paused
+                    | PolicyPhase::Idle
+            )
+        );
+        let settled = sim.nodes.iter().all(SimNode::settled);
+        quiet = if terminal && settled && decision.desired.is_empty() && step >= last_event {
+            quiet + 1
+        } else {
+            0
+        };
+        if quiet >= 3 {
+            return Ok(());
+        }
+        sim.agents();
+        // With nothing moving, jump to when the engine wants to look again.
+        let wait = match decision.requeue_after {
+            Some(wait) if settled => wait.as_secs().clamp(1, 8 * 86_400) as i64,
+            _ => 0,
+        };
+        sim.advance(s.step_seconds.max(wait));
+        step += 1;
+    }
+    Err(TestCaseError::fail(format!(
+        "no terminal state {SETTLE_BOUND} steps after the last scheduled event: phase {:?}, status {:?}",
+        sim.phase(),
+        sim.policy.status
+    )))
+}
+
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(cases()))]
+
+    #[test]
+    fn rollouts_keep_their_invariants_and_finish(s in scenario()) {
+        run(&s)?;
+    }
+}
