@@ -37,8 +37,9 @@ needs_agent() { fail "$1" "not run: kpersist-agent has no 'local' mode yet (MODE
 # indented, so a failure can be read in the serial log; run.sh relays these lines.
 show() {
 	{ grep -E '^state=|ERROR|WARN|insmod:|rmmod:' "$OUT" || tail -n 5 "$OUT"; } |
-		tail -n 8 | sed 's/^/    | /'
+		tail -n 8 | sed "s/$ESC\[[0-9;]*m//g; s/^/    | /"
 }
+ESC=$(printf '\033')
 
 # Module name of a repository version (insmod mode only).
 module_of() {

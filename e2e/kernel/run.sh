@@ -28,9 +28,12 @@ stall-reversed stall-applied crash-suspected kernel-log"
 
 say() { printf 'kernel-e2e: [%3ds] %s\n' $((SECONDS - START)) "$*"; }
 ok() { echo "KERNEL-E2E: $1: ok${2:+ ($2)}"; }
+# Set once the last line (PASS or FAIL) is out.
+VERDICT=
 # A host step failed: nothing after it can run.
 fatal() {
 	echo "KERNEL-E2E: $1: FAIL $2"
+	VERDICT=FAIL
 	echo "KERNEL-E2E: FAIL"
 	exit 1
 }
@@ -38,11 +41,23 @@ fatal() {
 mkdir -p "$KCACHE"
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/kpersist-kernel-e2e.XXXXXX")
 QEMU_PID=
+ERR_LINE=
+# Stops the VM, removes the scratch dir, and makes sure a run that stops anywhere else
+# (a failed command under set -e, a signal) still ends with the FAIL line.
 cleanup() {
-	[ -n "$QEMU_PID" ] && kill "$QEMU_PID" 2>/dev/null
+	local rc=$?
+	if [ -n "$QEMU_PID" ]; then kill "$QEMU_PID" 2>/dev/null || true; fi
 	rm -rf "$WORK"
+	if [ -z "$VERDICT" ]; then
+		echo "KERNEL-E2E: run.sh: FAIL stopped unexpectedly (status $rc${ERR_LINE:+, at line $ERR_LINE})"
+		echo "KERNEL-E2E: FAIL"
+		[ "$rc" != 0 ] || rc=1
+	fi
+	exit "$rc"
 }
 trap cleanup EXIT
+trap 'ERR_LINE=$LINENO' ERR
+trap 'exit 130' INT TERM
 
 # --- packages -------------------------------------------------------------------------------
 [ "$(id -u)" = 0 ] || fatal packages "run as root: it installs Debian packages and creates device nodes"
@@ -86,7 +101,12 @@ install_missing() {
 
 say "choosing the kernel"
 KREL=$(pick_release)
-[ -n "$KREL" ] || fatal packages "no linux-headers-6.1.0-N-amd64 with a matching linux-image in apt; run apt-get update"
+if [ -z "$KREL" ]; then
+	say "no 6.1 kernel packages in apt's lists; running apt-get update"
+	apt-get update >"$WORK/apt-update.log" 2>&1 || true
+	KREL=$(pick_release)
+fi
+[ -n "$KREL" ] || fatal packages "no linux-headers-6.1.0-N-amd64 with a matching linux-image in apt's lists (see apt-get update)"
 install_missing
 KDIR=/usr/src/linux-headers-$KREL
 ok packages "kernel $KREL, qemu, busybox-static, cpio, headers"
@@ -210,7 +230,9 @@ set -e
 QEMU_PID=
 wait "$RELAY_PID" 2>/dev/null || true
 cp "$SERIAL" "$KCACHE/last-serial.log"
-tr -d '\r' <"$SERIAL" >"$WORK/serial.txt"
+# Without carriage returns and terminal escapes (SeaBIOS clears the screen), ending in a
+# newline, so its tail prints cleanly.
+{ tr -d '\r' <"$SERIAL" | sed 's/\x1b\[[0-9;?]*[A-Za-z]//g'; echo; } >"$WORK/serial.txt"
 
 FAILED=0
 if [ "$QEMU_RC" = 124 ] || [ "$QEMU_RC" = 137 ]; then
@@ -240,8 +262,10 @@ done
 
 say "serial log kept at $KCACHE/last-serial.log"
 if [ "$FAILED" = 0 ]; then
+	VERDICT=PASS
 	echo "KERNEL-E2E: PASS"
 else
+	VERDICT=FAIL
 	echo "KERNEL-E2E: FAIL"
 	exit 1
 fi
