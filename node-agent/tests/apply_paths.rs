@@ -49,13 +49,10 @@ async fn hash_mismatch_loads_nothing() {
     let h = harness();
     let mut v1 = h.release("kpersist_v1.ko", 1);
     v1.sha256 = "f".repeat(64);
-    let report = h.run(PatchAction::Apply, Some(v1)).await;
-    assert_eq!(
-        (report.state, reason(&report)),
-        (NodePatchState::Failed, NodeErrorReason::HashMismatch)
-    );
-    assert!(report.error.unwrap().message.contains("sha256"));
-    assert!(h.sim.load_log().is_empty());
+    let message = h
+        .refused_before_load(v1, NodePatchState::Failed, NodeErrorReason::HashMismatch)
+        .await;
+    assert!(message.contains("sha256"), "{message}");
 }
 
 #[tokio::test]
@@ -65,37 +62,30 @@ async fn truncated_download_loads_nothing() {
     let path = v1.module_url.trim_start_matches("file://").to_string();
     let bytes = std::fs::read(&path).unwrap();
     std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
-    let report = h.run(PatchAction::Apply, Some(v1)).await;
-    assert_eq!(
-        (report.state, reason(&report)),
-        (NodePatchState::Failed, NodeErrorReason::SizeMismatch)
-    );
-    assert!(h.sim.load_log().is_empty());
+    h.refused_before_load(v1, NodePatchState::Failed, NodeErrorReason::SizeMismatch)
+        .await;
 }
 
 #[tokio::test]
 async fn wrong_vermagic_loads_nothing() {
     let h = harness();
     let bad = h.release("kpersist_badvermagic.ko", 1);
-    let report = h.run(PatchAction::Apply, Some(bad)).await;
-    assert_eq!(
-        (report.state, reason(&report)),
-        (NodePatchState::Failed, NodeErrorReason::VermagicMismatch)
-    );
-    assert!(report.error.unwrap().message.contains("6.1.0-99-amd64"));
-    assert!(h.sim.load_log().is_empty());
+    let message = h
+        .refused_before_load(
+            bad,
+            NodePatchState::Failed,
+            NodeErrorReason::VermagicMismatch,
+        )
+        .await;
+    assert!(message.contains("6.1.0-99-amd64"), "{message}");
 }
 
 #[tokio::test]
 async fn non_livepatch_module_loads_nothing() {
     let h = harness();
     let plain = h.release("not_livepatch.ko", 1);
-    let report = h.run(PatchAction::Apply, Some(plain)).await;
-    assert_eq!(
-        (report.state, reason(&report)),
-        (NodePatchState::Failed, NodeErrorReason::NotLivepatch)
-    );
-    assert!(h.sim.load_log().is_empty());
+    h.refused_before_load(plain, NodePatchState::Failed, NodeErrorReason::NotLivepatch)
+        .await;
 }
 
 #[tokio::test]
@@ -103,9 +93,12 @@ async fn module_name_other_than_the_index_loads_nothing() {
     let h = harness();
     let mut v1 = h.release("kpersist_v1.ko", 1);
     v1.module_name = "kpersist_other".into();
-    let report = h.run(PatchAction::Apply, Some(v1)).await;
-    assert_eq!(reason(&report), NodeErrorReason::ModuleNameMismatch);
-    assert!(h.sim.load_log().is_empty());
+    h.refused_before_load(
+        v1,
+        NodePatchState::Failed,
+        NodeErrorReason::ModuleNameMismatch,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -113,23 +106,21 @@ async fn release_for_another_kernel_build_loads_nothing() {
     let h = harness();
     let mut v1 = h.release("kpersist_v1.ko", 1);
     v1.build_id = "ffff".into();
-    let report = h.run(PatchAction::Apply, Some(v1)).await;
-    assert_eq!(reason(&report), NodeErrorReason::KernelMismatch);
-    assert!(h.sim.load_log().is_empty());
+    h.refused_before_load(v1, NodePatchState::Failed, NodeErrorReason::KernelMismatch)
+        .await;
 }
 
 #[tokio::test]
 async fn unsupported_kernel_loads_nothing() {
     let h = harness();
     h.sim.set_livepatch_supported(false);
-    let report = h
-        .run(PatchAction::Apply, Some(h.release("kpersist_v1.ko", 1)))
-        .await;
-    assert_eq!(
-        (report.state, reason(&report)),
-        (NodePatchState::Unsupported, NodeErrorReason::Unsupported)
-    );
-    assert!(h.sim.load_log().is_empty());
+    let v1 = h.release("kpersist_v1.ko", 1);
+    h.refused_before_load(
+        v1,
+        NodePatchState::Unsupported,
+        NodeErrorReason::Unsupported,
+    )
+    .await;
 }
 
 #[tokio::test]

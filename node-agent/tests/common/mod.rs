@@ -13,7 +13,7 @@ use kpersist_agent::metrics::Metrics;
 use kpersist_agent::state::StateDir;
 use kpersist_agent::status::Report;
 use kpersist_crds::{
-    DesiredPatch, LivePatchNodeStatus, NodeErrorReason, PatchAction, PatchRelease,
+    DesiredPatch, LivePatchNodeStatus, NodeErrorReason, NodePatchState, PatchAction, PatchRelease,
 };
 use kpersist_kmod::kernel::{SimFault, SimKernel};
 use kpersist_kmod::repository::sha256_hex;
@@ -102,6 +102,28 @@ impl Harness {
             .reconcile(Some(&desired), prior, Some(1), &|_| {})
             .await
             .unwrap()
+    }
+
+    /// Applies `release`, asserts that it ends in `state` with `reason` and that nothing was
+    /// handed to the kernel, and returns the error message.
+    pub async fn refused_before_load(
+        &self,
+        release: PatchRelease,
+        state: NodePatchState,
+        reason_wanted: NodeErrorReason,
+    ) -> String {
+        let report = self.run(PatchAction::Apply, Some(release)).await;
+        assert_eq!(
+            (report.state, reason(&report)),
+            (state, reason_wanted),
+            "{report:?}"
+        );
+        assert!(
+            self.sim.load_log().is_empty(),
+            "loaded after a failed check: {:?}",
+            self.sim.load_log()
+        );
+        report.error.map(|e| e.message).unwrap_or_default()
     }
 
     pub fn live(&self) -> Vec<String> {
