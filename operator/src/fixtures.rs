@@ -92,6 +92,17 @@ pub fn context(
     lpns: Vec<kpersist_crds::LivePatchNode>,
 ) -> std::sync::Arc<crate::controller::Context> {
     let (_, leading) = tokio::sync::watch::channel(true);
+    context_leading(client, policies, nodes, lpns, leading)
+}
+
+/// Like [`context`], leading only while `leading` says so.
+pub fn context_leading(
+    client: Client,
+    policies: Vec<kpersist_crds::LivePatchPolicy>,
+    nodes: Vec<k8s_openapi::api::core::v1::Node>,
+    lpns: Vec<kpersist_crds::LivePatchNode>,
+    leading: tokio::sync::watch::Receiver<bool>,
+) -> std::sync::Arc<crate::controller::Context> {
     std::sync::Arc::new(crate::controller::Context {
         events: crate::controller::events::EventPublisher::new(client.clone(), "test".into()),
         client,

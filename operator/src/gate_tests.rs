@@ -1,6 +1,7 @@
 use super::*;
 use kpersist_crds::ComparisonOperator;
 use serde_json::json;
+use std::sync::{Arc, Mutex};
 
 fn gate(operator: ComparisonOperator, threshold: f64, fail_on_empty: bool) -> PrometheusGate {
     PrometheusGate {
@@ -122,4 +123,63 @@ fn due_after_the_interval() {
     let t2 = t0 + jiff::SignedDuration::from_secs(30);
     assert!(!state.due(t1, Duration::from_secs(30)));
     assert!(state.due(t2, Duration::from_secs(30)));
+}
+
+/// A Prometheus stand-in on 127.0.0.1 answering every query with `body`; returns its URL
+/// and the query strings it received.
+async fn fake_prometheus(body: serde_json::Value) -> (String, Arc<Mutex<Vec<String>>>) {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let app = axum::Router::new().route(
+        "/api/v1/query",
+        axum::routing::get(move |uri: axum::http::Uri| {
+            let body = body.clone();
+            let log = log.clone();
+            async move {
+                log.lock()
+                    .unwrap()
+                    .push(uri.query().unwrap_or_default().to_string());
+                body.to_string()
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}/"), seen)
+}
+
+#[tokio::test]
+async fn queries_prometheus_over_http() {
+    crate::install_crypto_provider();
+    let (url, seen) = fake_prometheus(json!({"status": "success", "data": {
+        "resultType": "vector",
+        "result": [{"metric": {"job": "web"}, "value": [1.0, "3"]}]
+    }}))
+    .await;
+    let mut g = gate(ComparisonOperator::LessThan, 1.0, false);
+    g.url = url;
+    let verdict = query(&reqwest::Client::new(), &g).await.unwrap();
+    assert!(
+        matches!(verdict, GateVerdict::Fail(ref m) if m.contains("job")),
+        "{verdict:?}"
+    );
+    let queries = seen.lock().unwrap().clone();
+    assert_eq!(queries.len(), 1);
+    assert!(
+        queries[0].starts_with("query=sum%28rate%28errors"),
+        "{queries:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_unreachable_prometheus_is_an_error_not_a_verdict() {
+    crate::install_crypto_provider();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    let mut g = gate(ComparisonOperator::LessThan, 1.0, false);
+    g.url = format!("http://{addr}");
+    let error = query(&reqwest::Client::new(), &g).await.unwrap_err();
+    assert!(error.contains(&addr.to_string()), "{error}");
 }

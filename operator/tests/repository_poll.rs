@@ -299,3 +299,30 @@ fn polls_are_due_at_the_check_interval() {
     );
     assert!(state.due(now() + jiff::SignedDuration::from_secs(3600), hour));
 }
+
+#[tokio::test]
+async fn a_view_verified_with_keys_no_longer_trusted_is_dropped() {
+    kpersist_operator::install_crypto_provider();
+    let old_key = PrivateKey::generate();
+    let new_key = PrivateKey::generate();
+    let (index, signature) = signed(&old_key, &[1]);
+    let served = Arc::new(Mutex::new(Served {
+        index,
+        signature,
+        etag: "\"a\"".into(),
+        ..Served::default()
+    }));
+    let url = serve(served.clone()).await;
+    let mut state = state_for(&url);
+    poll_repository(&mut state, trusting(&old_key.public_key()), now()).await;
+    assert!(state.view.is_some());
+
+    // The Secret now trusts only the new key: the unchanged index must not pass on a 304.
+    poll_repository(&mut state, trusting(&new_key.public_key()), now()).await;
+    assert_eq!(
+        failure_reason(&state),
+        Some(FailureReason::SignatureInvalid)
+    );
+    assert!(state.view.is_none());
+    assert_eq!(served.lock().unwrap().conditional, [None, None]);
+}

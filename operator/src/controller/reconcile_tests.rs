@@ -11,7 +11,9 @@ use kube::runtime::controller::Action;
 use serde_json::{Value, json};
 
 use super::*;
-use crate::fixtures::{ApiHandle, SeenRequest, answer_with, context, mock_client, node};
+use crate::fixtures::{
+    ApiHandle, SeenRequest, answer_with, context, context_leading, mock_client, node,
+};
 
 const KERNEL: &str = "6.1.0-56-amd64";
 
@@ -254,4 +256,31 @@ async fn deleting_a_policy_clears_its_desired_specs_and_unloads_nothing() {
         Some("application/json-patch+json")
     );
     assert!(last.body.to_string().contains("remove"), "{}", last.body);
+}
+
+#[tokio::test]
+async fn a_standby_replica_reconciles_nothing_until_it_leads() {
+    crate::install_crypto_provider();
+    let key = PrivateKey::generate().public_key().to_base64_line();
+    let policy = policy_json(&closed_port_url(), &key, &[], false);
+    let object: LivePatchPolicy = serde_json::from_value(policy.clone()).unwrap();
+    let (client, mut handle) = mock_client();
+    let (lead, leading) = tokio::sync::watch::channel(false);
+    let ctx = context_leading(client, vec![object.clone()], vec![], vec![], leading);
+    let running = tokio::spawn(reconcile(Arc::new(object), ctx));
+
+    let waited =
+        tokio::time::timeout(std::time::Duration::from_millis(300), handle.next_request()).await;
+    assert!(waited.is_err(), "a standby sent a request");
+
+    lead.send(true).unwrap();
+    let seen = answer_with(&mut handle, |_| (StatusCode::OK, policy.clone()))
+        .await
+        .unwrap();
+    assert_eq!(
+        seen.method,
+        Method::PATCH,
+        "the leader adds the finalizer first"
+    );
+    assert_eq!(running.await.unwrap().unwrap(), Action::await_change());
 }

@@ -107,6 +107,9 @@ pub struct RepositoryState {
     pub outcome: Option<PollOutcome>,
     /// Problems with individual keys, shown with a successful poll.
     pub key_problems: Vec<String>,
+    /// The trusted keys the view was verified with, sorted; a view verified with keys no
+    /// longer trusted (a rotated Secret) is dropped rather than kept on a 304.
+    pub verified_with: Vec<String>,
 }
 
 /// The parts of a policy's repository spec that a cached index depends on.
@@ -148,6 +151,7 @@ impl RepositoryState {
             verified_at: None,
             outcome: None,
             key_problems: Vec::new(),
+            verified_with: Vec::new(),
         }
     }
 

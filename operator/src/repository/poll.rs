@@ -16,12 +16,19 @@ use crate::engine::RepositoryView;
 /// and ETag change only when a new index verified.
 #[tracing::instrument(skip_all, fields(url = %state.source.url))]
 pub async fn poll_repository(state: &mut RepositoryState, keys: TrustedKeys, now: jiff::Timestamp) {
+    let fingerprint = fingerprint(&keys);
+    if state.verified_with != fingerprint {
+        // What was verified with other keys proves nothing now: fetch and verify afresh.
+        state.view = None;
+        state.etag = None;
+    }
     let outcome = match fetch_and_verify(state, &keys).await {
         Ok(None) => PollOutcome::NotModified,
         Ok(Some((view, etag))) => {
             let releases = view.index.releases.len();
             state.view = Some(Arc::new(view));
             state.etag = etag;
+            state.verified_with = fingerprint;
             PollOutcome::Updated { releases }
         }
         Err(failure) => {
@@ -35,6 +42,13 @@ pub async fn poll_repository(state: &mut RepositoryState, keys: TrustedKeys, now
     }
     state.polled_at = Some(now);
     state.outcome = Some(outcome);
+}
+
+/// The trusted keys in a comparable form.
+fn fingerprint(keys: &TrustedKeys) -> Vec<String> {
+    let mut lines: Vec<String> = keys.keys.iter().map(|k| k.to_base64_line()).collect();
+    lines.sort();
+    lines
 }
 
 /// `Ok(None)` for 304, `Ok(Some)` for a newly verified index.
