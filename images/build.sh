@@ -84,6 +84,12 @@ for target in operator agent; do
   buildah "${STORE[@]}" bud --isolation chroot --layers=false --quiet \
     --build-arg BINARIES=prebuilt --target "$target" \
     -f "$ROOT/images/Dockerfile" -t "$image" "$CTX" >/dev/null
+  # The image must start: run the binary in it (chroot isolation, so no runtime needed).
+  ctr="$(buildah "${STORE[@]}" from --quiet "$image")"
+  version="$(buildah "${STORE[@]}" run --isolation chroot "$ctr" -- "/usr/local/bin/kpersist-$target" --version 2>&1)" \
+    || { buildah "${STORE[@]}" rm "$ctr" >/dev/null; die "kpersist-$target --version failed inside $image: $version"; }
+  buildah "${STORE[@]}" rm "$ctr" >/dev/null
+  log "$image runs: $version"
   rm -f "$OUT/kpersist-$target.tar"
   buildah "${STORE[@]}" push --quiet "$image" "oci-archive:$OUT/kpersist-$target.tar:$image"
   buildah "${STORE[@]}" rmi "$image" >/dev/null
