@@ -5,6 +5,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 
 use futures::StreamExt;
 use kpersist_crds::{NodeErrorReason, PatchRelease};
@@ -14,14 +15,23 @@ use crate::checks::Failure;
 use crate::state::StateDir;
 
 /// Fetches modules over HTTP(S) or from local files.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Fetcher {
-    client: reqwest::Client,
+    /// Built on first HTTP use, so local mode on a bare host (no CA store, no network)
+    /// never needs a TLS client.
+    client: Arc<OnceLock<reqwest::Client>>,
 }
 
 impl Fetcher {
     /// A fetcher that follows redirects only within the origin of the first URL.
-    pub fn new() -> Result<Fetcher, reqwest::Error> {
+    pub fn new() -> Fetcher {
+        Fetcher::default()
+    }
+
+    fn client(&self) -> Result<&reqwest::Client, reqwest::Error> {
+        if let Some(client) = self.client.get() {
+            return Ok(client);
+        }
         let policy = reqwest::redirect::Policy::custom(|attempt| {
             let same_origin = attempt
                 .previous()
@@ -40,7 +50,7 @@ impl Fetcher {
             .connect_timeout(std::time::Duration::from_secs(10))
             .timeout(std::time::Duration::from_secs(300))
             .build()?;
-        Ok(Fetcher { client })
+        Ok(self.client.get_or_init(|| client))
     }
 
     /// The path of `release`'s module in the cache, downloading and verifying it first when
@@ -82,16 +92,19 @@ impl Fetcher {
     async fn download(&self, url: &str, part: &Path, size: u64) -> Result<(), Failure> {
         let have = std::fs::metadata(part).map(|m| m.len()).unwrap_or(0);
         let resume = have > 0 && have < size;
-        let mut request = self.client.get(url);
-        if resume {
-            request = request.header(reqwest::header::RANGE, format!("bytes={have}-"));
-        }
         let fail = |e: String| {
             Failure::new(
                 NodeErrorReason::DownloadFailed,
                 format!("download of {url} failed: {e}; it will be retried"),
             )
         };
+        let client = self
+            .client()
+            .map_err(|e| fail(format!("no HTTP client: {e}")))?;
+        let mut request = client.get(url);
+        if resume {
+            request = request.header(reqwest::header::RANGE, format!("bytes={have}-"));
+        }
         let response = request.send().await.map_err(|e| fail(e.to_string()))?;
         let status = response.status();
         if !status.is_success() {

@@ -24,7 +24,7 @@ pub(crate) fn release_for(bytes: &[u8], url: String) -> PatchRelease {
 
 fn fetcher() -> Fetcher {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    Fetcher::new().unwrap()
+    Fetcher::new()
 }
 
 #[tokio::test]

@@ -75,10 +75,7 @@ async fn dispatch<K: Kernel + Clone + 'static>(
     hook: Option<BeforeLoad>,
 ) -> Result<ExitCode, AgentError> {
     let state = StateDir::open(&cli.host.state_dir)?;
-    let fetcher = Fetcher::new().map_err(|e| AgentError::Flag {
-        flag: "(HTTP client)",
-        reason: e.to_string(),
-    })?;
+    let fetcher = Fetcher::new();
     let mut patcher = Patcher::new(kernel, state, fetcher, cli.host.poll_interval()?);
     if let Some(hook) = hook {
         patcher = patcher.with_before_load(hook);

@@ -45,12 +45,7 @@ pub fn harness() -> Harness {
 pub fn engine_for(sim: &SimKernel, dir: &Path) -> Engine<SimKernel> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let state = StateDir::open(dir.join("state")).unwrap();
-    let patcher = Patcher::new(
-        sim.clone(),
-        state,
-        Fetcher::new().unwrap(),
-        Duration::from_millis(5),
-    );
+    let patcher = Patcher::new(sim.clone(), state, Fetcher::new(), Duration::from_millis(5));
     Engine::new(patcher, Metrics::new().unwrap())
 }
 
