@@ -170,6 +170,17 @@ else
 	ok apply-v2 "replaced v1 atomically; livepatches: $(patches)"
 fi
 
+# --- status reads the applied release back from the kernel --------------------------------
+if [ "$MODE" != agent ]; then
+	needs_agent status
+elif ! "$AGENT" local status --state-dir "$STATE" >"$OUT" 2>&1; then
+	fail status "local status exited non-zero"; show
+elif ! grep -q "^state=Applied release=$EXPECT_RELEASE/v$V_V2\b" "$OUT"; then
+	fail status "expected state=Applied release=$EXPECT_RELEASE/v$V_V2"; show
+else
+	ok status "$(grep '^state=' "$OUT")"
+fi
+
 # --- revert to v1 ---------------------------------------------------------------------------
 if ! revert "$V_V1"; then
 	fail revert-v1 "revert exited $RC"; show

@@ -23,7 +23,7 @@ START=$SECONDS
 
 # Repository versions of the test modules; the guest maps them back the same way.
 V_V1=1 V_V2=2 V_FAIL=3 V_STALL=4 V_BAD=5
-GUEST_STEPS="boot build-id apply-v1 apply-v2 revert-v1 disable bad-vermagic enable-fails
+GUEST_STEPS="boot build-id apply-v1 apply-v2 status revert-v1 disable bad-vermagic enable-fails
 stall-reversed stall-applied crash-suspected kernel-log"
 
 say() { printf 'kernel-e2e: [%3ds] %s\n' $((SECONDS - START)) "$*"; }
