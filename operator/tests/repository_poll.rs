@@ -56,6 +56,19 @@ async fn serve(served: Shared) -> String {
     format!("http://{addr}/repo/")
 }
 
+/// Serves `index` and `signature` with `etag`; returns what the server saw and a fresh
+/// poll state for it.
+async fn serve_files(index: Vec<u8>, signature: Vec<u8>, etag: &str) -> (Shared, RepositoryState) {
+    let served = Arc::new(Mutex::new(Served {
+        index,
+        signature,
+        etag: etag.to_string(),
+        ..Served::default()
+    }));
+    let url = serve(served.clone()).await;
+    (served, state_for(&url))
+}
+
 fn release(version: u64) -> Release {
     let sha256 = format!("{:064x}", version);
     Release {
@@ -116,19 +129,13 @@ async fn full_fetch_then_not_modified_with_the_etag() {
     kpersist_operator::install_crypto_provider();
     let key = PrivateKey::generate();
     let (index, signature) = signed(&key, &[1, 2]);
-    let served = Arc::new(Mutex::new(Served {
-        index,
-        signature,
-        etag: "\"v2\"".into(),
-        ..Served::default()
-    }));
-    let url = serve(served.clone()).await;
-    let mut state = state_for(&url);
+    let (served, mut state) = serve_files(index, signature, "\"v2\"").await;
 
     poll_repository(&mut state, trusting(&key.public_key()), now()).await;
     assert_eq!(state.outcome, Some(PollOutcome::Updated { releases: 2 }));
     assert_eq!(state.view.as_ref().unwrap().index.releases.len(), 2);
-    assert_eq!(state.view.as_ref().unwrap().base_url, url);
+    assert_eq!(state.view.as_ref().unwrap().base_url, state.source.url);
+    assert!(state.source.url.starts_with("http://127.0.0.1:"));
     assert_eq!(state.etag.as_deref(), Some("\"v2\""));
     let condition = state.condition().unwrap();
     assert_eq!(
@@ -154,14 +161,7 @@ async fn a_bad_signature_sets_the_condition_false_and_gives_no_view() {
     let publisher = PrivateKey::generate();
     let stranger = PrivateKey::generate();
     let (index, signature) = signed(&stranger, &[1]);
-    let served = Arc::new(Mutex::new(Served {
-        index,
-        signature,
-        etag: "\"x\"".into(),
-        ..Served::default()
-    }));
-    let url = serve(served).await;
-    let mut state = state_for(&url);
+    let (_served, mut state) = serve_files(index, signature, "\"x\"").await;
 
     poll_repository(&mut state, trusting(&publisher.public_key()), now()).await;
     assert_eq!(
@@ -186,14 +186,7 @@ async fn a_tampered_index_keeps_the_last_verified_view() {
     kpersist_operator::install_crypto_provider();
     let key = PrivateKey::generate();
     let (index, signature) = signed(&key, &[1]);
-    let served = Arc::new(Mutex::new(Served {
-        index,
-        signature,
-        etag: "\"a\"".into(),
-        ..Served::default()
-    }));
-    let url = serve(served.clone()).await;
-    let mut state = state_for(&url);
+    let (served, mut state) = serve_files(index, signature, "\"a\"").await;
     poll_repository(&mut state, trusting(&key.public_key()), now()).await;
     assert!(state.view.is_some());
 
@@ -225,14 +218,7 @@ async fn a_signed_index_that_is_not_an_index_is_index_invalid() {
     let key = PrivateKey::generate();
     let bytes = b"{\"schemaVersion\": 1, \"releases\": 7}".to_vec();
     let signature = key.sign_to_base64_line(&bytes).into_bytes();
-    let served = Arc::new(Mutex::new(Served {
-        index: bytes,
-        signature,
-        etag: "\"x\"".into(),
-        ..Served::default()
-    }));
-    let url = serve(served).await;
-    let mut state = state_for(&url);
+    let (_served, mut state) = serve_files(bytes, signature, "\"x\"").await;
     poll_repository(&mut state, trusting(&key.public_key()), now()).await;
     assert_eq!(failure_reason(&state), Some(FailureReason::IndexInvalid));
     assert!(state.view.is_none());
@@ -306,14 +292,7 @@ async fn a_view_verified_with_keys_no_longer_trusted_is_dropped() {
     let old_key = PrivateKey::generate();
     let new_key = PrivateKey::generate();
     let (index, signature) = signed(&old_key, &[1]);
-    let served = Arc::new(Mutex::new(Served {
-        index,
-        signature,
-        etag: "\"a\"".into(),
-        ..Served::default()
-    }));
-    let url = serve(served.clone()).await;
-    let mut state = state_for(&url);
+    let (served, mut state) = serve_files(index, signature, "\"a\"").await;
     poll_repository(&mut state, trusting(&old_key.public_key()), now()).await;
     assert!(state.view.is_some());
 
