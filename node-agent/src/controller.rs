@@ -255,33 +255,5 @@ fn normalized(status: &LivePatchNodeStatus) -> LivePatchNodeStatus {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use kpersist_crds::{NodeError, NodeErrorReason};
-
-    #[test]
-    fn timestamps_alone_do_not_make_a_new_status() {
-        let a = LivePatchNodeStatus {
-            state: Some(NodePatchState::Failed),
-            last_error: Some(NodeError {
-                reason: NodeErrorReason::ReleaseRefused,
-                message: "m".into(),
-                release: None,
-                at: Some("t1".into()),
-            }),
-            ..LivePatchNodeStatus::default()
-        };
-        let mut b = a.clone();
-        b.last_error.as_mut().unwrap().at = Some("t2".into());
-        assert!(same_status(&a, &b));
-        b.state = Some(NodePatchState::Applied);
-        assert!(!same_status(&a, &b));
-    }
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        assert_eq!(backoff(0), Duration::from_millis(500));
-        assert_eq!(backoff(2), Duration::from_secs(2));
-        assert_eq!(backoff(20), Duration::from_secs(30));
-    }
-}
+#[path = "controller_tests.rs"]
+mod tests;
