@@ -20,6 +20,8 @@ use crate::server::{self, Endpoints};
 
 /// How long the start-up version call may take before the operator gives up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long releasing the Lease may take at shutdown.
+const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Connects to the cluster and proves it answers, so a wrong kubeconfig fails at once
 /// instead of as endless watch retries.
@@ -109,8 +111,16 @@ pub async fn run(cli: Cli) -> Result<(), StartupError> {
         // Stop reconciling before giving the Lease up, so two leaders never overlap.
         controller.abort();
         metrics.set_leader(false);
-        if let Err(error) = releaser.release().await {
-            tracing::warn!(%error, "releasing the leader lease failed; another replica takes over when it expires");
+        // A shutdown must not hang on an API server that stopped answering.
+        match tokio::time::timeout(RELEASE_TIMEOUT, releaser.release()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(
+                %error,
+                "releasing the leader lease failed; another replica takes over when it expires"
+            ),
+            Err(_) => tracing::warn!(
+                "releasing the leader lease timed out; another replica takes over when it expires"
+            ),
         }
         outcome
     } else {
