@@ -352,7 +352,10 @@ fn check_decision(
         }
         for (&earlier, (nodes, settled_since)) in memory.waves.range(..wave) {
             // A wave whose nodes all left the cluster has nothing left to bake.
-            if !nodes.iter().any(|n| sim.nodes.iter().any(|s| &s.view.name == n)) {
+            if !nodes
+                .iter()
+                .any(|n| sim.nodes.iter().any(|s| &s.view.name == n))
+            {
                 continue;
             }
             let Some(since) = settled_since else {

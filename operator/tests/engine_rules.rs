@@ -178,9 +178,6 @@ fn failed_wave_reverts_and_marks_the_release_bad() {
     for node in &mut sim.nodes {
         node.faults.insert(id(0, 2), Fault::Stall);
     }
-    // One node starts on no release, to check a revert to "none".
-    let bare = sim.decide().desired[0].0.clone();
-    sim.node_mut(&bare).run_no_release();
     let events = run_until(&mut sim, &[PolicyPhase::Failed], 30);
     let names = reasons(&events);
     for expected in [
@@ -209,12 +206,7 @@ fn failed_wave_reverts_and_marks_the_release_bad() {
         .collect();
     assert_eq!(reverted.len(), 2, "the two canaries took the release");
     for node in reverted {
-        let expected = if node.view.name == bare {
-            None
-        } else {
-            Some(id(0, 1))
-        };
-        assert_eq!(node.applied_id(), expected, "{}", node.view.name);
+        assert_eq!(node.applied_id(), Some(id(0, 1)), "{}", node.view.name);
     }
     // The bad release is never offered again, however long we wait.
     for _ in 0..20 {
@@ -224,6 +216,31 @@ fn failed_wave_reverts_and_marks_the_release_bad() {
     assert_eq!(sim.phase(), Some(PolicyPhase::Failed));
     let status = sim.policy.status.clone().unwrap_or_default();
     assert_eq!(condition(&status, "Degraded").status, "True");
+    // A later release reaches every node, the reverted ones included.
+    let t = sim.now;
+    if let Some(repo) = sim.repository.as_mut() {
+        repo.index.releases.push(release(0, 3, t));
+    }
+    run_until(&mut sim, &[PolicyPhase::Complete], 600);
+    assert!(sim.nodes.iter().all(|n| n.applied_id() == Some(id(0, 3))));
+}
+
+#[test]
+fn a_node_that_ran_no_release_is_reverted_to_none() {
+    let mut spec = policy_spec();
+    spec.rollout.waves = waves(&[(None, Some(100), "0s")]);
+    let mut nodes: Vec<SimNode> = (0..3)
+        .map(|i| SimNode::new(&format!("node-{i}"), 0, None))
+        .collect();
+    nodes[1].faults.insert(id(0, 1), Fault::Taint);
+    let mut sim = Sim::new(spec, nodes, vec![release(0, 1, start_time())]);
+    run_until(&mut sim, &[PolicyPhase::Failed], 30);
+    for node in &sim.nodes {
+        let desired = node.desired().expect("asked to revert");
+        assert_eq!(desired.action, PatchAction::Revert);
+        assert_eq!(desired.release, None);
+        assert_eq!(node.applied_id(), None, "{}", node.view.name);
+    }
 }
 
 #[test]

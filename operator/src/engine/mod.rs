@@ -51,6 +51,22 @@
 //!   `dryRun` writes nothing to any node and fills `plannedWaves`.
 //! - **Nodes selected by two policies** are patched by neither, counted in `total` only and
 //!   named in the Degraded condition.
+//! - **Nodes joining and leaving.** A node that joins and needs its target takes its place
+//!   in the order; one that leaves is forgotten. A wave left with no node (all left, or
+//!   rounding gave it none) is done at once, without a bake. Only nodes with a
+//!   LivePatchNode (a running agent) are written to. A node whose apply failed is not asked
+//!   again until its target changes.
+//! - **No verified index** (`repository: None`): no node is handed a release; targets are
+//!   taken from the previous status, and failures and reverts are handled as usual.
+//! - **An invalid policy** ([`crate::validate::validate`]) gets phase Failed with Ready and
+//!   Progressing False, reason InvalidPolicy; nothing is written, the rollout state is kept.
+//! - **Conditions.** Ready is True when every node that can be patched runs its target
+//!   (phase Idle or Complete), so `kubectl wait --for=condition=Ready` waits for a rollout.
+//!   Progressing is True while waves or reverts run. Degraded is True after a failed wave,
+//!   a failed revert, nodes selected twice, or failed nodes.
+//! - **Waking up.** [`Decision::requeue_after`] is the earliest of: the end of the current
+//!   bake (or the gate's interval while a gate verdict is awaited), the next window opening
+//!   when nodes wait for one, and a newer release clearing `delay`.
 //!
 //! # A newer release mid-rollout: finish, then roll the newer one out
 //!

@@ -33,8 +33,9 @@ pub(crate) enum Standing {
     Waiting,
     /// No livepatch support, or no release for its kernel.
     Unsupported,
-    /// Asked by this policy to revert; `settled` once the agent finished.
-    Reverting { settled: bool, failed: bool },
+    /// Asked by this policy to revert, and the agent has not finished. Once it has, the
+    /// node stands like any other, by the release it runs.
+    Reverting,
     /// Holds this policy's request for a release now marked bad: it must be reverted.
     RevertNeeded,
     /// Handed a release of the current rollout in wave `wave`.
@@ -65,6 +66,18 @@ pub(crate) struct NodeFacts<'a> {
 impl NodeFacts<'_> {
     pub(crate) fn state(&self) -> Option<NodePatchState> {
         self.status.and_then(|s| s.state)
+    }
+
+    /// Whether this policy asked the node to revert.
+    pub(crate) fn reverted(&self) -> bool {
+        self.ours.is_some_and(|d| d.action == PatchAction::Revert)
+    }
+
+    /// Whether the node finished a revert this policy asked for, and it failed.
+    pub(crate) fn revert_failed(&self) -> bool {
+        self.reverted()
+            && self.standing != Standing::Reverting
+            && self.state() == Some(NodePatchState::Failed)
     }
 
     /// Whether the node counts against `maxInFlight`.
@@ -136,22 +149,19 @@ pub(crate) fn classify<'a>(
         Some(NodePatchState::Downloading | NodePatchState::Applying | NodePatchState::Reverting)
     );
     let settled = observed && !busy;
-    let asked = facts
-        .ours
+    let applying = facts.ours.filter(|d| d.action == PatchAction::Apply);
+    let asked = applying
         .and_then(|d| d.release.as_ref())
         .map(|r| r.id.as_str());
 
     // A revert is followed through whatever else is true of the node.
-    if let Some(desired) = facts.ours {
-        if desired.action == PatchAction::Revert {
-            let failed = settled && status.state == Some(NodePatchState::Failed);
-            facts.standing = Standing::Reverting { settled, failed };
-            return facts;
-        }
-        if asked.is_some_and(|id| ctx.bad.contains(id)) {
-            facts.standing = Standing::RevertNeeded;
-            return facts;
-        }
+    if facts.reverted() && !settled {
+        facts.standing = Standing::Reverting;
+        return facts;
+    }
+    if asked.is_some_and(|id| ctx.bad.contains(id)) {
+        facts.standing = Standing::RevertNeeded;
+        return facts;
     }
     let Some((kernel, build)) = kernel_of(view) else {
         return facts;
@@ -169,7 +179,7 @@ pub(crate) fn classify<'a>(
         return facts;
     };
 
-    if let (Some(desired), Some(asked)) = (facts.ours, asked) {
+    if let (Some(desired), Some(asked)) = (applying, asked) {
         let in_rollout = ctx
             .rollout
             .filter(|(_, releases)| releases.iter().any(|r| r == asked));
@@ -196,7 +206,7 @@ pub(crate) fn classify<'a>(
             return facts;
         }
     }
-    if busy || (facts.ours.is_some() && !observed) {
+    if busy || (applying.is_some() && !observed) {
         facts.standing = Standing::InFlight;
         facts.target = Some(target);
         return facts;

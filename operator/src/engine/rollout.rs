@@ -56,12 +56,7 @@ pub(crate) fn run(step: &Step<'_>, facts: &mut [NodeFacts<'_>]) -> Outcome {
     };
     let reverting = facts
         .iter()
-        .filter(|f| {
-            matches!(
-                f.standing,
-                Standing::RevertNeeded | Standing::Reverting { settled: false, .. }
-            )
-        })
+        .filter(|f| matches!(f.standing, Standing::RevertNeeded | Standing::Reverting))
         .count();
     if reverting > 0 {
         // Nothing new starts until every node that took a bad release is back.
@@ -73,14 +68,8 @@ pub(crate) fn run(step: &Step<'_>, facts: &mut [NodeFacts<'_>]) -> Outcome {
     }
     let after_revert = step.previous.phase == Some(PolicyPhase::RollingBack);
     if after_revert {
-        let reverted = facts
-            .iter()
-            .filter(|f| matches!(f.standing, Standing::Reverting { .. }))
-            .count();
-        let failed = facts
-            .iter()
-            .filter(|f| matches!(f.standing, Standing::Reverting { failed: true, .. }))
-            .count();
+        let reverted = facts.iter().filter(|f| f.reverted()).count();
+        let failed = facts.iter().filter(|f| f.revert_failed()).count();
         out.events.push(RolloutEvent::RevertComplete {
             nodes: count(reverted),
             failed: count(failed),

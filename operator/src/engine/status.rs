@@ -175,11 +175,7 @@ fn degraded(input: &ConditionInput<'_>) -> (&'static str, &'static str, String) 
             )
         })
         .collect();
-    let revert_failed = input
-        .facts
-        .iter()
-        .filter(|f| matches!(f.standing, Standing::Reverting { failed: true, .. }))
-        .count();
+    let revert_failed = input.facts.iter().filter(|f| f.revert_failed()).count();
     let failed_members = input
         .facts
         .iter()
