@@ -32,7 +32,7 @@ fn poll_until_settled(kernel: &SimKernel) -> Vec<PatchState> {
 fn loads_a_real_livepatch_and_finishes_on_first_poll() {
     let kernel = sim();
     kernel.load_module(&fixture("kpersist_v1.ko")).unwrap();
-    assert_eq!(kernel.patches()[0].transition, true);
+    assert!(kernel.patches()[0].transition);
     let patches = kernel.loaded_patches().unwrap();
     assert_eq!(
         patches,
