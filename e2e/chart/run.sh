@@ -143,8 +143,14 @@ if "$HELM" template kp "$CHART" --set admissionPolicy.enabled=true 2>&1 | grep -
 fi
 
 # --- typed checks -----------------------------------------------------------------------------
-say "step 4: rendered manifests as Kubernetes types (cargo test --test chart_manifests)"
-if ! (cd "$ROOT" && KPERSIST_CHART_RENDERED="$RENDERED" \
+say "step 4: rendered manifests as Kubernetes types, and the args as the binaries' flags"
+# Debug builds: the same profile as the workspace's tests, so little is compiled anew.
+if ! (cd "$ROOT" && cargo build -q -p kpersist-operator -p kpersist-agent \
+  --bin kpersist-operator --bin kpersist-agent); then
+  fail binaries "cargo build of kpersist-operator / kpersist-agent failed (output above)"
+fi
+BINARIES="${CARGO_TARGET_DIR:-$ROOT/target}/debug"
+if ! (cd "$ROOT" && KPERSIST_CHART_RENDERED="$RENDERED" KPERSIST_CHART_BINARIES="$BINARIES" \
   cargo test -q -p kpersist-e2e --test chart_manifests 2>&1 | sed 's/^/  /'; exit "${PIPESTATUS[0]}"); then
   fail typed "chart_manifests tests failed (output above)"
 fi
