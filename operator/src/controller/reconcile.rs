@@ -26,6 +26,10 @@ pub const FINALIZER: &str = "kpersist.io/clear-desired";
 /// Used when a duration in the spec does not parse (validation reports it in status).
 const FALLBACK_CHECK_INTERVAL: Duration = Duration::from_secs(3600);
 const FALLBACK_GATE_INTERVAL: Duration = Duration::from_secs(30);
+/// Floors under the spec's intervals: a `0s` (refused by validation, but still in the
+/// object) must not turn every reconcile into a fetch or a query.
+const MIN_CHECK_INTERVAL: Duration = Duration::from_secs(10);
+const MIN_GATE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The controller's reconcile function.
 #[tracing::instrument(skip_all, fields(policy = %policy.name_any()))]
@@ -62,7 +66,9 @@ async fn apply(policy: Arc<LivePatchPolicy>, ctx: Arc<Context>) -> Result<Action
     let now = jiff::Timestamp::now();
 
     let repo_spec = &policy.spec.repository;
-    let interval = parse_duration(&repo_spec.check_interval).unwrap_or(FALLBACK_CHECK_INTERVAL);
+    let interval = parse_duration(&repo_spec.check_interval)
+        .unwrap_or(FALLBACK_CHECK_INTERVAL)
+        .max(MIN_CHECK_INTERVAL);
     let mut repo = ctx
         .repositories
         .take(&name, RepositorySource::of(repo_spec));
@@ -142,7 +148,9 @@ async fn evaluate_gate(
         ctx.gates.forget(&name);
         return (None, None);
     };
-    let interval = parse_duration(&spec.interval).unwrap_or(FALLBACK_GATE_INTERVAL);
+    let interval = parse_duration(&spec.interval)
+        .unwrap_or(FALLBACK_GATE_INTERVAL)
+        .max(MIN_GATE_INTERVAL);
     let mut state = ctx.gates.take(&name, Some(&bake));
     if state.due(now, interval) {
         let result = gate::query(&ctx.http, spec).await;
@@ -181,3 +189,7 @@ async fn cleanup(policy: Arc<LivePatchPolicy>, ctx: Arc<Context>) -> Result<Acti
 #[cfg(test)]
 #[path = "reconcile_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "gate_flow_tests.rs"]
+mod gate_flow_tests;

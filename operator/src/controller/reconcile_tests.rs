@@ -15,13 +15,16 @@ use crate::fixtures::{
     ApiHandle, SeenRequest, answer_with, context, context_leading, mock_client, node,
 };
 
+/// The finalizer list of a policy that already has it.
+pub(super) const FINALIZER_LIST: &[&str] = &[FINALIZER];
+
 const KERNEL: &str = "6.1.0-56-amd64";
 
 fn build_id() -> String {
     "ab".repeat(20)
 }
 
-fn policy_json(url: &str, key: &str, finalizers: &[&str], deleting: bool) -> Value {
+pub(super) fn policy_json(url: &str, key: &str, finalizers: &[&str], deleting: bool) -> Value {
     let mut metadata =
         json!({"name": "web", "generation": 1, "uid": "u1", "finalizers": finalizers});
     if deleting {
@@ -39,7 +42,7 @@ fn policy_json(url: &str, key: &str, finalizers: &[&str], deleting: bool) -> Val
     })
 }
 
-fn lpn(name: &str, desired_policy: Option<&str>) -> LivePatchNode {
+pub(super) fn lpn(name: &str, desired_policy: Option<&str>) -> LivePatchNode {
     let desired = desired_policy.map(|p| json!({"policy": p, "action": "Apply"}));
     serde_json::from_value(json!({
         "apiVersion": "kpersist.io/v1alpha1",
@@ -75,7 +78,7 @@ fn api_server(mut handle: ApiHandle, policy: Value) -> tokio::task::JoinHandle<V
 }
 
 /// Serves a repository signed by `key` with one release for [`KERNEL`]; returns its URL.
-async fn serve_repository(key: &PrivateKey) -> String {
+pub(super) async fn serve_repository(key: &PrivateKey) -> String {
     let sha256 = "1".repeat(64);
     let mut index = Index::empty("2026-01-01T00:00:00Z".parse().unwrap());
     index
@@ -116,7 +119,7 @@ fn closed_port_url() -> String {
     format!("http://{addr}")
 }
 
-async fn run(policy: Value, lpns: Vec<LivePatchNode>) -> (Action, Vec<SeenRequest>) {
+pub(super) async fn run(policy: Value, lpns: Vec<LivePatchNode>) -> (Action, Vec<SeenRequest>) {
     crate::install_crypto_provider();
     let (client, handle) = mock_client();
     let server = api_server(handle, policy.clone());
@@ -131,7 +134,7 @@ async fn run(policy: Value, lpns: Vec<LivePatchNode>) -> (Action, Vec<SeenReques
     (action, server.await.unwrap())
 }
 
-fn status_patch(seen: &[SeenRequest]) -> &Value {
+pub(super) fn status_patch(seen: &[SeenRequest]) -> &Value {
     let patch = seen
         .iter()
         .find(|r| r.method == Method::PATCH && r.uri.contains("/livepatchpolicies/web/status"))
