@@ -130,8 +130,13 @@ pub struct HostArgs {
         global = true
     )]
     pub sim_build_id: String,
+    /// File holding the simulated kernel's state between agent processes
+    /// (default: `<state-dir>/sim-kernel.json`).
+    #[arg(long, env = "KPERSIST_SIM_STATE_FILE", global = true)]
+    pub sim_state_file: Option<PathBuf>,
     /// Boot id of the simulated kernel; restart an agent with another one to simulate a
-    /// reboot (a crash marker left by the previous process then means CrashSuspected).
+    /// reboot: the kernel comes up with nothing loaded, and a crash marker left by the
+    /// previous process means CrashSuspected. Without it the saved boot id is kept.
     #[arg(long, env = "KPERSIST_SIM_BOOT_ID", global = true)]
     pub sim_boot_id: Option<String>,
     /// Fault of the simulated kernel for one release: `ID=stall|taint|warning|load-error|lockdown|fail-enable`

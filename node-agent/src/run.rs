@@ -16,6 +16,9 @@ use crate::local::{run_local, summary};
 use crate::metrics::Metrics;
 use crate::state::StateDir;
 
+/// File name of the simulated kernel's state inside the state directory.
+pub const SIM_STATE_FILE: &str = "sim-kernel.json";
+
 /// Runs the agent as the flags say; returns the process exit code.
 pub async fn run(cli: Cli) -> ExitCode {
     // kube and reqwest both link rustls; pick its crypto provider once, before any TLS.
@@ -51,10 +54,21 @@ pub async fn run(cli: Cli) -> ExitCode {
 
 /// The simulated kernel, with the faults of `--sim-fail-release` injected per release.
 async fn simulated(cli: Cli) -> Result<ExitCode, AgentError> {
-    let sim = SimKernel::new(
+    // The simulated kernel's state is kept beside the agent's, so it outlives the agent
+    // process as a real kernel outlives the pod.
+    let store = cli
+        .host
+        .sim_state_file
+        .clone()
+        .unwrap_or_else(|| cli.host.state_dir.join(SIM_STATE_FILE));
+    std::fs::create_dir_all(&cli.host.state_dir)
+        .map_err(AgentError::state("create", &cli.host.state_dir))?;
+    let sim = SimKernel::persistent(
+        store,
         cli.host.sim_kernel_release.clone(),
         cli.host.sim_build_id.clone(),
-    );
+        cli.host.sim_boot_id.clone(),
+    )?;
     let faults = cli.host.sim_faults()?;
     let handle = sim.clone();
     // Faults are keyed by module name in the kernel but by release here; set (or clear) the

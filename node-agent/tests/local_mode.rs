@@ -181,3 +181,20 @@ fn an_untrusted_key_or_another_kernel_fails() {
     assert_eq!(code, 1, "{out}");
     assert!(last_line(&out).starts_with("state=Unsupported"), "{out}");
 }
+
+#[test]
+fn the_simulated_kernel_outlives_the_process_until_a_new_boot_id() {
+    let repo = Repo::new();
+    let (code, out) = repo.run(&[], "apply", &[]);
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = repo.agent(&[], &["status"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        last_line(&out),
+        format!("state=Applied release={RELEASE}/v2")
+    );
+    // A new boot id is a reboot: the livepatch is gone.
+    let (code, out) = repo.agent(&["--sim-boot-id", "second-boot"], &["status"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(last_line(&out), "state=Idle");
+}

@@ -13,7 +13,7 @@ use super::KernelError;
 pub struct KmsgMark(pub u64);
 
 /// One kernel log record.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct KmsgLine {
     /// Sequence number.
     pub seq: u64,

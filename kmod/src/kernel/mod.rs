@@ -5,6 +5,7 @@
 mod error;
 mod kmsg;
 mod sim;
+mod sim_store;
 mod sys;
 
 use std::path::Path;
@@ -38,7 +39,7 @@ pub struct PatchState {
 }
 
 /// A task that keeps a livepatch transition from finishing.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct BlockingTask {
     /// Process id.
     pub pid: u32,

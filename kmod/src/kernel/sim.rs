@@ -37,8 +37,8 @@ pub struct SimFault {
     pub taint_on_load: u64,
 }
 
-#[derive(Clone, Debug)]
-struct SimPatch {
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub(super) struct SimPatch {
     name: String,
     enabled: bool,
     transition: bool,
@@ -47,18 +47,20 @@ struct SimPatch {
 }
 
 #[derive(Debug)]
-struct SimState {
+pub(super) struct SimState {
     identity: KernelIdentity,
-    boot_id: String,
-    boots: u32,
+    pub(super) boot_id: String,
+    pub(super) boots: u32,
     supported: bool,
-    taint: u64,
-    kmsg: Vec<KmsgLine>,
-    modules: BTreeSet<String>,
-    patches: Vec<SimPatch>,
+    pub(super) taint: u64,
+    pub(super) kmsg: Vec<KmsgLine>,
+    pub(super) modules: BTreeSet<String>,
+    pub(super) patches: Vec<SimPatch>,
     faults: HashMap<String, SimFault>,
     load_log: Vec<String>,
     unload_log: Vec<String>,
+    /// Where the kernel's state is saved after every change, if anywhere.
+    pub(super) store: Option<std::path::PathBuf>,
 }
 
 /// A simulated kernel. Clones share one state, so a test keeps a handle to look inside
@@ -87,11 +89,12 @@ impl SimKernel {
                 faults: HashMap::new(),
                 load_log: Vec::new(),
                 unload_log: Vec::new(),
+                store: None,
             })),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, SimState> {
+    pub(super) fn lock(&self) -> MutexGuard<'_, SimState> {
         // A test that panicked while holding the lock leaves a state still worth reading.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -118,27 +121,30 @@ impl SimKernel {
             p.stalled = None;
             p.polls_left = 1;
         }
+        self.lock().save_quietly();
     }
 
     /// Writes a line to the kernel log.
     pub fn push_kmsg(&self, text: impl Into<String>) {
-        self.lock().log(4, text.into());
+        let mut s = self.lock();
+        s.log(4, text.into());
+        s.save_quietly();
     }
 
     /// Sets taint bits.
     pub fn add_taint(&self, bits: u64) {
-        self.lock().taint |= bits;
+        let mut s = self.lock();
+        s.taint |= bits;
+        s.save_quietly();
     }
 
     /// Reboots: a new boot id, and no modules, patches, taint or log.
     pub fn reboot(&self) {
         let mut s = self.lock();
         s.boots += 1;
-        s.boot_id = boot_id_for(s.boots);
-        s.modules.clear();
-        s.patches.clear();
-        s.taint = 0;
-        s.kmsg.clear();
+        let boot_id = boot_id_for(s.boots);
+        s.reboot(boot_id);
+        s.save_quietly();
     }
 
     /// Every `load_module` call so far, by module name (the file name when the file could
@@ -178,6 +184,15 @@ impl SimPatch {
 }
 
 impl SimState {
+    /// A new boot: the kernel keeps nothing loaded.
+    pub(super) fn reboot(&mut self, boot_id: String) {
+        self.boot_id = boot_id;
+        self.modules.clear();
+        self.patches.clear();
+        self.taint = 0;
+        self.kmsg.clear();
+    }
+
     fn log(&mut self, level: u8, text: String) {
         let seq = self.kmsg.last().map_or(1, |l| l.seq + 1);
         self.kmsg.push(KmsgLine { seq, level, text });
@@ -296,6 +311,7 @@ impl Kernel for SimKernel {
     fn loaded_patches(&self) -> Result<Vec<PatchState>, KernelError> {
         let mut s = self.lock();
         s.poll();
+        s.save()?;
         let mut patches: Vec<PatchState> = s.patches.iter().map(SimPatch::state).collect();
         patches.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(patches)
@@ -320,7 +336,10 @@ impl Kernel for SimKernel {
 
     fn load_module(&self, path: &Path) -> Result<(), KernelError> {
         let bytes = std::fs::read(path).map_err(|e| KernelError::io(path, e))?;
-        self.lock().load(&bytes, path)
+        let mut s = self.lock();
+        let loaded = s.load(&bytes, path);
+        s.save()?;
+        loaded
     }
 
     fn delete_module(&self, name: &str) -> Result<(), KernelError> {
@@ -334,7 +353,7 @@ impl Kernel for SimKernel {
         }
         s.modules.remove(name);
         s.unload_log.push(name.to_string());
-        Ok(())
+        s.save()
     }
 
     fn set_enabled(&self, name: &str, enabled: bool) -> Result<(), KernelError> {
@@ -356,7 +375,7 @@ impl Kernel for SimKernel {
         p.stalled = None;
         p.transition = true;
         p.polls_left = 1;
-        Ok(())
+        s.save()
     }
 
     fn blocking_tasks(&self, name: &str) -> Result<Vec<BlockingTask>, KernelError> {
