@@ -5,8 +5,6 @@
 # then "KERNEL-E2E-GUEST: done" and powers off. run.sh on the host reads the lines.
 #
 # /e2e/env (written by run.sh) sets:
-#   MODE             agent: drive /bin/kpersist-agent; insmod: drive the kernel with
-#                    insmod/sysfs only (steps that need the agent then report FAIL)
 #   EXPECT_RELEASE   the kernel release the repository was signed for
 #   EXPECT_BUILD_ID  the kernel build id computed on the host from vmlinuz
 #   V_V1 V_V2 V_BAD V_FAIL V_STALL  repository versions of the test modules
@@ -32,97 +30,28 @@ OUT=/tmp/out
 
 ok() { echo "KERNEL-E2E: $1: ok${2:+ ($2)}"; }
 fail() { echo "KERNEL-E2E: $1: FAIL $2"; }
-needs_agent() { fail "$1" "not run: kpersist-agent has no 'local' mode yet (MODE=$MODE)"; }
 # Print the gist of the last command's output (its summary line, errors, warnings)
 # indented, so a failure can be read in the serial log; run.sh relays these lines.
 show() {
-	{ grep -E '^state=|ERROR|WARN|insmod:|rmmod:' "$OUT" || tail -n 5 "$OUT"; } |
+	{ grep -E '^state=|ERROR|WARN' "$OUT" || tail -n 5 "$OUT"; } |
 		tail -n 8 | sed "s/$ESC\[[0-9;]*m//g; s/^/    | /"
 }
 ESC=$(printf '\033')
 
-# Module name of a repository version (insmod mode only).
-module_of() {
-	case "$1" in
-	"$V_V1") echo kpersist_v1 ;;
-	"$V_V2") echo kpersist_v2 ;;
-	"$V_BAD") echo kpersist_badvermagic ;;
-	"$V_FAIL") echo kpersist_fail ;;
-	"$V_STALL") echo kpersist_stall_patch ;;
-	esac
-}
-
-# Waits up to $2 seconds (tenths resolution) for livepatch $1's transition to finish.
-wait_transition() {
-	n=$(($2 * 10))
-	while [ -e "$LP/$1/transition" ] && [ "$(cat "$LP/$1/transition")" = 1 ]; do
-		n=$((n - 1))
-		[ "$n" -le 0 ] && return 1
-		sleep 0.1
-	done
-	return 0
-}
-
-# Unloads kpersist modules whose livepatch is no longer registered (replaced or disabled).
-rmmod_retired() {
-	for m in $(lsmod | awk '$1 ~ /^kpersist_/ && $1 != "kpersist_stall_helper" {print $1}'); do
-		[ -d "$LP/$m" ] || rmmod "$m"
-	done
-}
-
-# insmod-mode stand-in for `local apply`: load the version's module, wait for its
-# transition up to $2 seconds, reverse it when it stalls.
-insmod_apply() {
-	m=$(module_of "$1")
-	rmmod_retired
-	[ -d "$LP/$m" ] && return 0
-	insmod "/e2e/modules/$m.ko" || return 1
-	if ! wait_transition "$m" "$2"; then
-		echo 0 >"$LP/$m/enabled"
-		wait_transition "$m" 30
-		rmmod "$m"
-		echo "state=Failed reason=TransitionStalled"
-		return 1
-	fi
-	echo "state=Applied"
-}
-
-insmod_disable() {
-	for d in "$LP"/*; do
-		[ -d "$d" ] || continue
-		echo 0 >"$d/enabled"
-		wait_transition "$(basename "$d")" 30
-	done
-	rmmod_retired
-	echo "state=Idle"
-}
-
-# apply VERSION [agent args...]: exit status of the agent; its output in $OUT.
+# apply VERSION [agent args...]: the agent's exit status; its output in $OUT.
 apply() {
 	v=$1
 	shift
-	if [ "$MODE" = agent ]; then
-		"$AGENT" local apply --repo "$REPO" --pubkey "$PUBKEY" --state-dir "$STATE" \
-			--version "$v" "$@" >"$OUT" 2>&1
-	else
-		t=10
-		[ "$1" = --transition-timeout ] && t=${2%s}
-		insmod_apply "$v" "$t" >"$OUT" 2>&1
-	fi
+	"$AGENT" local apply --repo "$REPO" --pubkey "$PUBKEY" --state-dir "$STATE" \
+		--version "$v" "$@" >"$OUT" 2>&1
 	RC=$?
 	return $RC
 }
 
 # revert [VERSION]: back to VERSION, or disable every kpersist patch without one.
 revert() {
-	if [ "$MODE" = agent ]; then
-		"$AGENT" local revert --repo "$REPO" --pubkey "$PUBKEY" --state-dir "$STATE" \
-			${1:+--version "$1"} >"$OUT" 2>&1
-	elif [ -n "$1" ]; then
-		insmod_apply "$1" 10 >"$OUT" 2>&1
-	else
-		insmod_disable >"$OUT" 2>&1
-	fi
+	"$AGENT" local revert --repo "$REPO" --pubkey "$PUBKEY" --state-dir "$STATE" \
+		${1:+--version "$1"} >"$OUT" 2>&1
 	RC=$?
 	return $RC
 }
@@ -131,7 +60,7 @@ cmdline() { cat /proc/cmdline; }
 loaded() { lsmod | awk '{print $1}' | grep -qx "$1"; }
 patches() { ls "$LP" | tr '\n' ' '; }
 
-echo "KERNEL-E2E-GUEST: start mode=$MODE"
+echo "KERNEL-E2E-GUEST: start"
 ORIG_CMDLINE=$(cmdline)
 
 # --- boot: the kernel under test and its livepatch interface ----------------------------
@@ -171,9 +100,7 @@ else
 fi
 
 # --- status reads the applied release back from the kernel --------------------------------
-if [ "$MODE" != agent ]; then
-	needs_agent status
-elif ! "$AGENT" local status --state-dir "$STATE" >"$OUT" 2>&1; then
+if ! "$AGENT" local status --state-dir "$STATE" >"$OUT" 2>&1; then
 	fail status "local status exited non-zero"; show
 elif ! grep -q "^state=Applied release=$EXPECT_RELEASE/v$V_V2\b" "$OUT"; then
 	fail status "expected state=Applied release=$EXPECT_RELEASE/v$V_V2"; show
@@ -202,9 +129,7 @@ else
 fi
 
 # --- a module built for another kernel release ---------------------------------------------
-if [ "$MODE" != agent ]; then
-	needs_agent bad-vermagic
-elif apply "$V_BAD"; then
+if apply "$V_BAD"; then
 	fail bad-vermagic "apply of a module claiming another release succeeded"; show
 elif ! grep -q 'reason=VermagicMismatch' "$OUT"; then
 	fail bad-vermagic "refused, but not as VermagicMismatch"; show
@@ -219,12 +144,12 @@ if apply "$V_FAIL"; then
 	fail enable-fails "apply of a patch naming a missing symbol succeeded"; show
 elif loaded kpersist_fail; then
 	fail enable-fails "failed, yet kpersist_fail is loaded"
-elif [ "$MODE" = agent ] && ! grep -q 'state=Failed' "$OUT"; then
+elif ! grep -q 'state=Failed' "$OUT"; then
 	fail enable-fails "no state=Failed in the agent's summary"; show
-elif [ "$MODE" = agent ] && ! grep -qi 'invalid argument\|EINVAL\|errno 22\|os error 22' "$OUT"; then
+elif ! grep -qi 'invalid argument\|EINVAL\|errno 22\|os error 22' "$OUT"; then
 	fail enable-fails "the kernel's error (EINVAL) is not in the report"; show
 else
-	ok enable-fails "$(grep -o 'reason=[A-Za-z]*.*\|insmod:.*' "$OUT" | head -n 1)"
+	ok enable-fails "$(grep -o 'reason=[A-Za-z]*.*' "$OUT" | head -n 1)"
 fi
 
 # --- a transition that cannot finish --------------------------------------------------------
@@ -269,24 +194,20 @@ rmmod kpersist_stall_helper
 # --- a crash marker from an earlier boot ----------------------------------------------------
 # A marker the agent would have left had this node gone down while loading v2 on an
 # earlier boot: only bootId and release.id are needed (node-agent/src/state.rs).
-if [ "$MODE" != agent ]; then
-	needs_agent crash-suspected
+printf '{"bootId": "00000000-0000-4000-8000-000000000000", "release": {"id": "%s/v%s"}}\n' \
+	"$EXPECT_RELEASE" "$V_V2" >"$STATE/apply-in-progress.json"
+if apply "$V_V2"; then
+	fail crash-suspected "apply succeeded despite a crash marker from another boot"; show
+elif ! grep -q CrashSuspected "$OUT"; then
+	fail crash-suspected "refused, but CrashSuspected is not reported"; show
+elif [ -d "$LP/kpersist_v2" ] || loaded kpersist_v2; then
+	fail crash-suspected "reported, yet kpersist_v2 is loaded"
+elif apply "$V_V2"; then
+	fail crash-suspected "the suspected release was applied on the next attempt"; show
+elif [ -d "$LP/kpersist_v2" ] || loaded kpersist_v2; then
+	fail crash-suspected "kpersist_v2 loaded on the next attempt"
 else
-	printf '{"bootId": "00000000-0000-4000-8000-000000000000", "release": {"id": "%s/v%s"}}\n' \
-		"$EXPECT_RELEASE" "$V_V2" >"$STATE/apply-in-progress.json"
-	if apply "$V_V2"; then
-		fail crash-suspected "apply succeeded despite a crash marker from another boot"; show
-	elif ! grep -q CrashSuspected "$OUT"; then
-		fail crash-suspected "refused, but CrashSuspected is not reported"; show
-	elif [ -d "$LP/kpersist_v2" ] || loaded kpersist_v2; then
-		fail crash-suspected "reported, yet kpersist_v2 is loaded"
-	elif apply "$V_V2"; then
-		fail crash-suspected "the suspected release was applied on the next attempt"; show
-	elif [ -d "$LP/kpersist_v2" ] || loaded kpersist_v2; then
-		fail crash-suspected "kpersist_v2 loaded on the next attempt"
-	else
-		ok crash-suspected "$(grep -o 'state=[A-Za-z]*.*CrashSuspected.*' "$OUT" | head -n 1); still refused on retry"
-	fi
+	ok crash-suspected "$(grep -o 'state=[A-Za-z]*.*CrashSuspected.*' "$OUT" | head -n 1); still refused on retry"
 fi
 
 if dmesg | grep -q -E 'Oops|BUG:|Kernel panic|WARNING:'; then

@@ -161,29 +161,18 @@ static_build -p kpersist-kmod --bin kpersist-repo ||
 	fatal repo-tool "cargo build of kpersist-repo failed (output above)"
 ok repo-tool "$REPO_TOOL"
 say "building static kpersist-agent (cargo output follows; the first build takes minutes)"
-if ! static_build -p kpersist-agent --bin kpersist-agent; then
-	MODE=insmod
-	echo "KERNEL-E2E: agent: FAIL cargo build of kpersist-agent failed (output above); the guest drives insmod/sysfs instead and the agent-only steps fail"
-elif case "$("$AGENT" local --help 2>&1 || true)" in *apply*) true ;; *) false ;; esac; then
-	MODE=agent
-	ok agent "$AGENT (static, has local mode)"
-else
-	MODE=insmod
-	echo "KERNEL-E2E: agent: FAIL $AGENT has no 'local' subcommand; the guest drives insmod/sysfs instead and the agent-only steps fail"
-fi
+static_build -p kpersist-agent --bin kpersist-agent ||
+	fatal agent "cargo build of kpersist-agent failed (output above)"
+case "$("$AGENT" local --help 2>&1 || true)" in
+*apply*) ok agent "$AGENT (static)" ;;
+*) fatal agent "$AGENT has no 'local apply' subcommand (kpersist-agent local --help)" ;;
+esac
 
 # --- signed repository ----------------------------------------------------------------------
 say "creating and signing the repository"
-if "$HERE/make-repo.sh" "$REPO_TOOL" "$MODS" "$WORK" "$KREL" "$BUILD_ID" >"$WORK/repo.log" 2>&1; then
-	ok repository "signed with a fresh key, verified with kpersist-repo verify"
-elif [ "$MODE" = agent ]; then
+"$HERE/make-repo.sh" "$REPO_TOOL" "$MODS" "$WORK" "$KREL" "$BUILD_ID" >"$WORK/repo.log" 2>&1 ||
 	fatal repository "$(tail -n 5 "$WORK/repo.log" | tr '\n' ' ')"
-else
-	# The insmod-driven guest reads no repository; keep going to exercise the kernel.
-	echo "KERNEL-E2E: repository: FAIL $(tail -n 2 "$WORK/repo.log" | tr '\n' ' ')"
-	mkdir -p "$WORK/repo"
-	: >"$WORK/repo.pub"
-fi
+ok repository "signed with a fresh key, verified with kpersist-repo verify"
 
 # --- initramfs ------------------------------------------------------------------------------
 say "packing the initramfs"
@@ -195,20 +184,19 @@ for applet in $("$R/bin/busybox" --list); do
 done
 mknod "$R/dev/console" c 5 1
 mknod "$R/dev/null" c 1 3
-[ "$MODE" = agent ] && strip -o "$R/bin/kpersist-agent" "$AGENT"
+strip -o "$R/bin/kpersist-agent" "$AGENT"
 cp "$MODS"/*.ko "$R/e2e/modules/"
 cp -r "$WORK/repo" "$R/e2e/repo"
 cp "$WORK/repo.pub" "$R/e2e/repo.pub"
 cp "$HERE/guest-init.sh" "$R/init"
 chmod 0755 "$R/init"
 cat >"$R/e2e/env" <<EOF
-MODE=$MODE
 EXPECT_RELEASE=$KREL
 EXPECT_BUILD_ID=$BUILD_ID
 V_V1=$V_V1 V_V2=$V_V2 V_BAD=$V_BAD V_FAIL=$V_FAIL V_STALL=$V_STALL
 EOF
 (cd "$R" && find . | cpio -o -H newc --quiet) >"$WORK/initramfs.cpio"
-ok initramfs "$(du -h "$WORK/initramfs.cpio" | cut -f1), mode $MODE"
+ok initramfs "$(du -h "$WORK/initramfs.cpio" | cut -f1)"
 
 # --- boot -----------------------------------------------------------------------------------
 SERIAL=$WORK/serial.log
@@ -258,7 +246,6 @@ for step in $GUEST_STEPS; do
 	*) FAILED=1 ;;
 	esac
 done
-[ "$MODE" = agent ] || FAILED=1
 
 say "serial log kept at $KCACHE/last-serial.log"
 if [ "$FAILED" = 0 ]; then
