@@ -100,7 +100,7 @@ pub enum KernelError {
         value: String,
     },
     /// `finit_module` or `delete_module` failed.
-    #[error("{op} of module {module} failed: {} (errno {errno}); {}", std::io::Error::from_raw_os_error(*errno), failure.hint())]
+    #[error("{op} of module {module} failed: {}; {}", std::io::Error::from_raw_os_error(*errno), failure.hint())]
     Syscall {
         /// `load` or `unload`.
         op: &'static str,
@@ -177,6 +177,6 @@ mod tests {
         let text = err.to_string();
         assert!(text.contains("/cache/x.ko"), "{text}");
         assert!(text.contains("lockdown"), "{text}");
-        assert!(text.contains("errno 1"), "{text}");
+        assert!(text.contains("os error 1"), "{text}");
     }
 }
