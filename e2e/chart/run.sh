@@ -170,13 +170,31 @@ apply_to_controlplane() {
   # CRDs, service accounts and RBAC exactly as the chart renders them for the fleet
   # suite's identities; the workloads need a kubelet and are not applied here.
   "$KUBECTL" "${admin[@]}" apply --server-side --field-manager=helm -f "$CHART/crds/" || return 1
-  "$KUBECTL" "${admin[@]}" wait --for=condition=Established --timeout=60s \
-    crd/livepatchpolicies.kpersist.io crd/livepatchnodes.kpersist.io >/dev/null || return 1
+  # Polled rather than `kubectl wait`, which errors out while a new CRD has no conditions.
+  local crd t0=$SECONDS
+  for crd in livepatchpolicies.kpersist.io livepatchnodes.kpersist.io; do
+    until [ "$("$KUBECTL" "${admin[@]}" get crd "$crd" \
+      -o jsonpath='{.status.conditions[?(@.type=="Established")].status}' 2>/dev/null)" = True ]; do
+      [ $(( SECONDS - t0 )) -lt 60 ] || { say "CRD $crd not Established after 60s"; return 1; }
+      sleep 0.5
+    done
+  done
   "$HELM" template kpersist "$CHART" -n kpersist \
     --show-only templates/operator/serviceaccount.yaml --show-only templates/operator/rbac.yaml \
     --show-only templates/agent/serviceaccount.yaml --show-only templates/agent/rbac.yaml \
     >"$WORK/rbac.yaml" || return 1
   "$KUBECTL" "${admin[@]}" apply --server-side --field-manager=helm -f "$WORK/rbac.yaml" || return 1
+  # The workloads cannot run without a kubelet, but the API server validates them: a
+  # server-side dry run (PodDisruptionBudget is policy/v1, newer than this server, and the
+  # monitoring kinds need the Prometheus Operator: left out). This server does not allow
+  # privileged pods, so the privileged agent is checked in its simulated, unprivileged form.
+  local operator_parts=(--show-only templates/operator/deployment.yaml --show-only templates/operator/service.yaml)
+  local agent_parts=(--show-only templates/agent/daemonset.yaml --show-only templates/agent/service.yaml)
+  "$HELM" template kpersist "$CHART" -n kpersist "${operator_parts[@]}" >"$WORK/workloads.yaml" || return 1
+  "$KUBECTL" "${admin[@]}" apply --server-side --dry-run=server -f "$WORK/workloads.yaml" || return 1
+  "$HELM" template kp "$CHART" -n kpersist -f "$FULL_VALUES" "${operator_parts[@]}" "${agent_parts[@]}" \
+    >"$WORK/workloads.yaml" || return 1
+  "$KUBECTL" "${admin[@]}" apply --server-side --dry-run=server -f "$WORK/workloads.yaml" || return 1
   # The sample policy must pass the real API server's schema validation.
   "$KUBECTL" "${admin[@]}" apply --server-side -f "$CHART/examples/livepatchpolicy.yaml" || return 1
 
