@@ -144,7 +144,14 @@ async fn lead(
     metrics: &Metrics,
     cli: &Cli,
 ) -> Result<(), StartupError> {
-    elector.acquire().await;
+    elector
+        .acquire()
+        .await
+        .map_err(|source| StartupError::LeaseForbidden {
+            namespace: cli.lease_namespace.clone(),
+            name: cli.lease_name.clone(),
+            source,
+        })?;
     metrics.set_leader(true);
     let _ = leading.send(true);
     elector.hold().await;

@@ -8,15 +8,6 @@ use std::net::SocketAddr;
 /// `kpersist_reconcile_errors_total{reason}`.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// An API request other than the writes below failed.
-    #[error("{action} failed: {source}; the operator retries, check the API server and RBAC")]
-    Kube {
-        /// What was being done, e.g. "reading Secret kpersist/keys".
-        action: String,
-        /// The client's error.
-        #[source]
-        source: kube::Error,
-    },
     /// Writing a LivePatchNode's `spec.desired` failed.
     #[error("writing spec.desired of LivePatchNode {node} failed: {source}")]
     NodeApply {
@@ -48,7 +39,6 @@ impl Error {
     pub fn metric_label(&self) -> &'static str {
         use kube::runtime::finalizer::Error as F;
         match self {
-            Self::Kube { .. } => "kube",
             Self::NodeApply { .. } => "node_apply",
             Self::StatusApply { .. } => "status_apply",
             Self::Finalizer(inner) => match inner.as_ref() {
@@ -124,6 +114,19 @@ pub enum StartupError {
     /// A signal handler cannot be installed.
     #[error("cannot install the SIGTERM/SIGINT handler: {0}")]
     Signal(#[source] std::io::Error),
+    /// The service account may not read or write the leader Lease.
+    #[error(
+        "not allowed to use the leader Lease {namespace}/{name}: {source}; grant get, create and update on coordination.k8s.io leases in {namespace} (the Helm chart does), or pass --leader-elect=false"
+    )]
+    LeaseForbidden {
+        /// Lease namespace.
+        namespace: String,
+        /// Lease name.
+        name: String,
+        /// The API's refusal.
+        #[source]
+        source: kube::Error,
+    },
     /// The leader Lease was lost; the replica exits so it never reconciles beside a new
     /// leader.
     #[error("lost the leader Lease {namespace}/{name}; exiting so another replica leads")]

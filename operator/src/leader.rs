@@ -206,12 +206,16 @@ impl LeaderElector {
     }
 
     /// Blocks until this replica holds the Lease, retrying every retry period. API errors
-    /// are logged and retried: an apiserver blip must not kill a waiting candidate.
-    pub async fn acquire(&mut self) {
+    /// are logged and retried (an apiserver blip must not kill a waiting candidate), except
+    /// 403: missing RBAC never heals by waiting, so it is returned for the caller to exit.
+    pub async fn acquire(&mut self) -> Result<(), kube::Error> {
         loop {
             match self.try_acquire_or_renew().await {
-                Ok(true) => return,
+                Ok(true) => return Ok(()),
                 Ok(false) => {}
+                Err(kube::Error::Api(status)) if status.is_forbidden() => {
+                    return Err(kube::Error::Api(status));
+                }
                 Err(error) => tracing::warn!(%error, "reading the leader lease failed; retrying"),
             }
             tokio::time::sleep(self.config.retry_period).await;

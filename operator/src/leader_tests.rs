@@ -167,3 +167,23 @@ async fn release_clears_the_holder_only_when_it_is_us() {
     releaser.release().await.unwrap();
     server.await.unwrap();
 }
+
+#[tokio::test]
+async fn a_forbidden_lease_is_returned_not_retried() {
+    let (client, mut handle) = mock_client();
+    let mut elector = LeaderElector::new(client, config());
+    let server = tokio::spawn(async move {
+        answer(
+            &mut handle,
+            StatusCode::FORBIDDEN,
+            status_body(403, "Forbidden"),
+        )
+        .await;
+    });
+    let error = elector.acquire().await.unwrap_err();
+    assert!(
+        matches!(error, kube::Error::Api(ref s) if s.is_forbidden()),
+        "{error}"
+    );
+    server.await.unwrap();
+}
