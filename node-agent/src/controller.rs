@@ -12,7 +12,8 @@ use kpersist_crds::{
 };
 use kpersist_kmod::kernel::Kernel;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
 use kube::{Client, Resource};
 use serde_json::json;
 
@@ -155,9 +156,7 @@ impl<K: Kernel + Clone + 'static> NodeController<K> {
             prior = Some(status);
         }
         let config = watcher::Config::default().fields(&format!("metadata.name={}", self.name));
-        let events = watcher(self.api.clone(), config)
-            .default_backoff()
-            .applied_objects();
+        let events = watcher::watcher(self.api.clone(), config).default_backoff();
         tokio::pin!(events);
         tokio::pin!(shutdown);
         loop {
@@ -165,17 +164,32 @@ impl<K: Kernel + Clone + 'static> NodeController<K> {
                 () = &mut shutdown => return Ok(()),
                 next = events.next() => next,
             };
-            match next {
+            let lpn = match next {
                 None => return Ok(()),
                 Some(Err(e)) => {
-                    tracing::warn!(error = %e, "watch of the LivePatchNode failed; the watcher retries")
+                    tracing::warn!(error = %e, "watch of the LivePatchNode failed; the watcher retries");
+                    continue;
                 }
-                Some(Ok(lpn)) => match self.reconcile(&lpn, prior.as_ref()).await {
-                    Ok(status) => prior = Some(status),
-                    Err(e) => {
-                        tracing::error!(error = %e, "reconcile failed; waiting for the next change")
+                Some(Ok(Event::Apply(lpn) | Event::InitApply(lpn))) => lpn,
+                Some(Ok(Event::Delete(_))) => {
+                    // Deleted by hand while the Node lives: the node still needs its object.
+                    tracing::warn!(node = %self.name, "LivePatchNode deleted; creating it again");
+                    prior = None;
+                    match self.ensure_object().await {
+                        Ok(lpn) => lpn,
+                        Err(e) => {
+                            tracing::error!(error = %e, "re-creating the LivePatchNode failed");
+                            continue;
+                        }
                     }
-                },
+                }
+                Some(Ok(Event::Init | Event::InitDone)) => continue,
+            };
+            match self.reconcile(&lpn, prior.as_ref()).await {
+                Ok(status) => prior = Some(status),
+                Err(e) => {
+                    tracing::error!(error = %e, "reconcile failed; waiting for the next change")
+                }
             }
         }
     }
