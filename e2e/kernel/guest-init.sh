@@ -19,6 +19,7 @@ mkdir -p /var/lib/kpersist
 # Keep kernel messages off the console so they cannot split a verdict line; the kernel's
 # livepatch messages are printed from dmesg at the end instead.
 echo 1 >/proc/sys/kernel/printk
+# shellcheck source=/dev/null
 . /e2e/env
 
 REPO=/e2e/repo
@@ -58,6 +59,7 @@ revert() {
 
 cmdline() { cat /proc/cmdline; }
 loaded() { lsmod | awk '{print $1}' | grep -qx "$1"; }
+# shellcheck disable=SC2012 # livepatch names are module names: no blanks or newlines
 patches() { ls "$LP" | tr '\n' ' '; }
 
 echo "KERNEL-E2E-GUEST: start"
