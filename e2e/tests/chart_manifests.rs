@@ -34,7 +34,7 @@ fn chart_crds_are_the_generated_crds() {
             .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
         assert!(
             copy == generated,
-            "{} differs from crds/{name}; regenerate it: cargo run -p kpersist-crds --bin crdgen -- helm/kpersist/crds",
+            "{} differs from crds/{name}; regenerate both copies: cargo run -p kpersist-crds --bin crdgen",
             path.display()
         );
     }
@@ -97,7 +97,7 @@ fn rendered_crds_are_the_generated_crds() {
         // Not assert_eq: a CRD is tens of kilobytes; the difference is easier read in the file.
         assert!(
             got.value == want,
-            "rendered CRD {crd_name} differs from crds/{name}; regenerate it: cargo run -p kpersist-crds --bin crdgen -- helm/kpersist/crds"
+            "rendered CRD {crd_name} differs from crds/{name}; regenerate both copies: cargo run -p kpersist-crds --bin crdgen"
         );
     }
 }
