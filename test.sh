@@ -29,5 +29,12 @@ e2e/chart/run.sh
 step "real-kernel suite: the agent live-patches Debian's 6.1 kernel in qemu"
 e2e/kernel/run.sh
 
+step "fleet suite: operator and simulated agents on a real kube-apiserver"
+# Builds kube-apiserver from Debian's source on the first run only (cached, ~8-13 min).
+e2e/controlplane/build.sh
+# The suite is `test = false` (it is not part of `cargo test`), so lint it here.
+cargo clippy -p kpersist-e2e --test fleet -- -D warnings
+cargo test -p kpersist-e2e --test fleet
+
 echo
 echo "ALL SUITES: PASS"

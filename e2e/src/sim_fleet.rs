@@ -73,7 +73,7 @@ impl SimFleet {
     /// Builds the binaries, starts the control plane, the repository (empty, signed), the
     /// watch, and creates a Ready Node object per node. No operator or agent runs yet.
     pub async fn start(nodes: Vec<SimNode>) -> Result<Self> {
-        build_binaries(&["kpersist-operator", "kpersist-agent"])?;
+        build_binaries_once()?;
         let cluster = Cluster::start().await?;
         let scratch = tempfile::Builder::new()
             .prefix("kpersist-fleet-")
@@ -214,6 +214,18 @@ impl SimFleet {
         &self.operator_metrics
     }
 
+    /// The operator's Prometheus metrics, as text.
+    pub async fn operator_metrics(&self) -> Result<String> {
+        crate::install_crypto_provider();
+        let url = format!("http://{}/metrics", self.operator_metrics);
+        let fetched = async { reqwest::get(&url).await?.error_for_status()?.text().await };
+        fetched.await.map_err(|e| Error::Command {
+            command: format!("GET {url}"),
+            status: "failed".into(),
+            detail: e.to_string(),
+        })
+    }
+
     fn kube_env(&self, identity: Identity) -> Vec<(String, String)> {
         vec![
             (
@@ -345,6 +357,17 @@ impl SimFleet {
         }
         report
     }
+}
+
+/// Builds the operator and agent once per test process; later fleets reuse the result.
+fn build_binaries_once() -> Result<()> {
+    static BUILT: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    if !*built {
+        build_binaries(&["kpersist-operator", "kpersist-agent"])?;
+        *built = true;
+    }
+    Ok(())
 }
 
 /// A loopback port nothing listens on right now.

@@ -8,5 +8,8 @@
 //! Run: `cargo test -p kpersist-e2e --test fleet` (test.sh does).
 
 mod api;
+mod controls;
+mod faults;
+mod recovery;
 mod rollout;
 mod support;

@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use kpersist_crds::{
-    LivePatchNode, LivePatchPolicy, LivePatchPolicySpec, NodePatchState, RepositorySpec,
-    RolloutSpec, Wave,
+    LivePatchNode, LivePatchPolicy, LivePatchPolicySpec, LivePatchPolicyStatus, NodePatchState,
+    PolicyCondition, RepositorySpec, RolloutSpec, Wave,
 };
 use kpersist_e2e::sim_fleet::{SimFleet, SimNode};
 use kpersist_e2e::wait::Check;
@@ -169,4 +169,114 @@ pub fn fail(fleet: &mut SimFleet, error: kpersist_e2e::Error) -> ! {
         fleet.process_report(),
         fleet.cluster.plane.dir().display()
     )
+}
+
+/// Every node with a release for its kernel, mapped to release `version` of that kernel
+/// (K1 at `k1_version`, K2 at v1).
+pub fn expected_releases(fleet: &SimFleet, k1_version: u64) -> BTreeMap<String, String> {
+    fleet
+        .nodes()
+        .iter()
+        .filter_map(|node| match node.kernel_release.as_str() {
+            r if r == K1.0 => Some((node.name.clone(), id(K1, k1_version))),
+            r if r == K2.0 => Some((node.name.clone(), id(K2, 1))),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Publishes v1 for K1 and K2, starts agents and operator, creates policy `fleet` with
+/// three waves of `bake` and `max_in_flight`, and waits until every supported node runs
+/// v1.
+pub async fn fleet_on_v1(fleet: &mut SimFleet, bake: &str, max_in_flight: u32) {
+    publish_v1(fleet);
+    fleet.start_agents().expect("agents");
+    fleet.start_operator().expect("operator");
+    let policy = fleet.policy("fleet", three_waves(bake), max_in_flight);
+    fleet.create_policy(&policy).await.expect("policy");
+    wait_applied(fleet, 1, "every supported node to apply v1").await;
+}
+
+/// CVEs fixed by v1 of every kernel, and by v2 of K1.
+pub const V1_CVES: &[&str] = &["CVE-2024-0001"];
+pub const V2_CVES: &[&str] = &["CVE-2024-0001", "CVE-2024-0002"];
+
+/// Publishes v1 for K1 and K2.
+pub fn publish_v1(fleet: &SimFleet) {
+    for k in [K1, K2] {
+        fleet
+            .publisher
+            .publish(k.0, k.1, 1, V1_CVES, &["stable"])
+            .expect("publish v1");
+    }
+}
+
+/// Publishes v2 for K1 (K2 stays on v1).
+pub fn publish_k1_v2(fleet: &SimFleet) {
+    fleet
+        .publisher
+        .publish(K1.0, K1.1, 2, V2_CVES, &["stable"])
+        .expect("publish v2");
+}
+
+/// Waits until every supported node runs K1 at `k1_version` (K2 at v1).
+pub async fn wait_applied(fleet: &mut SimFleet, k1_version: u64, what: &str) {
+    let expected = expected_releases(fleet, k1_version);
+    let waited = fleet
+        .wait_nodes(what, ROLLOUT, |nodes| all_applied(nodes, &expected))
+        .await;
+    if let Err(e) = waited {
+        fail(fleet, e)
+    }
+}
+
+/// How long a whole rollout of the standard fleet may take.
+pub const ROLLOUT: std::time::Duration = std::time::Duration::from_secs(180);
+
+/// The condition of type `type_` on a policy, if any.
+pub fn condition(policy: &LivePatchPolicy, type_: &str) -> Option<PolicyCondition> {
+    policy
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .cloned()
+}
+
+/// Waits `period` and asserts no node was ever asked to apply `release`.
+pub async fn assert_never_desired(fleet: &SimFleet, release: &str, period: std::time::Duration) {
+    tokio::time::sleep(period).await;
+    let asked = fleet.watch.ever_desired(release);
+    assert!(asked.is_empty(), "{release} was handed to {asked:?}");
+}
+
+/// Asserts the watch never saw more than `limit` nodes in flight at once.
+pub fn assert_max_in_flight(fleet: &SimFleet, limit: u32) {
+    let (max, at_max) = fleet.watch.max_in_flight();
+    assert!(
+        max as u32 <= limit,
+        "{max} nodes were in flight at once ({at_max:?}); maxInFlight is {limit}"
+    );
+}
+
+/// Waits until `holds` is true of policy `fleet`'s status; fails the test with the last
+/// status seen otherwise.
+pub async fn wait_policy_status(
+    fleet: &mut SimFleet,
+    what: &str,
+    holds: impl Fn(&LivePatchPolicyStatus) -> bool,
+) {
+    let waited = fleet
+        .wait_policy("fleet", what, ROLLOUT, |p| {
+            if holds(&p.status.clone().unwrap_or_default()) {
+                Check::Done(())
+            } else {
+                Check::NotYet(describe_policy(p))
+            }
+        })
+        .await;
+    if let Err(e) = waited {
+        fail(fleet, e)
+    }
 }
