@@ -96,8 +96,9 @@ impl<K: Kernel + Clone + 'static> Engine<K> {
             refused: &refused,
         };
         let decision = plan(desired, &view);
-        let acts = matches!(decision, Plan::Load { .. } | Plan::RevertToNone);
-        if acts && hold_after_failure(prior, generation, &obs.boot_id) {
+        // Even a plan that would do nothing keeps a failure standing: after `NewTaint` the
+        // release is loaded and would otherwise read as Applied on the next event.
+        if hold_after_failure(prior, generation, &obs.boot_id) {
             return Ok(prior
                 .map(Report::from_status)
                 .unwrap_or_else(|| Report::state(NodePatchState::Failed)));
@@ -107,7 +108,16 @@ impl<K: Kernel + Clone + 'static> Engine<K> {
             .unwrap_or(FALLBACK_TIMEOUT);
         let kmsg_checks = desired.is_none_or(|d| d.kmsg_checks);
         let outcome = match decision {
-            Plan::Keep(state) => return Ok(Report::state(state)),
+            Plan::Keep(state) => {
+                // The timings of the run that got here stay until the next run.
+                let timings = prior
+                    .filter(|p| p.state == Some(state))
+                    .and_then(|p| p.timings.clone());
+                return Ok(Report {
+                    timings,
+                    ..Report::state(state)
+                });
+            }
             Plan::Refuse {
                 state,
                 failure,

@@ -130,9 +130,10 @@ pub fn plan(desired: Option<&DesiredPatch>, view: &NodeView<'_>) -> Plan {
     }
 }
 
-/// Whether a plan that would act should wait instead: a run that failed for this same spec
-/// generation during this same boot is not retried (the operator decides what comes next);
-/// after a reboot the kernel has lost its livepatches, so the desired state is acted on again.
+/// Whether the last failure stands instead of a new decision: a run that failed for this same
+/// spec generation during this same boot is neither retried nor reported away (the operator
+/// decides what comes next); after a reboot the kernel has lost its livepatches, so the
+/// desired state is acted on again.
 pub fn hold_after_failure(
     prior: Option<&LivePatchNodeStatus>,
     generation: Option<i64>,

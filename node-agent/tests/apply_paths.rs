@@ -226,3 +226,43 @@ async fn kernel_warning_fails_the_apply() {
         (NodePatchState::Failed, NodeErrorReason::KernelWarning)
     );
 }
+
+#[tokio::test]
+async fn a_taint_failure_stands_when_the_object_comes_back_unchanged() {
+    let h = harness();
+    fault(
+        &h.sim,
+        "kpersist_v1",
+        SimFault {
+            taint_on_load: 1 << 9,
+            ..SimFault::default()
+        },
+    );
+    let v1 = h.release("kpersist_v1.ko", 1);
+    let report = h.run(PatchAction::Apply, Some(v1.clone())).await;
+    assert_eq!(reason(&report), NodeErrorReason::NewTaint);
+    let status = h.engine.status(&report, Some(1), None).await.unwrap();
+    // The module is loaded, yet the echo of our own status write must not read as Applied.
+    let again = h
+        .run_with(PatchAction::Apply, Some(v1), Some(&status))
+        .await;
+    assert_eq!(
+        (again.state, reason(&again)),
+        (NodePatchState::Failed, NodeErrorReason::NewTaint)
+    );
+}
+
+#[tokio::test]
+async fn timings_of_the_last_run_stay_while_nothing_changes() {
+    let h = harness();
+    let v1 = h.release("kpersist_v1.ko", 1);
+    let report = h.run(PatchAction::Apply, Some(v1.clone())).await;
+    let status = h.engine.status(&report, Some(1), None).await.unwrap();
+    assert!(status.timings.is_some());
+    let again = h
+        .run_with(PatchAction::Apply, Some(v1), Some(&status))
+        .await;
+    assert_eq!(again.state, NodePatchState::Applied);
+    assert_eq!(again.timings, status.timings);
+    assert_eq!(h.sim.load_log().len(), 1);
+}
