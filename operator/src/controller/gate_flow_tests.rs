@@ -73,7 +73,7 @@ async fn a_failing_prometheus_gate_fails_the_bake() {
     let desired = seen
         .iter()
         .find(|r| r.uri.contains("/livepatchnodes/n1"))
-        .map(|r| r.body["spec"]["desired"].clone())
+        .map(|r| r.body[0]["value"]["desired"].clone())
         .unwrap_or_else(|| panic!("n1 was not assigned: {seen:#?}"));
     policy["status"] = status_patch(&seen).clone();
 

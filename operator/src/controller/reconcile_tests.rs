@@ -65,6 +65,11 @@ fn api_server(mut handle: ApiHandle, policy: Value) -> tokio::task::JoinHandle<V
         while let Some(request) = answer_with(&mut handle, |r: &SeenRequest| {
             if r.uri.contains("/livepatchpolicies/") {
                 (StatusCode::OK, policy.clone())
+            } else if let Some(name) = r.uri.split("/livepatchnodes/").nth(1) {
+                let name = name.split('?').next().unwrap_or_default();
+                let reply = json!({"apiVersion": "kpersist.io/v1alpha1", "kind": "LivePatchNode",
+                    "metadata": {"name": name}, "spec": {}});
+                (StatusCode::OK, reply)
             } else {
                 (StatusCode::OK, r.body.clone())
             }
@@ -139,7 +144,7 @@ pub(super) fn status_patch(seen: &[SeenRequest]) -> &Value {
         .iter()
         .find(|r| r.method == Method::PATCH && r.uri.contains("/livepatchpolicies/web/status"))
         .unwrap_or_else(|| panic!("no status write in {seen:#?}"));
-    &patch.body["status"]
+    &patch.body[0]["value"]
 }
 
 fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
@@ -189,7 +194,7 @@ async fn a_verified_release_goes_to_the_first_wave_only_on_selected_nodes() {
         .collect();
     assert_eq!(node_writes.len(), 1, "{node_writes:#?}");
     assert!(node_writes[0].uri.contains("/livepatchnodes/n1?"));
-    let desired = &node_writes[0].body["spec"]["desired"];
+    let desired = &node_writes[0].body[0]["value"]["desired"];
     assert_eq!(desired["policy"], "web");
     assert_eq!(desired["action"], "Apply");
     assert_eq!(desired["release"]["id"], format!("{KERNEL}/v2"));
@@ -251,7 +256,7 @@ async fn deleting_a_policy_clears_its_desired_specs_and_unloads_nothing() {
     assert_eq!(node_writes.len(), 1, "{node_writes:#?}");
     assert!(node_writes[0].uri.contains("/livepatchnodes/n1?"));
     // Cleared, not reverted: no desired at all.
-    assert_eq!(node_writes[0].body["spec"], json!({}));
+    assert_eq!(node_writes[0].body[0]["value"], json!({}));
     // Then the finalizer goes.
     let last = seen.last().unwrap();
     assert_eq!(

@@ -1,14 +1,21 @@
-//! The controller's writes, all server-side apply under the operator's field manager with
-//! `force` (the operator owns `spec.desired` and the policy status outright). Applying a
-//! LivePatchNode without `desired` removes the field, because the operator's manager owns
-//! it and no one else does. Client required.
+//! The controller's writes. The operator owns a LivePatchNode's `spec` and a policy's
+//! `status` outright, so each write replaces the whole value with a JSON patch `add`
+//! (which replaces an existing member, or creates it) under the operator's field manager.
+//!
+//! Server-side apply was the first choice and fails on a real API server: on Kubernetes
+//! 1.20 (the fleet suite's) a field dropped from an apply configuration is not removed
+//! when another manager owns its parent (the agent that created the LivePatchNode owns
+//! `spec`), so a cleared `desired` or a dropped `release` stayed; and CRD schema defaults
+//! keep a dropped `status.rollout` half-present, which the API then refuses as invalid.
+//! Replacing the whole value writes exactly what the engine decided. Client required.
 
 use futures::{StreamExt, stream};
 use kpersist_crds::{
     DesiredPatch, LivePatchNode, LivePatchPolicy, LivePatchPolicyStatus, OPERATOR_MANAGER,
 };
 use kube::api::{Patch, PatchParams};
-use kube::{Api, Client, Resource};
+use kube::{Api, Client};
+use serde::Serialize;
 use serde_json::json;
 
 use crate::error::Error;
@@ -17,22 +24,29 @@ use crate::error::Error;
 /// trip API priority and fairness.
 const NODE_WRITE_CONCURRENCY: usize = 8;
 
-fn apply_params() -> PatchParams {
-    PatchParams::apply(OPERATOR_MANAGER).force()
+fn params() -> PatchParams {
+    PatchParams {
+        field_manager: Some(OPERATOR_MANAGER.to_string()),
+        ..PatchParams::default()
+    }
 }
 
-/// The apply body for a LivePatchNode's spec.
-pub fn node_spec_patch(node: &str, desired: Option<&DesiredPatch>) -> serde_json::Value {
-    let mut spec = serde_json::Map::new();
-    if let Some(desired) = desired {
-        spec.insert("desired".into(), json!(desired));
+/// A JSON patch setting the member at `path` (`/spec`, `/status`) to `value` whole.
+pub fn replace_patch(path: &str, value: &impl Serialize) -> Patch<()> {
+    let operations = json!([{"op": "add", "path": path, "value": value}]);
+    // An `add` of a serializable value at a fixed path is always a valid JSON patch.
+    match serde_json::from_value(operations) {
+        Ok(patch) => Patch::Json(patch),
+        Err(error) => unreachable!("a single add operation is a JSON patch: {error}"),
     }
-    json!({
-        "apiVersion": LivePatchNode::api_version(&()),
-        "kind": LivePatchNode::kind(&()),
-        "metadata": {"name": node},
-        "spec": spec,
-    })
+}
+
+/// The spec the operator wants a LivePatchNode to have.
+pub fn node_spec(desired: Option<&DesiredPatch>) -> serde_json::Value {
+    match desired {
+        Some(desired) => json!({"desired": desired}),
+        None => json!({}),
+    }
 }
 
 /// Writes `spec.desired` of one LivePatchNode.
@@ -45,8 +59,8 @@ pub async fn apply_desired(
     let api: Api<LivePatchNode> = Api::all(client.clone());
     api.patch(
         node,
-        &apply_params(),
-        &Patch::Apply(node_spec_patch(node, desired)),
+        &params(),
+        &replace_patch("/spec", &node_spec(desired)),
     )
     .await
     .map_err(|source| Error::NodeApply {
@@ -87,13 +101,7 @@ pub async fn apply_status(
     status: &LivePatchPolicyStatus,
 ) -> Result<(), Error> {
     let api: Api<LivePatchPolicy> = Api::all(client.clone());
-    let body = json!({
-        "apiVersion": LivePatchPolicy::api_version(&()),
-        "kind": LivePatchPolicy::kind(&()),
-        "metadata": {"name": policy},
-        "status": status,
-    });
-    api.patch_status(policy, &apply_params(), &Patch::Apply(body))
+    api.patch_status(policy, &params(), &replace_patch("/status", status))
         .await
         .map_err(|source| Error::StatusApply {
             policy: policy.to_string(),

@@ -25,22 +25,34 @@ fn desired() -> DesiredPatch {
     }
 }
 
-fn assert_forced_apply(uri: &str, content_type: Option<&str>) {
-    assert!(uri.contains("fieldManager=kpersist-operator"), "{uri}");
-    assert!(uri.contains("force=true"), "{uri}");
-    assert_eq!(content_type, Some("application/apply-patch+yaml"));
+fn assert_replace(seen: &crate::fixtures::SeenRequest, path: &str) {
+    assert!(
+        seen.uri.contains("fieldManager=kpersist-operator"),
+        "{}",
+        seen.uri
+    );
+    assert_eq!(
+        seen.content_type.as_deref(),
+        Some("application/json-patch+json")
+    );
+    assert_eq!(seen.body.as_array().map(Vec::len), Some(1), "{}", seen.body);
+    assert_eq!(seen.body[0]["op"], "add");
+    assert_eq!(seen.body[0]["path"], path);
+}
+
+/// A LivePatchNode as the API answers a write.
+fn lpn_reply(node: &str) -> serde_json::Value {
+    serde_json::json!({
+        "apiVersion": "kpersist.io/v1alpha1", "kind": "LivePatchNode",
+        "metadata": {"name": node}, "spec": {}
+    })
 }
 
 #[tokio::test]
 async fn desired_is_written_with_a_forced_server_side_apply() {
     let (client, mut handle) = mock_client();
     let server = tokio::spawn(async move {
-        let seen = answer(
-            &mut handle,
-            StatusCode::OK,
-            node_spec_patch("n1", Some(&desired())),
-        )
-        .await;
+        let seen = answer(&mut handle, StatusCode::OK, lpn_reply("n1")).await;
         assert_eq!(seen.method, Method::PATCH);
         assert!(
             seen.uri
@@ -48,13 +60,10 @@ async fn desired_is_written_with_a_forced_server_side_apply() {
             "{}",
             seen.uri
         );
-        assert_forced_apply(&seen.uri, seen.content_type.as_deref());
-        assert_eq!(seen.body["kind"], "LivePatchNode");
-        assert_eq!(
-            seen.body["spec"]["desired"]["release"]["id"],
-            "6.1.0-56-amd64/v2"
-        );
-        assert_eq!(seen.body["spec"]["desired"]["action"], "Apply");
+        assert_replace(&seen, "/spec");
+        let desired = &seen.body[0]["value"]["desired"];
+        assert_eq!(desired["release"]["id"], "6.1.0-56-amd64/v2");
+        assert_eq!(desired["action"], "Apply");
     });
     apply_desired(&client, "n1", Some(&desired()))
         .await
@@ -66,8 +75,9 @@ async fn desired_is_written_with_a_forced_server_side_apply() {
 async fn clearing_desired_applies_a_spec_without_it() {
     let (client, mut handle) = mock_client();
     let server = tokio::spawn(async move {
-        let seen = answer(&mut handle, StatusCode::OK, node_spec_patch("n1", None)).await;
-        assert_eq!(seen.body["spec"], serde_json::json!({}));
+        let seen = answer(&mut handle, StatusCode::OK, lpn_reply("n1")).await;
+        assert_replace(&seen, "/spec");
+        assert_eq!(seen.body[0]["value"], serde_json::json!({}));
     });
     apply_desired(&client, "n1", None).await.unwrap();
     server.await.unwrap();
@@ -94,9 +104,8 @@ async fn status_goes_to_the_status_subresource() {
             "{}",
             seen.uri
         );
-        assert_forced_apply(&seen.uri, seen.content_type.as_deref());
-        assert_eq!(seen.body["status"]["observedGeneration"], 3);
-        assert!(seen.body.get("spec").is_none());
+        assert_replace(&seen, "/status");
+        assert_eq!(seen.body[0]["value"]["observedGeneration"], 3);
     });
     apply_status(&client, "web", &status).await.unwrap();
     server.await.unwrap();
@@ -123,7 +132,7 @@ async fn every_node_write_is_tried_and_a_failure_is_reported() {
                     ))
             } else {
                 http::Response::builder().body(kube::client::Body::from(
-                    serde_json::to_vec(&node_spec_patch(&node, None)).unwrap(),
+                    serde_json::to_vec(&lpn_reply(&node)).unwrap(),
                 ))
             };
             send.send_response(response.unwrap());
