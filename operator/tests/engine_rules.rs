@@ -606,3 +606,22 @@ fn a_node_that_crashed_on_a_release_gets_an_older_one() {
     assert_eq!(sim.nodes[0].applied_id(), Some(id(0, 2)));
     assert_eq!(sim.nodes[0].status().refused_releases, vec![id(0, 3)]);
 }
+
+#[test]
+fn a_crash_counts_even_when_the_node_has_no_target_left() {
+    // Pinned to v2, the node that crashed on v2 refuses it and has no target any more; it
+    // still counts against its wave.
+    let mut sim = fleet(3, &[(None, Some(100), "0s")]);
+    sim.policy.spec.repository.pinned_version = Some(2);
+    for node in &mut sim.nodes {
+        node.faults.insert(id(0, 2), Fault::Crash);
+    }
+    run_until(&mut sim, &[PolicyPhase::Failed], 30);
+    let status = sim.policy.status.clone().unwrap_or_default();
+    assert_eq!(status.bad_releases.len(), 1);
+    assert!(
+        status.bad_releases[0].reason.contains("CrashSuspected"),
+        "{}",
+        status.bad_releases[0].reason
+    );
+}

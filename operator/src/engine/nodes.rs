@@ -170,15 +170,10 @@ pub(crate) fn classify<'a>(
         facts.standing = Standing::Unsupported;
         return facts;
     }
-    let Some(target) = targets.for_node(kernel, build, &status.refused_releases) else {
-        facts.standing = if ctx.have_index {
-            Standing::Unsupported
-        } else {
-            Standing::Waiting
-        };
-        return facts;
-    };
+    let target = targets.for_node(kernel, build, &status.refused_releases);
 
+    // A node of the running rollout is judged by the release it was handed, even when its
+    // target has changed since (it crashed on it and now refuses it, for one).
     if let (Some(desired), Some(asked)) = (applying, asked) {
         let in_rollout = ctx
             .rollout
@@ -192,9 +187,19 @@ pub(crate) fn classify<'a>(
                 wave: desired.wave.unwrap_or(1),
                 progress: progress(status, observed, asked),
             };
-            facts.target = Some(target);
+            facts.target = target;
             return facts;
         }
+    }
+    let Some(target) = target else {
+        facts.standing = if ctx.have_index {
+            Standing::Unsupported
+        } else {
+            Standing::Waiting
+        };
+        return facts;
+    };
+    if let Some(asked) = asked {
         if asked == target.id {
             facts.standing = match progress(status, observed, asked) {
                 _ if !settled => Standing::InFlight,
