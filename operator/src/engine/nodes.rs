@@ -199,17 +199,17 @@ pub(crate) fn classify<'a>(
         };
         return facts;
     };
-    if let Some(asked) = asked {
-        if asked == target.id {
-            facts.standing = match progress(status, observed, asked) {
-                _ if !settled => Standing::InFlight,
-                Progress::Done => Standing::OnTarget,
-                Progress::Failed(_) => Standing::Failed,
-                Progress::InFlight => Standing::InFlight,
-            };
-            facts.target = Some(target);
-            return facts;
-        }
+    // Asked for its target outside the running rollout (an earlier rollout, or a lost
+    // status write): follow that request, and never ask again after a failure.
+    if let Some(asked) = asked.filter(|a| *a == target.id) {
+        facts.standing = match progress(status, observed, asked) {
+            _ if !settled => Standing::InFlight,
+            Progress::Done => Standing::OnTarget,
+            Progress::Failed(_) => Standing::Failed,
+            Progress::InFlight => Standing::InFlight,
+        };
+        facts.target = Some(target);
+        return facts;
     }
     if busy || (applying.is_some() && !observed) {
         facts.standing = Standing::InFlight;
