@@ -1,6 +1,8 @@
 //! Structured logging with `tracing`: JSON lines for log collectors, or text for people at a
 //! terminal. The filter takes `RUST_LOG` syntax (e.g. `info,kpersist_operator=debug`).
 
+use std::io::IsTerminal;
+
 use clap::ValueEnum;
 use tracing_subscriber::{EnvFilter, fmt, layer::SubscriberExt, util::SubscriberInitExt};
 
@@ -26,7 +28,9 @@ pub fn init(format: LogFormat, filter: &str) -> Result<(), StartupError> {
         LogFormat::Json => registry
             .with(fmt::layer().json().with_current_span(true))
             .try_init(),
-        LogFormat::Text => registry.with(fmt::layer()).try_init(),
+        LogFormat::Text => registry
+            .with(fmt::layer().with_ansi(std::io::stdout().is_terminal()))
+            .try_init(),
     };
     // A subscriber already set (tests) is fine: logs go there.
     if let Err(error) = result {
