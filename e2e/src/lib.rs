@@ -3,6 +3,7 @@
 //! operator and agent processes with.
 
 pub mod controlplane;
+pub mod demo;
 pub mod error;
 pub mod fleet;
 pub mod monitor;

@@ -58,12 +58,13 @@ pub fn build_binaries(packages: &[&str]) -> Result<()> {
 }
 
 /// Where a workspace binary built in the same profile as the running test lives: the test
-/// binary is `<target>/<profile>/deps/<test>-<hash>`, the binaries `<target>/<profile>/<name>`.
+/// binary is `<target>/<profile>/deps/<test>-<hash>`, the binaries `<target>/<profile>/<name>`
+/// (where a running binary such as the demo sits itself).
 pub fn workspace_binary(name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe().map_err(|e| Error::io("/proc/self/exe", e))?;
     let profile_dir = exe
         .parent()
-        .and_then(Path::parent)
+        .and_then(|dir| if dir.ends_with("deps") { dir.parent() } else { Some(dir) })
         .ok_or_else(|| Error::Malformed {
             path: exe.clone(),
             problem: "the test binary is not inside <target>/<profile>/deps".into(),
