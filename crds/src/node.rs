@@ -43,9 +43,10 @@ pub struct DesiredPatch {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub release: Option<PatchRelease>,
     /// For `Apply`: the release the node ran when this one was asked for; absent when it
-    /// ran none. A revert of this release goes back to it. It is kept here, with the node,
-    /// so that it survives an operator restart without the policy status growing with the
-    /// fleet.
+    /// ran none. A revert of this release goes back to it. For `Revert`: the release the
+    /// node goes back from, which failed. Kept here, with the node, so that both survive
+    /// an operator restart or a lost status write without the policy status growing with
+    /// the fleet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous: Option<PatchRelease>,
     /// For `Apply`: the rollout wave (counted from 1) that gave the node this release.

@@ -64,6 +64,9 @@ struct Scenario {
     publish_at: Option<usize>,
     pinned: Option<u64>,
     step_seconds: i64,
+    /// Steps whose status write is lost (the node writes land), as when the operator dies
+    /// between the two or the status update conflicts.
+    lost_status: Vec<usize>,
 }
 
 fn node_plan(kernels: usize) -> impl Strategy<Value = NodePlan> {
@@ -135,6 +138,7 @@ fn scenario() -> impl Strategy<Value = Scenario> {
                 prop::option::weighted(0.3, 1usize..50),
                 prop::option::weighted(0.05, 1u64..=4),
                 20i64..=240,
+                prop::collection::vec(0usize..60, 0..4),
             ),
         )
             .prop_map(
@@ -150,7 +154,7 @@ fn scenario() -> impl Strategy<Value = Scenario> {
                     window,
                     broken,
                     gate_fails_on,
-                    (publish_at, pinned, step_seconds),
+                    (publish_at, pinned, step_seconds, lost_status),
                 )| {
                     Scenario {
                         kernels,
@@ -167,6 +171,7 @@ fn scenario() -> impl Strategy<Value = Scenario> {
                         publish_at,
                         pinned,
                         step_seconds,
+                        lost_status,
                     }
                 },
             )
@@ -506,7 +511,13 @@ fn run(s: &Scenario) -> Result<(), TestCaseError> {
         note_settled(&sim, &mut memory);
         let decision = sim.decide();
         check_decision(&sim, &mut memory, &decision)?;
-        sim.apply(&decision);
+        if s.lost_status.contains(&step) {
+            let status = sim.policy.status.clone();
+            sim.apply(&decision);
+            sim.policy.status = status;
+        } else {
+            sim.apply(&decision);
+        }
         let phase = decision.status.phase;
         check_fleet(&sim, &memory, phase)?;
         memory.previous_phase = phase;

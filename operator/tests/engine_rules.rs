@@ -625,3 +625,23 @@ fn a_crash_counts_even_when_the_node_has_no_target_left() {
         status.bad_releases[0].reason
     );
 }
+
+#[test]
+fn a_lost_status_write_does_not_forget_a_bad_release() {
+    let mut sim = fleet(3, &[(None, Some(100), "0s")]);
+    for node in &mut sim.nodes {
+        node.faults.insert(id(0, 2), Fault::Stall);
+    }
+    run_until(&mut sim, &[PolicyPhase::Failed], 30);
+    // The status is lost entirely; the nodes' revert requests still name the release.
+    sim.policy.status = None;
+    let d = sim.step(60);
+    let bad: Vec<&str> = d
+        .status
+        .bad_releases
+        .iter()
+        .map(|b| b.release.as_str())
+        .collect();
+    assert_eq!(bad, vec![id(0, 2).as_str()]);
+    assert!(d.desired.is_empty(), "{:?}", d.desired);
+}

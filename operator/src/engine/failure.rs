@@ -4,7 +4,10 @@
 
 use std::collections::BTreeSet;
 
-use kpersist_crds::{DesiredPatch, PatchAction};
+use jiff::Timestamp;
+use kpersist_crds::{BadRelease, DesiredPatch, PatchAction};
+
+use super::NodeView;
 
 use super::nodes::{NodeFacts, Progress, Standing};
 use super::settings::Settings;
@@ -97,15 +100,48 @@ pub(crate) fn failing_releases(
 }
 
 /// The request that sends a node back from `applied` (this policy's `Apply`) to the
-/// release it ran before, or to no livepatch when it ran none.
+/// release it ran before, or to no livepatch when it ran none. It names the failed release
+/// as `previous`, so the node itself remembers that release is bad.
 pub(crate) fn revert_of(applied: &DesiredPatch, settings: &Settings) -> DesiredPatch {
     DesiredPatch {
         policy: applied.policy.clone(),
         action: PatchAction::Revert,
         release: applied.previous.clone(),
-        previous: None,
+        previous: applied.release.clone(),
         wave: None,
         transition_timeout: settings.transition_timeout.clone(),
         kmsg_checks: settings.kmsg_checks,
     }
+}
+
+/// Releases this policy reverted nodes from that the status does not list as bad: the
+/// status write that recorded them was lost, while the node writes landed.
+pub(crate) fn bad_releases_on_nodes(
+    policy: &str,
+    nodes: &[NodeView],
+    listed: &[BadRelease],
+    now: Timestamp,
+) -> Vec<BadRelease> {
+    let mut found: Vec<BadRelease> = Vec::new();
+    for node in nodes {
+        let desired = node.lpn.as_ref().and_then(|l| l.spec.desired.as_ref());
+        let Some(from) = desired
+            .filter(|d| d.policy == policy && d.action == PatchAction::Revert)
+            .and_then(|d| d.previous.as_ref())
+        else {
+            continue;
+        };
+        let known = listed.iter().chain(&found).any(|b| b.release == from.id);
+        if !known {
+            found.push(BadRelease {
+                release: from.id.clone(),
+                reason: format!(
+                    "{} was reverted from it; the status recording why was lost",
+                    node.name
+                ),
+                marked_at: now.to_string(),
+            });
+        }
+    }
+    found
 }

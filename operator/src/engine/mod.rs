@@ -181,11 +181,14 @@ pub fn decide(input: &EngineInput) -> Decision {
         Ok(settings) => settings,
         Err(errors) => return invalid(input, previous, &errors),
     };
-    let bad: HashSet<String> = previous
-        .bad_releases
-        .iter()
-        .map(|b| b.release.clone())
-        .collect();
+    let mut bad_releases = previous.bad_releases.clone();
+    bad_releases.extend(failure::bad_releases_on_nodes(
+        name,
+        input.nodes,
+        &previous.bad_releases,
+        input.now,
+    ));
+    let bad: HashSet<String> = bad_releases.iter().map(|b| b.release.clone()).collect();
     let targets = Targets::new(
         input.repository,
         &settings,
@@ -263,7 +266,6 @@ pub fn decide(input: &EngineInput) -> Decision {
         generation,
         input.now,
     );
-    let mut bad_releases = previous.bad_releases.clone();
     bad_releases.extend(outcome.new_bad.iter().cloned());
     let requeue_after = [
         outcome.requeue,

@@ -179,9 +179,11 @@ pub(crate) fn classify<'a>(
             .rollout
             .filter(|(_, releases)| releases.iter().any(|r| r == asked));
         let listed = ctx.members.contains(view.name.as_str());
-        // A node the controller wrote to but whose status write was lost is taken back
-        // while its apply is still going, so the wave's failures count it.
-        let adopted = in_rollout.is_some_and(|(wave, _)| desired.wave == Some(wave) && !settled);
+        // A node whose write landed while the status write recording it was lost is
+        // taken back while its apply is still going, so its wave waits for it and counts
+        // its failure. (One that already finished by then is judged as outside the
+        // rollout: a release of an earlier rollout looks the same once settled.)
+        let adopted = in_rollout.is_some() && !settled;
         if in_rollout.is_some() && (listed || adopted) {
             facts.standing = Standing::Member {
                 wave: desired.wave.unwrap_or(1),

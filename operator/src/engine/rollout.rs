@@ -122,7 +122,7 @@ pub(crate) fn run(step: &Step<'_>, facts: &mut [NodeFacts<'_>]) -> Outcome {
             return out;
         }
         let releases = rollout_releases(facts, &[]);
-        adopt_first_wave(facts, &releases);
+        adopt_unsettled(facts, &releases);
         population = members(facts) + needing;
         out.events.push(RolloutEvent::RolloutStarted {
             releases: releases.clone(),
@@ -314,19 +314,19 @@ pub(crate) fn run(step: &Step<'_>, facts: &mut [NodeFacts<'_>]) -> Outcome {
     out
 }
 
-/// A rollout starting while nodes already apply its releases as wave 1: the previous
-/// decision started it, its node writes landed and its status write did not. Counting
-/// them keeps the wave from growing past its size.
-fn adopt_first_wave(facts: &mut [NodeFacts<'_>], releases: &[String]) {
+/// A rollout starting while nodes already apply its releases: the previous decision
+/// started it, its node writes landed and its status write did not. Counting them keeps
+/// their waves from growing past their size and waiting for them.
+fn adopt_unsettled(facts: &mut [NodeFacts<'_>], releases: &[String]) {
     for f in facts.iter_mut() {
-        let first_wave_apply = f.ours.is_some_and(|d| {
-            d.action == kpersist_crds::PatchAction::Apply
-                && d.wave == Some(1)
-                && d.release.as_ref().is_some_and(|r| releases.contains(&r.id))
-        });
-        if f.standing == Standing::InFlight && first_wave_apply {
+        let wave = f
+            .ours
+            .filter(|d| d.action == kpersist_crds::PatchAction::Apply)
+            .filter(|d| d.release.as_ref().is_some_and(|r| releases.contains(&r.id)))
+            .map(|d| d.wave.unwrap_or(1));
+        if let (Standing::InFlight, Some(wave)) = (&f.standing, wave) {
             f.standing = Standing::Member {
-                wave: 1,
+                wave,
                 progress: Progress::InFlight,
             };
         }
