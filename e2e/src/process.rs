@@ -64,7 +64,13 @@ pub fn workspace_binary(name: &str) -> Result<PathBuf> {
     let exe = std::env::current_exe().map_err(|e| Error::io("/proc/self/exe", e))?;
     let profile_dir = exe
         .parent()
-        .and_then(|dir| if dir.ends_with("deps") { dir.parent() } else { Some(dir) })
+        .and_then(|dir| {
+            if dir.ends_with("deps") {
+                dir.parent()
+            } else {
+                Some(dir)
+            }
+        })
         .ok_or_else(|| Error::Malformed {
             path: exe.clone(),
             problem: "the test binary is not inside <target>/<profile>/deps".into(),

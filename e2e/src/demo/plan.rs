@@ -164,7 +164,12 @@ mod tests {
         let nodes = fleet_nodes(20);
         assert_eq!(nodes.len(), 20);
         assert_eq!(nodes[0].name, "node-01");
-        let on = |k: Kernel| nodes.iter().filter(|n| n.kernel_release == k.release).count();
+        let on = |k: Kernel| {
+            nodes
+                .iter()
+                .filter(|n| n.kernel_release == k.release)
+                .count()
+        };
         assert_eq!(on(KERNEL_NONE), 1);
         assert_eq!(on(KERNEL_B), 6);
         assert_eq!(on(KERNEL_A), 13);

@@ -64,7 +64,7 @@ impl Screen {
         if !self.tty {
             let style = Style {
                 color: false,
-                width: 100,
+                width: 160,
             };
             print_flush(&format!("{}\n", view::frame(snap, style).join("\n")));
         }

@@ -2,7 +2,7 @@
 //! cumulative release picked up on its own, and a bad release caught on the canary and
 //! reverted. Everything shown is read from the API server, as `kubectl` would see it.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -14,9 +14,9 @@ use super::plan::{self, BAD_VERSION, KERNEL_A, KERNEL_B};
 use super::screen::Screen;
 use super::summary::{self, Report};
 use super::view::{PolicyEvent, Snapshot};
-use crate::controlplane::{Identity, scripts_dir};
+use crate::Result;
+use crate::controlplane::Identity;
 use crate::sim_fleet::SimFleet;
-use crate::{Error, Result};
 
 /// What the person asked for on the command line.
 #[derive(Clone, Debug)]
@@ -41,20 +41,22 @@ const AFTER_REVERT: Duration = Duration::from_secs(6);
 
 /// Runs the demo and returns whether the story happened as shown. `verdict` is set as soon
 /// as it is known, so an interrupt during `--keep-running` still reports it.
-pub async fn run(options: &Options, screen: &mut Screen, verdict: &Cell<Option<bool>>) -> Result<()> {
-    screen.say("==> kube-apiserver: built from Debian's source once, then cached");
-    build_apiserver()?;
+pub async fn run(
+    options: &Options,
+    screen: &mut Screen,
+    verdict: &Cell<Option<bool>>,
+) -> Result<()> {
+    // up.sh builds kube-apiserver through build.sh on the first run only, printing its
+    // progress; later runs find it cached.
     screen.say(&format!(
-        "==> starting etcd + kube-apiserver (RBAC, tokens), the repository, {} simulated nodes",
+        "==> starting etcd + kube-apiserver (RBAC, token identities), a signed repository and \
+         {} simulated nodes; the first run builds kube-apiserver from Debian's source (about \
+         10 minutes, cached after)",
         options.nodes
     ));
     let nodes = plan::fleet_nodes(options.nodes);
     let mut fleet = SimFleet::start(nodes).await?;
-    for kernel in [KERNEL_A, KERNEL_B] {
-        fleet
-            .publisher
-            .publish(kernel.release, kernel.build_id, 1, &plan::cves(1), &["stable"])?;
-    }
+    publish_for_both(&fleet, 1)?;
     fleet.start_agents()?;
     fleet.start_operator()?;
     let policy = plan::load_policy(
@@ -77,7 +79,12 @@ pub async fn run(options: &Options, screen: &mut Screen, verdict: &Cell<Option<b
     let mut report = Report {
         nodes: options.nodes,
         bad_release: plan::release_id(KERNEL_A, BAD_VERSION),
-        kubeconfig: fleet.cluster.plane.kubeconfig(Identity::Admin).display().to_string(),
+        kubeconfig: fleet
+            .cluster
+            .plane
+            .kubeconfig(Identity::Admin)
+            .display()
+            .to_string(),
         metrics_url: format!("http://{}/metrics", fleet.operator_metrics_addr()),
         logs: fleet.cluster.plane.dir().display().to_string(),
         ..Report::default()
@@ -101,19 +108,19 @@ pub async fn run(options: &Options, screen: &mut Screen, verdict: &Cell<Option<b
     report.v1_patched = count_on(&act.snap, &v1);
 
     // Act 2: a newer cumulative release, picked up at the next repository check.
-    for kernel in [KERNEL_A, KERNEL_B] {
-        fleet
-            .publisher
-            .publish(kernel.release, kernel.build_id, 2, &plan::cves(2), &["stable"])?;
-    }
+    publish_for_both(&fleet, 2)?;
     screen.say(&format!(
         "==> published and signed v2 ({} CVEs) for both kernels; nothing else is touched",
         plan::cves(2).len()
     ));
     let v2 = plan::expected(fleet.nodes(), 2);
-    let act = live(&fleet, screen, "Act 2/3: persistent update to v2", &name, |s| {
-        settled(s) && plan::all_applied(&s.nodes, &v2)
-    })
+    let act = live(
+        &fleet,
+        screen,
+        "Act 2/3: persistent update to v2",
+        &name,
+        |s| settled(s) && plan::all_applied(&s.nodes, &v2),
+    )
     .await?;
     report.v2_seconds = act.finished.then_some(act.seconds);
     report.v2_patched = count_on(&act.snap, &v2);
@@ -130,21 +137,44 @@ pub async fn run(options: &Options, screen: &mut Screen, verdict: &Cell<Option<b
     screen.say(&format!(
         "==> published and signed {bad}, a BAD release: the canary's kernel taints when it loads"
     ));
-    let act = live(&fleet, screen, "Act 3/3: bad v3 on the canary", &name, |s| {
-        marked_bad(s, &bad).is_some() && plan::all_applied(&s.nodes, &v2) && !rolling(s)
-    })
+    // The canary's error is cleared once it is back on v2, so it is caught while it shows.
+    let canary_error = RefCell::new(None);
+    let act = live(
+        &fleet,
+        screen,
+        "Act 3/3: bad v3 on the canary",
+        &name,
+        |s| {
+            if let Some(error) = failure_of(s, &bad) {
+                canary_error.replace(Some(error));
+            }
+            marked_bad(s, &bad).is_some() && plan::all_applied(&s.nodes, &v2) && !rolling(s)
+        },
+    )
     .await?;
     report.revert_seconds = act.finished.then_some(act.seconds);
     screen.say(&format!(
         "==> watching {}s more: {bad} must not be offered to anyone else",
         AFTER_REVERT.as_secs()
     ));
-    let after = live_for(&fleet, screen, "Act 3/3: after the revert", &name, AFTER_REVERT).await?;
+    let after = live_for(
+        &fleet,
+        screen,
+        "Act 3/3: after the revert",
+        &name,
+        AFTER_REVERT,
+    )
+    .await?;
 
     report.asked_bad = fleet.watch.ever_desired(&bad);
-    report.canary_error = report.asked_bad.iter().find_map(|canary| {
-        let error = after.nodes.get(canary)?.status.as_ref()?.last_error.clone()?;
-        Some(format!("{:?}: {}", error.reason, error.message))
+    report.canary_error = canary_error.into_inner().or_else(|| {
+        // Too quick for the refresh: the operator's Event says what the node reported.
+        let failed = after
+            .events
+            .iter()
+            .rev()
+            .find(|e| e.reason == "WaveFailed")?;
+        Some(failed.note.clone())
     });
     report.marked_bad = marked_bad(&after, &bad);
     report.conditions = conditions(&after);
@@ -174,26 +204,18 @@ pub async fn run(options: &Options, screen: &mut Screen, verdict: &Cell<Option<b
     Ok(())
 }
 
-/// Runs `e2e/controlplane/build.sh`, which returns at once when the binary is cached and
-/// prints its progress otherwise.
-fn build_apiserver() -> Result<()> {
-    let script = scripts_dir().join("build.sh");
-    let status = std::process::Command::new(&script)
-        .stdout(std::process::Stdio::null())
-        .status()
-        .map_err(|source| Error::Spawn {
-            program: script.display().to_string(),
-            source,
-        })?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(Error::Command {
-            command: script.display().to_string(),
-            status: status.to_string(),
-            detail: "see its messages above".into(),
-        })
+/// Publishes and signs `version` for both kernels that get releases.
+fn publish_for_both(fleet: &SimFleet, version: u64) -> Result<()> {
+    for kernel in [KERNEL_A, KERNEL_B] {
+        fleet.publisher.publish(
+            kernel.release,
+            kernel.build_id,
+            version,
+            &plan::cves(version),
+            &["stable"],
+        )?;
     }
+    Ok(())
 }
 
 /// How an act ended.
@@ -248,7 +270,9 @@ async fn live_for(
 /// Reads the policy and its Events from the API server; the nodes come from the watch.
 async fn snapshot(fleet: &SimFleet, title: &str, name: &str, start: Instant) -> Result<Snapshot> {
     let client = fleet.cluster.admin.clone();
-    let policy = Api::<LivePatchPolicy>::all(client.clone()).get_opt(name).await?;
+    let policy = Api::<LivePatchPolicy>::all(client.clone())
+        .get_opt(name)
+        .await?;
     let events = Api::<Event>::namespaced(client, "kube-system")
         .list(&Default::default())
         .await?;
@@ -301,6 +325,15 @@ fn marked_bad(snap: &Snapshot, release: &str) -> Option<String> {
     Some(bad.reason.clone())
 }
 
+/// `Reason: message` of a node that reported a failure of `release`.
+fn failure_of(snap: &Snapshot, release: &str) -> Option<String> {
+    snap.nodes.values().find_map(|node| {
+        let error = node.status.as_ref()?.last_error.as_ref()?;
+        (error.release.as_deref() == Some(release))
+            .then(|| format!("{:?}: {}", error.reason, error.message))
+    })
+}
+
 fn conditions(snap: &Snapshot) -> Vec<String> {
     let Some(status) = snap.policy.as_ref().and_then(|p| p.status.as_ref()) else {
         return Vec::new();
@@ -308,7 +341,10 @@ fn conditions(snap: &Snapshot) -> Vec<String> {
     status
         .conditions
         .iter()
-        .map(|c| format!("{}={} {}: {}", c.type_, c.status, c.reason, c.message))
+        .map(|c| match c.message.as_str() {
+            "" => format!("{}={} {}", c.type_, c.status, c.reason),
+            message => format!("{}={} {}: {message}", c.type_, c.status, c.reason),
+        })
         .collect()
 }
 

@@ -56,7 +56,10 @@ pub struct Finding {
 
 /// What the demo set out to show, each judged from the report.
 pub fn findings(r: &Report) -> Vec<Finding> {
-    let secs = |s: Option<f64>| s.map(|s| format!("{s:.1}s")).unwrap_or("not finished".into());
+    let secs = |s: Option<f64>| {
+        s.map(|s| format!("{s:.1}s"))
+            .unwrap_or("not finished".into())
+    };
     let canary = r.asked_bad.iter().next().cloned().unwrap_or_default();
     vec![
         Finding {
@@ -135,7 +138,10 @@ pub fn render(r: &Report, paint: Paint) -> (Vec<String>, bool) {
     lines.push(String::new());
     lines.push(paint.bold("Where things are"));
     lines.push(format!("  kubeconfig (admin): {}", r.kubeconfig));
-    lines.push(format!("  kubectl --kubeconfig {} get lpp,lpn", r.kubeconfig));
+    lines.push(format!(
+        "  kubectl --kubeconfig {} get lpp,lpn",
+        r.kubeconfig
+    ));
     lines.push(format!("  operator metrics:   {}", r.metrics_url));
     lines.push(format!("  logs of every process: {}", r.logs));
     lines.push(String::new());
@@ -179,7 +185,10 @@ mod tests {
         let text = lines.join("\n");
         assert!(ok, "{text}");
         assert!(text.contains("kubectl --kubeconfig /tmp/x/admin.kubeconfig get lpp,lpn"));
-        assert!(text.contains("failed on the canary node-02: NewTaint"), "{text}");
+        assert!(
+            text.contains("failed on the canary node-02: NewTaint"),
+            "{text}"
+        );
         assert!(text.contains("DEMO OK"));
     }
 

@@ -93,7 +93,7 @@ pub fn frame(snap: &Snapshot, style: Style) -> Vec<String> {
     ];
     lines.extend(grid(snap, style, paint));
     lines.push(paint.dim(
-        "  ✓ applied  ↻ applying  ↺ reverting  ✗ failed  – unsupported  · idle  ? no agent yet",
+        "  ✓ applied  ↻ applying  ↺ reverting  ✗ failed  – unsupported (no release)  · idle  ? no agent",
     ));
     let recent = &snap.events[snap.events.len().saturating_sub(EVENTS_SHOWN)..];
     lines.push("  recent events:".into());
@@ -161,12 +161,32 @@ pub fn bar(done: u32, total: u32) -> String {
 
 /// The node grid: one cell per node, as many per line as fit.
 fn grid(snap: &Snapshot, style: Style, paint: Paint) -> Vec<String> {
+    // The agent of a node without a release for its kernel stays Idle; the operator counts
+    // it Unsupported, and so does the grid.
+    let targets: Vec<String> = snap
+        .policy
+        .as_ref()
+        .and_then(|p| p.status.as_ref())
+        .map(|s| s.targets.iter().map(|t| t.kernel_release.clone()).collect())
+        .unwrap_or_default();
     let cells: Vec<(String, String)> = snap
         .names
         .iter()
-        .map(|name| cell(name, snap.nodes.get(name), paint))
+        .map(|name| {
+            let node = snap.nodes.get(name);
+            let kernel = node
+                .and_then(|n| n.status.as_ref())
+                .and_then(|s| s.kernel_release.clone());
+            let no_release = !targets.is_empty() && kernel.is_some_and(|k| !targets.contains(&k));
+            cell(name, node, no_release, paint)
+        })
         .collect();
-    let cell_width = cells.iter().map(|(plain, _)| plain.chars().count()).max().unwrap_or(0) + 2;
+    let cell_width = cells
+        .iter()
+        .map(|(plain, _)| plain.chars().count())
+        .max()
+        .unwrap_or(0)
+        + 2;
     let per_line = ((style.width.saturating_sub(2)) / cell_width.max(1)).max(1);
     cells
         .chunks(per_line)
@@ -182,7 +202,12 @@ fn grid(snap: &Snapshot, style: Style, paint: Paint) -> Vec<String> {
 }
 
 /// `node-07 ✓ v2`, or `node-07 ↻ v1→v2` while moving; returned plain and painted.
-fn cell(name: &str, node: Option<&LivePatchNode>, paint: Paint) -> (String, String) {
+fn cell(
+    name: &str,
+    node: Option<&LivePatchNode>,
+    no_release: bool,
+    paint: Paint,
+) -> (String, String) {
     let status = node.and_then(|n| n.status.as_ref());
     let state = status.and_then(|s| s.state);
     let applied = status
@@ -204,6 +229,7 @@ fn cell(name: &str, node: Option<&LivePatchNode>, paint: Paint) -> (String, Stri
     };
     let (symbol, color): (&str, fn(Paint, &str) -> String) = match state {
         None if node.is_none() => ("?", Paint::dim),
+        None | Some(NodePatchState::Idle) if no_release => ("–", Paint::dim),
         None | Some(NodePatchState::Idle) => ("·", Paint::dim),
         Some(NodePatchState::Applied) => ("✓", Paint::green),
         Some(NodePatchState::Downloading | NodePatchState::Applying) => ("↻", Paint::yellow),

@@ -43,10 +43,19 @@ fn snapshot() -> Snapshot {
             .map(String::from)
             .to_vec(),
         nodes: BTreeMap::from([
-            ("node-01".into(), node(NodePatchState::Applied, Some(1), Some(1))),
-            ("node-02".into(), node(NodePatchState::Applying, None, Some(1))),
+            (
+                "node-01".into(),
+                node(NodePatchState::Applied, Some(1), Some(1)),
+            ),
+            (
+                "node-02".into(),
+                node(NodePatchState::Applying, None, Some(1)),
+            ),
             ("node-03".into(), node(NodePatchState::Idle, None, None)),
-            ("node-04".into(), node(NodePatchState::Unsupported, None, None)),
+            (
+                "node-04".into(),
+                node(NodePatchState::Unsupported, None, None),
+            ),
         ]),
         events: vec![PolicyEvent {
             time: "12:00:01".into(),
@@ -59,21 +68,39 @@ fn snapshot() -> Snapshot {
 
 #[test]
 fn the_frame_shows_phase_wave_counts_nodes_and_events() {
-    let lines = frame(&snapshot(), Style { color: false, width: 200 });
+    let lines = frame(
+        &snapshot(),
+        Style {
+            color: false,
+            width: 200,
+        },
+    );
     let text = lines.join("\n");
-    assert!(text.contains("policy demo-fleet: Baking   wave 2/3"), "{text}");
+    assert!(
+        text.contains("policy demo-fleet: Baking   wave 2/3"),
+        "{text}"
+    );
     assert!(text.contains("1/3 patched"), "{text}");
     assert!(text.contains("node-01 ✓ v1"), "{text}");
     assert!(text.contains("node-02 ↻ --→v1"), "{text}");
     assert!(text.contains("node-04 – --"), "{text}");
     assert!(text.contains("node-05 ? --"), "{text}");
-    assert!(text.contains("12:00:01 WaveFailed: wave 1 failed on node-01"), "{text}");
+    assert!(
+        text.contains("12:00:01 WaveFailed: wave 1 failed on node-01"),
+        "{text}"
+    );
     assert!(!text.contains('\x1b'), "no colour codes when colour is off");
 }
 
 #[test]
 fn the_grid_wraps_to_the_width_and_long_lines_are_cut() {
-    let narrow = frame(&snapshot(), Style { color: true, width: 40 });
+    let narrow = frame(
+        &snapshot(),
+        Style {
+            color: true,
+            width: 40,
+        },
+    );
     let grid: Vec<&String> = narrow.iter().filter(|l| l.contains("node-0")).collect();
     assert!(grid.len() >= 3, "{narrow:#?}");
     let event = narrow.iter().find(|l| l.contains("WaveFailed")).unwrap();
@@ -94,4 +121,33 @@ fn the_bar_fills_in_proportion_and_never_overflows() {
     assert_eq!(bar(0, 0).chars().filter(|c| *c == '█').count(), 0);
     assert_eq!(bar(15, 30).chars().filter(|c| *c == '█').count(), 15);
     assert_eq!(bar(40, 30).chars().filter(|c| *c == '█').count(), 30);
+}
+
+#[test]
+fn an_idle_node_whose_kernel_has_no_target_is_shown_unsupported() {
+    let mut snap = snapshot();
+    let policy = snap.policy.as_mut().unwrap();
+    policy.status.as_mut().unwrap().targets = vec![
+        serde_json::from_value(serde_json::json!({
+            "kernelRelease": "k", "buildId": "b", "release": "k/v1", "version": 1, "cves": 1,
+            "nodes": 2,
+        }))
+        .unwrap(),
+    ];
+    let mut other = node(NodePatchState::Idle, None, None);
+    other.status.as_mut().unwrap().kernel_release = Some("other".into());
+    snap.nodes.insert("node-03".into(), other);
+    let mut same = node(NodePatchState::Idle, None, None);
+    same.status.as_mut().unwrap().kernel_release = Some("k".into());
+    snap.nodes.insert("node-05".into(), same);
+    let text = frame(
+        &snap,
+        Style {
+            color: false,
+            width: 200,
+        },
+    )
+    .join("\n");
+    assert!(text.contains("node-03 – --"), "{text}");
+    assert!(text.contains("node-05 · --"), "{text}");
 }
