@@ -49,9 +49,9 @@ pub async fn run(
     // up.sh builds kube-apiserver through build.sh on the first run only, printing its
     // progress; later runs find it cached.
     screen.say(&format!(
-        "==> starting etcd + kube-apiserver (RBAC, token identities), a signed repository and \
-         {} simulated nodes; the first run builds kube-apiserver from Debian's source (about \
-         10 minutes, cached after)",
+        "==> building kpersist-operator and kpersist-agent, starting etcd + kube-apiserver \
+         (RBAC, token identities),\n    a signed repository and {} simulated nodes. The first \
+         run builds kube-apiserver from Debian's source\n    (about 10 minutes, cached after).",
         options.nodes
     ));
     let nodes = plan::fleet_nodes(options.nodes);
@@ -135,36 +135,35 @@ pub async fn run(
         &["stable"],
     )?;
     screen.say(&format!(
-        "==> published and signed {bad}, a BAD release: the canary's kernel taints when it loads"
+        "==> published and signed {bad}, a BAD release: the canary's kernel taints when it \
+         loads.\n    After the revert the demo watches {}s more: {bad} must reach no other node.",
+        AFTER_REVERT.as_secs()
     ));
     // The canary's error is cleared once it is back on v2, so it is caught while it shows.
     let canary_error = RefCell::new(None);
+    let reverted_at = Cell::new(None);
     let act = live(
         &fleet,
         screen,
-        "Act 3/3: bad v3 on the canary",
+        "Act 3/3: bad v3 meets the canary",
         &name,
         |s| {
             if let Some(error) = failure_of(s, &bad) {
                 canary_error.replace(Some(error));
             }
-            marked_bad(s, &bad).is_some() && plan::all_applied(&s.nodes, &v2) && !rolling(s)
+            let reverted =
+                marked_bad(s, &bad).is_some() && plan::all_applied(&s.nodes, &v2) && !rolling(s);
+            if reverted && reverted_at.get().is_none() {
+                reverted_at.set(Some(s.elapsed));
+            }
+            reverted_at
+                .get()
+                .is_some_and(|at| s.elapsed >= at + AFTER_REVERT.as_secs_f64())
         },
     )
     .await?;
-    report.revert_seconds = act.finished.then_some(act.seconds);
-    screen.say(&format!(
-        "==> watching {}s more: {bad} must not be offered to anyone else",
-        AFTER_REVERT.as_secs()
-    ));
-    let after = live_for(
-        &fleet,
-        screen,
-        "Act 3/3: after the revert",
-        &name,
-        AFTER_REVERT,
-    )
-    .await?;
+    report.revert_seconds = reverted_at.get().filter(|_| act.finished);
+    let after = act.snap;
 
     report.asked_bad = fleet.watch.ever_desired(&bad);
     report.canary_error = canary_error.into_inner().or_else(|| {
@@ -252,19 +251,6 @@ async fn live(
         }
         tokio::time::sleep(REFRESH).await;
     }
-}
-
-/// Shows the rollout live for `period`, and returns the last frame.
-async fn live_for(
-    fleet: &SimFleet,
-    screen: &mut Screen,
-    title: &str,
-    policy: &str,
-    period: Duration,
-) -> Result<Snapshot> {
-    let start = Instant::now();
-    let act = live(fleet, screen, title, policy, |_| start.elapsed() >= period).await?;
-    Ok(act.snap)
 }
 
 /// Reads the policy and its Events from the API server; the nodes come from the watch.

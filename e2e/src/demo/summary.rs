@@ -65,8 +65,8 @@ pub fn findings(r: &Report) -> Vec<Finding> {
         Finding {
             ok: r.v1_seconds.is_some() && r.v1_patched == r.supported,
             text: format!(
-                "v1 rolled out in waves to {}/{} supported nodes in {}; {} kept running unpatched \
-                 (no release for its kernel: Unsupported, not a failure)",
+                "v1 rolled out in waves to {}/{} supported nodes in {};\n      {} kept running \
+                 unpatched (no release for its kernel: Unsupported, not a failure)",
                 r.v1_patched,
                 r.supported,
                 secs(r.v1_seconds),
@@ -86,7 +86,7 @@ pub fn findings(r: &Report) -> Vec<Finding> {
         Finding {
             ok: r.asked_bad.len() == 1 && r.canary_error.is_some(),
             text: format!(
-                "{} failed on the canary {}: {}",
+                "{} failed on the canary {}:\n      {}",
                 r.bad_release,
                 if canary.is_empty() { "(none)" } else { &canary },
                 r.canary_error.as_deref().unwrap_or("no failure seen")
@@ -95,7 +95,7 @@ pub fn findings(r: &Report) -> Vec<Finding> {
         Finding {
             ok: r.marked_bad.is_some(),
             text: format!(
-                "{} marked bad by the policy: {}",
+                "{} marked bad by the policy:\n      {}",
                 r.bad_release,
                 r.marked_bad.as_deref().unwrap_or("not marked")
             ),
@@ -186,7 +186,7 @@ mod tests {
         assert!(ok, "{text}");
         assert!(text.contains("kubectl --kubeconfig /tmp/x/admin.kubeconfig get lpp,lpn"));
         assert!(
-            text.contains("failed on the canary node-02: NewTaint"),
+            text.contains("failed on the canary node-02:\n      NewTaint"),
             "{text}"
         );
         assert!(text.contains("DEMO OK"));
