@@ -18,9 +18,9 @@
 #   KPERSIST_CACHE         cache directory (default /var/cache/kpersist)
 #   KPERSIST_CLUSTER_KEEP  1 keeps the scratch directory (logs) after a passing run
 # Last line: CLUSTER-E2E: PASS or CLUSTER-E2E: FAIL, and the exit code to match.
-set -uo pipefail
 # The check functions are called through wait_until, which shellcheck cannot follow.
 # shellcheck disable=SC2317
+set -uo pipefail
 
 HERE="$(cd "$(dirname "$0")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
