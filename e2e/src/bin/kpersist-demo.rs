@@ -18,7 +18,14 @@ use kpersist_e2e::demo::story::{self, Options};
 /// and shows every node moving to it; act 3 publishes a bad v3 that taints the canary's
 /// kernel and shows the automatic revert. Exits 0 only if all of that happened.
 #[derive(Parser, Debug)]
-#[command(name = "kpersist-demo", version)]
+#[command(
+    name = "kpersist-demo",
+    version,
+    after_help = "Examples:\n  ./demo.sh                          20 nodes, 5s bakes\n  \
+                  ./demo.sh --nodes 60 --bake 2s\n  \
+                  ./demo.sh --keep-running           then: kubectl --kubeconfig <printed path> get lpp,lpn\n\n\
+                  On a terminal the view redraws in place; piped, it prints one line per change."
+)]
 struct Cli {
     /// Simulated nodes: one runs a kernel the repository has no release for, a third run a
     /// second kernel, the rest the kernel the bad release is for.

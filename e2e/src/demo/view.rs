@@ -181,11 +181,20 @@ fn grid(snap: &Snapshot, style: Style, paint: Paint) -> Vec<String> {
             cell(name, node, no_release, paint)
         })
         .collect();
+    // Wide enough for the longest name and `↻ v1→v2`, so the grid does not shift as
+    // nodes change state.
+    let longest_name = snap
+        .names
+        .iter()
+        .map(|n| n.chars().count())
+        .max()
+        .unwrap_or(0);
     let cell_width = cells
         .iter()
         .map(|(plain, _)| plain.chars().count())
         .max()
         .unwrap_or(0)
+        .max(longest_name + 8)
         + 2;
     let per_line = ((style.width.saturating_sub(2)) / cell_width.max(1)).max(1);
     cells
