@@ -208,10 +208,11 @@ REPO_PID=$!
 wait_until "repository served on 127.0.0.1:$REPO_PORT" 20 curl -fsS "http://127.0.0.1:$REPO_PORT/index.json"
 
 # --- 7. helm install, real kernel interface -----------------------------------------------------
-OPERATOR_PORT=$(( 20000 + RANDOM % 12768 ))
-AGENT_PORT=$(( OPERATOR_PORT + 1 ))
-for p in $OPERATOR_PORT $AGENT_PORT; do
-  [ -z "$(ss -Htln "sport = :$p")" ] || fail "port $p is taken; run again"
+# Two adjacent free ports: host-network pods listen on the node's ports.
+while :; do
+  OPERATOR_PORT=$(( 20000 + RANDOM % 12768 )) AGENT_PORT=$(( OPERATOR_PORT + 1 ))
+  [ -z "$(ss -Htln "sport = :$OPERATOR_PORT or sport = :$AGENT_PORT")" ] &&
+    [ "$AGENT_PORT" != "$REPO_PORT" ] && [ "$OPERATOR_PORT" != "$REPO_PORT" ] && break
 done
 # Pods here have host networking only (no CNI beyond loopback, no kube-proxy), so both
 # components use hostNetwork and reach the API server through its loopback address.
