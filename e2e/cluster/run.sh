@@ -308,7 +308,8 @@ k apply -f "$WORK/policy.yaml" >/dev/null || fail "kubectl apply of the policy f
 RELEASE_ID="$SIM_KERNEL/v1"
 applied() { [ "$(nodestatus '{.status.state}')" = Applied ] && [ "$(nodestatus '{.status.applied.id}')" = "$1" ]; }
 wait_until "LivePatchNode $NODE Applied $RELEASE_ID" 180 applied "$RELEASE_ID"
-say "policy status: $(k get livepatchpolicy e2e -o jsonpath='{.status.phase} {.status.patchedSummary}')"
+policy_complete() { [ "$(k get livepatchpolicy e2e -o jsonpath='{.status.phase} {.status.patchedSummary}')" = "Complete 1/1" ]; }
+wait_until "LivePatchPolicy e2e Complete, 1/1 nodes patched" 120 policy_complete
 
 # --- 9. metrics ---------------------------------------------------------------------------------
 say "step 9: /metrics of both pods at their pod IPs"
