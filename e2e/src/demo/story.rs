@@ -190,6 +190,9 @@ pub async fn run(
             screen.say(&format!("processes that stopped:{dead}"));
         }
     }
+    if !options.keep_running {
+        screen.say("(all of it is removed when the demo exits; --keep-running keeps it up)");
+    }
     if options.keep_running {
         screen.say(&format!(
             "\nEverything keeps running. In another terminal:\n  export KUBECONFIG={}\n  \
