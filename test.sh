@@ -36,5 +36,8 @@ e2e/controlplane/build.sh
 cargo clippy -p kpersist-e2e --test fleet -- -D warnings
 cargo test -p kpersist-e2e --test fleet
 
+step "cluster suite: helm install on a local single-node cluster (kubelet, containerd, our images)"
+e2e/cluster/run.sh
+
 echo
 echo "ALL SUITES: PASS"
