@@ -223,10 +223,10 @@ apply_to_controlplane() {
     can no "${operator[@]}" -- $a
   done
   for a in "create livepatchnodes" "get livepatchnodes" "watch livepatchnodes" \
-    "patch livepatchnodes" "patch livepatchnodes --subresource=status" "get nodes"; do
+    "patch livepatchnodes --subresource=status" "get nodes"; do
     can yes "${agent[@]}" -- $a
   done
-  for a in "delete livepatchnodes" "update livepatchnodes" "list nodes" "patch nodes" \
+  for a in "delete livepatchnodes" "update livepatchnodes" "patch livepatchnodes" "list nodes" "patch nodes" \
     "get livepatchpolicies" "get secrets -n kpersist" "create events" "create leases -n kpersist"; do
     can no "${agent[@]}" -- $a
   done

@@ -36,13 +36,21 @@ where
     loop {
         match call().await {
             Ok(value) => return Ok(value),
-            Err(e) if attempt + 1 < attempts => {
+            Err(e) if attempt + 1 < attempts && is_transient(&e) => {
                 tracing::warn!(error = %e, attempt, "{what} failed; retrying");
                 tokio::time::sleep(backoff(attempt)).await;
                 attempt += 1;
             }
             Err(e) => return Err(e),
         }
+    }
+}
+
+/// Whether a failed call may succeed when repeated: not a refusal such as 403 or 422.
+fn is_transient(error: &kube::Error) -> bool {
+    match error {
+        kube::Error::Api(e) => !(400..500).contains(&e.code) || matches!(e.code, 408 | 409 | 429),
+        _ => true,
     }
 }
 
@@ -112,10 +120,25 @@ impl<K: Kernel + Clone + 'static> NodeController<K> {
             }
             owners.push(owner.clone());
             let patch = Patch::Merge(json!({ "metadata": { "ownerReferences": owners } }));
-            return Ok(retry("adopting the LivePatchNode", 8, || {
+            let adopted = retry("adopting the LivePatchNode", 8, || {
                 self.api.patch(&self.name, &params, &patch)
             })
-            .await?);
+            .await;
+            return match adopted {
+                Ok(lpn) => Ok(lpn),
+                // The chart grants agents no patch on the object itself, so that no agent can
+                // write any node's spec. An object created by someone else keeps working; it
+                // just is not removed together with its Node.
+                Err(kube::Error::Api(e)) if e.code == 403 => {
+                    tracing::warn!(
+                        node = %self.name,
+                        "cannot add the Node owner reference to the existing LivePatchNode \
+                         (no RBAC patch on livepatchnodes); it will not be deleted with the Node"
+                    );
+                    Ok(lpn)
+                }
+                Err(e) => Err(e.into()),
+            };
         }
     }
 

@@ -47,7 +47,7 @@ fn agent_may_touch_only_livepatchnodes_and_read_nodes() {
         (
             "kpersist.io",
             "livepatchnodes",
-            &["create", "get", "list", "watch", "patch"],
+            &["create", "get", "list", "watch"],
         ),
         ("kpersist.io", "livepatchnodes/status", &["get", "patch"]),
         ("", "nodes", &["get"]),

@@ -149,8 +149,8 @@ async fn rbac_lets_operator_and_agent_do_their_jobs_and_refuses_the_agent_anythi
             .await,
     );
 
-    // Refused to the agent: any write to a policy, deleting LivePatchNodes, reading
-    // Secrets, changing Nodes.
+    // Refused to the agent: any write to a policy, any LivePatchNode's spec, deleting
+    // LivePatchNodes, reading Secrets, changing Nodes.
     forbidden(
         "agent creates a policy",
         agent_lpps
@@ -177,6 +177,13 @@ async fn rbac_lets_operator_and_agent_do_their_jobs_and_refuses_the_agent_anythi
     forbidden(
         "agent deletes a policy",
         agent_lpps.delete("fleet", &DeleteParams::default()).await,
+    );
+    let takeover = serde_json::json!({ "spec": { "desired": null } });
+    forbidden(
+        "agent writes another node's LivePatchNode spec",
+        agent_lpns
+            .patch("node-b", &PatchParams::default(), &Patch::Merge(&takeover))
+            .await,
     );
     forbidden(
         "agent deletes a LivePatchNode",
