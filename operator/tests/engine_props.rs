@@ -64,8 +64,9 @@ struct Scenario {
     publish_at: Option<usize>,
     pinned: Option<u64>,
     step_seconds: i64,
-    /// Steps whose status write is lost (the node writes land), as when the operator dies
-    /// between the two or the status update conflicts.
+    /// Steps whose status write is lost, as when the operator dies or the status update
+    /// conflicts. The node writes land first, except in a decision that marks a release
+    /// bad, whose status the controller writes first: then nothing lands.
     lost_status: Vec<usize>,
 }
 
@@ -274,6 +275,7 @@ fn sim_node(s: &Scenario, index: usize, plan: &NodePlan) -> SimNode {
 /// What the checker remembers across steps.
 #[derive(Default)]
 struct Memory {
+    /// The bad releases the policy status recorded after the last write.
     bad: BTreeSet<String>,
     /// Per node: the release of its last Apply and what it ran when that was written.
     last_apply: BTreeMap<String, (String, Option<String>)>,
@@ -382,8 +384,17 @@ fn check_decision(
         let previous = sim.node(name).applied_id();
         memory.last_apply.insert(name.clone(), (release, previous));
     }
-    memory.bad = now_bad;
     Ok(())
+}
+
+/// The bad releases the policy status holds.
+fn recorded_bad(sim: &Sim) -> BTreeSet<String> {
+    sim.policy
+        .status
+        .iter()
+        .flat_map(|s| &s.bad_releases)
+        .map(|b| b.release.clone())
+        .collect()
 }
 
 /// Checks the fleet after a decision was written.
@@ -512,12 +523,21 @@ fn run(s: &Scenario) -> Result<(), TestCaseError> {
         let decision = sim.decide();
         check_decision(&sim, &mut memory, &decision)?;
         if s.lost_status.contains(&step) {
-            let status = sim.policy.status.clone();
-            sim.apply(&decision);
-            sim.policy.status = status;
+            // The controller writes the status before the nodes when the decision marks a
+            // release bad; a failed status write then ends the reconcile before any node
+            // is written. Otherwise the node writes have landed when the status is lost.
+            if !decision.marks_releases_bad(sim.policy.status.as_ref()) {
+                let status = sim.policy.status.clone();
+                sim.apply(&decision);
+                sim.policy.status = status;
+            }
         } else {
             sim.apply(&decision);
         }
+        // Only a bad release the status recorded must never be forgotten: one decided in a
+        // write that was lost can be forgotten when the failed node leaves before the
+        // decision is repeated, since no API object holds it any more.
+        memory.bad = recorded_bad(&sim);
         let phase = decision.status.phase;
         check_fleet(&sim, &memory, phase)?;
         memory.previous_phase = phase;
@@ -568,5 +588,44 @@ proptest! {
     #[test]
     fn rollouts_keep_their_invariants_and_finish(s in scenario()) {
         run(&s)?;
+    }
+}
+
+/// A wave fails on its only node, the status write recording the bad release is lost, and
+/// the node leaves the cluster before the next decision, taking its `Revert` (the other
+/// record of the bad release) with it.
+#[test]
+fn a_lost_status_write_then_the_failed_node_leaving_forgets_no_recorded_bad_release() {
+    let s = Scenario {
+        kernels: 2,
+        nodes: vec![NodePlan {
+            kernel: 0,
+            applied_v1: false,
+            selected: true,
+            conflicted: false,
+            has_agent: true,
+            livepatch: true,
+            vulnerable: false,
+            flap: Some((3, 2)),
+            join_at: None,
+            leave_at: Some(5),
+            work_ticks: 3,
+        }],
+        waves: vec![(false, 1, 0)],
+        max_in_flight: 1,
+        max_failures: 0,
+        failure_policy: FailurePolicy::Revert,
+        paused: false,
+        dry_run: false,
+        window: None,
+        broken: None,
+        gate_fails_on: None,
+        publish_at: None,
+        pinned: None,
+        step_seconds: 20,
+        lost_status: vec![4],
+    };
+    if let Err(error) = run(&s) {
+        panic!("{error}");
     }
 }

@@ -645,3 +645,40 @@ fn a_lost_status_write_does_not_forget_a_bad_release() {
     assert_eq!(bad, vec![id(0, 2).as_str()]);
     assert!(d.desired.is_empty(), "{:?}", d.desired);
 }
+
+#[test]
+fn the_decision_that_marks_a_release_bad_says_so_and_reverts_survive_lost_node_writes() {
+    let mut sim = fleet(3, &[(None, Some(100), "0s")]);
+    for node in &mut sim.nodes {
+        node.faults.insert(id(0, 2), Fault::Stall);
+    }
+    let mut marking = None;
+    for _ in 0..30 {
+        let d = sim.decide();
+        if d.marks_releases_bad(sim.policy.status.as_ref()) {
+            marking = Some(d);
+            break;
+        }
+        assert!(d.status.bad_releases.is_empty(), "{:?}", d.status);
+        sim.apply(&d);
+        sim.agents();
+        sim.advance(60);
+    }
+    let marking = marking.expect("the stalled wave fails and marks its release bad");
+    assert!(
+        !marking.desired.is_empty(),
+        "the same decision sends nodes back"
+    );
+    // The controller writes this status first; the node writes after it fail.
+    sim.policy.status = Some(marking.status.clone());
+    let again = sim.decide();
+    assert!(!again.marks_releases_bad(sim.policy.status.as_ref()));
+    assert_eq!(
+        again.desired, marking.desired,
+        "the reverts are asked again"
+    );
+    run_until(&mut sim, &[PolicyPhase::Failed], 30);
+    for node in &sim.nodes {
+        assert_ne!(node.applied_id(), Some(id(0, 2)), "{}", node.view.name);
+    }
+}

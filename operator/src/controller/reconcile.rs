@@ -98,6 +98,10 @@ async fn apply(policy: Arc<LivePatchPolicy>, ctx: Arc<Context>) -> Result<Action
         now,
     });
 
+    // Node writes normally go first: a status lost after them is recomputed from the
+    // nodes. A newly marked bad release is the exception, recorded first, because the
+    // nodes holding it may leave before a retry (see `Decision::marks_releases_bad`).
+    let status_first = decision.marks_releases_bad(policy.status.as_ref());
     let mut new_status = decision.status;
     status::merge_repository(
         &mut new_status,
@@ -115,8 +119,12 @@ async fn apply(policy: Arc<LivePatchPolicy>, ctx: Arc<Context>) -> Result<Action
         .into_iter()
         .filter(|(node, _)| ctx.lpns.get(&ObjectRef::new(node)).is_some())
         .collect();
+    let status_changed = policy.status.as_ref() != Some(&new_status);
+    if status_first && status_changed {
+        write::apply_status(&ctx.client, &name, &new_status).await?;
+    }
     write::apply_all_desired(&ctx.client, &writes).await?;
-    if policy.status.as_ref() != Some(&new_status) {
+    if !status_first && status_changed {
         write::apply_status(&ctx.client, &name, &new_status).await?;
     }
     ctx.events.publish(&policy, &decision.events).await;

@@ -6,10 +6,12 @@
 //!
 //! The controller calls [`decide`] on every change of the policy, of a selected node or of
 //! its LivePatchNode, on each repository poll and when [`Decision::requeue_after`] elapses.
-//! It writes every entry of [`Decision::desired`] with server-side apply, replaces the
-//! policy status with [`Decision::status`] (merging its own `RepositoryReachable` condition
-//! and `lastRepositoryCheck`, which the engine copies through unchanged), and records each
-//! [`RolloutEvent`] as a Kubernetes Event.
+//! It writes every entry of [`Decision::desired`], replaces the policy status with
+//! [`Decision::status`] (merging its own `RepositoryReachable` condition and
+//! `lastRepositoryCheck`, which the engine copies through unchanged), and records each
+//! [`RolloutEvent`] as a Kubernetes Event. Node writes go first, then the status, except
+//! when the decision marks a release bad ([`Decision::marks_releases_bad`]): then the
+//! status goes first, so the bad release is recorded before any node is sent back from it.
 //!
 //! State lives in the API objects only: the policy status (`rollout`, `badReleases`,
 //! `targets`) and each node's `spec.desired`, which records the wave that gave the node its
@@ -169,6 +171,23 @@ pub struct Decision {
     pub events: Vec<RolloutEvent>,
     /// When to decide again even if nothing changes (a bake ends, a window opens).
     pub requeue_after: Option<Duration>,
+}
+
+impl Decision {
+    /// Whether this decision's status lists a bad release that `current` (the status the
+    /// decision was made from) does not. The controller then writes the status before any
+    /// node: the `Revert` writes of the same decision may be the only other record of a
+    /// bad release, and a node that leaves the cluster takes its record with it, so the
+    /// status must not be the write that can still be lost once the nodes were written.
+    pub fn marks_releases_bad(&self, current: Option<&LivePatchPolicyStatus>) -> bool {
+        let known: HashSet<&str> = current
+            .map(|s| s.bad_releases.iter().map(|b| b.release.as_str()).collect())
+            .unwrap_or_default();
+        self.status
+            .bad_releases
+            .iter()
+            .any(|b| !known.contains(b.release.as_str()))
+    }
 }
 
 /// Decides what to write and announce for one policy. Pure: same input, same decision.
