@@ -38,14 +38,12 @@ PASSED=0
 
 say() { printf '[cluster %4ds] %s\n' $(( SECONDS - T0 )) "$*"; }
 ok() { say "ok: $*"; }
+# The verdict is printed by cleanup, after the teardown, as the last line.
 finish() {
-  echo
   if [ "$PASSED" = 1 ]; then
     say "all steps passed"
-    echo "CLUSTER-E2E: PASS"
     exit 0
   fi
-  echo "CLUSTER-E2E: FAIL"
   exit 1
 }
 fail() {
@@ -72,12 +70,28 @@ cleanup() {
   if [ -d "$CL" ]; then
     say "tearing the cluster down"
     "$HERE/down.sh" "$CL" 2>&1 | sed 's/^/    /'
+    local left
+    left="$(findmnt -rn -o TARGET | grep -F "$WORK"; ls -d /sys/fs/cgroup/*/kubepods 2>/dev/null
+      for f in /proc/[0-9]*/cmdline; do
+        tr '\0' ' ' <"$f" 2>/dev/null | grep -qF "$CL" && echo "process ${f//[!0-9]/}"
+      done)"
+    if [ -n "$left" ]; then
+      say "FAIL: the teardown left behind: $left"
+      PASSED=0 KEEP=1
+    fi
   fi
   if [ "$KEEP" = 1 ]; then
     say "logs kept in $WORK"
   else
     rm -rf "$WORK"
   fi
+  echo
+  if [ "$PASSED" = 1 ]; then
+    echo "CLUSTER-E2E: PASS"
+    exit 0
+  fi
+  echo "CLUSTER-E2E: FAIL"
+  exit 1
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -238,6 +252,14 @@ agent:
     - {name: KUBERNETES_SERVICE_PORT, value: "$API_PORT"}
 EOF
 say "step 7: helm install (agent on the real kernel interface, read only)"
+# Two replicas render the PodDisruptionBudget, which must take the API version this
+# cluster serves (policy/v1beta1 on 1.20) and pass its validation.
+"$HELM" --kubeconfig "$CL/admin.kubeconfig" install "$REL" "$ROOT/helm/kpersist" -n "$NS" \
+  --dry-run=server -f "$WORK/values.yaml" --set operator.replicas=2 >"$WORK/helm-dry-run.yaml" 2>&1 ||
+  fail "helm install --dry-run=server with two operator replicas failed: $(tail -n 5 "$WORK/helm-dry-run.yaml")"
+grep -B1 -x 'kind: PodDisruptionBudget' "$WORK/helm-dry-run.yaml" | grep -qx 'apiVersion: policy/v1beta1' ||
+  fail "the PodDisruptionBudget is not policy/v1beta1 on this 1.20 cluster"
+ok "server-side dry run with two replicas: PodDisruptionBudget as policy/v1beta1"
 "$HELM" --kubeconfig "$CL/admin.kubeconfig" install "$REL" "$ROOT/helm/kpersist" -n "$NS" \
   --create-namespace -f "$WORK/values.yaml" >"$WORK/helm-install.log" 2>&1 ||
   fail "helm install failed: $(cat "$WORK/helm-install.log")"
