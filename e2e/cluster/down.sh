@@ -13,8 +13,9 @@ log() { printf '[cluster/down] %s\n' "$*" >&2; }
 DIR="$(cd "$1" && pwd)"
 SOCK="$DIR/containerd/containerd.sock"
 
+# No `| grep -q` here or below: with pipefail, grep leaving early can fail the pipeline.
 ours() { # pid -> true when it is alive and its command line names DIR
-  [ -r "/proc/$1/cmdline" ] && tr '\0' ' ' <"/proc/$1/cmdline" | grep -qF "$DIR"
+  [ -r "/proc/$1/cmdline" ] && [[ "$(tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null)" == *"$DIR"* ]]
 }
 
 stop() { # name: stops DIR/name.pid, TERM then KILL after 5 s

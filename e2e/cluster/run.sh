@@ -73,7 +73,7 @@ cleanup() {
     local left
     left="$(findmnt -rn -o TARGET | grep -F "$WORK"; ls -d /sys/fs/cgroup/*/kubepods 2>/dev/null
       for f in /proc/[0-9]*/cmdline; do
-        tr '\0' ' ' <"$f" 2>/dev/null | grep -qF "$CL" && echo "process ${f//[!0-9]/}"
+        [[ "$(tr '\0' ' ' <"$f" 2>/dev/null)" == *"$CL"* ]] && echo "process ${f//[!0-9]/}"
       done)"
     if [ -n "$left" ]; then
       say "FAIL: the teardown left behind: $left"
@@ -113,7 +113,7 @@ say "step 1: Debian packages"
 PKGS=(containerd runc buildah containernetworking-plugins gcc libc6-dev openssl curl iproute2 python3)
 need=()
 for p in "${PKGS[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || need+=("$p")
+  [ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null)" = "install ok installed" ] || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then
   say "apt-get install ${need[*]}"
@@ -191,7 +191,8 @@ say "step 5: cluster up"
 for img in operator agent; do
   ctr --address "$CONTAINERD_SOCK" -n k8s.io images import "$IMAGES/kpersist-$img.tar" >/dev/null ||
     fail "ctr images import $IMAGES/kpersist-$img.tar failed"
-  ctr --address "$CONTAINERD_SOCK" -n k8s.io images ls -q | grep -qx "localhost/kpersist-$img:e2e" ||
+  # Listed first, then searched: `ctr ... | grep -q` fails under pipefail when grep exits early.
+  grep -qx "localhost/kpersist-$img:e2e" <<<"$(ctr --address "$CONTAINERD_SOCK" -n k8s.io images ls -q)" ||
     fail "localhost/kpersist-$img:e2e is not in containerd after the import"
 done
 ok "images imported into containerd (namespace k8s.io)"
@@ -257,7 +258,7 @@ say "step 7: helm install (agent on the real kernel interface, read only)"
 "$HELM" --kubeconfig "$CL/admin.kubeconfig" install "$REL" "$ROOT/helm/kpersist" -n "$NS" \
   --dry-run=server -f "$WORK/values.yaml" --set operator.replicas=2 >"$WORK/helm-dry-run.yaml" 2>&1 ||
   fail "helm install --dry-run=server with two operator replicas failed: $(tail -n 5 "$WORK/helm-dry-run.yaml")"
-grep -B1 -x 'kind: PodDisruptionBudget' "$WORK/helm-dry-run.yaml" | grep -qx 'apiVersion: policy/v1beta1' ||
+grep -qx 'apiVersion: policy/v1beta1' <<<"$(grep -B1 -x 'kind: PodDisruptionBudget' "$WORK/helm-dry-run.yaml")" ||
   fail "the PodDisruptionBudget is not policy/v1beta1 on this 1.20 cluster"
 ok "server-side dry run with two replicas: PodDisruptionBudget as policy/v1beta1"
 "$HELM" --kubeconfig "$CL/admin.kubeconfig" install "$REL" "$ROOT/helm/kpersist" -n "$NS" \
@@ -274,9 +275,9 @@ wait_until "operator pod $OP_POD holds the Lease $NS/kpersist-operator" 60 lease
 
 agent_pod() { k -n "$NS" get pods -l app.kubernetes.io/component=agent --field-selector spec.nodeName="$NODE" \
   -o jsonpath='{range .items[*]}{.metadata.name}{" "}{.metadata.uid}{" "}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}'; }
-agent_ready_not() { # uid of a pod that must be gone (or "")
-  local line; line=$(agent_pod | grep ' True$' | head -n1)
-  [ -n "$line" ] && [ "$(echo "$line" | wc -l)" = 1 ] && [ "$(agent_pod | wc -l)" = 1 ] && ! echo "$line" | grep -q " $1 "
+agent_ready_not() { # UID: one agent pod, Ready, and not the pod with that UID
+  local pods; pods=$(agent_pod)
+  [ "$(wc -l <<<"$pods")" = 1 ] && [[ "$pods" == *" True" ]] && [[ "$pods" != *" $1 "* ]]
 }
 ds_ready() { [ "$(k -n "$NS" get ds "$REL-agent" -o jsonpath='{.status.numberReady}')" = 1 ] && agent_ready_not none; }
 wait_until "agent DaemonSet has a Ready pod on $NODE" 120 ds_ready

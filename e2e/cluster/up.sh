@@ -196,7 +196,7 @@ log "starting containerd ($SOCK)"
 start containerd containerd --config "$DIR/containerd/config.toml"
 wait_for containerd 30 ctr --address "$SOCK" version
 ctr --address "$SOCK" -n k8s.io images import "$PAUSE" >/dev/null
-ctr --address "$SOCK" -n k8s.io images ls -q | grep -qx "$PAUSE_IMAGE" ||
+grep -qx "$PAUSE_IMAGE" <<<"$(ctr --address "$SOCK" -n k8s.io images ls -q)" ||
   die "importing $PAUSE did not give the image $PAUSE_IMAGE; images: $(ctr --address "$SOCK" -n k8s.io images ls -q | tr '\n' ' ')"
 
 # --- kubelet ------------------------------------------------------------------------------------
