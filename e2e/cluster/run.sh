@@ -287,13 +287,16 @@ wait_until "the agent created LivePatchNode $NODE" 60 nodestatus '{.metadata.nam
 unsupported() { [ "$(nodestatus '{.status.state}')" = Unsupported ]; }
 wait_until "LivePatchNode $NODE reports Unsupported" 60 unsupported
 say "LivePatchNode status: $(nodestatus '{.status}')"
-# The reason is the structured field: the kernel the agent read is this machine's, and it
-# has no livepatch support (no /sys/kernel/livepatch). With no release asked for, the agent
-# writes no lastError; it does when a release is refused for this reason.
+# The reason: the kernel the agent read is this machine's, and it has no livepatch support
+# (no /sys/kernel/livepatch), said in the LivepatchSupported condition.
 [ "$(nodestatus '{.status.livepatchSupported}')" = false ] || fail "status.livepatchSupported is not false"
+support='{.status.conditions[?(@.type=="LivepatchSupported")]'
+[ "$(nodestatus "$support.reason}")" = NoLivepatchSupport ] ||
+  fail "condition LivepatchSupported has reason '$(nodestatus "$support.reason}")', not NoLivepatchSupport"
+say "reason: $(nodestatus "$support.message}")"
 [ "$(nodestatus '{.status.kernelRelease}')" = "$(uname -r)" ] ||
   fail "status.kernelRelease $(nodestatus '{.status.kernelRelease}') is not this machine's kernel $(uname -r)"
-ok "Unsupported because livepatchSupported=false on kernel $(uname -r)"
+ok "Unsupported (NoLivepatchSupport) on kernel $(uname -r)"
 
 # --- 8. simulated kernel: a policy rolls out -------------------------------------------------------
 say "step 8: helm upgrade to the simulated agent, then a LivePatchPolicy"

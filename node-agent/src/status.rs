@@ -125,6 +125,7 @@ pub fn build_status(
             health_message,
             now,
         ),
+        support_condition(obs, prior_conditions, now),
     ];
     LivePatchNodeStatus {
         state: Some(report.state),
@@ -149,6 +150,30 @@ pub fn build_status(
         conditions,
         agent_version: Some(env!("CARGO_PKG_VERSION").to_string()),
     }
+}
+
+/// `LivepatchSupported`: whether this kernel can be live patched at all, and if not why, so
+/// an Unsupported node explains itself before any release is asked for.
+fn support_condition(obs: &Observation, prior: &[NodeCondition], now: &str) -> NodeCondition {
+    let (reason, message) = match (&obs.identity, obs.supported) {
+        (Some(_), true) => ("LivepatchAvailable", String::new()),
+        (Some(identity), false) => (
+            "NoLivepatchSupport",
+            format!(
+                "kernel {} has no /sys/kernel/livepatch (built without CONFIG_LIVEPATCH?); \
+                 kpersist cannot patch this node until it runs a kernel with livepatch support",
+                identity.release
+            ),
+        ),
+        (None, _) => (
+            "KernelIdentityUnknown",
+            "the running kernel's release or build id could not be read from /proc and /sys; \
+             check the agent's host mounts"
+                .to_string(),
+        ),
+    };
+    let supported = obs.identity.is_some() && obs.supported;
+    condition(prior, "LivepatchSupported", supported, reason, message, now)
 }
 
 /// A condition, keeping its last transition time when its status did not change.
@@ -242,6 +267,41 @@ mod tests {
             "t0",
         );
         assert_eq!(s.applied, None);
+    }
+
+    #[test]
+    fn an_unsupported_kernel_says_why_in_a_condition() {
+        let mut unsupported = obs(vec![]);
+        unsupported.supported = false;
+        let report = Report::state(NodePatchState::Unsupported);
+        let status = |o: &Observation| {
+            build_status(o, &AppliedRecord::default(), &[], &report, None, None, "t0")
+        };
+        let support = |s: &LivePatchNodeStatus| {
+            let c = s
+                .conditions
+                .iter()
+                .find(|c| c.type_ == "LivepatchSupported");
+            c.cloned().expect("LivepatchSupported condition")
+        };
+        let c = support(&status(&unsupported));
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "NoLivepatchSupport")
+        );
+        assert!(
+            c.message.contains("kernel k has no /sys/kernel/livepatch"),
+            "{}",
+            c.message
+        );
+        unsupported.identity = None;
+        let c = support(&status(&unsupported));
+        assert_eq!(c.reason, "KernelIdentityUnknown");
+        let c = support(&status(&obs(vec![])));
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", "LivepatchAvailable")
+        );
     }
 
     #[test]
