@@ -126,21 +126,18 @@ async fn unsupported_kernel_loads_nothing() {
 #[tokio::test]
 async fn lockdown_refusal_is_reported_and_marker_cleared() {
     let h = harness();
-    fault(
-        &h.sim,
-        "kpersist_v1",
-        SimFault {
-            load_error: Some(SyscallFailure::NotPermitted),
-            ..SimFault::default()
-        },
-    );
+    let lockdown = SimFault {
+        load_error: Some(SyscallFailure::NotPermitted),
+        ..SimFault::default()
+    };
     let report = h
-        .run(PatchAction::Apply, Some(h.release("kpersist_v1.ko", 1)))
+        .apply_failing(
+            "kpersist_v1.ko",
+            1,
+            lockdown,
+            NodeErrorReason::LockdownRefused,
+        )
         .await;
-    assert_eq!(
-        (report.state, reason(&report)),
-        (NodePatchState::Failed, NodeErrorReason::LockdownRefused)
-    );
     assert!(report.error.unwrap().message.contains("lockdown"));
     assert!(h.sim.modules().is_empty());
     assert!(!h.state_dir().join(CRASH_MARKER_FILE).exists());
@@ -155,21 +152,18 @@ async fn stalled_transition_is_reversed_and_names_its_blockers() {
         pid: 4242,
         comm: "kpersist_sleep".into(),
     };
-    fault(
-        &h.sim,
-        "kpersist_v2",
-        SimFault {
-            transition: Some(SimTransition::Stall(vec![sleeper])),
-            ..SimFault::default()
-        },
-    );
+    let stall = SimFault {
+        transition: Some(SimTransition::Stall(vec![sleeper])),
+        ..SimFault::default()
+    };
     let report = h
-        .run(PatchAction::Apply, Some(h.release("kpersist_v2.ko", 2)))
+        .apply_failing(
+            "kpersist_v2.ko",
+            2,
+            stall,
+            NodeErrorReason::TransitionStalled,
+        )
         .await;
-    assert_eq!(
-        (report.state, reason(&report)),
-        (NodePatchState::Failed, NodeErrorReason::TransitionStalled)
-    );
     let message = report.error.clone().unwrap().message;
     assert!(
         message.contains("4242 (kpersist_sleep)") && message.contains("reversed"),
@@ -188,21 +182,13 @@ async fn stalled_transition_is_reversed_and_names_its_blockers() {
 #[tokio::test]
 async fn new_taint_fails_the_apply() {
     let h = harness();
-    fault(
-        &h.sim,
-        "kpersist_v1",
-        SimFault {
-            taint_on_load: 1 << 9,
-            ..SimFault::default()
-        },
-    );
+    let taint = SimFault {
+        taint_on_load: 1 << 9,
+        ..SimFault::default()
+    };
     let report = h
-        .run(PatchAction::Apply, Some(h.release("kpersist_v1.ko", 1)))
+        .apply_failing("kpersist_v1.ko", 1, taint, NodeErrorReason::NewTaint)
         .await;
-    assert_eq!(
-        (report.state, reason(&report)),
-        (NodePatchState::Failed, NodeErrorReason::NewTaint)
-    );
     assert!(report.error.unwrap().message.contains('W'));
 }
 
@@ -210,28 +196,18 @@ async fn new_taint_fails_the_apply() {
 async fn kernel_warning_fails_the_apply() {
     let h = harness();
     let warning = "WARNING: CPU: 1 PID: 77 at kernel/livepatch/patch.c:42".to_string();
-    fault(
-        &h.sim,
-        "kpersist_v1",
-        SimFault {
-            kmsg_on_load: vec![warning],
-            ..SimFault::default()
-        },
-    );
-    let report = h
-        .run(PatchAction::Apply, Some(h.release("kpersist_v1.ko", 1)))
+    let warns = SimFault {
+        kmsg_on_load: vec![warning],
+        ..SimFault::default()
+    };
+    h.apply_failing("kpersist_v1.ko", 1, warns, NodeErrorReason::KernelWarning)
         .await;
-    assert_eq!(
-        (report.state, reason(&report)),
-        (NodePatchState::Failed, NodeErrorReason::KernelWarning)
-    );
 }
 
 #[tokio::test]
 async fn a_taint_failure_stands_when_the_object_comes_back_unchanged() {
     let h = harness();
-    fault(
-        &h.sim,
+    h.sim.set_fault(
         "kpersist_v1",
         SimFault {
             taint_on_load: 1 << 9,

@@ -11,8 +11,7 @@ use kpersist_kmod::kernel::{Kernel, SimFault, SimTransition, SyscallFailure};
 #[tokio::test]
 async fn a_failure_is_not_retried_for_the_same_generation_and_boot() {
     let h = harness();
-    fault(
-        &h.sim,
+    h.sim.set_fault(
         "kpersist_v1",
         SimFault {
             load_error: Some(SyscallFailure::InvalidArgument),
@@ -105,8 +104,7 @@ async fn crash_marker_from_a_previous_boot_refuses_the_release_for_good() {
 async fn agent_restarted_after_the_load_finishes_the_apply_without_reloading() {
     let h = harness();
     let v1 = h.release("kpersist_v1.ko", 1);
-    fault(
-        &h.sim,
+    h.sim.set_fault(
         "kpersist_v1",
         SimFault {
             transition: Some(SimTransition::FinishAfter(3)),

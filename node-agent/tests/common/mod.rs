@@ -74,6 +74,26 @@ impl Harness {
         }
     }
 
+    /// Applies fixture `ko` as release `version` with `fault` set on its module, checks
+    /// that the apply failed with `expected`, and returns the report.
+    pub async fn apply_failing(
+        &self,
+        ko: &str,
+        version: u64,
+        fault: SimFault,
+        expected: NodeErrorReason,
+    ) -> Report {
+        self.sim.set_fault(ko.trim_end_matches(".ko"), fault);
+        let report = self
+            .run(PatchAction::Apply, Some(self.release(ko, version)))
+            .await;
+        assert_eq!(
+            (report.state, reason(&report)),
+            (NodePatchState::Failed, expected)
+        );
+        report
+    }
+
     pub async fn run(&self, action: PatchAction, release: Option<PatchRelease>) -> Report {
         self.run_with(action, release, None).await
     }
@@ -132,8 +152,4 @@ pub fn reason(report: &Report) -> NodeErrorReason {
         .as_ref()
         .map(|e| e.reason)
         .unwrap_or_else(|| panic!("no error in {report:?}"))
-}
-
-pub fn fault(sim: &SimKernel, module: &str, fault: SimFault) {
-    sim.set_fault(module, fault);
 }
