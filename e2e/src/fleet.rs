@@ -132,9 +132,9 @@ impl Cluster {
 }
 
 /// The RBAC objects of the operator and the agent: the chart's own templates rendered with
-/// `helm template` when a helm binary is found ($KPERSIST_HELM, `helm` on the PATH, or
-/// `$KPERSIST_CACHE/helm/helm`), else `e2e/rbac/kpersist-rbac.yaml`, a rendering of the
-/// same templates for release `kpersist` in namespace `kpersist`.
+/// `helm template` when a helm binary is found ($KPERSIST_HELM, `helm` on the PATH, or the
+/// one `e2e/tools/helm.sh` keeps in the cache), else `e2e/rbac/kpersist-rbac.yaml`, a
+/// rendering of the same templates for release `kpersist` in namespace `kpersist`.
 pub async fn rbac_manifests() -> Result<String> {
     if let Some(helm) = find_helm() {
         let chart = workspace_root().join("helm").join("kpersist");
@@ -164,10 +164,16 @@ fn find_helm() -> Option<PathBuf> {
             .find(|candidate| candidate.is_file())
     });
     on_path.or_else(|| {
-        let cache =
-            std::env::var_os("KPERSIST_CACHE").unwrap_or_else(|| "/var/cache/kpersist".into());
-        let cached = PathBuf::from(cache).join("helm").join("helm");
-        cached.is_file().then_some(cached)
+        // The script that the chart and cluster suites use: it fetches helm once and prints
+        // the directory it keeps it in.
+        let script = workspace_root().join("e2e").join("tools").join("helm.sh");
+        let output = std::process::Command::new(script).output().ok()?;
+        let dir = String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .last()?
+            .to_string();
+        let helm = PathBuf::from(dir).join("helm");
+        (output.status.success() && helm.is_file()).then_some(helm)
     })
 }
 
