@@ -2,6 +2,10 @@
 //! tests/fixtures: keygen, init, add, sign, verify, list, and verify's refusal of any
 //! changed byte in the index or a module.
 
+// Test code: a failed unwrap, expect or panic is the test's report. clippy.toml exempts
+// #[test] functions only, not the helpers of an integration test crate.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

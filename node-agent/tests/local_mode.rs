@@ -1,6 +1,10 @@
 //! `kpersist-agent local ...` as a process, on the simulated kernel, against a signed
 //! repository built from the fixture modules: exit codes, the JSON status and the summary line.
 
+// Test code: a failed unwrap, expect or panic is the test's report. clippy.toml exempts
+// #[test] functions only, not the helpers of an integration test crate.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

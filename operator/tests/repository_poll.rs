@@ -2,6 +2,10 @@
 //! signed with kmod's functions: ETag round trips, bad signatures, bad indexes, and a
 //! server that is not there.
 
+// Test code: a failed unwrap, expect or panic is the test's report. clippy.toml exempts
+// #[test] functions only, not the helpers of an integration test crate.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::sync::{Arc, Mutex};
 
 use axum::Router;

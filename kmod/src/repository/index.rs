@@ -114,7 +114,10 @@ impl Index {
     /// The index as written to `index.json`: pretty JSON with fields in a fixed order and a
     /// final newline, so the same index always gives the same bytes.
     pub fn to_json_bytes(&self) -> Vec<u8> {
-        // Serializing plain strings, numbers and lists cannot fail.
+        #[allow(
+            clippy::expect_used,
+            reason = "serializing plain strings, numbers and lists cannot fail"
+        )]
         let mut bytes =
             serde_json::to_vec_pretty(self).expect("an index of strings and numbers serializes");
         bytes.push(b'\n');

@@ -2,6 +2,9 @@
 //! repository directory holding the real fixture modules from kmod/tests/fixtures.
 
 #![allow(dead_code)]
+// Test support: a failed unwrap, expect or panic is the test's report (clippy.toml exempts
+// #[test] functions only, not helpers shared by test crates and benches).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
