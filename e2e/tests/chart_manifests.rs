@@ -4,6 +4,10 @@
 //! renders the chart with a real helm and points `KPERSIST_CHART_RENDERED` at the output;
 //! without it only the checks that need no helm run.
 
+// Test code: a failed unwrap, expect or panic is the test's report. clippy.toml exempts
+// #[test] functions only, not the helpers of an integration test crate.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod chart_support;
 
 use chart_support::{Manifest, chart_dir, check_type, find, load, rendered_dir};

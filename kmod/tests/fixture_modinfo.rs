@@ -1,5 +1,9 @@
 //! The modinfo parser on real Kbuild output: the modules in tests/fixtures.
 
+// Test code: a failed unwrap, expect or panic is the test's report. clippy.toml exempts
+// #[test] functions only, not the helpers of an integration test crate.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::path::{Path, PathBuf};
 
 use kpersist_kmod::modinfo::ModInfo;

@@ -1,6 +1,10 @@
 //! Apply and replace on the simulated kernel with the fixture modules: every failed check
 //! ends in Failed with its reason, and the simulated kernel's load log shows nothing loaded.
 
+// Test code: a failed unwrap, expect or panic is the test's report. clippy.toml exempts
+// #[test] functions only, not the helpers of an integration test crate.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use common::*;

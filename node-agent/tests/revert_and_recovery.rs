@@ -1,6 +1,10 @@
 //! Reverts (to a cached release, to none), crash markers from this and earlier boots,
 //! reboots and held failures, on the simulated kernel with the fixture modules.
 
+// Test code: a failed unwrap, expect or panic is the test's report. clippy.toml exempts
+// #[test] functions only, not the helpers of an integration test crate.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use common::*;

@@ -6,6 +6,10 @@
 //!
 //! The number of cases comes from `PROPTEST_CASES` (default 10,000 for this file).
 
+// Test code: a failed unwrap, expect or panic is the test's report. clippy.toml exempts
+// #[test] functions only, not the helpers of an integration test crate.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod engine_support;
 
 use std::collections::{BTreeMap, BTreeSet};

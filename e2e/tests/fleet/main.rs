@@ -7,6 +7,10 @@
 //!
 //! Run: `cargo test -p kpersist-e2e --test fleet` (test.sh does).
 
+// Test code: a failed unwrap, expect or panic is the test's report. clippy.toml exempts
+// #[test] functions only, not the helpers of an integration test crate.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod api;
 mod controls;
 mod faults;
