@@ -114,8 +114,8 @@ pub fn is_channel(name: &str) -> bool {
         && bytes.all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-'))
 }
 
-/// Checks a module path: relative, `/`-separated, no `.` or `..` parts, nothing that could
-/// leave the repository directory.
+/// Checks a module path: relative, `/`-separated, no `.` or `..` parts, no URL escapes or
+/// query, nothing that could leave the repository directory.
 pub fn check_module_path(path: &str) -> Result<(), String> {
     if path.is_empty() || path.len() > MAX_MODULE_PATH_LEN {
         return Err(format!("{path:?} must be 1 to {MAX_MODULE_PATH_LEN} bytes"));
@@ -123,9 +123,12 @@ pub fn check_module_path(path: &str) -> Result<(), String> {
     if path.starts_with('/') {
         return Err(format!("{path:?} must be relative to the repository root"));
     }
-    if path.contains(['\\', '\0', ':']) || path.chars().any(char::is_control) {
+    // The path becomes part of a module URL, where `%2e%2e` is `..` and `?` or `#` end
+    // the path, so those are refused as well as what a file system would misread.
+    if path.contains(['\\', '\0', ':', '%', '?', '#']) || path.chars().any(char::is_control) {
         return Err(format!(
-            "{path:?} has a backslash, colon or control character"
+            "{path:?} has a backslash, colon, `%`, `?`, `#` or control character; use \
+             plain relative paths such as modules/<sha256>.ko"
         ));
     }
     if path.split('/').any(|part| matches!(part, "" | "." | "..")) {
