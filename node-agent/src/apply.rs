@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kpersist_crds::{NodeErrorReason, NodePatchState, PatchRelease, PatchTimings};
-use kpersist_kmod::kernel::{Kernel, KernelError, KmsgMark, SyscallFailure};
+use kpersist_kmod::kernel::{Kernel, KernelError, KmsgMark, ModuleImage, SyscallFailure};
 use kpersist_kmod::modinfo::ModInfo;
 use tokio::time::Instant;
 
@@ -177,7 +177,7 @@ impl<K: Kernel + Clone + 'static> Patcher<K> {
 
         progress(NodePatchState::Downloading);
         let fetch_started = Instant::now();
-        let path = self
+        let image = self
             .fetcher
             .ensure_cached(&self.state, release)
             .await
@@ -197,9 +197,8 @@ impl<K: Kernel + Clone + 'static> Patcher<K> {
             Action::Apply => NodePatchState::Applying,
             Action::Revert => NodePatchState::Reverting,
         });
-        let bytes = std::fs::read(&path)
-            .map_err(|e| host_msg(format!("cannot read cached module {}: {e}", path.display())))?;
-        let info = ModInfo::from_bytes(&bytes).map_err(|e| {
+        // Modinfo is checked on the very bytes whose hash was verified and that get loaded.
+        let info = ModInfo::from_bytes(image.bytes()).map_err(|e| {
             Failure::new(
                 NodeErrorReason::InvalidModule,
                 format!(
@@ -233,7 +232,7 @@ impl<K: Kernel + Clone + 'static> Patcher<K> {
             .map_err(|e| host_msg(e.to_string()))?;
 
         let load_started = Instant::now();
-        if let Err(failure) = self.load(path, &release.module_name).await {
+        if let Err(failure) = self.load(Arc::new(image), &release.module_name).await {
             self.clear_marker()?;
             return Err(failure);
         }
@@ -244,12 +243,12 @@ impl<K: Kernel + Clone + 'static> Patcher<K> {
         result
     }
 
-    /// Loads the module file; a leftover module of the same name whose patch was already
-    /// replaced or disabled is unloaded first.
-    async fn load(&self, path: PathBuf, name: &str) -> Result<(), Failure> {
+    /// Loads the verified module bytes; a leftover module of the same name whose patch was
+    /// already replaced or disabled is unloaded first.
+    async fn load(&self, image: Arc<ModuleImage>, name: &str) -> Result<(), Failure> {
         let first = {
-            let path = path.clone();
-            self.call(move |k| k.load_module(&path)).await
+            let image = Arc::clone(&image);
+            self.call(move |k| k.load_module(&image)).await
         };
         let result = match first {
             Err(e) if e.syscall_failure() == Some(SyscallFailure::AlreadyLoaded) => {
@@ -260,7 +259,7 @@ impl<K: Kernel + Clone + 'static> Patcher<K> {
                     unload_module(self, name)
                         .await
                         .map_err(|e| load_failure(name, e))?;
-                    self.call(move |k| k.load_module(&path)).await
+                    self.call(move |k| k.load_module(&image)).await
                 }
             }
             other => other,

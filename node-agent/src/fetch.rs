@@ -1,69 +1,70 @@
 //! Getting a release's module into the host cache, verified. Downloads go to
 //! `<sha256>.ko.part` and are renamed to `<sha256>.ko` only after size and SHA-256 match the
 //! signed index, so nothing half-written or forged is ever in the cache; an interrupted HTTP
-//! download resumes from the partial file with a range request.
+//! download resumes from the partial file with a range request. The verified bytes are
+//! handed back in memory: they, not the file, are what gets loaded.
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
 use futures::StreamExt;
 use kpersist_crds::{NodeErrorReason, PatchRelease};
+use kpersist_kmod::kernel::{KernelError, ModuleImage};
 use kpersist_kmod::repository::{Release, verify_module};
 
 use crate::checks::Failure;
 use crate::state::StateDir;
 
+#[path = "fetch_client.rs"]
+mod client;
+pub use client::{RepositoryAccess, redirect_refusal};
+
 /// Fetches modules over HTTP(S) or from local files.
 #[derive(Clone, Debug, Default)]
 pub struct Fetcher {
+    access: RepositoryAccess,
     /// Built on first HTTP use, so local mode on a bare host (no CA store, no network)
     /// never needs a TLS client.
     client: Arc<OnceLock<reqwest::Client>>,
 }
 
 impl Fetcher {
-    /// A fetcher that follows redirects only within the origin of the first URL.
+    /// A fetcher trusting the system CAs that follows redirects only within the origin of
+    /// the module URL.
     pub fn new() -> Fetcher {
         Fetcher::default()
     }
 
-    fn client(&self) -> Result<&reqwest::Client, reqwest::Error> {
+    /// A fetcher that also trusts `access.ca_bundle` and follows redirects to
+    /// `access.allowed_redirect_hosts`.
+    pub fn with_access(access: RepositoryAccess) -> Fetcher {
+        Fetcher {
+            access,
+            client: Arc::default(),
+        }
+    }
+
+    fn client(&self) -> Result<&reqwest::Client, String> {
         if let Some(client) = self.client.get() {
             return Ok(client);
         }
-        let policy = reqwest::redirect::Policy::custom(|attempt| {
-            let same_origin = attempt
-                .previous()
-                .first()
-                .is_some_and(|first| first.origin() == attempt.url().origin());
-            if !same_origin {
-                attempt.error("redirect to another origin refused")
-            } else if attempt.previous().len() > 5 {
-                attempt.error("too many redirects")
-            } else {
-                attempt.follow()
-            }
-        });
-        let client = reqwest::Client::builder()
-            .redirect(policy)
-            .connect_timeout(std::time::Duration::from_secs(10))
-            .timeout(std::time::Duration::from_secs(300))
-            .build()?;
+        let client = client::build_client(&self.access)?;
         Ok(self.client.get_or_init(|| client))
     }
 
-    /// The path of `release`'s module in the cache, downloading and verifying it first when
-    /// it is not there.
+    /// `release`'s module, read once from the cache and verified against the signed index,
+    /// downloading it first when it is not cached. The caller checks and loads these bytes,
+    /// never the file again, so the file changing afterwards cannot change what is loaded.
     pub async fn ensure_cached(
         &self,
         state: &StateDir,
         release: &PatchRelease,
-    ) -> Result<PathBuf, Failure> {
+    ) -> Result<ModuleImage, Failure> {
         let path = state.module_path(&release.sha256);
         if path.exists() {
-            match verify_file(&path, release) {
-                Ok(()) => return Ok(path),
+            match read_verified(&path, release) {
+                Ok(image) => return Ok(image),
                 // A cache entry that no longer verifies is dropped and fetched again.
                 Err(_) => remove_quietly(&path),
             }
@@ -75,18 +76,21 @@ impl Fetcher {
         } else {
             copy_local(url, &part)?;
         }
-        if let Err(failure) = verify_file(&part, release) {
-            // The source delivered all it had and it is wrong: start over next time.
-            remove_quietly(&part);
-            return Err(failure);
-        }
+        let image = match read_verified(&part, release) {
+            Ok(image) => image,
+            Err(failure) => {
+                // The source delivered all it had and it is wrong: start over next time.
+                remove_quietly(&part);
+                return Err(failure);
+            }
+        };
         std::fs::rename(&part, &path).map_err(|e| {
             host_failure(format!(
                 "cannot move {} into the cache: {e}",
                 part.display()
             ))
         })?;
-        Ok(path)
+        Ok(image.with_source(path.display().to_string()))
     }
 
     async fn download(&self, url: &str, part: &Path, size: u64) -> Result<(), Failure> {
@@ -105,7 +109,16 @@ impl Fetcher {
         if resume {
             request = request.header(reqwest::header::RANGE, format!("bytes={have}-"));
         }
-        let response = request.send().await.map_err(|e| fail(e.to_string()))?;
+        let response = request.send().await.map_err(|e| {
+            let mut message = client::error_chain(&e);
+            if message.contains("certificate") {
+                message.push_str(
+                    "; if the repository's certificate comes from a private CA, put that CA \
+                     in the policy's repository.caBundle",
+                );
+            }
+            fail(message)
+        })?;
         let status = response.status();
         if !status.is_success() {
             return Err(fail(format!("HTTP status {status}")));
@@ -122,7 +135,12 @@ impl Fetcher {
         let mut body = response.bytes_stream();
         while let Some(chunk) = body.next().await {
             // What arrived so far stays in the partial file for the next attempt to resume.
-            let chunk = chunk.map_err(|e| fail(format!("{e} after {written} of {size} bytes")))?;
+            let chunk = chunk.map_err(|e| {
+                fail(format!(
+                    "{} after {written} of {size} bytes",
+                    client::error_chain(&e)
+                ))
+            })?;
             written += chunk.len() as u64;
             if written > size {
                 return Err(Failure::new(
@@ -152,10 +170,23 @@ fn copy_local(url: &str, part: &Path) -> Result<(), Failure> {
     })
 }
 
-/// Checks a module file against the release: size first, then SHA-256.
-pub fn verify_file(path: &Path, release: &PatchRelease) -> Result<(), Failure> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| host_failure(format!("cannot read {}: {e}", path.display())))?;
+/// Reads a module file once (capped at the largest size an index may declare) and checks
+/// those bytes against the release.
+fn read_verified(path: &Path, release: &PatchRelease) -> Result<ModuleImage, Failure> {
+    let image = ModuleImage::read(path).map_err(|e| match e {
+        KernelError::ModuleTooLarge { .. } => Failure::new(
+            NodeErrorReason::SizeMismatch,
+            format!("{e}; the signed index says {} bytes", release.size),
+        ),
+        e => host_failure(e.to_string()),
+    })?;
+    verify_image(&image, release)?;
+    Ok(image)
+}
+
+/// Checks a module's bytes against the release: size first, then SHA-256.
+pub fn verify_image(image: &ModuleImage, release: &PatchRelease) -> Result<(), Failure> {
+    let bytes = image.bytes();
     if bytes.len() as u64 != release.size {
         return Err(Failure::new(
             NodeErrorReason::SizeMismatch,
@@ -169,7 +200,7 @@ pub fn verify_file(path: &Path, release: &PatchRelease) -> Result<(), Failure> {
             ),
         ));
     }
-    verify_module(&bytes, &index_release(release)).map_err(|e| {
+    verify_module(bytes, &index_release(release)).map_err(|e| {
         Failure::new(
             NodeErrorReason::HashMismatch,
             format!("{e}; the module does not match the signed index and will not be loaded"),

@@ -34,14 +34,15 @@ async fn local_file_is_verified_and_cached_by_hash() {
     let src = dir.path().join("m.ko");
     std::fs::write(&src, b"module bytes").unwrap();
     let release = release_for(b"module bytes", format!("file://{}", src.display()));
-    let path = fetcher().ensure_cached(&state, &release).await.unwrap();
-    assert_eq!(path, state.module_path(&release.sha256));
+    let image = fetcher().ensure_cached(&state, &release).await.unwrap();
+    assert_eq!(image.bytes(), b"module bytes");
+    let path = state.module_path(&release.sha256);
+    assert_eq!(std::fs::read(&path).unwrap(), b"module bytes");
     // Cached: the source may go away.
     std::fs::remove_file(&src).unwrap();
-    assert_eq!(
-        fetcher().ensure_cached(&state, &release).await.unwrap(),
-        path
-    );
+    let again = fetcher().ensure_cached(&state, &release).await.unwrap();
+    assert_eq!(again.source(), path.display().to_string());
+    assert_eq!(again.bytes(), b"module bytes");
 }
 
 #[tokio::test]
@@ -69,8 +70,10 @@ async fn a_corrupted_cache_entry_is_fetched_again() {
     std::fs::write(&src, b"module bytes").unwrap();
     let release = release_for(b"module bytes", src.display().to_string());
     std::fs::write(state.module_path(&release.sha256), b"bit rot").unwrap();
-    let path = fetcher().ensure_cached(&state, &release).await.unwrap();
-    assert_eq!(std::fs::read(path).unwrap(), b"module bytes");
+    let image = fetcher().ensure_cached(&state, &release).await.unwrap();
+    assert_eq!(image.bytes(), b"module bytes");
+    let cached = state.module_path(&release.sha256);
+    assert_eq!(std::fs::read(cached).unwrap(), b"module bytes");
 }
 
 /// Serves `body` once per connection; the first response stops after `cut` bytes and
@@ -135,8 +138,8 @@ async fn interrupted_download_fails_then_resumes_with_a_range() {
             .len(),
         2000
     );
-    let path = f.ensure_cached(&state, &release).await.unwrap();
-    assert_eq!(std::fs::read(path).unwrap(), body);
+    let image = f.ensure_cached(&state, &release).await.unwrap();
+    assert_eq!(image.bytes(), body);
     let requests = requests.lock().unwrap();
     assert!(
         requests[1]

@@ -10,7 +10,7 @@ mod common;
 use common::*;
 use kpersist_agent::state::{CRASH_MARKER_FILE, StateDir};
 use kpersist_crds::{DesiredPatch, NodeErrorReason, NodePatchState, PatchAction, PatchRelease};
-use kpersist_kmod::kernel::{Kernel, SimFault, SimTransition, SyscallFailure};
+use kpersist_kmod::kernel::{Kernel, ModuleImage, SimFault, SimTransition, SyscallFailure};
 
 #[tokio::test]
 async fn a_failure_is_not_retried_for_the_same_generation_and_boot() {
@@ -128,7 +128,9 @@ async fn agent_restarted_after_the_load_finishes_the_apply_without_reloading() {
         "transitionTimeoutMs": 1000,
     });
     std::fs::write(h.state_dir().join(CRASH_MARKER_FILE), marker.to_string()).unwrap();
-    h.sim.load_module(&cached).unwrap();
+    h.sim
+        .load_module(&ModuleImage::read(&cached).unwrap())
+        .unwrap();
 
     let engine = engine_for(&h.sim, h.dir.path());
     let report = engine.recover().await.unwrap();

@@ -111,6 +111,14 @@ pub enum KernelError {
         /// The raw errno.
         errno: i32,
     },
+    /// A module is larger than any livepatch the agent loads.
+    #[error("module {module} is larger than {max} bytes; it is not a livepatch kpersist loads")]
+    ModuleTooLarge {
+        /// The module file or URL.
+        module: String,
+        /// The cap.
+        max: u64,
+    },
     /// The livepatch named is not loaded.
     #[error("livepatch {name} is not loaded (no /sys/kernel/livepatch/{name})")]
     NoSuchPatch {

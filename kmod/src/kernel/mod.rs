@@ -3,14 +3,14 @@
 //! to a real kernel; `SimKernel` is an in-memory kernel with injectable faults for tests.
 
 mod error;
+mod image;
 mod kmsg;
 mod sim;
 mod sim_store;
 mod sys;
 
-use std::path::Path;
-
 pub use error::{KernelError, SyscallFailure};
+pub use image::{MAX_MODULE_IMAGE, ModuleImage};
 pub use kmsg::{KmsgLine, KmsgMark, is_kernel_warning};
 pub use sim::{SimFault, SimKernel, SimTransition};
 pub use sys::SysKernel;
@@ -71,8 +71,9 @@ pub trait Kernel: Send + Sync {
     fn kmsg_mark(&self) -> Result<KmsgMark, KernelError>;
     /// Kernel log lines written after `mark`.
     fn kmsg_since(&self, mark: KmsgMark) -> Result<Vec<KmsgLine>, KernelError>;
-    /// Loads the kernel module file at `path` (`finit_module`, no parameters).
-    fn load_module(&self, path: &Path) -> Result<(), KernelError>;
+    /// Loads the module whose bytes are `module` (no parameters). The kernel gets exactly
+    /// these bytes, never a file that could change after they were checked.
+    fn load_module(&self, module: &ModuleImage) -> Result<(), KernelError>;
     /// Unloads the module `name` (`delete_module`, non-blocking).
     fn delete_module(&self, name: &str) -> Result<(), KernelError>;
     /// Enables or disables the livepatch `name`; disabling during a transition reverses it.
@@ -103,8 +104,8 @@ impl<K: Kernel + ?Sized> Kernel for std::sync::Arc<K> {
     fn kmsg_since(&self, mark: KmsgMark) -> Result<Vec<KmsgLine>, KernelError> {
         (**self).kmsg_since(mark)
     }
-    fn load_module(&self, path: &Path) -> Result<(), KernelError> {
-        (**self).load_module(path)
+    fn load_module(&self, module: &ModuleImage) -> Result<(), KernelError> {
+        (**self).load_module(module)
     }
     fn delete_module(&self, name: &str) -> Result<(), KernelError> {
         (**self).delete_module(name)

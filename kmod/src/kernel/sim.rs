@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::kmsg::{KmsgLine, KmsgMark};
 use super::{
-    BlockingTask, Kernel, KernelError, KernelIdentity, PatchState, SyscallFailure, TAINT_LIVEPATCH,
-    TAINT_OOT_MODULE, TAINT_UNSIGNED_MODULE,
+    BlockingTask, Kernel, KernelError, KernelIdentity, ModuleImage, PatchState, SyscallFailure,
+    TAINT_LIVEPATCH, TAINT_OOT_MODULE, TAINT_UNSIGNED_MODULE,
 };
 use crate::modinfo::ModInfo;
 
@@ -147,8 +147,8 @@ impl SimKernel {
         s.save_quietly();
     }
 
-    /// Every `load_module` call so far, by module name (the file name when the file could
-    /// not be read as a module), including the calls that failed.
+    /// Every `load_module` call so far, by the module name in the loaded bytes (the source's
+    /// file name when they are not a module), including the calls that failed.
     pub fn load_log(&self) -> Vec<String> {
         self.lock().load_log.clone()
     }
@@ -228,12 +228,12 @@ impl SimState {
         self.log(6, format!("livepatch: '{name}': patching complete"));
     }
 
-    fn load(&mut self, bytes: &[u8], path: &Path) -> Result<(), KernelError> {
-        let file_name = path.file_name().map_or_else(
-            || path.display().to_string(),
-            |n| n.to_string_lossy().into_owned(),
-        );
-        let module = path.display().to_string();
+    fn load(&mut self, bytes: &[u8], source: &str) -> Result<(), KernelError> {
+        let path = Path::new(source);
+        let file_name = path
+            .file_name()
+            .map_or_else(|| source.to_string(), |n| n.to_string_lossy().into_owned());
+        let module = source.to_string();
         let info = match ModInfo::from_bytes(bytes) {
             Ok(info) => info,
             Err(_) => {
@@ -334,10 +334,9 @@ impl Kernel for SimKernel {
         Ok(s.kmsg.iter().filter(|l| l.seq > mark.0).cloned().collect())
     }
 
-    fn load_module(&self, path: &Path) -> Result<(), KernelError> {
-        let bytes = std::fs::read(path).map_err(|e| KernelError::io(path, e))?;
+    fn load_module(&self, module: &ModuleImage) -> Result<(), KernelError> {
         let mut s = self.lock();
-        let loaded = s.load(&bytes, path);
+        let loaded = s.load(module.bytes(), module.source());
         s.save()?;
         loaded
     }

@@ -100,15 +100,14 @@ impl SimState {
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
-
     use super::*;
-    use crate::kernel::Kernel;
+    use crate::kernel::{Kernel, ModuleImage};
 
-    fn fixture(name: &str) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR"))
+    fn fixture(name: &str) -> ModuleImage {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/fixtures")
-            .join(name)
+            .join(name);
+        ModuleImage::read(&path).unwrap()
     }
 
     #[test]

@@ -1,17 +1,18 @@
 //! The simulated kernel behaves like the real one where the agent depends on it: modinfo
 //! decides what a livepatch is, atomic replace, reversal, unload refusal, faults.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use super::*;
-use crate::kernel::{TAINT_EXPECTED, is_kernel_warning};
+use crate::kernel::{ModuleImage, TAINT_EXPECTED, is_kernel_warning};
 
 const RELEASE: &str = "6.1.0-56-amd64";
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+fn fixture(name: &str) -> ModuleImage {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
-        .join(name)
+        .join(name);
+    ModuleImage::read(&path).unwrap()
 }
 
 fn sim() -> SimKernel {
@@ -59,7 +60,9 @@ fn garbage_is_refused_with_enoexec() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("junk.ko");
     std::fs::write(&path, b"not an elf").unwrap();
-    let err = sim().load_module(&path).unwrap_err();
+    let err = sim()
+        .load_module(&ModuleImage::read(&path).unwrap())
+        .unwrap_err();
     assert_eq!(err.syscall_failure(), Some(SyscallFailure::InvalidModule));
 }
 
@@ -216,6 +219,8 @@ fn in_memory_modules_work_too() {
     )
     .unwrap();
     let kernel = sim();
-    kernel.load_module(&path).unwrap();
+    kernel
+        .load_module(&ModuleImage::read(&path).unwrap())
+        .unwrap();
     assert_eq!(poll_until_settled(&kernel)[0].name, "kpersist_v9");
 }

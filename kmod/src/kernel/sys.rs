@@ -3,11 +3,12 @@
 //! can be tested against a fake tree.
 
 use std::ffi::CString;
-use std::os::fd::AsRawFd;
+use std::io::Write;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use super::kmsg::{self, KmsgLine, KmsgMark};
-use super::{BlockingTask, Kernel, KernelError, KernelIdentity, PatchState};
+use super::{BlockingTask, Kernel, KernelError, KernelIdentity, ModuleImage, PatchState};
 
 /// The running Linux kernel, read through `sysfs_root` and `procfs_root`.
 #[derive(Clone, Debug)]
@@ -155,15 +156,14 @@ impl Kernel for SysKernel {
         Ok(records)
     }
 
-    fn load_module(&self, path: &Path) -> Result<(), KernelError> {
-        let module = path.display().to_string();
-        let file = std::fs::File::open(path).map_err(|e| KernelError::io(path, e))?;
+    fn load_module(&self, module: &ModuleImage) -> Result<(), KernelError> {
+        let fd = sealed_memfd(module)?;
         let params = c"";
         // SAFETY: the fd stays open for the call; params is a valid NUL-terminated string.
         let rc = unsafe {
             libc::syscall(
                 libc::SYS_finit_module,
-                file.as_raw_fd(),
+                fd.as_raw_fd(),
                 params.as_ptr(),
                 0 as libc::c_int,
             )
@@ -172,7 +172,7 @@ impl Kernel for SysKernel {
             Ok(())
         } else {
             let errno = std::io::Error::last_os_error().raw_os_error().unwrap_or(0);
-            Err(KernelError::syscall("load", module, errno))
+            Err(KernelError::syscall("load", module.source(), errno))
         }
     }
 
@@ -235,6 +235,49 @@ impl Kernel for SysKernel {
         tasks.sort_by_key(|t| t.pid);
         Ok(tasks)
     }
+}
+
+/// Puts `module` into a sealed memfd and returns a read-only descriptor of it, for
+/// `finit_module`.
+///
+/// Why a memfd and `finit_module` rather than `init_module` with the buffer: the kernel
+/// reads the module through the same file path as for any `finit_module` (the LSM
+/// `kernel_read_file` hook, module signature enforcement and lockdown apply unchanged), and
+/// the seals make the content immutable, so the kernel reads exactly the bytes the agent
+/// verified. The read-only reopen is needed because the kernel refuses to read a module
+/// from a file that anyone holds open for writing (`ETXTBSY`).
+fn sealed_memfd(module: &ModuleImage) -> Result<std::fs::File, KernelError> {
+    let memfd_path = || PathBuf::from(format!("memfd of {}", module.source()));
+    // SAFETY: the name is a valid NUL-terminated string; the flags are memfd_create flags.
+    let raw = unsafe {
+        libc::memfd_create(
+            c"kpersist-module".as_ptr(),
+            libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+        )
+    };
+    if raw < 0 {
+        return Err(KernelError::io(
+            memfd_path(),
+            std::io::Error::last_os_error(),
+        ));
+    }
+    // SAFETY: memfd_create returned a new descriptor that nothing else owns.
+    let mut writable = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(raw) });
+    writable
+        .write_all(module.bytes())
+        .map_err(|e| KernelError::io(memfd_path(), e))?;
+    let seals = libc::F_SEAL_WRITE | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+    // SAFETY: plain fcntl on a descriptor we own.
+    if unsafe { libc::fcntl(writable.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
+        return Err(KernelError::io(
+            memfd_path(),
+            std::io::Error::last_os_error(),
+        ));
+    }
+    let reopen = PathBuf::from(format!("/proc/self/fd/{}", writable.as_raw_fd()));
+    let readonly = std::fs::File::open(&reopen).map_err(|e| KernelError::io(&reopen, e))?;
+    drop(writable);
+    Ok(readonly)
 }
 
 #[cfg(test)]

@@ -218,3 +218,29 @@ fn append(path: &Path, text: &str) {
     let mut file = fs::OpenOptions::new().append(true).open(path).unwrap();
     file.write_all(text.as_bytes()).unwrap();
 }
+
+#[test]
+fn the_module_memfd_holds_the_bytes_sealed_and_read_only() {
+    use std::io::{Read, Seek, Write};
+
+    let image = ModuleImage::new("cache/m.ko", b"verified module bytes".to_vec()).unwrap();
+    let mut fd = sealed_memfd(&image).unwrap();
+    let mut read = Vec::new();
+    fd.read_to_end(&mut read).unwrap();
+    assert_eq!(read, image.bytes());
+    // SAFETY: plain fcntl on a descriptor the test owns.
+    let seals = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GET_SEALS) };
+    let wanted = libc::F_SEAL_WRITE | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+    assert_eq!(seals & wanted, wanted, "seals {seals:#x}");
+    // The descriptor is read-only (the kernel refuses a file anyone holds open for writing
+    // with ETXTBSY), and a writer opened anew cannot change the content: the write seal.
+    assert!(fd.write_all(b"x").is_err());
+    let again = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    let mut writer = fs::OpenOptions::new().write(true).open(&again).unwrap();
+    let err = writer.write_all(b"forged").unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EPERM), "{err}");
+    fd.rewind().unwrap();
+    read.clear();
+    fd.read_to_end(&mut read).unwrap();
+    assert_eq!(read, image.bytes());
+}

@@ -1,0 +1,158 @@
+//! The HTTP client for module downloads: certificates always verified (the system roots
+//! plus the repository's CA bundle), redirects followed only within the origin of the
+//! module URL or to hosts the policy lists, and never from https to plain http.
+
+use reqwest::{Certificate, Client, Url};
+
+/// How the repository may be reached, from the policy's `repository` settings.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RepositoryAccess {
+    /// PEM certificate authorities trusted besides the system ones (`repository.caBundle`).
+    pub ca_bundle: Option<String>,
+    /// Hosts a download may be redirected to besides the module URL's own origin
+    /// (`repository.allowedRedirectHosts`), e.g. a CDN or an object store.
+    pub allowed_redirect_hosts: Vec<String>,
+}
+
+/// Redirects followed at most per download.
+const MAX_REDIRECTS: usize = 5;
+
+/// A client for `access`. There is no way to turn certificate verification off.
+pub(super) fn build_client(access: &RepositoryAccess) -> Result<Client, String> {
+    let allowed = access.allowed_redirect_hosts.clone();
+    let policy = reqwest::redirect::Policy::custom(move |attempt| {
+        let refusal = match attempt.previous().first() {
+            Some(first) => redirect_refusal(first, attempt.url(), &allowed),
+            None => Some(format!("redirect to {} without a first URL", attempt.url())),
+        };
+        if let Some(refusal) = refusal {
+            attempt.error(refusal)
+        } else if attempt.previous().len() > MAX_REDIRECTS {
+            attempt.error(format!("more than {MAX_REDIRECTS} redirects"))
+        } else {
+            attempt.follow()
+        }
+    });
+    let mut builder = Client::builder()
+        .user_agent(concat!("kpersist-agent/", env!("CARGO_PKG_VERSION")))
+        .redirect(policy)
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .timeout(std::time::Duration::from_secs(300));
+    if let Some(pem) = access.ca_bundle.as_deref().filter(|p| !p.trim().is_empty()) {
+        let certs = Certificate::from_pem_bundle(pem.as_bytes()).map_err(|e| {
+            format!(
+                "repository.caBundle is not a PEM certificate bundle ({}); paste the CA \
+                 certificates in PEM form",
+                error_chain(&e)
+            )
+        })?;
+        if certs.is_empty() {
+            return Err(
+                "repository.caBundle holds no certificate; paste the CA certificates \
+                        in PEM form"
+                    .to_string(),
+            );
+        }
+        builder = builder.tls_certs_merge(certs);
+    }
+    builder.build().map_err(|e| error_chain(&e))
+}
+
+/// Why a redirect from `first` (the URL asked for) to `next` is not followed; `None` when
+/// it may be: same origin, or a host in `allowed_hosts`, and never https to http.
+pub fn redirect_refusal(first: &Url, next: &Url, allowed_hosts: &[String]) -> Option<String> {
+    if first.scheme() == "https" && next.scheme() != "https" {
+        return Some(format!(
+            "redirect from {first} to {next} refused: it leaves https for {}, which is never \
+             allowed",
+            next.scheme()
+        ));
+    }
+    if first.origin() == next.origin() {
+        return None;
+    }
+    let host = next.host_str().unwrap_or_default();
+    if allowed_hosts.iter().any(|h| h.eq_ignore_ascii_case(host)) {
+        return None;
+    }
+    Some(format!(
+        "redirect from {first} to {next} refused: host {host} is not the repository's origin \
+         {}; to allow it, add {host} to the policy's repository.allowedRedirectHosts \
+         (allowed now: {})",
+        first.origin().ascii_serialization(),
+        if allowed_hosts.is_empty() {
+            "none".to_string()
+        } else {
+            allowed_hosts.join(", ")
+        }
+    ))
+}
+
+/// The error and its causes on one line: reqwest's own message ("error sending request")
+/// hides what a person needs (certificate, refused redirect, DNS).
+pub(super) fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        // Some layers repeat their cause in their own message.
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = cause.source();
+    }
+    message
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn url(s: &str) -> Url {
+        Url::parse(s).unwrap()
+    }
+
+    #[test]
+    fn same_origin_is_followed_and_another_origin_needs_listing() {
+        let first = url("https://repo.example/m/a.ko");
+        assert_eq!(
+            redirect_refusal(&first, &url("https://repo.example/n/a.ko"), &[]),
+            None
+        );
+        let cdn = url("https://cdn.example/a.ko");
+        let refusal = redirect_refusal(&first, &cdn, &[]).unwrap();
+        assert!(refusal.contains("cdn.example"), "{refusal}");
+        assert!(
+            refusal.contains("repository.allowedRedirectHosts"),
+            "{refusal}"
+        );
+        assert_eq!(
+            redirect_refusal(&first, &cdn, &["CDN.example".to_string()]),
+            None
+        );
+        // Another port is another origin.
+        assert!(redirect_refusal(&first, &url("https://repo.example:8443/a.ko"), &[]).is_some());
+    }
+
+    #[test]
+    fn https_to_http_is_refused_even_for_a_listed_host() {
+        let first = url("https://repo.example/a.ko");
+        for next in ["http://repo.example/a.ko", "http://cdn.example/a.ko"] {
+            let refusal =
+                redirect_refusal(&first, &url(next), &["cdn.example".to_string()]).unwrap();
+            assert!(refusal.contains("never"), "{refusal}");
+        }
+    }
+
+    #[test]
+    fn a_ca_bundle_that_is_not_pem_is_refused_naming_the_field() {
+        let access = RepositoryAccess {
+            ca_bundle: Some("not a certificate".into()),
+            ..RepositoryAccess::default()
+        };
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let message = build_client(&access).unwrap_err();
+        assert!(message.contains("repository.caBundle"), "{message}");
+    }
+}

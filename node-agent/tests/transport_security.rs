@@ -1,0 +1,134 @@
+//! Module downloads against real loopback servers: certificates are verified (an unknown CA
+//! is refused, the repository's CA bundle makes it work), and redirects leave the module
+//! URL's origin only to hosts the policy lists, never from https to http.
+
+// Test support: a failed unwrap is the test's report (clippy.toml exempts #[test]
+// functions only, not the helpers beside them).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[path = "support/servers.rs"]
+mod servers;
+
+use kpersist_agent::fetch::{Fetcher, RepositoryAccess};
+use kpersist_agent::state::StateDir;
+use kpersist_crds::{NodeErrorReason, PatchRelease};
+use kpersist_kmod::repository::sha256_hex;
+use servers::{Answer, TestPki};
+
+const BODY: &[u8] = b"livepatch module bytes";
+
+fn release(url: String) -> PatchRelease {
+    PatchRelease {
+        id: "6.1.0-56-amd64/v1".into(),
+        version: 1,
+        kernel_release: "6.1.0-56-amd64".into(),
+        build_id: "abcd".into(),
+        module_name: "kpersist_v1".into(),
+        module_url: url,
+        sha256: sha256_hex(BODY),
+        size: BODY.len() as u64,
+        cves: vec![],
+    }
+}
+
+/// Downloads `url` with `fetcher` into a fresh state directory.
+async fn download(fetcher: &Fetcher, url: String) -> Result<Vec<u8>, (NodeErrorReason, String)> {
+    // The agent's main installs the process-wide TLS provider; tests do it here.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let dir = tempfile::tempdir().unwrap();
+    let state = StateDir::open(dir.path()).unwrap();
+    fetcher
+        .ensure_cached(&state, &release(url))
+        .await
+        .map(|image| image.bytes().to_vec())
+        .map_err(|f| (f.reason, f.message))
+}
+
+fn allowing(hosts: &[&str]) -> Fetcher {
+    Fetcher::with_access(RepositoryAccess {
+        allowed_redirect_hosts: hosts.iter().map(|h| h.to_string()).collect(),
+        ..RepositoryAccess::default()
+    })
+}
+
+#[tokio::test]
+async fn an_unknown_ca_is_refused_and_the_ca_bundle_makes_it_work() {
+    let pki = TestPki::new();
+    let addr = servers::https(&pki, Answer::Body(BODY.to_vec())).await;
+    let url = format!("https://{addr}/m.ko");
+
+    let (reason, message) = download(&Fetcher::new(), url.clone()).await.unwrap_err();
+    assert_eq!(reason, NodeErrorReason::DownloadFailed);
+    assert!(message.contains("certificate"), "{message}");
+    assert!(message.contains("repository.caBundle"), "{message}");
+
+    let trusting = Fetcher::with_access(RepositoryAccess {
+        ca_bundle: Some(pki.ca_pem.clone()),
+        ..RepositoryAccess::default()
+    });
+    assert_eq!(download(&trusting, url).await.unwrap(), BODY);
+}
+
+#[tokio::test]
+async fn another_ca_in_the_bundle_does_not_make_the_server_trusted() {
+    let pki = TestPki::new();
+    let other = TestPki::new();
+    let addr = servers::https(&pki, Answer::Body(BODY.to_vec())).await;
+    let fetcher = Fetcher::with_access(RepositoryAccess {
+        ca_bundle: Some(other.ca_pem.clone()),
+        ..RepositoryAccess::default()
+    });
+    let (_, message) = download(&fetcher, format!("https://{addr}/m.ko"))
+        .await
+        .unwrap_err();
+    assert!(message.contains("certificate"), "{message}");
+}
+
+#[tokio::test]
+async fn a_redirect_off_origin_is_refused_unless_its_host_is_listed() {
+    let cdn = servers::http("127.0.0.2", Answer::Body(BODY.to_vec())).await;
+    let origin = servers::http("127.0.0.1", Answer::Redirect(format!("http://{cdn}/m.ko"))).await;
+    let url = format!("http://{origin}/m.ko");
+
+    let (reason, message) = download(&Fetcher::new(), url.clone()).await.unwrap_err();
+    assert_eq!(reason, NodeErrorReason::DownloadFailed);
+    assert!(message.contains("127.0.0.2"), "{message}");
+    assert!(
+        message.contains("repository.allowedRedirectHosts"),
+        "{message}"
+    );
+
+    assert_eq!(
+        download(&allowing(&["127.0.0.2"]), url).await.unwrap(),
+        BODY
+    );
+}
+
+#[tokio::test]
+async fn a_redirect_within_the_origin_is_followed() {
+    let server = servers::http(
+        "127.0.0.1",
+        Answer::Moved {
+            path: "/pool/m.ko".into(),
+            body: BODY.to_vec(),
+        },
+    )
+    .await;
+    let url = format!("http://{server}/m.ko");
+    assert_eq!(download(&Fetcher::new(), url).await.unwrap(), BODY);
+}
+
+#[tokio::test]
+async fn https_to_http_is_refused_even_to_a_listed_host() {
+    let pki = TestPki::new();
+    let plain = servers::http("127.0.0.2", Answer::Body(BODY.to_vec())).await;
+    let secure = servers::https(&pki, Answer::Redirect(format!("http://{plain}/m.ko"))).await;
+    let fetcher = Fetcher::with_access(RepositoryAccess {
+        ca_bundle: Some(pki.ca_pem.clone()),
+        allowed_redirect_hosts: vec!["127.0.0.2".into()],
+    });
+    let (_, message) = download(&fetcher, format!("https://{secure}/m.ko"))
+        .await
+        .unwrap_err();
+    assert!(message.contains("leaves https"), "{message}");
+}
