@@ -2,6 +2,7 @@
 //! repository server with fault switches, and the helpers the fleet suite drives real
 //! operator and agent processes with.
 
+pub mod bench;
 pub mod controlplane;
 pub mod demo;
 pub mod error;

@@ -1,0 +1,4 @@
+//! Benchmarks on real parts. Each has a binary under `src/bin/` and a one-command script
+//! under `bench/`.
+
+pub mod rollout;
