@@ -1,5 +1,5 @@
 //! RBAC: each binary gets exactly the verbs it needs, and nothing reaches Secrets beyond
-//! `get`.
+//! `get` of the Secrets named in values.
 
 use std::collections::BTreeSet;
 
@@ -138,27 +138,64 @@ fn secrets_are_only_ever_readable_by_name() {
                     );
                 }
             }
+            for rule in rules.iter().filter(|r| {
+                r.resources
+                    .as_ref()
+                    .is_some_and(|res| res.iter().any(|x| x == "secrets"))
+            }) {
+                assert!(
+                    rule.resource_names.as_ref().is_some_and(|n| !n.is_empty()),
+                    "{file}: {} grants Secrets without naming them",
+                    role.name()
+                );
+            }
         }
     }
 }
 
 #[test]
-fn listed_secret_namespaces_replace_the_cluster_wide_grant() {
+fn operator_reads_no_secret_unless_values_name_it() {
+    let Some(d) = rendered(DEFAULT) else { return };
+    assert!(
+        all(&d, "ClusterRole")
+            .chain(all(&d, "Role"))
+            .all(|r| !r.name().ends_with("-trusted-keys")),
+        "default values grant a Secret"
+    );
     let Some(m) = rendered(FULL) else { return };
-    let secret_roles: Vec<&Manifest> = all(&m, "Role")
-        .filter(|r| r.name().ends_with("-trusted-keys"))
-        .collect();
-    let namespaces: BTreeSet<&str> = secret_roles.iter().filter_map(|r| r.namespace()).collect();
-    assert_eq!(namespaces, BTreeSet::from(["kpersist-keys", "security"]));
     assert!(
         all(&m, "ClusterRole").all(|r| !r.name().ends_with("-trusted-keys")),
-        "a cluster-wide Secret grant remains"
+        "a cluster-wide Secret grant exists"
     );
-    let Some(d) = rendered(DEFAULT) else { return };
-    assert_eq!(
-        grants(&cluster_role(&d, "-trusted-keys")),
-        triples(&[("", "secrets", &["get"])])
-    );
+    // One Role per namespace, naming exactly the Secrets values-full.yaml lists there.
+    let mut named: BTreeSet<(String, String)> = BTreeSet::new();
+    for manifest in all(&m, "Role").filter(|r| r.name().ends_with("-trusted-keys")) {
+        let role: Role = manifest.typed().unwrap_or_else(|e| panic!("{e}"));
+        let namespace = manifest.namespace().unwrap_or_default().to_string();
+        let rules = role.rules.unwrap_or_default();
+        assert_eq!(grants(&rules), triples(&[("", "secrets", &["get"])]));
+        for name in rules
+            .iter()
+            .flat_map(|r| r.resource_names.clone().unwrap_or_default())
+        {
+            assert!(
+                named.insert((namespace.clone(), name.clone())),
+                "Secret {namespace}/{name} named twice"
+            );
+        }
+    }
+    let want = [
+        ("kpersist-keys", "publisher"),
+        ("kpersist-keys", "publisher-next"),
+        ("security", "kpersist-trusted-keys"),
+    ]
+    .map(|(n, s)| (n.to_string(), s.to_string()));
+    assert_eq!(named, BTreeSet::from(want));
+    let bindings: BTreeSet<&str> = all(&m, "RoleBinding")
+        .filter(|b| b.name().ends_with("-trusted-keys"))
+        .filter_map(|b| b.namespace())
+        .collect();
+    assert_eq!(bindings, BTreeSet::from(["kpersist-keys", "security"]));
 }
 
 /// The RBAC part of a manifest, without the labels helm adds.
