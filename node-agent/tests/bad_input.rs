@@ -1,0 +1,200 @@
+//! Bad modules and bad releases handed to the agent: each is refused with its reason and a
+//! message naming the release and the problem, and the simulated kernel's load log shows
+//! that nothing reached `finit_module`.
+//!
+//! Every case prints one row of the bad-input catalogue (`input | component | outcome`);
+//! `e2e/tools/bad-input-catalogue.sh` collects the rows into the table in RELIABILITY.md.
+
+mod common;
+
+use common::*;
+use kpersist_crds::{NodeErrorReason, NodePatchState, PatchRelease};
+use kpersist_kmod::repository::sha256_hex;
+
+/// Fixture `ko` as release 1, with the file the release points at replaced by `bytes` and
+/// the release's size and hash made to match them: the module passes download
+/// verification, so what refuses it is the check under test.
+fn release_of_bytes(h: &Harness, ko: &str, bytes: &[u8]) -> PatchRelease {
+    let mut release = h.release(ko, 1);
+    let path = release.module_url.trim_start_matches("file://").to_string();
+    std::fs::write(path, bytes).unwrap();
+    release.sha256 = sha256_hex(bytes);
+    release.size = bytes.len() as u64;
+    release
+}
+
+fn v1_bytes() -> Vec<u8> {
+    std::fs::read(fixture("kpersist_v1.ko")).unwrap()
+}
+
+/// Applies `release` on a fresh harness, asserts it fails with `reason` before anything is
+/// loaded and that the message holds each of `words`, and prints the catalogue row.
+async fn refused(
+    input: &str,
+    h: &Harness,
+    release: PatchRelease,
+    reason: NodeErrorReason,
+    words: &[&str],
+) {
+    let message = h
+        .refused_before_load(release, NodePatchState::Failed, reason)
+        .await;
+    for word in words {
+        assert!(
+            message.contains(word),
+            "{input}: the refusal should name {word:?}: {message}"
+        );
+    }
+    assert!(h.live().is_empty(), "{input}: a patch is live");
+    println!(
+        "| {} | agent (apply on the simulated kernel) | refused ({reason:?}), nothing loaded: {} |",
+        input.replace('|', "\\|"),
+        message.replace('|', "\\|")
+    );
+}
+
+#[tokio::test]
+async fn files_that_are_not_kernel_modules_are_never_loaded() {
+    let v1 = v1_bytes();
+    let mut renamed = v1.clone();
+    let at = renamed.windows(9).position(|w| w == b".modinfo\0").unwrap();
+    renamed[at + 7] = b'X';
+    let cases: [(&str, Vec<u8>, &[&str]); 4] = [
+        (
+            "module that is not ELF (a shell script), hash matching",
+            b"#!/bin/sh\nreboot\n".to_vec(),
+            &["6.1.0-56-amd64/v1", "not an ELF file"],
+        ),
+        (
+            "module truncated to half, hash matching",
+            v1[..v1.len() / 2].to_vec(),
+            &["6.1.0-56-amd64/v1", "truncated or malformed ELF"],
+        ),
+        (
+            "ELF file without .modinfo, hash matching",
+            renamed,
+            &["6.1.0-56-amd64/v1", "no .modinfo section"],
+        ),
+        (
+            "empty module file, hash matching",
+            Vec::new(),
+            &["6.1.0-56-amd64/v1", "not an ELF file"],
+        ),
+    ];
+    for (input, bytes, words) in cases {
+        let h = harness();
+        let release = release_of_bytes(&h, "kpersist_v1.ko", &bytes);
+        refused(input, &h, release, NodeErrorReason::InvalidModule, words).await;
+    }
+}
+
+#[tokio::test]
+async fn modules_that_are_not_livepatches_for_this_kernel_are_never_loaded() {
+    let h = harness();
+    let plain = h.release("not_livepatch.ko", 1);
+    let words = ["not_livepatch", "livepatch=Y"];
+    refused(
+        "ordinary module (not_livepatch.ko)",
+        &h,
+        plain,
+        NodeErrorReason::NotLivepatch,
+        &words,
+    )
+    .await;
+
+    let h = harness();
+    let other = h.release("kpersist_badvermagic.ko", 1);
+    let words = ["6.1.0-99-amd64", "6.1.0-56-amd64"];
+    let input = "livepatch built for kernel 6.1.0-99-amd64 (vermagic)";
+    refused(input, &h, other, NodeErrorReason::VermagicMismatch, &words).await;
+
+    let h = harness();
+    let mut v1 = h.release("kpersist_v1.ko", 1);
+    v1.build_id = "ffffffff".into();
+    let words = ["build id ffffffff", BUILD_ID];
+    let input = "release for another kernel build id";
+    refused(input, &h, v1, NodeErrorReason::KernelMismatch, &words).await;
+
+    let h = harness();
+    let mut v1 = h.release("kpersist_v1.ko", 1);
+    v1.kernel_release = "6.1.0-57-amd64".into();
+    let words = ["6.1.0-57-amd64", RELEASE];
+    let input = "release for another kernel release";
+    refused(input, &h, v1, NodeErrorReason::KernelMismatch, &words).await;
+
+    let h = harness();
+    let mut v1 = h.release("kpersist_v1.ko", 1);
+    v1.module_name = "kpersist_other".into();
+    let words = ["kpersist_v1", "kpersist_other"];
+    let input = "module named otherwise than the index says";
+    refused(input, &h, v1, NodeErrorReason::ModuleNameMismatch, &words).await;
+}
+
+#[tokio::test]
+async fn downloads_that_differ_from_the_signed_index_are_never_loaded_or_cached() {
+    let v1 = v1_bytes();
+    let mut flipped = v1.clone();
+    flipped[v1.len() / 2] ^= 1;
+    let mut longer = v1.clone();
+    longer.extend_from_slice(&[0; 4096]);
+    let cases: [(&str, Vec<u8>, NodeErrorReason, &[&str]); 3] = [
+        (
+            "module with one bit flipped (wrong hash)",
+            flipped,
+            NodeErrorReason::HashMismatch,
+            &["6.1.0-56-amd64/v1", "sha256 is"],
+        ),
+        (
+            "module truncated by one byte",
+            v1[..v1.len() - 1].to_vec(),
+            NodeErrorReason::SizeMismatch,
+            &["6.1.0-56-amd64/v1", "6767 bytes", "says 6768"],
+        ),
+        (
+            "module 4 KiB larger than the index says (oversized)",
+            longer,
+            NodeErrorReason::SizeMismatch,
+            &["6.1.0-56-amd64/v1", "10864 bytes", "says 6768"],
+        ),
+    ];
+    for (input, bytes, reason, words) in cases {
+        let h = harness();
+        let release = h.release("kpersist_v1.ko", 1);
+        let path = release.module_url.trim_start_matches("file://").to_string();
+        std::fs::write(path, &bytes).unwrap();
+        let sha256 = release.sha256.clone();
+        refused(input, &h, release, reason, words).await;
+        let state = h.state_dir();
+        let cached = std::fs::read_dir(&state)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .any(|e| e.file_name().to_string_lossy().starts_with(&sha256));
+        assert!(
+            !cached,
+            "{input}: a refused download stayed in {}",
+            state.display()
+        );
+    }
+
+    let h = harness();
+    let mut gone = h.release("kpersist_v1.ko", 1);
+    gone.module_url = format!("file://{}/repo/missing.ko", h.dir.path().display());
+    let input = "module URL that serves nothing";
+    refused(
+        input,
+        &h,
+        gone,
+        NodeErrorReason::DownloadFailed,
+        &["missing.ko"],
+    )
+    .await;
+}
+
+/// Why the repository refuses `%` in module paths: the URL a module path becomes reads an
+/// escaped dot segment as `..`, so `modules/%2e%2e/%2e%2e/x.ko` would fetch from outside
+/// the repository's directory.
+#[test]
+fn escaped_dot_segments_leave_the_directory_in_a_url() {
+    let url = reqwest::Url::parse("https://r.example/repo/modules/%2e%2e/%2e%2e/x.ko").unwrap();
+    assert_eq!(url.path(), "/x.ko");
+}
