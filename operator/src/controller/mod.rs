@@ -75,14 +75,14 @@ pub async fn run(client: Client, metrics: Metrics, settings: Settings) {
 
     let (policy_reader, policy_writer) = reflector::store();
     let policy_stream = watcher(Api::<LivePatchPolicy>::all(client.clone()), config.clone())
-        .modify(select::trim_metadata)
+        .modify(|p| trim(select::trim_metadata, p))
         .default_backoff()
         .reflect(policy_writer)
         .applied_objects();
 
     let (node_reader, node_writer) = reflector::store();
     let node_stream = watcher(Api::<Node>::all(client.clone()), config.clone())
-        .modify(select::trim_node)
+        .modify(|n| trim(select::trim_node, n))
         .default_backoff()
         .reflect(node_writer)
         .touched_objects()
@@ -90,7 +90,7 @@ pub async fn run(client: Client, metrics: Metrics, settings: Settings) {
 
     let (lpn_reader, lpn_writer) = reflector::store();
     let lpn_stream = watcher(Api::<LivePatchNode>::all(client.clone()), config)
-        .modify(select::trim_metadata)
+        .modify(|l| trim(select::trim_metadata, l))
         .default_backoff()
         .reflect(lpn_writer)
         .touched_objects();
@@ -154,6 +154,14 @@ pub async fn run(client: Client, metrics: Metrics, settings: Settings) {
             }
         })
         .await;
+}
+
+/// Applies a store trimming, unless the operator is built with the `untrimmed-stores`
+/// feature, which the memory benchmark uses to measure what the trimming saves.
+fn trim<K>(trimming: fn(&mut K), object: &mut K) {
+    if !cfg!(feature = "untrimmed-stores") {
+        trimming(object);
+    }
 }
 
 fn refs(names: Vec<String>) -> Vec<ObjectRef<LivePatchPolicy>> {
