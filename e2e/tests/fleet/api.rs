@@ -6,7 +6,7 @@ use k8s_openapi::api::core::v1::{Node, Secret};
 use kpersist_crds::{LivePatchNode, LivePatchNodeSpec, LivePatchPolicy, Wave};
 use kpersist_e2e::controlplane::Identity;
 use kpersist_e2e::fleet::{Cluster, NAMESPACE};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams, WatchParams};
 use std::collections::BTreeMap;
 
 #[tokio::test]
@@ -84,11 +84,24 @@ async fn rbac_lets_operator_and_agent_do_their_jobs_and_refuses_the_agent_anythi
     let agent_lpps: Api<LivePatchPolicy> = Api::all(agent.clone());
     let patch = PatchParams::apply(kpersist_crds::AGENT_MANAGER);
 
+    // A Secret of trusted keys, as a policy could name it: with the chart's default values
+    // neither identity may read it, nor list or watch any Secret.
+    let mut keys = Secret::default();
+    keys.metadata.name = Some("trusted-keys".into());
+    keys.string_data = Some(BTreeMap::from([("publisher".into(), "a-key".into())]));
+    Api::<Secret>::namespaced(cluster.admin.clone(), NAMESPACE)
+        .create(&PostParams::default(), &keys)
+        .await
+        .expect("secret");
+
     // The agent's job: read its Node, create its LivePatchNode, report status.
     Api::<Node>::all(agent.clone())
         .get("node-a")
         .await
         .expect("agent reads its Node");
+    // Known limit on 1.20, asserted so that a change shows: RBAC cannot limit `create` to
+    // the agent's own node, so this agent (on node-a) may create node-b's record while it
+    // has none. The chart's ValidatingAdmissionPolicy refuses it on 1.30+.
     for name in ["node-a", "node-b"] {
         let lpn = LivePatchNode::new(name, LivePatchNodeSpec::default());
         agent_lpns
@@ -148,6 +161,7 @@ async fn rbac_lets_operator_and_agent_do_their_jobs_and_refuses_the_agent_anythi
             .delete("node-a", &DeleteParams::default())
             .await,
     );
+    secrets_refused("operator", &operator).await;
 
     // Refused to the agent: any write to a policy, any LivePatchNode's spec, deleting
     // LivePatchNodes, reading Secrets, changing Nodes.
@@ -178,6 +192,23 @@ async fn rbac_lets_operator_and_agent_do_their_jobs_and_refuses_the_agent_anythi
         "agent deletes a policy",
         agent_lpps.delete("fleet", &DeleteParams::default()).await,
     );
+    let mut policy = Api::<LivePatchPolicy>::all(cluster.admin.clone())
+        .get("fleet")
+        .await
+        .expect("policy");
+    policy.spec.rollout.paused = true;
+    forbidden(
+        "agent replaces a policy",
+        agent_lpps
+            .replace("fleet", &PostParams::default(), &policy)
+            .await,
+    );
+    forbidden(
+        "agent replaces a policy's status",
+        agent_lpps
+            .replace_status("fleet", &PostParams::default(), &policy)
+            .await,
+    );
     let takeover = serde_json::json!({ "spec": { "desired": null } });
     forbidden(
         "agent writes another node's LivePatchNode spec",
@@ -186,20 +217,81 @@ async fn rbac_lets_operator_and_agent_do_their_jobs_and_refuses_the_agent_anythi
             .await,
     );
     forbidden(
+        "agent writes its own LivePatchNode spec",
+        agent_lpns
+            .patch("node-a", &PatchParams::default(), &Patch::Merge(&takeover))
+            .await,
+    );
+    let other = Api::<LivePatchNode>::all(cluster.admin.clone())
+        .get("node-b")
+        .await
+        .expect("node-b");
+    forbidden(
+        "agent replaces another node's LivePatchNode",
+        agent_lpns
+            .replace("node-b", &PostParams::default(), &other)
+            .await,
+    );
+    forbidden(
         "agent deletes a LivePatchNode",
         agent_lpns.delete("node-b", &DeleteParams::default()).await,
     );
     forbidden(
-        "agent reads Secrets",
-        Api::<Secret>::namespaced(agent.clone(), NAMESPACE)
-            .list(&ListParams::default())
+        "agent deletes every LivePatchNode",
+        agent_lpns
+            .delete_collection(&DeleteParams::default(), &ListParams::default())
             .await,
     );
+    secrets_refused("agent", &agent).await;
     let label = serde_json::json!({ "metadata": { "labels": { "x": "y" } } });
     forbidden(
         "agent labels a Node",
         Api::<Node>::all(agent.clone())
             .patch("node-b", &PatchParams::default(), &Patch::Merge(&label))
             .await,
+    );
+    forbidden(
+        "agent writes a Node's status",
+        Api::<Node>::all(agent.clone())
+            .patch_status("node-b", &PatchParams::default(), &Patch::Merge(&label))
+            .await,
+    );
+
+    // Known limit on 1.20, asserted so that a change shows: `patch` of the status
+    // subresource cannot be limited to the agent's own node, so this agent (on node-a)
+    // can write node-b's status. The chart's ValidatingAdmissionPolicy refuses it on 1.30+.
+    let forged = serde_json::json!({
+        "apiVersion": "kpersist.io/v1alpha1", "kind": "LivePatchNode",
+        "status": { "state": "Idle", "kernelRelease": "6.1.0-56-amd64" }
+    });
+    agent_lpns
+        .patch_status("node-b", &patch, &Patch::Apply(&forged))
+        .await
+        .expect("on 1.20 RBAC cannot stop an agent writing another node's status");
+}
+
+/// Asserts that `who` can neither get, list nor watch Secrets: not the trusted-keys Secret
+/// in the release namespace, not across namespaces.
+async fn secrets_refused(who: &str, client: &kube::Client) {
+    let here: Api<Secret> = Api::namespaced(client.clone(), NAMESPACE);
+    let everywhere: Api<Secret> = Api::all(client.clone());
+    forbidden(
+        &format!("{who} gets a Secret"),
+        here.get("trusted-keys").await,
+    );
+    forbidden(
+        &format!("{who} lists Secrets in {NAMESPACE}"),
+        here.list(&ListParams::default()).await,
+    );
+    forbidden(
+        &format!("{who} lists Secrets in every namespace"),
+        everywhere.list(&ListParams::default()).await,
+    );
+    forbidden(
+        &format!("{who} watches Secrets"),
+        everywhere
+            .watch(&WatchParams::default(), "0")
+            .await
+            .map(|_| ()),
     );
 }
