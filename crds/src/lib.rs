@@ -12,7 +12,7 @@ pub use duration::{DurationError, parse_duration};
 pub use node::{
     AppliedRelease, DesiredPatch, LivePatchNode, LivePatchNodeSpec, LivePatchNodeStatus,
     LoadedPatch, NodeCondition, NodeError, NodeErrorReason, NodePatchState, PatchAction,
-    PatchTimings,
+    PatchTimings, RepositoryAccess,
 };
 pub use policy::{
     BadRelease, ComparisonOperator, FailurePolicy, HealthSpec, KernelTarget, LivePatchPolicy,

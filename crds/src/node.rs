@@ -59,6 +59,25 @@ pub struct DesiredPatch {
     /// Report new kernel WARNING/BUG/Oops lines and new taint bits as a failure.
     #[serde(default = "default_true")]
     pub kmsg_checks: bool,
+    /// How the agent reaches the repository for the module, copied from the policy.
+    /// Absent: the system certificate authorities, and no redirect off the module URL's
+    /// origin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<RepositoryAccess>,
+}
+
+/// The transport settings of a policy's repository that the agent needs for downloads.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RepositoryAccess {
+    /// The policy's `repository.caBundle`: PEM certificate authorities trusted besides the
+    /// system ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle: Option<String>,
+    /// The policy's `repository.allowedRedirectHosts`: hosts a module download may be
+    /// redirected to besides the origin of the module URL.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_redirect_hosts: Vec<String>,
 }
 
 /// What the agent is asked to do.

@@ -62,6 +62,12 @@ pub struct RepositorySpec {
     /// to the system ones. Certificate verification is never turned off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_bundle: Option<String>,
+    /// Hosts the repository's files may be redirected to besides the origin of `url`
+    /// (its scheme, host and port), e.g. a CDN or an object store: `[cdn.example.com]`.
+    /// A redirect to any other host is refused, and a redirect from https to plain http
+    /// is refused even to a listed host.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_redirect_hosts: Vec<String>,
     /// How often the repository is checked for new releases (e.g. `1h`, `15m`).
     #[serde(default = "default_check_interval")]
     #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d))+$"))]

@@ -258,6 +258,7 @@ impl SimFleet {
                 trusted_keys: vec![self.publisher.public_key()],
                 trusted_keys_secret: None,
                 ca_bundle: None,
+                allowed_redirect_hosts: Vec::new(),
                 check_interval: "2s".into(),
                 delay: None,
                 pinned_version: None,

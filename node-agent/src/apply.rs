@@ -13,7 +13,7 @@ use kpersist_kmod::modinfo::ModInfo;
 use tokio::time::Instant;
 
 use crate::checks::{self, Failure};
-use crate::fetch::Fetcher;
+use crate::fetch::{Fetcher, RepositoryAccess};
 use crate::state::{CrashMarker, MarkerRelease, StateDir};
 use crate::transition::{Settled, unload_module, wait_settled};
 
@@ -28,6 +28,8 @@ pub struct Request {
     pub transition_timeout: Duration,
     /// Whether new taint and kernel warnings count as failures.
     pub kmsg_checks: bool,
+    /// CAs and redirect hosts for the download, from the policy; `None`: the defaults.
+    pub repository: Option<RepositoryAccess>,
 }
 
 /// Whether a load is an apply of a newer release or a revert to an earlier one.
@@ -179,7 +181,13 @@ impl<K: Kernel + Clone + 'static> Patcher<K> {
         let fetch_started = Instant::now();
         let image = self
             .fetcher
-            .ensure_cached(&self.state, release)
+            .ensure_cached(
+                &self.state,
+                release,
+                req.repository
+                    .as_ref()
+                    .unwrap_or(&RepositoryAccess::default()),
+            )
             .await
             .map_err(|f| match action {
                 Action::Revert if f.reason == NodeErrorReason::DownloadFailed => Failure::new(

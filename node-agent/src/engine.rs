@@ -146,6 +146,7 @@ impl<K: Kernel + Clone + 'static> Engine<K> {
                     policy: desired.map(|d| d.policy.clone()),
                     transition_timeout: timeout,
                     kmsg_checks,
+                    repository: desired.and_then(|d| d.repository.clone()),
                 };
                 let outcome = self.patcher.load_release(&req, action, progress).await;
                 let label = if action == Action::Apply {

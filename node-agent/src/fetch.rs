@@ -4,9 +4,10 @@
 //! download resumes from the partial file with a range request. The verified bytes are
 //! handed back in memory: they, not the file, are what gets loaded.
 
+use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
 use kpersist_crds::{NodeErrorReason, PatchRelease};
@@ -23,43 +24,38 @@ pub use client::{RepositoryAccess, redirect_refusal};
 /// Fetches modules over HTTP(S) or from local files.
 #[derive(Clone, Debug, Default)]
 pub struct Fetcher {
-    access: RepositoryAccess,
-    /// Built on first HTTP use, so local mode on a bare host (no CA store, no network)
-    /// never needs a TLS client.
-    client: Arc<OnceLock<reqwest::Client>>,
+    /// One client per repository access settings, built on first HTTP use, so local mode
+    /// on a bare host (no CA store, no network) never needs a TLS client.
+    clients: Arc<Mutex<HashMap<RepositoryAccess, reqwest::Client>>>,
 }
 
 impl Fetcher {
-    /// A fetcher trusting the system CAs that follows redirects only within the origin of
-    /// the module URL.
+    /// A fetcher; each download says which CAs it trusts and where it may be redirected.
     pub fn new() -> Fetcher {
         Fetcher::default()
     }
 
-    /// A fetcher that also trusts `access.ca_bundle` and follows redirects to
-    /// `access.allowed_redirect_hosts`.
-    pub fn with_access(access: RepositoryAccess) -> Fetcher {
-        Fetcher {
-            access,
-            client: Arc::default(),
+    fn client(&self, access: &RepositoryAccess) -> Result<reqwest::Client, String> {
+        // A panic elsewhere while holding the lock leaves the map as valid as before.
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(client) = clients.get(access) {
+            return Ok(client.clone());
         }
-    }
-
-    fn client(&self) -> Result<&reqwest::Client, String> {
-        if let Some(client) = self.client.get() {
-            return Ok(client);
-        }
-        let client = client::build_client(&self.access)?;
-        Ok(self.client.get_or_init(|| client))
+        let client = client::build_client(access)?;
+        clients.insert(access.clone(), client.clone());
+        Ok(client)
     }
 
     /// `release`'s module, read once from the cache and verified against the signed index,
     /// downloading it first when it is not cached. The caller checks and loads these bytes,
     /// never the file again, so the file changing afterwards cannot change what is loaded.
+    /// `access` names the CAs trusted and the hosts redirects may go to, besides the
+    /// module URL's origin.
     pub async fn ensure_cached(
         &self,
         state: &StateDir,
         release: &PatchRelease,
+        access: &RepositoryAccess,
     ) -> Result<ModuleImage, Failure> {
         let path = state.module_path(&release.sha256);
         if path.exists() {
@@ -72,7 +68,7 @@ impl Fetcher {
         let part = state.partial_path(&release.sha256);
         let url = release.module_url.as_str();
         if url.starts_with("http://") || url.starts_with("https://") {
-            self.download(url, &part, release.size).await?;
+            self.download(url, &part, release.size, access).await?;
         } else {
             copy_local(url, &part)?;
         }
@@ -93,7 +89,13 @@ impl Fetcher {
         Ok(image.with_source(path.display().to_string()))
     }
 
-    async fn download(&self, url: &str, part: &Path, size: u64) -> Result<(), Failure> {
+    async fn download(
+        &self,
+        url: &str,
+        part: &Path,
+        size: u64,
+        access: &RepositoryAccess,
+    ) -> Result<(), Failure> {
         let have = std::fs::metadata(part).map(|m| m.len()).unwrap_or(0);
         let resume = have > 0 && have < size;
         let fail = |e: String| {
@@ -103,7 +105,7 @@ impl Fetcher {
             )
         };
         let client = self
-            .client()
+            .client(access)
             .map_err(|e| fail(format!("no HTTP client: {e}")))?;
         let mut request = client.get(url);
         if resume {

@@ -4,15 +4,9 @@
 
 use reqwest::{Certificate, Client, Url};
 
-/// How the repository may be reached, from the policy's `repository` settings.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct RepositoryAccess {
-    /// PEM certificate authorities trusted besides the system ones (`repository.caBundle`).
-    pub ca_bundle: Option<String>,
-    /// Hosts a download may be redirected to besides the module URL's own origin
-    /// (`repository.allowedRedirectHosts`), e.g. a CDN or an object store.
-    pub allowed_redirect_hosts: Vec<String>,
-}
+/// How the repository may be reached: the policy's CA bundle and redirect hosts, as the
+/// operator copies them into the node's `spec.desired.repository`.
+pub use kpersist_crds::RepositoryAccess;
 
 /// Redirects followed at most per download.
 const MAX_REDIRECTS: usize = 5;

@@ -34,13 +34,19 @@ async fn local_file_is_verified_and_cached_by_hash() {
     let src = dir.path().join("m.ko");
     std::fs::write(&src, b"module bytes").unwrap();
     let release = release_for(b"module bytes", format!("file://{}", src.display()));
-    let image = fetcher().ensure_cached(&state, &release).await.unwrap();
+    let image = fetcher()
+        .ensure_cached(&state, &release, &RepositoryAccess::default())
+        .await
+        .unwrap();
     assert_eq!(image.bytes(), b"module bytes");
     let path = state.module_path(&release.sha256);
     assert_eq!(std::fs::read(&path).unwrap(), b"module bytes");
     // Cached: the source may go away.
     std::fs::remove_file(&src).unwrap();
-    let again = fetcher().ensure_cached(&state, &release).await.unwrap();
+    let again = fetcher()
+        .ensure_cached(&state, &release, &RepositoryAccess::default())
+        .await
+        .unwrap();
     assert_eq!(again.source(), path.display().to_string());
     assert_eq!(again.bytes(), b"module bytes");
 }
@@ -52,10 +58,16 @@ async fn truncated_and_forged_files_are_refused_and_not_cached() {
     let src = dir.path().join("m.ko");
     let release = release_for(b"module bytes", src.display().to_string());
     std::fs::write(&src, b"module by").unwrap();
-    let failure = fetcher().ensure_cached(&state, &release).await.unwrap_err();
+    let failure = fetcher()
+        .ensure_cached(&state, &release, &RepositoryAccess::default())
+        .await
+        .unwrap_err();
     assert_eq!(failure.reason, NodeErrorReason::SizeMismatch);
     std::fs::write(&src, b"MODULE BYTES").unwrap();
-    let failure = fetcher().ensure_cached(&state, &release).await.unwrap_err();
+    let failure = fetcher()
+        .ensure_cached(&state, &release, &RepositoryAccess::default())
+        .await
+        .unwrap_err();
     assert_eq!(failure.reason, NodeErrorReason::HashMismatch);
     assert!(failure.message.contains("sha256"), "{}", failure.message);
     assert!(!state.module_path(&release.sha256).exists());
@@ -70,7 +82,10 @@ async fn a_corrupted_cache_entry_is_fetched_again() {
     std::fs::write(&src, b"module bytes").unwrap();
     let release = release_for(b"module bytes", src.display().to_string());
     std::fs::write(state.module_path(&release.sha256), b"bit rot").unwrap();
-    let image = fetcher().ensure_cached(&state, &release).await.unwrap();
+    let image = fetcher()
+        .ensure_cached(&state, &release, &RepositoryAccess::default())
+        .await
+        .unwrap();
     assert_eq!(image.bytes(), b"module bytes");
     let cached = state.module_path(&release.sha256);
     assert_eq!(std::fs::read(cached).unwrap(), b"module bytes");
@@ -125,7 +140,10 @@ async fn interrupted_download_fails_then_resumes_with_a_range() {
     let (url, requests) = flaky_server(body.clone(), 2000).await;
     let release = release_for(&body, url);
     let f = fetcher();
-    let failure = f.ensure_cached(&state, &release).await.unwrap_err();
+    let failure = f
+        .ensure_cached(&state, &release, &RepositoryAccess::default())
+        .await
+        .unwrap_err();
     assert_eq!(
         failure.reason,
         NodeErrorReason::DownloadFailed,
@@ -138,7 +156,10 @@ async fn interrupted_download_fails_then_resumes_with_a_range() {
             .len(),
         2000
     );
-    let image = f.ensure_cached(&state, &release).await.unwrap();
+    let image = f
+        .ensure_cached(&state, &release, &RepositoryAccess::default())
+        .await
+        .unwrap();
     assert_eq!(image.bytes(), body);
     let requests = requests.lock().unwrap();
     assert!(
@@ -165,7 +186,10 @@ async fn redirect_to_another_origin_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let state = StateDir::open(dir.path()).unwrap();
     let release = release_for(b"x", format!("http://{addr}/m.ko"));
-    let failure = fetcher().ensure_cached(&state, &release).await.unwrap_err();
+    let failure = fetcher()
+        .ensure_cached(&state, &release, &RepositoryAccess::default())
+        .await
+        .unwrap_err();
     assert_eq!(failure.reason, NodeErrorReason::DownloadFailed);
     assert!(
         failure.message.contains("another origin") || failure.message.contains("redirect"),

@@ -93,6 +93,7 @@ fn desired(revert: bool, release: Option<PatchRelease>, timeout: Duration) -> De
         wave: None,
         transition_timeout: format!("{}ms", timeout.as_millis()),
         kmsg_checks: true,
+        repository: None,
     }
 }
 

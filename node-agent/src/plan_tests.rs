@@ -23,6 +23,7 @@ fn desired(action: PatchAction, release: Option<PatchRelease>) -> DesiredPatch {
         wave: None,
         transition_timeout: "60s".into(),
         kmsg_checks: true,
+        repository: None,
     }
 }
 

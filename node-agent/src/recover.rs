@@ -85,6 +85,8 @@ impl<K: Kernel + Clone + 'static> Patcher<K> {
             policy: marker.policy.clone(),
             transition_timeout: Duration::from_millis(marker.transition_timeout_ms),
             kmsg_checks: marker.kmsg_checks,
+            // Recovery loads nothing, so it downloads nothing.
+            repository: None,
         };
         let baseline = Baseline {
             taint: marker.taint_before,

@@ -68,6 +68,7 @@ async fn crash_marker_from_a_previous_boot_refuses_the_release_for_good() {
         wave: None,
         transition_timeout: "1s".into(),
         kmsg_checks: true,
+        repository: None,
     };
     let again = engine
         .reconcile(Some(&desired(v2.clone())), Some(&status), Some(1), &|_| {})
@@ -227,6 +228,7 @@ async fn a_reboot_loses_the_patch_and_the_status_says_so() {
         wave: None,
         transition_timeout: "1s".into(),
         kmsg_checks: true,
+        repository: None,
     };
     let report = engine
         .reconcile(Some(&desired), None, Some(1), &|_| {})

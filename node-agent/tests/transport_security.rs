@@ -31,24 +31,27 @@ fn release(url: String) -> PatchRelease {
     }
 }
 
-/// Downloads `url` with `fetcher` into a fresh state directory.
-async fn download(fetcher: &Fetcher, url: String) -> Result<Vec<u8>, (NodeErrorReason, String)> {
+/// Downloads `url` with `access` into a fresh state directory.
+async fn download(
+    access: &RepositoryAccess,
+    url: String,
+) -> Result<Vec<u8>, (NodeErrorReason, String)> {
     // The agent's main installs the process-wide TLS provider; tests do it here.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
     let state = StateDir::open(dir.path()).unwrap();
-    fetcher
-        .ensure_cached(&state, &release(url))
+    Fetcher::new()
+        .ensure_cached(&state, &release(url), access)
         .await
         .map(|image| image.bytes().to_vec())
         .map_err(|f| (f.reason, f.message))
 }
 
-fn allowing(hosts: &[&str]) -> Fetcher {
-    Fetcher::with_access(RepositoryAccess {
+fn allowing(hosts: &[&str]) -> RepositoryAccess {
+    RepositoryAccess {
         allowed_redirect_hosts: hosts.iter().map(|h| h.to_string()).collect(),
         ..RepositoryAccess::default()
-    })
+    }
 }
 
 #[tokio::test]
@@ -57,15 +60,17 @@ async fn an_unknown_ca_is_refused_and_the_ca_bundle_makes_it_work() {
     let addr = servers::https(&pki, Answer::Body(BODY.to_vec())).await;
     let url = format!("https://{addr}/m.ko");
 
-    let (reason, message) = download(&Fetcher::new(), url.clone()).await.unwrap_err();
+    let (reason, message) = download(&RepositoryAccess::default(), url.clone())
+        .await
+        .unwrap_err();
     assert_eq!(reason, NodeErrorReason::DownloadFailed);
     assert!(message.contains("certificate"), "{message}");
     assert!(message.contains("repository.caBundle"), "{message}");
 
-    let trusting = Fetcher::with_access(RepositoryAccess {
+    let trusting = RepositoryAccess {
         ca_bundle: Some(pki.ca_pem.clone()),
         ..RepositoryAccess::default()
-    });
+    };
     assert_eq!(download(&trusting, url).await.unwrap(), BODY);
 }
 
@@ -74,11 +79,11 @@ async fn another_ca_in_the_bundle_does_not_make_the_server_trusted() {
     let pki = TestPki::new();
     let other = TestPki::new();
     let addr = servers::https(&pki, Answer::Body(BODY.to_vec())).await;
-    let fetcher = Fetcher::with_access(RepositoryAccess {
+    let access = RepositoryAccess {
         ca_bundle: Some(other.ca_pem.clone()),
         ..RepositoryAccess::default()
-    });
-    let (_, message) = download(&fetcher, format!("https://{addr}/m.ko"))
+    };
+    let (_, message) = download(&access, format!("https://{addr}/m.ko"))
         .await
         .unwrap_err();
     assert!(message.contains("certificate"), "{message}");
@@ -90,7 +95,9 @@ async fn a_redirect_off_origin_is_refused_unless_its_host_is_listed() {
     let origin = servers::http("127.0.0.1", Answer::Redirect(format!("http://{cdn}/m.ko"))).await;
     let url = format!("http://{origin}/m.ko");
 
-    let (reason, message) = download(&Fetcher::new(), url.clone()).await.unwrap_err();
+    let (reason, message) = download(&RepositoryAccess::default(), url.clone())
+        .await
+        .unwrap_err();
     assert_eq!(reason, NodeErrorReason::DownloadFailed);
     assert!(message.contains("127.0.0.2"), "{message}");
     assert!(
@@ -115,7 +122,10 @@ async fn a_redirect_within_the_origin_is_followed() {
     )
     .await;
     let url = format!("http://{server}/m.ko");
-    assert_eq!(download(&Fetcher::new(), url).await.unwrap(), BODY);
+    assert_eq!(
+        download(&RepositoryAccess::default(), url).await.unwrap(),
+        BODY
+    );
 }
 
 #[tokio::test]
@@ -123,11 +133,11 @@ async fn https_to_http_is_refused_even_to_a_listed_host() {
     let pki = TestPki::new();
     let plain = servers::http("127.0.0.2", Answer::Body(BODY.to_vec())).await;
     let secure = servers::https(&pki, Answer::Redirect(format!("http://{plain}/m.ko"))).await;
-    let fetcher = Fetcher::with_access(RepositoryAccess {
+    let access = RepositoryAccess {
         ca_bundle: Some(pki.ca_pem.clone()),
         allowed_redirect_hosts: vec!["127.0.0.2".into()],
-    });
-    let (_, message) = download(&fetcher, format!("https://{secure}/m.ko"))
+    };
+    let (_, message) = download(&access, format!("https://{secure}/m.ko"))
         .await
         .unwrap_err();
     assert!(message.contains("leaves https"), "{message}");

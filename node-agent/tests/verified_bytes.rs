@@ -44,6 +44,7 @@ async fn a_module_file_replaced_after_verification_is_not_what_gets_loaded() {
         policy: Some("fleet".into()),
         transition_timeout: Duration::from_secs(5),
         kmsg_checks: true,
+        repository: None,
     };
 
     let outcome = patcher.load_release(&request, Action::Apply, &|_| {}).await;

@@ -14,6 +14,7 @@ fn valid() -> LivePatchPolicySpec {
             trusted_keys: vec![PrivateKey::generate().public_key().to_base64_line()],
             trusted_keys_secret: None,
             ca_bundle: None,
+            allowed_redirect_hosts: Vec::new(),
             check_interval: "1h".into(),
             delay: Some("72h".into()),
             pinned_version: None,

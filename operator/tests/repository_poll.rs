@@ -104,6 +104,7 @@ fn state_for(url: &str) -> RepositoryState {
     RepositoryState::new(RepositorySource {
         url: url.to_string(),
         ca_bundle: None,
+        allowed_redirect_hosts: Vec::new(),
         keys: Vec::new(),
         keys_secret: None,
     })

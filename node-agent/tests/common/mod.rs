@@ -115,6 +115,7 @@ impl Harness {
             wave: Some(1),
             transition_timeout: "300ms".into(),
             kmsg_checks: true,
+            repository: None,
         };
         self.engine
             .reconcile(Some(&desired), prior, Some(1), &|_| {})

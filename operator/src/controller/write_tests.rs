@@ -22,6 +22,7 @@ fn desired() -> DesiredPatch {
         wave: Some(1),
         transition_timeout: "60s".into(),
         kmsg_checks: true,
+        repository: None,
     }
 }
 

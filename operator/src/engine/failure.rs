@@ -111,6 +111,7 @@ pub(crate) fn revert_of(applied: &DesiredPatch, settings: &Settings) -> DesiredP
         wave: None,
         transition_timeout: settings.transition_timeout.clone(),
         kmsg_checks: settings.kmsg_checks,
+        repository: settings.repository.clone(),
     }
 }
 

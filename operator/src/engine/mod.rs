@@ -349,6 +349,7 @@ fn node_writes(
                 wave: Some(wave),
                 transition_timeout: settings.transition_timeout.clone(),
                 kmsg_checks: settings.kmsg_checks,
+                repository: settings.repository.clone(),
             },
         ));
     }

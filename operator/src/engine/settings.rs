@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use kpersist_crds::{FailurePolicy, LivePatchPolicySpec, parse_duration};
+use kpersist_crds::{FailurePolicy, LivePatchPolicySpec, RepositoryAccess, parse_duration};
 
 use super::waves::{WaveRule, WaveSize};
 use super::window::{Window, Windows};
@@ -27,6 +27,9 @@ pub(crate) struct Settings {
     pub transition_timeout: String,
     /// How often the gate is evaluated, when the policy has one.
     pub gate_interval: Option<Duration>,
+    /// What agents need to download modules (CA bundle, redirect hosts); `None` when the
+    /// policy sets neither, so node objects carry nothing for the default.
+    pub repository: Option<RepositoryAccess>,
 }
 
 impl Settings {
@@ -57,7 +60,16 @@ impl Settings {
                 .filter_map(|w| Window::parse(w).ok())
                 .collect(),
         );
+        let access = RepositoryAccess {
+            ca_bundle: spec
+                .repository
+                .ca_bundle
+                .clone()
+                .filter(|pem| !pem.trim().is_empty()),
+            allowed_redirect_hosts: spec.repository.allowed_redirect_hosts.clone(),
+        };
         Ok(Settings {
+            repository: (access != RepositoryAccess::default()).then_some(access),
             channel: spec.repository.channel.clone(),
             delay: spec.repository.delay.as_deref().map(duration),
             pinned_version: spec.repository.pinned_version,
@@ -77,5 +89,38 @@ impl Settings {
                 .as_ref()
                 .map(|g| duration(&g.interval)),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(mut repository: serde_json::Value) -> LivePatchPolicySpec {
+        let key = kpersist_kmod::signing::PrivateKey::generate()
+            .public_key()
+            .to_base64_line();
+        repository["trustedKeys"] = serde_json::json!([key]);
+        serde_json::from_value(serde_json::json!({ "repository": repository })).unwrap()
+    }
+
+    #[test]
+    fn repository_access_reaches_the_settings_only_when_the_policy_sets_it() {
+        let plain = spec(serde_json::json!({"url": "https://r"}));
+        assert_eq!(Settings::read(&plain).unwrap().repository, None);
+        let blank_bundle = spec(serde_json::json!({"url": "https://r", "caBundle": " \n"}));
+        assert_eq!(Settings::read(&blank_bundle).unwrap().repository, None);
+
+        let set = spec(serde_json::json!({
+            "url": "https://r",
+            "caBundle": "-----BEGIN CERTIFICATE-----",
+            "allowedRedirectHosts": ["cdn.example.com"],
+        }));
+        let access = Settings::read(&set).unwrap().repository.unwrap();
+        assert_eq!(
+            access.ca_bundle.as_deref(),
+            Some("-----BEGIN CERTIFICATE-----")
+        );
+        assert_eq!(access.allowed_redirect_hosts, vec!["cdn.example.com"]);
     }
 }

@@ -1,10 +1,12 @@
 //! HTTP for the patch repository: a client per policy (its `caBundle` added to the system
-//! roots, certificate checks never off), conditional GETs with `If-None-Match`, and bodies
-//! read against a size cap so a hostile or broken server cannot exhaust memory.
+//! roots, certificate checks never off; redirects only within the repository's origin or to
+//! its `allowedRedirectHosts`, never from https to http), conditional GETs with
+//! `If-None-Match`, and bodies read against a size cap so a hostile or broken server cannot
+//! exhaust memory.
 
 use std::time::Duration;
 
-use reqwest::{Certificate, Client, StatusCode, header};
+use reqwest::{Certificate, Client, StatusCode, Url, header};
 
 /// Largest `index.json` read: the size verification accepts.
 pub const INDEX_LIMIT: u64 = kpersist_kmod::repository::MAX_INDEX_SIZE;
@@ -13,6 +15,8 @@ pub const SIGNATURE_LIMIT: u64 = kpersist_kmod::repository::MAX_SIGNATURE_SIZE;
 /// Whole-request timeout.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Redirects followed at most per request.
+const MAX_REDIRECTS: usize = 5;
 
 /// Why a file could not be fetched.
 #[derive(Debug, thiserror::Error)]
@@ -73,12 +77,32 @@ pub enum Fetched {
 }
 
 /// Builds the HTTP client for one repository. An https repository's client refuses plain
-/// http entirely, so a redirect cannot downgrade it.
-pub fn client_for(url: &str, ca_bundle: Option<&str>) -> Result<Client, FetchError> {
+/// http entirely, so a redirect cannot downgrade it; redirects leave the origin of the URL
+/// asked for only to `allowed_redirect_hosts`.
+pub fn client_for(
+    url: &str,
+    ca_bundle: Option<&str>,
+    allowed_redirect_hosts: &[String],
+) -> Result<Client, FetchError> {
+    let allowed = allowed_redirect_hosts.to_vec();
+    let redirects = reqwest::redirect::Policy::custom(move |attempt| {
+        let refusal = match attempt.previous().first() {
+            Some(first) => redirect_refusal(first, attempt.url(), &allowed),
+            None => Some(format!("redirect to {} without a first URL", attempt.url())),
+        };
+        if let Some(refusal) = refusal {
+            attempt.error(refusal)
+        } else if attempt.previous().len() > MAX_REDIRECTS {
+            attempt.error(format!("more than {MAX_REDIRECTS} redirects"))
+        } else {
+            attempt.follow()
+        }
+    });
     let mut builder = Client::builder()
         .user_agent(concat!("kpersist-operator/", env!("CARGO_PKG_VERSION")))
         .timeout(REQUEST_TIMEOUT)
         .connect_timeout(CONNECT_TIMEOUT)
+        .redirect(redirects)
         .https_only(url.starts_with("https://"));
     if let Some(pem) = ca_bundle.filter(|pem| !pem.trim().is_empty()) {
         let certs = Certificate::from_pem_bundle(pem.as_bytes())
@@ -92,6 +116,32 @@ pub fn client_for(url: &str, ca_bundle: Option<&str>) -> Result<Client, FetchErr
         url: url.to_string(),
         message: error_chain(&e),
     })
+}
+
+/// Why a redirect from `first` (the URL asked for) to `next` is not followed; `None` when
+/// it may be: same origin, or a host in `allowed_hosts`, and never https to http.
+pub fn redirect_refusal(first: &Url, next: &Url, allowed_hosts: &[String]) -> Option<String> {
+    if first.scheme() == "https" && next.scheme() != "https" {
+        return Some(format!(
+            "redirect from {first} to {next} refused: it leaves https for {}, which is never \
+             allowed",
+            next.scheme()
+        ));
+    }
+    if first.origin() == next.origin()
+        || next
+            .host_str()
+            .is_some_and(|host| allowed_hosts.iter().any(|h| h.eq_ignore_ascii_case(host)))
+    {
+        return None;
+    }
+    let host = next.host_str().unwrap_or_default();
+    Some(format!(
+        "redirect from {first} to {next} refused: host {host} is not the repository's origin \
+         {}; to allow it, add {host} to repository.allowedRedirectHosts (allowed now: {:?})",
+        first.origin().ascii_serialization(),
+        allowed_hosts
+    ))
 }
 
 /// The URL of `file` inside the repository at `base`.
@@ -181,7 +231,7 @@ mod tests {
 
     #[test]
     fn a_ca_bundle_that_is_not_pem_is_refused() {
-        let error = client_for("https://r", Some("not a certificate")).unwrap_err();
+        let error = client_for("https://r", Some("not a certificate"), &[]).unwrap_err();
         assert!(matches!(error, FetchError::CaBundle(_)), "{error}");
     }
 }

@@ -119,6 +119,8 @@ pub struct RepositorySource {
     pub url: String,
     /// `repository.caBundle`.
     pub ca_bundle: Option<String>,
+    /// `repository.allowedRedirectHosts`.
+    pub allowed_redirect_hosts: Vec<String>,
     /// Inline keys and the Secret reference, as given.
     pub keys: Vec<String>,
     /// `trustedKeysSecret` as `namespace/name`.
@@ -131,6 +133,7 @@ impl RepositorySource {
         Self {
             url: spec.url.clone(),
             ca_bundle: spec.ca_bundle.clone(),
+            allowed_redirect_hosts: spec.allowed_redirect_hosts.clone(),
             keys: spec.trusted_keys.clone(),
             keys_secret: spec
                 .trusted_keys_secret

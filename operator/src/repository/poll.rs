@@ -68,8 +68,12 @@ async fn fetch_and_verify(
         });
     }
     let source = &state.source;
-    let client =
-        fetch::client_for(&source.url, source.ca_bundle.as_deref()).map_err(unreachable)?;
+    let client = fetch::client_for(
+        &source.url,
+        source.ca_bundle.as_deref(),
+        &source.allowed_redirect_hosts,
+    )
+    .map_err(unreachable)?;
     let index_url = fetch::file_url(&source.url, INDEX_FILE);
     // Without a verified view a 304 would leave us with nothing, so only send the ETag when
     // there is a view it stands for.

@@ -94,6 +94,7 @@ pub fn policy_spec() -> LivePatchPolicySpec {
             trusted_keys: vec![KEY.into()],
             trusted_keys_secret: None,
             ca_bundle: None,
+            allowed_redirect_hosts: Vec::new(),
             check_interval: "1h".into(),
             delay: None,
             pinned_version: None,
