@@ -10,7 +10,11 @@ fuzz_target!(|data: &[u8]| {
         // An accepted index is valid and survives a round trip through its own writer.
         assert!(index.validate().is_ok(), "an accepted index validates");
         let again = Index::from_json_bytes(&index.to_json_bytes());
-        assert_eq!(again.ok().as_ref(), Some(&index), "a written index reads back");
+        assert_eq!(
+            again.ok().as_ref(),
+            Some(&index),
+            "a written index reads back"
+        );
         for release in &index.releases {
             let _ = release.module_url("https://r.example/repo");
         }

@@ -7,7 +7,10 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(id) = parse_build_id(data) {
-        assert!(!id.is_empty() && id.len() % 2 == 0, "a build id is whole bytes of hex");
+        assert!(
+            !id.is_empty() && id.len() % 2 == 0,
+            "a build id is whole bytes of hex"
+        );
     }
     let _ = parse_kernel_release(&String::from_utf8_lossy(data));
 });

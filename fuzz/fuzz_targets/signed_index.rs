@@ -19,7 +19,10 @@ fuzz_target!(|data: &[u8]| {
         None => (data, &[][..]),
     };
     let result = verify_index(index, signature, &[key]);
-    assert!(result.is_err(), "an index verified under a key nobody holds");
+    assert!(
+        result.is_err(),
+        "an index verified under a key nobody holds"
+    );
     // Key text from outside (a policy's trustedKeys) goes through the same decoder.
     let _ = PublicKey::from_base64(&String::from_utf8_lossy(signature), "fuzz input");
 });
