@@ -14,7 +14,8 @@
 #                        chart runs all agents under this one service account)
 #   controlplane.env     SERVER=, ETCD=, *_KUBECONFIG= lines (shell- and Rust-readable)
 #   *.pid, *.log         processes started and their output
-# Stop with: e2e/controlplane/down.sh DIR
+#   *.cmd                their command lines, for ctl.sh
+# Stop with: e2e/controlplane/down.sh DIR; stop or start one process with ctl.sh
 set -euo pipefail
 
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -63,9 +64,11 @@ free_port() {
 }
 
 # Runs a command in its own session (so a terminal's signals do not reach it) and records
-# its pid; down.sh stops it by that pid.
+# its pid; down.sh stops it by that pid. The command line is kept in NAME.cmd so that
+# ctl.sh can start it again on the same ports and data.
 start() {
   local name="$1"; shift
+  printf '%q ' "$@" >"$DIR/$name.cmd"
   setsid "$@" >"$DIR/$name.log" 2>&1 </dev/null &
   echo $! >"$DIR/$name.pid"
 }

@@ -38,6 +38,33 @@ impl Identity {
     }
 }
 
+/// A process of the control plane that can be stopped and started again on its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Part {
+    /// etcd, with its data directory.
+    Etcd,
+    /// kube-apiserver.
+    ApiServer,
+}
+
+impl Part {
+    fn process_name(self) -> &'static str {
+        match self {
+            Part::Etcd => "etcd",
+            Part::ApiServer => "kube-apiserver",
+        }
+    }
+}
+
+/// How [`ControlPlane::stop_part`] stops a process.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// SIGTERM, SIGKILL after 10 s.
+    Term,
+    /// SIGKILL at once, as a crash would.
+    Kill,
+}
+
 /// A running etcd + kube-apiserver, stopped when dropped.
 #[derive(Debug)]
 pub struct ControlPlane {
@@ -159,6 +186,37 @@ impl ControlPlane {
         command.arg("--kubeconfig").arg(&kubeconfig).args(args);
         let display = format!("kubectl ({identity:?}) {}", args.join(" "));
         crate::process::output_of(&mut command, &display).await
+    }
+
+    /// Stops (`Stop::Term`) or kills (`Stop::Kill`) one process of the control plane and
+    /// waits until it is gone; its data, ports and certificates stay for
+    /// [`ControlPlane::start_part`].
+    pub async fn stop_part(&self, part: Part, how: Stop) -> Result<()> {
+        let action = match how {
+            Stop::Term => "stop",
+            Stop::Kill => "kill",
+        };
+        self.ctl(action, part).await
+    }
+
+    /// Starts a process stopped by [`ControlPlane::stop_part`] again, on the same port and
+    /// data, and waits until it answers.
+    pub async fn start_part(&self, part: Part) -> Result<()> {
+        self.ctl("start", part).await
+    }
+
+    async fn ctl(&self, action: &str, part: Part) -> Result<()> {
+        let ctl = scripts_dir().join("ctl.sh");
+        let mut command = tokio::process::Command::new(&ctl);
+        command.arg(&self.dir).arg(action).arg(part.process_name());
+        let display = format!(
+            "{} {} {action} {}",
+            ctl.display(),
+            self.dir.display(),
+            part.process_name()
+        );
+        crate::process::output_of(&mut command, &display).await?;
+        Ok(())
     }
 
     /// Stops etcd and the API server now (also done on drop).

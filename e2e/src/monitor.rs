@@ -1,16 +1,19 @@
 //! A watch of every LivePatchNode for the whole of a scenario, so invariants are checked
 //! on each state the API server published (not on logs, and not only on the final state):
 //! how many nodes were in flight at once, and which nodes were ever asked for or ran a
-//! release.
+//! release. It also keeps every version of every LivePatchNode and LivePatchPolicy seen, in
+//! the API server's order, for the fault matrix's invariant checks ([`invariants`]).
+
+pub mod invariants;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use futures::StreamExt;
-use kpersist_crds::{LivePatchNode, NodePatchState, PatchAction};
+use kpersist_crds::{LivePatchNode, LivePatchPolicy, NodePatchState, PatchAction};
 use kube::Api;
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
 use tokio::task::JoinHandle;
 
 #[derive(Debug, Default)]
@@ -24,6 +27,54 @@ struct History {
     applied: BTreeMap<String, BTreeMap<String, Instant>>,
     synced: bool,
     errors: Vec<String>,
+    /// The latest state of every policy.
+    policies: BTreeMap<String, LivePatchPolicy>,
+    policies_synced: bool,
+    /// Every version of every object seen, in the order seen; relists after a broken
+    /// watch repeat versions, which are kept once.
+    log: Vec<Observed>,
+    seen: BTreeSet<(bool, String, String)>,
+}
+
+/// One version of an object as the watch saw it.
+#[derive(Clone, Debug)]
+pub struct Observed {
+    /// `metadata.resourceVersion` as a number: etcd's revision, which orders writes to
+    /// every object of the cluster. 0 when it is not a number.
+    pub revision: u64,
+    /// When the watch received it.
+    pub at: Instant,
+    /// The object, or its last state when `deleted`.
+    pub object: Object,
+    /// Whether this is the object's deletion.
+    pub deleted: bool,
+}
+
+/// A watched object.
+#[derive(Clone, Debug)]
+pub enum Object {
+    /// A LivePatchNode.
+    Node(LivePatchNode),
+    /// A LivePatchPolicy.
+    Policy(LivePatchPolicy),
+}
+
+impl Object {
+    /// The object's name.
+    pub fn name(&self) -> String {
+        match self {
+            Object::Node(n) => n.metadata.name.clone().unwrap_or_default(),
+            Object::Policy(p) => p.metadata.name.clone().unwrap_or_default(),
+        }
+    }
+
+    fn resource_version(&self) -> String {
+        match self {
+            Object::Node(n) => n.metadata.resource_version.clone(),
+            Object::Policy(p) => p.metadata.resource_version.clone(),
+        }
+        .unwrap_or_default()
+    }
 }
 
 /// Whether the operator has a node working on a release it has not reported yet: asked to
@@ -50,7 +101,27 @@ pub fn in_flight(node: &LivePatchNode) -> bool {
 }
 
 impl History {
+    /// Appends `object` to the log unless this version is there already.
+    fn log(&mut self, object: Object, deleted: bool) {
+        let version = object.resource_version();
+        let key = (
+            matches!(object, Object::Node(_)),
+            object.name(),
+            format!("{version}{}", if deleted { "-" } else { "" }),
+        );
+        if !self.seen.insert(key) {
+            return;
+        }
+        self.log.push(Observed {
+            revision: version.parse().unwrap_or(0),
+            at: Instant::now(),
+            object,
+            deleted,
+        });
+    }
+
     fn record(&mut self, node: LivePatchNode) {
+        self.log(Object::Node(node.clone()), false);
         let name = node.metadata.name.clone().unwrap_or_default();
         let now = Instant::now();
         let desired = node.spec.desired.as_ref();
@@ -93,43 +164,70 @@ impl History {
 pub struct NodeWatch {
     history: Arc<Mutex<History>>,
     task: JoinHandle<()>,
+    policies: JoinHandle<()>,
 }
 
 impl NodeWatch {
     /// Starts watching with `client` (the admin's, so RBAC never hides an object).
     pub fn start(client: kube::Client) -> Self {
         let history = Arc::new(Mutex::new(History::default()));
-        let api: Api<LivePatchNode> = Api::all(client);
-        let shared = history.clone();
-        let task = tokio::spawn(async move {
-            let mut events = watcher(api, watcher::Config::default()).boxed();
-            while let Some(event) = events.next().await {
-                let mut history = shared.lock().unwrap_or_else(|p| p.into_inner());
-                match event {
-                    Ok(watcher::Event::Apply(node) | watcher::Event::InitApply(node)) => {
-                        history.record(node)
-                    }
-                    Ok(watcher::Event::Delete(node)) => {
-                        let name = node.metadata.name.unwrap_or_default();
-                        history.current.remove(&name);
-                    }
-                    Ok(watcher::Event::Init) => {}
-                    Ok(watcher::Event::InitDone) => history.synced = true,
-                    // The watcher retries by itself; keep the error for the report.
-                    Err(e) => history.errors.push(e.to_string()),
+        let policies = tokio::spawn(follow(
+            Api::<LivePatchPolicy>::all(client.clone()),
+            history.clone(),
+            |history, change| match change {
+                Change::Seen(policy) => {
+                    let name = policy.metadata.name.clone().unwrap_or_default();
+                    history.log(Object::Policy(policy.clone()), false);
+                    history.policies.insert(name, policy);
                 }
-            }
-        });
-        Self { history, task }
+                Change::Deleted(policy) => {
+                    let name = policy.metadata.name.clone().unwrap_or_default();
+                    history.policies.remove(&name);
+                    history.log(Object::Policy(policy), true);
+                }
+                Change::Synced => history.policies_synced = true,
+            },
+        ));
+        let task = tokio::spawn(follow(
+            Api::<LivePatchNode>::all(client),
+            history.clone(),
+            |history, change| match change {
+                Change::Seen(node) => history.record(node),
+                Change::Deleted(node) => {
+                    let name = node.metadata.name.clone().unwrap_or_default();
+                    history.current.remove(&name);
+                    history.log(Object::Node(node), true);
+                }
+                Change::Synced => history.synced = true,
+            },
+        ));
+        Self {
+            history,
+            task,
+            policies,
+        }
     }
 
     fn history(&self) -> MutexGuard<'_, History> {
         self.history.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Whether the initial list has arrived.
+    /// Whether the initial lists (of nodes and of policies) have arrived.
     pub fn synced(&self) -> bool {
-        self.history().synced
+        let history = self.history();
+        history.synced && history.policies_synced
+    }
+
+    /// The latest state of every policy.
+    pub fn policies(&self) -> BTreeMap<String, LivePatchPolicy> {
+        self.history().policies.clone()
+    }
+
+    /// Every version of every LivePatchNode and LivePatchPolicy seen so far, in the order
+    /// the watches received them (sort by [`Observed::revision`] for the API server's
+    /// order across both kinds).
+    pub fn log(&self) -> Vec<Observed> {
+        self.history().log.clone()
     }
 
     /// The most nodes ever in flight at once (see [`in_flight`]), and which they were.
@@ -176,5 +274,43 @@ impl NodeWatch {
 impl Drop for NodeWatch {
     fn drop(&mut self) {
         self.task.abort();
+        self.policies.abort();
+    }
+}
+
+/// What a watch reports to [`follow`]'s handler.
+enum Change<K> {
+    /// An object as listed or changed.
+    Seen(K),
+    /// An object deleted, in its last state.
+    Deleted(K),
+    /// The initial list has arrived.
+    Synced,
+}
+
+/// Feeds every change of `api`'s objects to `handle` until aborted. The watcher retries
+/// by itself, with backoff; its errors are kept for the report.
+async fn follow<K>(api: Api<K>, shared: Arc<Mutex<History>>, handle: fn(&mut History, Change<K>))
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+{
+    let mut events = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .boxed();
+    while let Some(event) = events.next().await {
+        let mut history = shared.lock().unwrap_or_else(|p| p.into_inner());
+        let change = match event {
+            Ok(watcher::Event::Apply(object) | watcher::Event::InitApply(object)) => {
+                Change::Seen(object)
+            }
+            Ok(watcher::Event::Delete(object)) => Change::Deleted(object),
+            Ok(watcher::Event::InitDone) => Change::Synced,
+            Ok(watcher::Event::Init) => continue,
+            Err(e) => {
+                history.errors.push(e.to_string());
+                continue;
+            }
+        };
+        handle(&mut history, change);
     }
 }

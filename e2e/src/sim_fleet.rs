@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
@@ -23,8 +24,14 @@ use crate::repo_server::RepoServer;
 use crate::wait::{Check, wait_until};
 use crate::{Error, Result};
 
-/// Label every simulated node carries, and the policies select on.
+/// Label every simulated node carries, and the policies select on. Its value names the
+/// fleet (`true` for a fleet with a control plane of its own), so several fleets can share
+/// one control plane without selecting each other's nodes. They run one after the other:
+/// they share the operator's Lease.
 pub const FLEET_LABEL: &str = "kpersist.io/e2e-fleet";
+
+/// Name of the operator's leader-election Lease, as in the chart.
+pub const OPERATOR_LEASE: &str = "kpersist-operator";
 
 /// One simulated machine: its Node name and the kernel its agent pretends to run.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,22 +58,26 @@ impl SimNode {
     }
 }
 
-/// The running fleet. Dropping it kills every process and stops the control plane.
+/// The running fleet. Dropping it kills every process, and stops the control plane unless
+/// another fleet shares it.
 pub struct SimFleet {
     /// Processes go first when dropped, before the API server they talk to.
     agents: BTreeMap<String, Process>,
-    operator: Option<Process>,
+    /// Operator replicas by index; replica 0 is the one `start_operator` runs.
+    operators: BTreeMap<u32, Process>,
     /// Watch of every LivePatchNode since before the operator started.
     pub watch: NodeWatch,
     /// The repository server; fault switches are on it.
     pub repo: RepoServer,
     /// Publishes and signs releases into the served directory.
     pub publisher: Publisher,
-    /// The control plane with CRDs and RBAC.
-    pub cluster: Cluster,
+    /// The control plane with CRDs and RBAC, possibly shared with other fleets.
+    pub cluster: Arc<Cluster>,
     nodes: Vec<SimNode>,
     scratch: tempfile::TempDir,
     operator_metrics: String,
+    /// Value of [`FLEET_LABEL`] on this fleet's nodes.
+    label: String,
 }
 
 impl SimFleet {
@@ -74,14 +85,23 @@ impl SimFleet {
     /// watch, and creates a Ready Node object per node. No operator or agent runs yet.
     pub async fn start(nodes: Vec<SimNode>) -> Result<Self> {
         build_binaries_once()?;
-        let cluster = Cluster::start().await?;
+        let cluster = Arc::new(Cluster::start().await?);
+        Self::start_on(cluster, nodes, "true").await
+    }
+
+    /// Like [`SimFleet::start`], on a control plane other fleets use before or after this
+    /// one (not at the same time: they share the operator's Lease). `label` is this fleet's
+    /// value of [`FLEET_LABEL`]; node names must differ from those of every other fleet on
+    /// the control plane.
+    pub async fn start_on(cluster: Arc<Cluster>, nodes: Vec<SimNode>, label: &str) -> Result<Self> {
+        build_binaries_once()?;
         let scratch = tempfile::Builder::new()
             .prefix("kpersist-fleet-")
             .tempdir()
             .map_err(|e| Error::io(std::env::temp_dir(), e))?;
         let publisher = Publisher::init(&scratch.path().join("repo"))?;
         let repo = RepoServer::start(publisher.root()).await?;
-        let labels = BTreeMap::from([(FLEET_LABEL.to_string(), "true".to_string())]);
+        let labels = BTreeMap::from([(FLEET_LABEL.to_string(), label.to_string())]);
         for node in &nodes {
             cluster.create_node(&node.name, &labels).await?;
         }
@@ -104,7 +124,7 @@ impl SimFleet {
         let operator_metrics = format!("127.0.0.1:{}", free_port()?);
         Ok(Self {
             agents: BTreeMap::new(),
-            operator: None,
+            operators: BTreeMap::new(),
             watch,
             repo,
             publisher,
@@ -112,6 +132,7 @@ impl SimFleet {
             nodes,
             scratch,
             operator_metrics,
+            label: label.to_string(),
         })
     }
 
@@ -184,29 +205,73 @@ impl SimFleet {
     /// Starts the operator, or restarts it if it was killed. It runs with leader election
     /// on, as in the chart, so the RBAC for its Lease is exercised too.
     pub fn start_operator(&mut self) -> Result<()> {
-        if let Some(operator) = self.operator.as_mut() {
+        self.start_operator_replica(0)
+    }
+
+    /// Starts operator replica `index` (its leader-election identity is
+    /// [`SimFleet::operator_identity`]), or restarts it if it was killed. Replicas other
+    /// than 0 serve their metrics on a port of their own.
+    pub fn start_operator_replica(&mut self, index: u32) -> Result<()> {
+        if let Some(operator) = self.operators.get_mut(&index) {
             return operator.restart();
         }
+        let metrics = if index == 0 {
+            self.operator_metrics.clone()
+        } else {
+            format!("127.0.0.1:{}", free_port()?)
+        };
         let args = vec![
             "--metrics-addr".to_string(),
-            self.operator_metrics.clone(),
+            metrics,
             "--lease-namespace".into(),
             NAMESPACE.into(),
+            "--lease-name".into(),
+            OPERATOR_LEASE.into(),
         ];
+        let mut env = self.kube_env(Identity::Operator);
+        env.push(("POD_NAME".into(), self.operator_identity(index)));
+        let (name, log) = if index == 0 {
+            ("operator".to_string(), "operator.log".to_string())
+        } else {
+            (format!("operator-{index}"), format!("operator-{index}.log"))
+        };
+        let log = self.logs_dir().join(format!("{}{log}", self.log_prefix()));
         let process = Process::spawn(
-            "operator",
+            &name,
             &workspace_binary("kpersist-operator")?,
             &args,
-            &self.kube_env(Identity::Operator),
-            &self.logs_dir().join("operator.log"),
+            &env,
+            &log,
         )?;
-        self.operator = Some(process);
+        self.operators.insert(index, process);
         Ok(())
     }
 
-    /// The operator process, to kill or inspect.
+    /// The leader-election identity of operator replica `index`, as the Lease's
+    /// `holderIdentity` names it. Fleets sharing a control plane share the chart's Lease
+    /// (its RBAC allows no other); replica 0 of the next fleet has the identity of replica
+    /// 0 of the last one, so it takes the Lease at once, as a restarted pod would.
+    pub fn operator_identity(&self, index: u32) -> String {
+        format!("{OPERATOR_LEASE}-{index}")
+    }
+
+    /// The operator process (replica 0), to kill or inspect.
     pub fn operator(&mut self) -> Option<&mut Process> {
-        self.operator.as_mut()
+        self.operators.get_mut(&0)
+    }
+
+    /// Operator replica `index`, to kill or inspect.
+    pub fn operator_replica(&mut self, index: u32) -> Option<&mut Process> {
+        self.operators.get_mut(&index)
+    }
+
+    /// Log files of a fleet sharing its control plane start with its label.
+    fn log_prefix(&self) -> String {
+        if self.label == "true" {
+            String::new()
+        } else {
+            format!("{}-", self.label)
+        }
     }
 
     /// `host:port` of the operator's /metrics.
@@ -246,7 +311,7 @@ impl SimFleet {
         let selector = LabelSelector {
             match_labels: Some(BTreeMap::from([(
                 FLEET_LABEL.to_string(),
-                "true".to_string(),
+                self.label.clone(),
             )])),
             ..LabelSelector::default()
         };
@@ -345,7 +410,7 @@ impl SimFleet {
     /// messages.
     pub fn process_report(&mut self) -> String {
         let mut report = String::new();
-        let processes = self.operator.iter_mut().chain(self.agents.values_mut());
+        let processes = self.operators.values_mut().chain(self.agents.values_mut());
         for process in processes {
             if let Some(status) = process.exit_status() {
                 report.push_str(&format!(

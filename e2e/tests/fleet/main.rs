@@ -14,6 +14,5 @@
 mod api;
 mod controls;
 mod faults;
-mod recovery;
 mod rollout;
 mod support;
