@@ -19,6 +19,7 @@ runs=(
     "-p kpersist-kmod --test bad_input"
     "-p kpersist-agent --test bad_input"
     "-p kpersist-operator --test bad_input_policy"
+    "-p kpersist-operator --test bad_input_repository"
 )
 if ((with_api)); then
     runs+=("-p kpersist-e2e --test fleet schema::")
