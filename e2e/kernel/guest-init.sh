@@ -57,6 +57,13 @@ revert() {
 	return $RC
 }
 
+# The agent's after_download_ms= line of the last run: from the module fetched and verified
+# to Applied (load, transition done, health checks), printed as a figure for run.sh.
+figure() {
+	ms=$(sed -n 's/^after_download_ms=//p' "$OUT")
+	echo "KERNEL-E2E-FIGURE: download end to Applied, $1: ${ms:-none} ms"
+}
+
 cmdline() { cat /proc/cmdline; }
 loaded() { lsmod | awk '{print $1}' | grep -qx "$1"; }
 # shellcheck disable=SC2012 # livepatch names are module names: no blanks or newlines
@@ -88,6 +95,7 @@ elif [ "$(cmdline)" != "kpersist v1" ] || [ ! -d "$LP/kpersist_v1" ]; then
 	fail apply-v1 "/proc/cmdline '$(cmdline)', livepatches: $(patches)"; show
 else
 	ok apply-v1 "/proc/cmdline reads '$(cmdline)'"
+	figure "first patch (v1)"
 fi
 
 # --- apply v2: atomic replace ---------------------------------------------------------------
@@ -99,6 +107,7 @@ elif [ -d "$LP/kpersist_v1" ]; then
 	fail apply-v2 "v1's livepatch entry still present after atomic replace: $(patches)"
 else
 	ok apply-v2 "replaced v1 atomically; livepatches: $(patches)"
+	figure "atomic replace (v2 over v1)"
 fi
 
 # --- status reads the applied release back from the kernel --------------------------------

@@ -247,6 +247,8 @@ for step in $GUEST_STEPS; do
 	esac
 done
 
+# Figures the guest measured (the agent's own clock, inside the TCG guest).
+grep -o 'KERNEL-E2E-FIGURE: .*' "$WORK/serial.txt" | sed 's/^KERNEL-E2E-FIGURE: /kernel-e2e: figure: /' || true
 say "serial log kept at $KCACHE/last-serial.log"
 if [ "$FAILED" = 0 ]; then
 	VERDICT=PASS

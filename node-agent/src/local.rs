@@ -5,7 +5,8 @@
 //! state was reached.
 
 use std::path::Path;
-use std::time::Duration;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use kpersist_crds::{DesiredPatch, LivePatchNodeStatus, NodePatchState, PatchAction, PatchRelease};
 use kpersist_kmod::kernel::Kernel;
@@ -19,15 +20,34 @@ use crate::error::AgentError;
 /// The policy name local mode records.
 const LOCAL_POLICY: &str = "local";
 
-/// Runs one local action; returns the status and whether the wanted state was reached.
+/// What one local action did.
+#[derive(Debug)]
+pub struct LocalRun {
+    /// The node status afterwards.
+    pub status: LivePatchNodeStatus,
+    /// Whether the wanted state was reached.
+    pub reached: bool,
+    /// From the end of the download (module fetched into the host cache and its digest
+    /// checked) to the end of the run: load, transition and health checks. `None` when no
+    /// module was fetched.
+    pub after_download: Option<Duration>,
+}
+
+/// Runs one local action; returns the status, whether the wanted state was reached, and
+/// how long the part after the download took.
 pub async fn run_local<K: Kernel + Clone + 'static>(
     engine: Engine<K>,
     action: &LocalAction,
-) -> Result<(LivePatchNodeStatus, bool), AgentError> {
+) -> Result<LocalRun, AgentError> {
     let args = match action {
         LocalAction::Status => {
             let report = engine.reconcile(None, None, None, &|_| {}).await?;
-            return Ok((engine.status(&report, None, None).await?, true));
+            let status = engine.status(&report, None, None).await?;
+            return Ok(LocalRun {
+                status,
+                reached: true,
+                after_download: None,
+            });
         }
         LocalAction::Apply(args) | LocalAction::Revert(args) => args,
     };
@@ -65,10 +85,19 @@ pub async fn run_local<K: Kernel + Clone + 'static>(
         None => None,
     };
     let desired = desired(revert, wanted.clone(), timeout);
-    let report = engine.reconcile(Some(&desired), prior.as_ref(), None, &|state| {
+    // The engine reports Applying (or Reverting) once the module is in the host cache and
+    // verified, which is where the time the real kernel takes starts.
+    let download_end = OnceLock::new();
+    let progress = |state| {
+        if matches!(state, NodePatchState::Applying | NodePatchState::Reverting) {
+            let _ = download_end.set(Instant::now());
+        }
         tracing::info!(?state, "progress");
-    });
-    let report = report.await?;
+    };
+    let report = engine
+        .reconcile(Some(&desired), prior.as_ref(), None, &progress)
+        .await?;
+    let after_download = download_end.get().map(Instant::elapsed);
     let status = engine.status(&report, None, prior.as_ref()).await?;
     let reached = match &wanted {
         Some(release) => {
@@ -77,7 +106,11 @@ pub async fn run_local<K: Kernel + Clone + 'static>(
         }
         None => status.state == Some(NodePatchState::Idle),
     };
-    Ok((status, reached))
+    Ok(LocalRun {
+        status,
+        reached,
+        after_download,
+    })
 }
 
 fn desired(revert: bool, release: Option<PatchRelease>, timeout: Duration) -> DesiredPatch {

@@ -109,11 +109,14 @@ async fn local<K: Kernel + Clone + 'static>(
     engine: Engine<K>,
     action: &LocalAction,
 ) -> Result<ExitCode, AgentError> {
-    let (status, reached) = run_local(engine, action).await?;
-    let json = serde_json::to_string_pretty(&status).unwrap_or_default();
+    let run = run_local(engine, action).await?;
+    let json = serde_json::to_string_pretty(&run.status).unwrap_or_default();
     println!("{json}");
-    println!("{}", summary(&status));
-    Ok(if reached {
+    println!("{}", summary(&run.status));
+    if let Some(after) = run.after_download {
+        println!("after_download_ms={}", after.as_millis());
+    }
+    Ok(if run.reached {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
