@@ -15,4 +15,5 @@ mod api;
 mod controls;
 mod faults;
 mod rollout;
+mod schema;
 mod support;
