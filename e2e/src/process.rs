@@ -35,6 +35,22 @@ pub fn build_binaries(packages: &[&str]) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut command = std::process::Command::new(&cargo);
     command.arg("build").arg("-q");
+    // `cargo test` gives the test the variables it gives a crate's build (its manifest
+    // dir, package name and version...). Some build scripts (ring's) rerun when those
+    // change, so a build inherited from a test rebuilds ring, rustls and kube, and the
+    // next `cargo test` rebuilds them back: minutes on every run.
+    for (key, _) in std::env::vars_os() {
+        let key_text = key.to_string_lossy();
+        if key_text.starts_with("CARGO_PKG_")
+            || key_text.starts_with("CARGO_MANIFEST_")
+            || matches!(
+                key_text.as_ref(),
+                "CARGO_CRATE_NAME" | "CARGO_PRIMARY_PACKAGE" | "CARGO_TARGET_TMPDIR" | "OUT_DIR"
+            )
+        {
+            command.env_remove(&key);
+        }
+    }
     for package in packages {
         command.arg("-p").arg(package);
     }
