@@ -406,6 +406,28 @@ impl SimFleet {
         .await
     }
 
+    /// Starts again every operator replica and agent that exited by itself (not one
+    /// killed on purpose and not yet restarted), as a kubelet restarts a container that
+    /// stopped: an operator that loses its Lease steps down by exiting. Returns each one
+    /// restarted, with how it had exited.
+    pub async fn restart_exited(&mut self) -> Result<Vec<String>> {
+        let mut restarted = Vec::new();
+        let processes = self.operators.values_mut().chain(self.agents.values_mut());
+        for process in processes {
+            match process.exit_status() {
+                None => {}
+                Some(status) if status == "killed" => {}
+                Some(status) => {
+                    // Reaps the exited child so that restart starts a new one.
+                    process.kill().await;
+                    process.restart()?;
+                    restarted.push(format!("{} ({status})", process.name()));
+                }
+            }
+        }
+        Ok(restarted)
+    }
+
     /// A summary of every process that is not running, with its log's tail, for failure
     /// messages.
     pub fn process_report(&mut self) -> String {

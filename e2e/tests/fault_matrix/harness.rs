@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use kpersist_crds::{LivePatchNode, LivePatchPolicy, NodePatchState, Wave};
 use kpersist_e2e::fleet::Cluster;
 use kpersist_e2e::monitor::in_flight;
-use kpersist_e2e::monitor::invariants::{Expectations, Final, SignedRelease, Violation, check};
+use kpersist_e2e::monitor::invariants::{
+    Expectations, Final, Invariant, SignedRelease, Violation, check,
+};
 use kpersist_e2e::sim_fleet::{SimFleet, SimNode};
 use kube::Api;
 use kube::api::{DeleteParams, ListParams};
@@ -35,6 +37,8 @@ pub struct Outcome {
     pub missed: Option<String>,
     /// Invariants that did not hold.
     pub violations: Vec<Violation>,
+    /// Things worth knowing that break no invariant (a release marked bad by a fault).
+    pub findings: Vec<String>,
 }
 
 /// The release id of `version` of [`KERNEL`].
@@ -74,6 +78,7 @@ pub async fn run(cluster: Arc<Cluster>, fault: &Fault, run: u32) -> Outcome {
     let missed = |why: String| Outcome {
         missed: Some(why),
         violations: Vec::new(),
+        findings: Vec::new(),
     };
     let nodes = (1..=NODES)
         .map(|i| {
@@ -100,7 +105,7 @@ pub async fn run(cluster: Arc<Cluster>, fault: &Fault, run: u32) -> Outcome {
     fleet.repo.update_faults(|f| f.delay = Duration::ZERO);
 
     let accepted = accepted_end(fault, &fleet, published.newest);
-    match wait_end(&fleet, fault, &label, &accepted).await {
+    match wait_end(&mut fleet, fault, &label, &accepted).await {
         Ok(()) => eprintln!(
             "   struck and recovered {:.1}s after the policy was created; ended {:.1}s later",
             struck.as_secs_f64(),
@@ -120,7 +125,13 @@ pub async fn run(cluster: Arc<Cluster>, fault: &Fault, run: u32) -> Outcome {
         end_applied: accepted,
         end_phases: fault.end_phases(),
     };
-    let violations = check(&fleet.watch.log(), &expectations, &end);
+    let mut violations = check(&fleet.watch.log(), &expectations, &end);
+    let mut findings = Vec::new();
+    if fault.end == End::NewestOrMarkedBad {
+        let (wrong, finding) = one_of_two_ends(&end, &published);
+        violations.extend(wrong);
+        findings.extend(finding);
+    }
     if !violations.is_empty() || missed_point.is_some() {
         eprintln!(
             "   logs: {}/{label}-*.log{}",
@@ -132,6 +143,7 @@ pub async fn run(cluster: Arc<Cluster>, fault: &Fault, run: u32) -> Outcome {
     Outcome {
         missed: missed_point,
         violations,
+        findings,
     }
 }
 
@@ -171,6 +183,43 @@ async fn start(
         .map_err(|e| format!("creating policy {label}: {e}"))
 }
 
+/// For [`End::NewestOrMarkedBad`]: all nodes on the newest release with the policy
+/// Complete, or none on anything with it Failed and the release marked bad, never a mix.
+/// Returns the nodes that break this, and the reason the release was marked bad, if it was.
+fn one_of_two_ends(end: &Final, published: &Published) -> (Vec<Violation>, Option<String>) {
+    let status = end
+        .policy
+        .as_ref()
+        .and_then(|p| p.status.clone())
+        .unwrap_or_default();
+    let failed = status.phase == Some(kpersist_crds::PolicyPhase::Failed);
+    let want = (!failed).then(|| release_id(published.newest));
+    let finding = status
+        .bad_releases
+        .first()
+        .map(|bad| format!("{} was marked bad: {}", bad.release, bad.reason));
+    let wrong = end
+        .nodes
+        .iter()
+        .filter(|n| {
+            n.status
+                .as_ref()
+                .and_then(|s| s.applied.as_ref())
+                .map(|a| a.id.clone())
+                != want
+        })
+        .map(|n| Violation {
+            invariant: Invariant::FinalState,
+            detail: format!(
+                "{} does not run {want:?} while the policy ends {:?}",
+                n.metadata.name.as_deref().unwrap_or_default(),
+                status.phase
+            ),
+        })
+        .collect();
+    (wrong, finding)
+}
+
 /// Per node, the releases it may run at the end.
 fn accepted_end(
     fault: &Fault,
@@ -181,6 +230,7 @@ fn accepted_end(
         End::AllOnNewest => vec![Some(release_id(newest))],
         End::Reverted | End::Paused => vec![None],
         End::PolicyGone => vec![None, Some(release_id(1))],
+        End::NewestOrMarkedBad => vec![Some(release_id(newest)), None],
     };
     fleet
         .nodes()
@@ -239,41 +289,56 @@ fn settled(node: &LivePatchNode) -> bool {
 }
 
 /// Waits until the nodes and the policy are where `fault` says they end, then a quiet
-/// period.
+/// period. Meanwhile, any operator or agent that exits by itself is started again, as a
+/// kubelet would (an operator that could not renew its Lease steps down by exiting).
 async fn wait_end(
-    fleet: &SimFleet,
+    fleet: &mut SimFleet,
     fault: &Fault,
     label: &str,
     accepted: &BTreeMap<String, Vec<Option<String>>>,
 ) -> Result<(), String> {
     let phases = fault.end_phases();
-    until(
-        fleet,
-        label,
-        "the end of the rollout",
-        END_TIMEOUT,
-        |nodes, policy| {
-            let nodes_done = nodes.len() == accepted.len()
-                && nodes.iter().all(|(name, node)| {
-                    let applied = node
-                        .status
-                        .as_ref()
-                        .and_then(|s| s.applied.as_ref())
-                        .map(|a| a.id.clone());
-                    settled(node) && accepted.get(name).is_some_and(|ok| ok.contains(&applied))
-                });
-            let policy_done = match policy {
-                None => phases.is_empty(),
-                Some(p) => p
+    let ended = |nodes: &BTreeMap<String, LivePatchNode>, policy: Option<&LivePatchPolicy>| {
+        let nodes_done = nodes.len() == accepted.len()
+            && nodes.iter().all(|(name, node)| {
+                let applied = node
                     .status
                     .as_ref()
-                    .and_then(|s| s.phase)
-                    .is_some_and(|ph| phases.contains(&ph)),
-            };
-            (nodes_done && policy_done).then_some(())
-        },
-    )
-    .await?;
+                    .and_then(|s| s.applied.as_ref())
+                    .map(|a| a.id.clone());
+                settled(node) && accepted.get(name).is_some_and(|ok| ok.contains(&applied))
+            });
+        let policy_done = match policy {
+            None => phases.is_empty(),
+            Some(p) => p
+                .status
+                .as_ref()
+                .and_then(|s| s.phase)
+                .is_some_and(|ph| phases.contains(&ph)),
+        };
+        nodes_done && policy_done
+    };
+    let deadline = Instant::now() + END_TIMEOUT;
+    loop {
+        for process in fleet.restart_exited().await.map_err(|e| e.to_string())? {
+            eprintln!("   {process} exited by itself; started again, as a kubelet would");
+        }
+        let (nodes, policy) = seen(fleet, label);
+        if ended(&nodes, policy.as_ref()) {
+            break;
+        }
+        if Instant::now() >= deadline {
+            let last = describe(&Final {
+                nodes: nodes.into_values().collect(),
+                policy,
+            });
+            return Err(format!(
+                "not over within {}s; last seen:{last}",
+                END_TIMEOUT.as_secs()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let quiet = if fault.end == End::Paused {
         PAUSED_QUIET
     } else {
