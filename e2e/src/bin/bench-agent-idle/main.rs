@@ -243,6 +243,13 @@ fn print_report(
     let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
     println!("kpersist-agent idle benchmark");
     println!("  binary          {}", agent_bin.display());
+    if agent_bin.components().any(|c| c.as_os_str() == "debug") {
+        // The node runs the release build; a debug build maps twice the code.
+        println!(
+            "  note            a debug build: its file-backed RSS is about twice a release \
+             build's; for the target, pass --agent with a release build"
+        );
+    }
     if let Some(workers) = args.tokio_workers {
         println!("  environment     TOKIO_WORKER_THREADS={workers} (a {workers}-core node)");
     }
