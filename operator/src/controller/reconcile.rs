@@ -6,10 +6,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use kpersist_crds::{LivePatchPolicy, parse_duration};
+use kpersist_crds::{DesiredPatch, LivePatchNode, LivePatchPolicy, parse_duration};
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, ResourceExt};
 use tokio::time::Instant;
 
@@ -30,6 +30,8 @@ const FALLBACK_GATE_INTERVAL: Duration = Duration::from_secs(30);
 /// object) must not turn every reconcile into a fetch or a query.
 const MIN_CHECK_INTERVAL: Duration = Duration::from_secs(10);
 const MIN_GATE_INTERVAL: Duration = Duration::from_secs(5);
+/// Longest a reconcile waits for its own node writes to come back through the watch.
+const STORE_CATCH_UP: Duration = Duration::from_secs(5);
 
 /// The controller's reconcile function.
 #[tracing::instrument(skip_all, fields(policy = %policy.name_any()))]
@@ -123,7 +125,9 @@ async fn apply(policy: Arc<LivePatchPolicy>, ctx: Arc<Context>) -> Result<Action
     if status_first && status_changed {
         write::apply_status(&ctx.client, &name, &new_status).await?;
     }
+    let written_over = resource_versions(&ctx.lpns, &writes);
     write::apply_all_desired(&ctx.client, &writes).await?;
+    wait_for_store(&ctx.lpns, &written_over).await;
     if !status_first && status_changed {
         write::apply_status(&ctx.client, &name, &new_status).await?;
     }
@@ -139,6 +143,45 @@ async fn apply(policy: Arc<LivePatchPolicy>, ctx: Arc<Context>) -> Result<Action
         "reconciled"
     );
     Ok(Action::requeue(wait))
+}
+
+/// The resourceVersion each node to be written has in the store now, for the nodes whose
+/// version is known.
+fn resource_versions(
+    lpns: &Store<LivePatchNode>,
+    writes: &[(String, Option<DesiredPatch>)],
+) -> Vec<(String, String)> {
+    writes
+        .iter()
+        .filter_map(|(node, _)| {
+            let version = lpns.get(&ObjectRef::new(node))?.resource_version()?;
+            Some((node.clone(), version))
+        })
+        .collect()
+}
+
+/// How many of the nodes written over `written_over` (name, resourceVersion before the
+/// write) the store still shows at that version, given each node's version in it now.
+pub fn still_stale(
+    written_over: &[(String, String)],
+    current: impl Fn(&str) -> Option<String>,
+) -> usize {
+    written_over
+        .iter()
+        .filter(|(node, before)| current(node).as_ref() == Some(before))
+        .count()
+}
+
+/// Waits (up to [`STORE_CATCH_UP`]) until the store shows every written node past the
+/// version it was written over. A reconcile that started on a store still without its
+/// predecessor's writes would decide them again and patch the same specs a second time;
+/// under load the watch can lag the writes by seconds.
+async fn wait_for_store(lpns: &Store<LivePatchNode>, written_over: &[(String, String)]) {
+    let started = Instant::now();
+    let current = |node: &str| lpns.get(&ObjectRef::new(node))?.resource_version();
+    while still_stale(written_over, current) > 0 && started.elapsed() < STORE_CATCH_UP {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Runs the Prometheus gate when the policy has one and a bake is on; returns the verdict

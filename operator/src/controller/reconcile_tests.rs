@@ -292,3 +292,22 @@ async fn a_standby_replica_reconciles_nothing_until_it_leads() {
     );
     assert_eq!(running.await.unwrap().unwrap(), Action::await_change());
 }
+
+#[test]
+fn a_node_counts_as_stale_only_while_the_store_shows_the_version_it_was_written_over() {
+    let written_over = vec![
+        ("n1".to_string(), "10".to_string()),
+        ("n2".to_string(), "11".to_string()),
+        ("n3".to_string(), "12".to_string()),
+    ];
+    // n1 still at the version written over; n2 moved on (the write, or anything after it,
+    // came back); n3 left the store (deleted): nothing to wait for.
+    let store = |node: &str| match node {
+        "n1" => Some("10".to_string()),
+        "n2" => Some("15".to_string()),
+        _ => None,
+    };
+    assert_eq!(still_stale(&written_over, store), 1);
+    assert_eq!(still_stale(&written_over, |_| Some("99".to_string())), 0);
+    assert_eq!(still_stale(&[], store), 0);
+}
