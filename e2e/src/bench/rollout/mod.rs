@@ -163,6 +163,7 @@ pub async fn run(settings: &Settings) -> Result<Measurement> {
     ));
     tokio::time::sleep(SETTLE).await;
     let after = scrape(&cluster.admin).await?;
+    keep_scrapes(&before, &after)?;
     let (spec_changes, status_changes) = observer.changes();
     let wave_starts = observer
         .wave_starts()
@@ -415,6 +416,25 @@ async fn scrape(admin: &kube::Client) -> Result<String> {
             detail: e.to_string(),
         })?;
     Ok(admin.request_text(request).await?)
+}
+
+/// With `KPERSIST_BENCH_METRICS_DIR` set, writes both scrapes there whole
+/// (`apiserver-before.txt`, `apiserver-after.txt`) for a closer look at any series.
+fn keep_scrapes(before: &str, after: &str) -> Result<()> {
+    let Some(dir) = std::env::var_os("KPERSIST_BENCH_METRICS_DIR") else {
+        return Ok(());
+    };
+    let dir = Path::new(&dir);
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    for (name, text) in [
+        ("apiserver-before.txt", before),
+        ("apiserver-after.txt", after),
+    ] {
+        let path = dir.join(name);
+        std::fs::write(&path, text).map_err(|e| Error::io(&path, e))?;
+    }
+    say(&format!("API server metrics kept in {}", dir.display()));
+    Ok(())
 }
 
 /// A loopback port nothing listens on right now.
