@@ -141,6 +141,7 @@ pub async fn run(settings: &Settings) -> Result<Measurement> {
         .sum();
 
     let before = scrape(&cluster.admin).await?;
+    let load_at_start = load_average();
     observer.start_counting();
     let started = Instant::now();
     Api::<LivePatchPolicy>::all(cluster.admin.clone())
@@ -161,6 +162,7 @@ pub async fn run(settings: &Settings) -> Result<Measurement> {
         wall.as_secs_f64(),
         SETTLE.as_secs()
     ));
+    let load = load_at_start.zip(load_average());
     tokio::time::sleep(SETTLE).await;
     let after = scrape(&cluster.admin).await?;
     keep_scrapes(&before, &after)?;
@@ -184,6 +186,7 @@ pub async fn run(settings: &Settings) -> Result<Measurement> {
         spec_changes,
         status_changes,
         settle: SETTLE,
+        load,
     })
 }
 
@@ -435,6 +438,12 @@ fn keep_scrapes(before: &str, after: &str) -> Result<()> {
     }
     say(&format!("API server metrics kept in {}", dir.display()));
     Ok(())
+}
+
+/// The 1-minute load average, when `/proc/loadavg` can be read.
+fn load_average() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    text.split_whitespace().next()?.parse().ok()
 }
 
 /// A loopback port nothing listens on right now.

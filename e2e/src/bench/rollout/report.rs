@@ -47,6 +47,9 @@ pub struct Measurement {
     pub status_changes: u64,
     /// How long after the end the second scrape was taken, to catch trailing writes.
     pub settle: Duration,
+    /// The machine's 1-minute load average at the start and at the end of the rollout
+    /// (`/proc/loadavg`), since a shared machine's load sets the pace as much as the code.
+    pub load: Option<(f64, f64)>,
 }
 
 impl Measurement {
@@ -88,6 +91,13 @@ pub fn render(m: &Measurement) -> String {
         waves.join(", "),
         m.max_in_flight
     );
+    if let Some((start, end)) = m.load {
+        let cores = std::thread::available_parallelism().map_or(0, usize::from);
+        let _ = writeln!(
+            out,
+            "Machine: {cores} cores, load average {start:.1} at the start, {end:.1} at the end.\n"
+        );
+    }
     let writes = m.node_writes_per_node();
     let _ = writeln!(out, "| figure | measured | target | verdict |");
     let _ = writeln!(out, "|---|---:|---:|---|");
@@ -230,6 +240,7 @@ mod tests {
             spec_changes: 10,
             status_changes: 30,
             settle: Duration::from_secs(2),
+            load: Some((1.5, 2.0)),
         }
     }
 
@@ -241,6 +252,7 @@ mod tests {
         let table = render(&m);
         assert!(table.contains("| 4.00 | ≤ 4 | met |"), "{table}");
         assert!(table.contains("writes that changed nothing: 0."), "{table}");
+        assert!(table.contains("load average 1.5 at the start, 2.0 at the end"));
         let m = measurement(50.0, 5);
         assert!(!m.targets_met());
         let table = render(&m);
