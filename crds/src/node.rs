@@ -49,7 +49,9 @@ pub struct DesiredPatch {
     /// the fleet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous: Option<PatchRelease>,
-    /// For `Apply`: the rollout wave (counted from 1) that gave the node this release.
+    /// For `Apply`: the rollout wave that gave the node this release, numbered on from the
+    /// policy's earlier rollouts: wave `w` of a rollout is written as the policy's
+    /// `status.rollout.waveOffset` + `w`, so each rollout knows its own nodes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wave: Option<u32>,
     /// How long the kernel's transition may take before the agent reverses it (e.g. `60s`).

@@ -307,7 +307,12 @@ pub struct LivePatchPolicyStatus {
     /// Releases that failed a wave and are never offered again by this policy.
     #[serde(default)]
     pub bad_releases: Vec<BadRelease>,
-    /// With `dryRun`: the nodes each wave would take.
+    /// The highest wave number this policy's rollouts have reserved for nodes'
+    /// `spec.desired.wave`: a new rollout numbers its waves after it (`rollout.waveOffset`),
+    /// so the nodes it gives a release are told apart from those of earlier rollouts.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub last_wave: u32,
+    /// With `dryRun`: how many nodes each wave would take, with the first few by name.
     #[serde(default)]
     pub planned_waves: Vec<PlannedWave>,
     /// Target shown by `kubectl get`: `v3`, or `mixed` when kernels differ.
@@ -388,9 +393,17 @@ pub struct RolloutProgress {
     /// When every node of the current wave had applied, so its bake began (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bake_started_at: Option<String>,
-    /// Nodes that have been given a release of this rollout, in order.
+    /// How many nodes have been given a release of this rollout. Which nodes they are is
+    /// recorded on each node instead (its LivePatchNode's `spec.desired`: release and
+    /// wave), so this status stays the same size however large the fleet.
     #[serde(default)]
-    pub assigned_nodes: Vec<String>,
+    pub assigned: u32,
+    /// Added to this rollout's wave numbers in the `spec.desired.wave` it writes to nodes,
+    /// so that its nodes are told apart from nodes an earlier rollout of the same release
+    /// gave it: wave `w` of this rollout is written as `waveOffset + w`. It is the policy's
+    /// `lastWave` when the rollout started.
+    #[serde(default)]
+    pub wave_offset: u32,
     /// Why the rollout is paused, when it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub paused_reason: Option<String>,
@@ -460,10 +473,22 @@ pub struct BadRelease {
 pub struct PlannedWave {
     /// Wave number, from 1.
     pub wave: u32,
-    /// Node names.
-    pub nodes: Vec<String>,
+    /// How many nodes the wave would take.
+    pub nodes: u32,
+    /// The first nodes the wave would take, in rollout order: at most 10 names, so that
+    /// the status stays small on any fleet. The others follow in the same order.
+    #[serde(default)]
+    pub first_nodes: Vec<String>,
 }
 
+impl PlannedWave {
+    /// How many node names a planned wave lists at most.
+    pub const SAMPLE: usize = 10;
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
 fn default_channel() -> String {
     "stable".to_string()
 }

@@ -345,12 +345,16 @@ fn check_decision(
             !now_bad.contains(&release),
             "bad release {release} handed to {name}"
         );
-        let wave = desired.wave.unwrap_or(0);
         let Some(rollout) = &decision.status.rollout else {
             return Err(TestCaseError::fail(format!(
                 "{name} handed {release} with no rollout"
             )));
         };
+        // Nodes carry the rollout's wave numbered past the earlier rollouts' waves.
+        let wave = desired
+            .wave
+            .unwrap_or(0)
+            .saturating_sub(rollout.wave_offset);
         prop_assert_eq!(
             rollout.wave,
             wave,

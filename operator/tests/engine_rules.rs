@@ -352,13 +352,13 @@ fn paused_and_dry_run_write_nothing() {
     let d = sim.step(60);
     assert!(d.desired.is_empty());
     assert_eq!(d.status.phase, Some(PolicyPhase::Idle));
-    let planned: Vec<(u32, usize)> = d
+    let planned: Vec<(u32, u32, usize)> = d
         .status
         .planned_waves
         .iter()
-        .map(|w| (w.wave, w.nodes.len()))
+        .map(|w| (w.wave, w.nodes, w.first_nodes.len()))
         .collect();
-    assert_eq!(planned, vec![(1, 1), (2, 4)]);
+    assert_eq!(planned, vec![(1, 1, 1), (2, 4, 4)]);
 }
 
 #[test]
@@ -413,10 +413,7 @@ fn decisions_depend_on_the_api_objects_only() {
     }
     let again = sim.decide();
     assert!(again.desired.is_empty(), "{:?}", again.desired);
-    assert_eq!(
-        again.status.rollout.map(|r| r.assigned_nodes),
-        Some(vec![first.desired[0].0.clone()])
-    );
+    assert_eq!(again.status.rollout.map(|r| r.assigned), Some(1));
 }
 
 #[test]

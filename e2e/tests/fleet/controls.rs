@@ -31,7 +31,7 @@ async fn dry_run_plans_without_writing_and_paused_holds_until_resumed() {
             Duration::from_secs(60),
             |p| {
                 let status = p.status.clone().unwrap_or_default();
-                let nodes: usize = status.planned_waves.iter().map(|w| w.nodes.len()).sum();
+                let nodes: u32 = status.planned_waves.iter().map(|w| w.nodes).sum();
                 if nodes > 0 {
                     Check::Done(status.planned_waves)
                 } else {
@@ -41,15 +41,15 @@ async fn dry_run_plans_without_writing_and_paused_holds_until_resumed() {
         )
         .await
         .unwrap_or_else(|e| fail(&mut fleet, e));
-    let planned_nodes: usize = planned.iter().map(|w| w.nodes.len()).sum();
+    let planned_nodes: u32 = planned.iter().map(|w| w.nodes).sum();
     assert_eq!(
         planned_nodes, 6,
         "every supported node is planned once: {planned:?}"
     );
     assert_eq!(
-        planned[0].nodes.len(),
-        1,
-        "the first wave is the canary: {planned:?}"
+        (planned[0].nodes, planned[0].first_nodes.len()),
+        (1, 1),
+        "the first wave is the canary, named: {planned:?}"
     );
     for release in [id(K1, 1), id(K2, 1)] {
         assert_never_desired(&fleet, &release, Duration::from_secs(4)).await;

@@ -14,8 +14,13 @@
 //! status goes first, so the bad release is recorded before any node is sent back from it.
 //!
 //! State lives in the API objects only: the policy status (`rollout`, `badReleases`,
-//! `targets`) and each node's `spec.desired`, which records the wave that gave the node its
-//! release and the release it ran before (the revert target). An operator restarted at any
+//! `targets`, `lastWave`) and each node's `spec.desired`, which records the release, the
+//! wave that gave the node its release and the release it ran before (the revert target).
+//! The status holds counts, never a list of nodes, so its size does not grow with the
+//! fleet: which nodes a rollout has handed a release is read from the nodes. Each rollout
+//! numbers its waves on nodes past the earlier rollouts' (`rollout.waveOffset`, reserved in
+//! `lastWave`), so a node an earlier rollout gave the same release is told apart from one
+//! of this rollout. An operator restarted at any
 //! point, or a controller whose caches lag behind its own writes, gets the same decision
 //! from the same objects: assignment follows a fixed node order, so a repeated decision
 //! repeats the same writes.
@@ -50,7 +55,8 @@
 //!   before is the safe direction and should not wait.
 //! - **Maintenance windows** gate only handing out releases; bakes, wave changes and reverts
 //!   go on outside them. `paused` stops handing out releases and moving to the next wave.
-//!   `dryRun` writes nothing to any node and fills `plannedWaves`.
+//!   `dryRun` writes nothing to any node and fills `plannedWaves` (a count per wave and
+//!   the first ten names).
 //! - **Nodes selected by two policies** are patched by neither, counted in `total` only and
 //!   named in the Degraded condition.
 //! - **Nodes joining and leaving.** A node that joins and needs its target takes its place
@@ -103,7 +109,7 @@ use kpersist_kmod::repository::Index;
 
 use crate::validate::FieldError;
 pub use events::RolloutEvent;
-use nodes::{Context, Standing, classify, kernel_of};
+use nodes::{Context, RunningRollout, Standing, classify, kernel_of};
 use rollout::{Outcome, Step};
 use settings::Settings;
 use targets::Targets;
@@ -221,10 +227,11 @@ pub fn decide(input: &EngineInput) -> Decision {
     let ctx = Context {
         policy: name,
         bad: &bad,
-        members: rollout
-            .map(|r| r.assigned_nodes.iter().map(String::as_str).collect())
-            .unwrap_or_default(),
-        rollout: rollout.map(|r| (r.wave, r.releases.as_slice())),
+        rollout: rollout.map(|r| RunningRollout {
+            wave: r.wave,
+            offset: r.wave_offset,
+            releases: r.releases.as_slice(),
+        }),
         pinned: settings.pinned_version.is_some(),
         have_index: input.repository.is_some(),
     };
@@ -252,20 +259,13 @@ pub fn decide(input: &EngineInput) -> Decision {
     };
 
     let counts = status::count_nodes(&facts, settings.pinned_version.is_some());
-    let per_build = status::nodes_per_build(&facts);
-    let kernel_targets = targets.kernel_targets(|kernel, build| {
-        per_build.get(&(kernel, build)).copied().unwrap_or_default()
-    });
+    let kernel_targets = targets.kernel_targets();
     if let Some(r) = outcome.rollout.as_mut() {
-        let mut members: Vec<_> = facts
+        let members = facts
             .iter()
-            .filter_map(|f| match f.standing {
-                Standing::Member { wave, .. } => Some((wave, f.order, f.view.name.as_str())),
-                _ => None,
-            })
-            .collect();
-        members.sort_unstable();
-        r.assigned_nodes = members.into_iter().map(|(_, _, n)| n.to_string()).collect();
+            .filter(|f| matches!(f.standing, Standing::Member { .. }))
+            .count();
+        r.assigned = u32::try_from(members).unwrap_or(u32::MAX);
     }
     let conditions = status::conditions(
         &status::ConditionInput {
@@ -308,6 +308,7 @@ pub fn decide(input: &EngineInput) -> Decision {
         target_summary: status::target_summary(kernel_targets.iter().map(|t| t.version)),
         targets: kernel_targets,
         bad_releases,
+        last_wave: outcome.last_wave,
         planned_waves: outcome.planned,
         last_repository_check: previous.last_repository_check.clone(),
         observed_generation: generation,

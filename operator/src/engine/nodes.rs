@@ -2,14 +2,13 @@
 //! alone: the spec the operator wrote (which release, which wave, what ran before) and the
 //! status its agent reported. Nothing is remembered between decisions.
 
-use std::borrow::Cow;
 use std::collections::HashSet;
 
 use kpersist_crds::{DesiredPatch, LivePatchNodeStatus, NodePatchState, PatchAction};
 
 use super::NodeView;
 use super::order::rollout_order;
-use super::targets::{Target, Targets};
+use super::targets::{NodeTarget, Targets};
 
 /// How far a node handed a release of the current rollout has got with it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,20 +56,25 @@ pub(crate) struct NodeFacts<'a> {
     pub view: &'a NodeView,
     pub order: u64,
     pub standing: Standing,
-    pub target: Option<Cow<'a, Target>>,
+    pub target: Option<NodeTarget<'a>>,
     /// This policy's request on the node, if any.
     pub ours: Option<&'a DesiredPatch>,
     pub status: Option<&'a LivePatchNodeStatus>,
+    /// The agent's state and whether this policy asked for a revert, copied here because
+    /// the counts and conditions read them for every node: on a large fleet a second trip
+    /// into each LivePatchNode costs more than the rest of the pass.
+    state: Option<NodePatchState>,
+    reverted: bool,
 }
 
 impl NodeFacts<'_> {
     pub(crate) fn state(&self) -> Option<NodePatchState> {
-        self.status.and_then(|s| s.state)
+        self.state
     }
 
     /// Whether this policy asked the node to revert.
     pub(crate) fn reverted(&self) -> bool {
-        self.ours.is_some_and(|d| d.action == PatchAction::Revert)
+        self.reverted
     }
 
     /// Whether the node finished a revert this policy asked for, and it failed.
@@ -97,12 +101,30 @@ impl NodeFacts<'_> {
 pub(crate) struct Context<'a> {
     pub policy: &'a str,
     pub bad: &'a HashSet<String>,
-    /// Nodes the rollout in progress has handed a release (`status.rollout.assignedNodes`).
-    pub members: HashSet<&'a str>,
-    /// The rollout in progress: its current wave and releases.
-    pub rollout: Option<(u32, &'a [String])>,
+    /// The rollout in progress, as the previous status recorded it.
+    pub rollout: Option<RunningRollout<'a>>,
     pub pinned: bool,
     pub have_index: bool,
+}
+
+/// The rollout in progress: its current wave, its releases, and the offset its wave numbers
+/// carry on nodes (`status.rollout.waveOffset`).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RunningRollout<'a> {
+    pub wave: u32,
+    pub offset: u32,
+    pub releases: &'a [String],
+}
+
+impl RunningRollout<'_> {
+    /// The wave of this rollout that gave a node a release with `spec.desired.wave` =
+    /// `given`: numbered past the offset and not past the current wave. Otherwise an
+    /// earlier rollout of the same release gave it.
+    pub(crate) fn wave_of(&self, given: u32) -> Option<u32> {
+        given
+            .checked_sub(self.offset)
+            .filter(|w| (1..=self.wave).contains(w))
+    }
 }
 
 /// The kernel build a node runs, preferring what its agent reported.
@@ -130,6 +152,8 @@ pub(crate) fn classify<'a>(
         target: None,
         ours: None,
         status: None,
+        state: None,
+        reverted: false,
     };
     if !view.other_policies.is_empty() {
         facts.standing = Standing::Conflicted;
@@ -139,10 +163,12 @@ pub(crate) fn classify<'a>(
         return facts;
     };
     facts.ours = lpn.spec.desired.as_ref().filter(|d| d.policy == ctx.policy);
+    facts.reverted = facts.ours.is_some_and(|d| d.action == PatchAction::Revert);
     let Some(status) = &lpn.status else {
         return facts;
     };
     facts.status = Some(status);
+    facts.state = status.state;
     let observed = status.observed_generation == lpn.metadata.generation;
     let busy = matches!(
         status.state,
@@ -174,19 +200,23 @@ pub(crate) fn classify<'a>(
 
     // A node of the running rollout is judged by the release it was handed, even when its
     // target has changed since (it crashed on it and now refuses it, for one).
-    if let (Some(desired), Some(asked)) = (applying, asked) {
-        let in_rollout = ctx
+    // Which rollout gave it the release is read from the wave number on the node, which
+    // each rollout numbers past the earlier ones' (see `status.rollout.waveOffset`).
+    if let (Some(desired), Some(asked)) = (applying, asked)
+        && let Some(rollout) = ctx
             .rollout
-            .filter(|(_, releases)| releases.iter().any(|r| r == asked));
-        let listed = ctx.members.contains(view.name.as_str());
-        // A node whose write landed while the status write recording it was lost is
-        // taken back while its apply is still going, so its wave waits for it and counts
-        // its failure. (One that already finished by then is judged as outside the
-        // rollout: a release of an earlier rollout looks the same once settled.)
-        let adopted = in_rollout.is_some() && !settled;
-        if in_rollout.is_some() && (listed || adopted) {
+            .filter(|r| r.releases.iter().any(|id| id == asked))
+    {
+        let given = desired.wave.unwrap_or(1);
+        // A node still applying a release of the rollout is taken in whatever its wave
+        // number says (a write of an earlier rollout, or one whose status write was lost),
+        // so its wave waits for it and counts its failure.
+        let wave = rollout
+            .wave_of(given)
+            .or_else(|| (!settled).then(|| given.saturating_sub(rollout.offset).max(1)));
+        if let Some(wave) = wave {
             facts.standing = Standing::Member {
-                wave: desired.wave.unwrap_or(1),
+                wave,
                 progress: progress(status, observed, asked),
             };
             facts.target = target;

@@ -31,8 +31,11 @@ pub(crate) struct Step<'a> {
 pub(crate) struct Outcome {
     pub phase: PolicyPhase,
     pub rollout: Option<RolloutProgress>,
-    /// Nodes (index into the facts) handed their target now, with their wave.
+    /// Nodes (index into the facts) handed their target now, with the wave number to write
+    /// on the node (the rollout's wave plus its offset).
     pub assigned: Vec<(usize, u32)>,
+    /// The policy's `lastWave`: the highest wave number reserved for nodes so far.
+    pub last_wave: u32,
     pub new_bad: Vec<BadRelease>,
     pub events: Vec<RolloutEvent>,
     pub requeue: Option<Duration>,
@@ -53,6 +56,7 @@ pub(crate) fn run(step: &Step<'_>, facts: &mut [NodeFacts<'_>]) -> Outcome {
         requeue: None,
         planned: Vec::new(),
         note: None,
+        last_wave: step.previous.last_wave,
     };
     let reverting = facts
         .iter()
@@ -79,12 +83,7 @@ pub(crate) fn run(step: &Step<'_>, facts: &mut [NodeFacts<'_>]) -> Outcome {
     let settings = step.settings;
     let rules = &settings.waves;
     let waves = wave_count(rules);
-    let mut startable: Vec<usize> = (0..facts.len())
-        .filter(|&i| matches!(facts[i].standing, Standing::Needing { startable: true }))
-        .collect();
-    startable.sort_by(|&a, &b| {
-        (facts[a].order, &facts[a].view.name).cmp(&(facts[b].order, &facts[b].view.name))
-    });
+    let startable = startable_in_order(facts);
     let needing = facts
         .iter()
         .filter(|f| matches!(f.standing, Standing::Needing { .. }))
@@ -122,8 +121,8 @@ pub(crate) fn run(step: &Step<'_>, facts: &mut [NodeFacts<'_>]) -> Outcome {
             return out;
         }
         let releases = rollout_releases(facts, &[]);
-        adopt_unsettled(facts, &releases);
-        population = members(facts) + needing;
+        let offset = wave_offset(step.previous, facts);
+        adopt_unsettled(facts, &releases, offset);
         out.events.push(RolloutEvent::RolloutStarted {
             releases: releases.clone(),
             nodes: count(needing),
@@ -134,6 +133,7 @@ pub(crate) fn run(step: &Step<'_>, facts: &mut [NodeFacts<'_>]) -> Outcome {
             releases,
             wave: 1,
             waves,
+            wave_offset: offset,
             started_at: now.clone(),
             wave_started_at: now,
             ..RolloutProgress::default()
@@ -144,8 +144,12 @@ pub(crate) fn run(step: &Step<'_>, facts: &mut [NodeFacts<'_>]) -> Outcome {
     };
     r.waves = waves;
     r.wave = r.wave.clamp(1, waves);
-    // Kernel builds that joined the fleet during the rollout join it too.
+    out.last_wave = out.last_wave.max(r.wave_offset.saturating_add(waves));
+    // Kernel builds that joined the fleet during the rollout join it too, with the nodes
+    // already applying their release (handed it by a decision whose status write was lost).
     r.releases = rollout_releases(facts, &r.releases);
+    adopt_unsettled(facts, &r.releases, r.wave_offset);
+    population = members(facts) + needing;
 
     if r.failed_wave.is_some() {
         if step.generation != step.previous.observed_generation {
@@ -233,7 +237,8 @@ pub(crate) fn run(step: &Step<'_>, facts: &mut [NodeFacts<'_>]) -> Outcome {
                     wave,
                     progress: Progress::InFlight,
                 };
-                out.assigned.push((index, wave));
+                out.assigned
+                    .push((index, r.wave_offset.saturating_add(wave)));
             }
             next += take;
             in_flight += take;
@@ -314,16 +319,57 @@ pub(crate) fn run(step: &Step<'_>, facts: &mut [NodeFacts<'_>]) -> Outcome {
     out
 }
 
+/// The offset a new rollout's wave numbers carry on nodes: past every wave number an
+/// earlier rollout of this policy reserved, so that a node an earlier rollout gave the same
+/// release is not taken for one of this rollout. A status that never recorded one
+/// (`lastWave` 0: new, or written before it existed) is made up from the wave numbers
+/// settled nodes carry.
+fn wave_offset(previous: &LivePatchPolicyStatus, facts: &[NodeFacts<'_>]) -> u32 {
+    let recorded = previous
+        .rollout
+        .as_ref()
+        .map_or(0, |r| r.wave_offset.saturating_add(r.waves))
+        .max(previous.last_wave);
+    if recorded > 0 {
+        return recorded;
+    }
+    facts
+        .iter()
+        .filter(|f| !matches!(f.standing, Standing::InFlight | Standing::Reverting))
+        .filter_map(|f| f.ours)
+        .filter(|d| d.action == kpersist_crds::PatchAction::Apply)
+        .filter_map(|d| d.wave)
+        .max()
+        .unwrap_or(0)
+}
+
+/// The nodes that can be handed their target now (indexes into `facts`), in rollout order.
+/// Sorted by their order key held inline, so the sort does not reach into the facts for
+/// every comparison; names only break the (unlikely) ties of two equal keys.
+fn startable_in_order(facts: &[NodeFacts<'_>]) -> Vec<usize> {
+    let mut keyed: Vec<(u64, usize)> = facts
+        .iter()
+        .enumerate()
+        .filter(|(_, f)| matches!(f.standing, Standing::Needing { startable: true }))
+        .map(|(i, f)| (f.order, i))
+        .collect();
+    keyed.sort_unstable_by(|&(a, i), &(b, j)| {
+        a.cmp(&b)
+            .then_with(|| facts[i].view.name.cmp(&facts[j].view.name))
+    });
+    keyed.into_iter().map(|(_, i)| i).collect()
+}
+
 /// A rollout starting while nodes already apply its releases: the previous decision
 /// started it, its node writes landed and its status write did not. Counting them keeps
 /// their waves from growing past their size and waiting for them.
-fn adopt_unsettled(facts: &mut [NodeFacts<'_>], releases: &[String]) {
+fn adopt_unsettled(facts: &mut [NodeFacts<'_>], releases: &[String], offset: u32) {
     for f in facts.iter_mut() {
         let wave = f
             .ours
             .filter(|d| d.action == kpersist_crds::PatchAction::Apply)
             .filter(|d| d.release.as_ref().is_some_and(|r| releases.contains(&r.id)))
-            .map(|d| d.wave.unwrap_or(1));
+            .map(|d| d.wave.unwrap_or(1).saturating_sub(offset).max(1));
         if let (Standing::InFlight, Some(wave)) = (&f.standing, wave) {
             f.standing = Standing::Member {
                 wave,
@@ -447,11 +493,23 @@ fn terminal_phase(previous: &LivePatchPolicyStatus, after_revert: bool) -> Polic
     }
 }
 
-/// `existing` plus the targets of nodes that still need theirs, sorted.
+/// `existing` plus the targets of nodes that still need theirs or are applying them at
+/// this policy's request, sorted.
 fn rollout_releases(facts: &[NodeFacts<'_>], existing: &[String]) -> Vec<String> {
     let mut releases: Vec<String> = existing.to_vec();
     for f in facts {
-        if let (Standing::Needing { .. }, Some(target)) = (&f.standing, &f.target)
+        let wanted = match f.standing {
+            Standing::Needing { .. } => true,
+            Standing::InFlight => f
+                .ours
+                .filter(|d| d.action == kpersist_crds::PatchAction::Apply)
+                .and_then(|d| d.release.as_ref())
+                .zip(f.target.as_ref())
+                .is_some_and(|(asked, target)| asked.id == target.id),
+            _ => false,
+        };
+        if wanted
+            && let Some(target) = &f.target
             && !releases.contains(&target.id)
         {
             releases.push(target.id.clone());
@@ -461,6 +519,8 @@ fn rollout_releases(facts: &[NodeFacts<'_>], existing: &[String]) -> Vec<String>
     releases
 }
 
+/// The waves `waiting` (indexes into `facts`, in rollout order) would be handed in: a
+/// count per wave and the first few names, so the status stays small on any fleet.
 fn planned_waves(
     rules: &[super::waves::WaveRule],
     first_wave: u32,
@@ -469,15 +529,16 @@ fn planned_waves(
     facts: &[NodeFacts<'_>],
     waiting: &[usize],
 ) -> Vec<PlannedWave> {
-    let names: Vec<&str> = waiting
-        .iter()
-        .map(|&i| facts[i].view.name.as_str())
-        .collect();
-    plan(rules, first_wave, population, assigned, &names)
+    plan(rules, first_wave, population, assigned, waiting.len())
         .into_iter()
         .map(|(wave, nodes)| PlannedWave {
             wave,
-            nodes: nodes.into_iter().map(str::to_string).collect(),
+            nodes: count(nodes.len()),
+            first_nodes: waiting[nodes]
+                .iter()
+                .take(PlannedWave::SAMPLE)
+                .map(|&i| facts[i].view.name.clone())
+                .collect(),
         })
         .collect()
 }

@@ -2,8 +2,6 @@
 //! prints, and the Ready, Progressing and Degraded conditions (RepositoryReachable belongs
 //! to the controller and is copied through).
 
-use std::collections::HashMap;
-
 use jiff::Timestamp;
 use kpersist_crds::{NodeCounts, NodePatchState, PolicyCondition, PolicyPhase};
 
@@ -45,17 +43,6 @@ fn on_target(f: &NodeFacts<'_>, pinned: bool) -> bool {
             .applied
             .as_ref()
             .is_some_and(|a| a.id == target.id || (!pinned && a.version >= target.version))
-}
-
-/// Nodes per kernel build, for the targets list.
-pub(crate) fn nodes_per_build<'a>(facts: &[NodeFacts<'a>]) -> HashMap<(&'a str, &'a str), u32> {
-    let mut counts = HashMap::new();
-    for f in facts {
-        if let Some(build) = super::nodes::kernel_of(f.view) {
-            *counts.entry(build).or_insert(0) += 1;
-        }
-    }
-    counts
 }
 
 /// `v3` when every kernel build's target has one version, `mixed` otherwise.

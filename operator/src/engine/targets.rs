@@ -3,8 +3,8 @@
 //! version), never one marked bad or one the node refuses. While a rollout runs, its own
 //! releases are kept (see "A newer release mid-rollout" in the module above).
 
-use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
+use std::ops::Deref;
 
 use jiff::Timestamp;
 use kpersist_crds::{KernelTarget, PatchRelease, RolloutProgress};
@@ -24,11 +24,32 @@ pub(crate) struct Target {
     pub release: Option<PatchRelease>,
 }
 
-/// One kernel build seen in the fleet and its target.
+/// A node's target: its kernel build's, shared, or one of its own (an older release,
+/// when the node refuses its build's). Two words, not a whole [`Target`]: the engine keeps
+/// one per node, and at fleet scale their size decides how much of the fleet fits in cache.
+#[derive(Clone, Debug)]
+pub(crate) enum NodeTarget<'a> {
+    Build(&'a Target),
+    Own(Box<Target>),
+}
+
+impl Deref for NodeTarget<'_> {
+    type Target = Target;
+
+    fn deref(&self) -> &Target {
+        match self {
+            NodeTarget::Build(target) => target,
+            NodeTarget::Own(target) => target,
+        }
+    }
+}
+
+/// One kernel build seen in the fleet, its target, and how many selected nodes run it.
 #[derive(Clone, Debug)]
 struct Build {
     build_id: String,
     target: Option<Target>,
+    nodes: u32,
 }
 
 /// Targets for every kernel build of the fleet, computed once per decision.
@@ -75,7 +96,8 @@ impl<'a> Targets<'a> {
             next_eligible: None,
         };
         for (kernel, build_id) in builds {
-            if targets.find(kernel, build_id).is_some() {
+            if let Some(seen) = targets.find_mut(kernel, build_id) {
+                seen.nodes += 1;
                 continue;
             }
             let target = match repository {
@@ -99,6 +121,7 @@ impl<'a> Targets<'a> {
                 .push(Build {
                     build_id: build_id.to_string(),
                     target,
+                    nodes: 1,
                 });
         }
         targets
@@ -108,6 +131,13 @@ impl<'a> Targets<'a> {
         self.by_kernel
             .get(kernel)?
             .iter()
+            .find(|b| b.build_id.eq_ignore_ascii_case(build_id))
+    }
+
+    fn find_mut(&mut self, kernel: &str, build_id: &str) -> Option<&mut Build> {
+        self.by_kernel
+            .get_mut(kernel)?
+            .iter_mut()
             .find(|b| b.build_id.eq_ignore_ascii_case(build_id))
     }
 
@@ -223,17 +253,17 @@ impl<'a> Targets<'a> {
         kernel: &str,
         build_id: &str,
         refused: &[String],
-    ) -> Option<Cow<'_, Target>> {
+    ) -> Option<NodeTarget<'_>> {
         let target = self.for_build(kernel, build_id)?;
         if !refused.contains(&target.id) {
-            return Some(Cow::Borrowed(target));
+            return Some(NodeTarget::Build(target));
         }
         let repo = self.repository?;
         let bad = self.bad;
         let older = repo.index.newest_for(&self.query(kernel, build_id), &|r| {
             r.version >= target.version || bad.contains(&r.id()) || refused.contains(&r.id())
         })?;
-        Some(Cow::Owned(self.target(older)))
+        Some(NodeTarget::Own(Box::new(self.target(older))))
     }
 
     /// Whether the index has a release with this id.
@@ -249,8 +279,9 @@ impl<'a> Targets<'a> {
             .map(|release| patch_release(release, &repo.base_url))
     }
 
-    /// Every kernel build with a target, for the status; `nodes` counts nodes per build.
-    pub(crate) fn kernel_targets(&self, nodes: impl Fn(&str, &str) -> u32) -> Vec<KernelTarget> {
+    /// Every kernel build with a target, with the number of selected nodes running it, for
+    /// the status.
+    pub(crate) fn kernel_targets(&self) -> Vec<KernelTarget> {
         let mut out: Vec<KernelTarget> = self
             .by_kernel
             .iter()
@@ -263,7 +294,7 @@ impl<'a> Targets<'a> {
                     release: target.id.clone(),
                     version: target.version,
                     cves: target.cves,
-                    nodes: nodes(kernel, &build.build_id),
+                    nodes: build.nodes,
                 })
             })
             .collect();

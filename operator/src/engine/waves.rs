@@ -58,28 +58,28 @@ pub(crate) fn bake(rules: &[WaveRule], wave: u32) -> Duration {
     rules.get(index).map(|r| r.bake).unwrap_or_default()
 }
 
-/// Splits `ordered` (nodes not handed the release yet, in rollout order) into the waves
-/// from `first_wave` on, given that `assigned` nodes already have it.
-pub(crate) fn plan<'a>(
+/// Splits `waiting` nodes not handed the release yet (in rollout order) into the waves
+/// from `first_wave` on, given that `assigned` nodes already have it: each wave with the
+/// range of the waiting nodes it takes.
+pub(crate) fn plan(
     rules: &[WaveRule],
     first_wave: u32,
     population: usize,
     assigned: usize,
-    ordered: &[&'a str],
-) -> Vec<(u32, Vec<&'a str>)> {
+    waiting: usize,
+) -> Vec<(u32, std::ops::Range<usize>)> {
     let mut taken = assigned;
-    let mut rest = ordered;
+    let mut next = 0;
     let mut out = Vec::new();
     for wave in first_wave..=wave_count(rules) {
         let room = quota(rules, wave, population)
             .saturating_sub(taken)
-            .min(rest.len());
-        let (now, later) = rest.split_at(room);
-        if !now.is_empty() {
-            out.push((wave, now.to_vec()));
+            .min(waiting - next);
+        if room > 0 {
+            out.push((wave, next..next + room));
         }
         taken += room;
-        rest = later;
+        next += room;
     }
     out
 }
@@ -133,14 +133,8 @@ mod tests {
     #[test]
     fn plan_splits_in_order() {
         let r = rules(&[Nodes(1), Percent(50), Percent(100)]);
-        let names = ["a", "b", "c", "d", "e"];
-        let planned = plan(&r, 1, 5, 0, &names);
-        assert_eq!(
-            planned,
-            vec![(1, vec!["a"]), (2, vec!["b", "c"]), (3, vec!["d", "e"])]
-        );
+        assert_eq!(plan(&r, 1, 5, 0, 5), vec![(1, 0..1), (2, 1..3), (3, 3..5)]);
         // One node already assigned in wave 1: the plan starts at wave 2.
-        let planned = plan(&r, 2, 5, 1, &names[..4]);
-        assert_eq!(planned, vec![(2, vec!["a", "b"]), (3, vec!["c", "d"])]);
+        assert_eq!(plan(&r, 2, 5, 1, 4), vec![(2, 0..2), (3, 2..4)]);
     }
 }

@@ -374,11 +374,18 @@ impl Sim {
 
     /// Writes a decision the way the controller does.
     pub fn apply(&mut self, decision: &Decision) {
+        // By index: a large fleet's decision writes many nodes.
+        let index: std::collections::HashMap<String, usize> = self
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.view.name.clone(), i))
+            .collect();
         for (name, desired) in &decision.desired {
-            let Some(node) = self.nodes.iter_mut().find(|n| &n.view.name == name) else {
+            let Some(&i) = index.get(name) else {
                 panic!("engine wrote to unknown node {name}");
             };
-            node.write_desired(desired.clone());
+            self.nodes[i].write_desired(desired.clone());
         }
         self.policy.status = Some(decision.status.clone());
     }
@@ -424,4 +431,30 @@ impl Sim {
     pub fn phase(&self) -> Option<kpersist_crds::PolicyPhase> {
         self.policy.status.as_ref().and_then(|s| s.phase)
     }
+}
+
+/// A fleet of `nodes` nodes on three kernels, part-way through a rollout: the canary done,
+/// part of wave 2 done and more of it in flight, with nodes waiting for their turn. The
+/// state one reconcile of a large fleet works on, for the benchmark and the size tests.
+pub fn mid_rollout(nodes: usize) -> Sim {
+    let mut spec = policy_spec();
+    spec.rollout.waves = waves(&[
+        (Some(1), None, "0s"),
+        (None, Some(10), "0s"),
+        (None, Some(100), "0s"),
+    ]);
+    // Small enough that wave 2 is still handing out releases after the steps below.
+    spec.rollout.max_in_flight = u32::try_from(nodes / 50 + 1).unwrap_or(u32::MAX);
+    let fleet = (0..nodes)
+        .map(|i| SimNode::new(&format!("node-{i:05}"), i % 3, Some(1)))
+        .collect();
+    let t = start_time();
+    let releases = (0..3)
+        .flat_map(|k| (1..=3).map(move |v| release(k, v, t)))
+        .collect();
+    let mut sim = Sim::new(spec, fleet, releases);
+    for _ in 0..8 {
+        sim.step(30);
+    }
+    sim
 }
