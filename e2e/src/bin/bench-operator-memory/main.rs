@@ -39,6 +39,11 @@ struct Cli {
     /// The operator built with `--features untrimmed-stores`; measured too when given.
     #[arg(long)]
     untrimmed_operator: Option<PathBuf>,
+    /// Another build to measure in the same run, `NAME=PATH` (e.g. a candidate fix, against
+    /// the same cluster so the figures compare); its stores count as trimmed. Skipped at a
+    /// size when the binary does not exist yet.
+    #[arg(long = "variant", value_parser = parse_env)]
+    variants: Vec<(String, String)>,
     /// Build profile of the binaries, shown in the table.
     #[arg(long, default_value = "release")]
     profile: String,
@@ -62,6 +67,7 @@ fn parse_env(text: &str) -> std::result::Result<(String, String), String> {
 /// One row of the table.
 struct Row {
     objects: usize,
+    variant: String,
     trimmed: bool,
     figures: Figures,
 }
@@ -101,9 +107,12 @@ async fn run(cli: &Cli) -> Result<Vec<Row>> {
     let releases = populate::Releases::publish(&publisher, &repo.url())?;
     populate::create_policies(&cluster.admin, &repo.url(), &publisher.public_key()).await?;
 
-    let mut variants = vec![(true, cli.operator.clone())];
+    let mut variants = vec![("shipped".to_string(), true, cli.operator.clone())];
     if let Some(untrimmed) = &cli.untrimmed_operator {
-        variants.push((false, untrimmed.clone()));
+        variants.push(("untrimmed-stores".into(), false, untrimmed.clone()));
+    }
+    for (name, path) in &cli.variants {
+        variants.push((name.clone(), true, PathBuf::from(path)));
     }
     let kubeconfig = cluster.plane.kubeconfig(Identity::Operator);
     let mut rows = Vec::new();
@@ -112,8 +121,12 @@ async fn run(cli: &Cli) -> Result<Vec<Row>> {
         eprintln!("writing Node + LivePatchNode pairs {created}..{size}");
         populate::create_pairs(&cluster.admin, &releases, created, size, cli.in_flight).await?;
         created = size;
-        for (trimmed, binary) in &variants {
-            let label = if *trimmed { "trimmed" } else { "untrimmed" };
+        for (label, trimmed, binary) in &variants {
+            // A variant still being built when the run started joins at a later size.
+            if !binary.is_file() {
+                eprintln!("  skipping {label}: {} does not exist", binary.display());
+                continue;
+            }
             eprintln!("  measuring the {label} operator with {size} nodes");
             let run = Run {
                 binary,
@@ -131,6 +144,7 @@ async fn run(cli: &Cli) -> Result<Vec<Row>> {
             );
             rows.push(Row {
                 objects: size,
+                variant: label.clone(),
                 trimmed: *trimmed,
                 figures,
             });
@@ -149,15 +163,16 @@ fn print_table(cli: &Cli, rows: &[Row]) {
     println!("machine: {}", machine());
     println!();
     println!(
-        "| Node + LivePatchNode objects | trimmed | RSS synced | RSS steady | peak (VmHWM) | sync time | reconciles | within {TARGET_MIB} MiB |"
+        "| Node + LivePatchNode objects | build | trimmed | RSS synced | RSS steady | peak (VmHWM) | sync time | reconciles | within {TARGET_MIB} MiB |"
     );
-    println!("|---:|:---:|---:|---:|---:|---:|---:|:---:|");
+    println!("|---:|:---|:---:|---:|---:|---:|---:|---:|:---:|");
     for row in rows {
         let f = &row.figures;
         let within = f.rss_steady.max(f.peak) <= TARGET_MIB * 1024;
         println!(
-            "| {} | {} | {} | {} | {} | {:.1} s | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {:.1} s | {} | {} |",
             row.objects,
+            row.variant,
             if row.trimmed { "yes" } else { "no" },
             mib(f.rss_synced),
             mib(f.rss_steady),
@@ -172,12 +187,12 @@ fn print_table(cli: &Cli, rows: &[Row]) {
         .map(|r| r.objects)
         .collect::<std::collections::BTreeSet<_>>()
     {
-        let of = |trimmed| {
+        let of = |variant: &str| {
             rows.iter()
-                .find(|r| r.objects == size && r.trimmed == trimmed)
+                .find(|r| r.objects == size && r.variant == variant)
                 .map(|r| r.figures.rss_steady)
         };
-        if let (Some(t), Some(u)) = (of(true), of(false))
+        if let (Some(t), Some(u)) = (of("shipped"), of("untrimmed-stores"))
             && t > 0
         {
             println!(
