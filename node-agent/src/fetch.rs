@@ -19,7 +19,7 @@ use crate::state::StateDir;
 
 #[path = "fetch_client.rs"]
 mod client;
-pub use client::{RepositoryAccess, redirect_refusal};
+pub use client::RepositoryAccess;
 
 /// Fetches modules over HTTP(S) or from local files.
 #[derive(Clone, Debug, Default)]

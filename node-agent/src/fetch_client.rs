@@ -2,7 +2,8 @@
 //! plus the repository's CA bundle), redirects followed only within the origin of the
 //! module URL or to hosts the policy lists, and never from https to plain http.
 
-use reqwest::{Certificate, Client, Url};
+use kpersist_kmod::repository::redirect_refusal;
+use reqwest::{Certificate, Client};
 
 /// How the repository may be reached: the policy's CA bundle and redirect hosts, as the
 /// operator copies them into the node's `spec.desired.repository`.
@@ -52,36 +53,6 @@ pub(super) fn build_client(access: &RepositoryAccess) -> Result<Client, String> 
     builder.build().map_err(|e| error_chain(&e))
 }
 
-/// Why a redirect from `first` (the URL asked for) to `next` is not followed; `None` when
-/// it may be: same origin, or a host in `allowed_hosts`, and never https to http.
-pub fn redirect_refusal(first: &Url, next: &Url, allowed_hosts: &[String]) -> Option<String> {
-    if first.scheme() == "https" && next.scheme() != "https" {
-        return Some(format!(
-            "redirect from {first} to {next} refused: it leaves https for {}, which is never \
-             allowed",
-            next.scheme()
-        ));
-    }
-    if first.origin() == next.origin() {
-        return None;
-    }
-    let host = next.host_str().unwrap_or_default();
-    if allowed_hosts.iter().any(|h| h.eq_ignore_ascii_case(host)) {
-        return None;
-    }
-    Some(format!(
-        "redirect from {first} to {next} refused: host {host} is not the repository's origin \
-         {}; to allow it, add {host} to the policy's repository.allowedRedirectHosts \
-         (allowed now: {})",
-        first.origin().ascii_serialization(),
-        if allowed_hosts.is_empty() {
-            "none".to_string()
-        } else {
-            allowed_hosts.join(", ")
-        }
-    ))
-}
-
 /// The error and its causes on one line: reqwest's own message ("error sending request")
 /// hides what a person needs (certificate, refused redirect, DNS).
 pub(super) fn error_chain(error: &dyn std::error::Error) -> String {
@@ -102,42 +73,6 @@ pub(super) fn error_chain(error: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn url(s: &str) -> Url {
-        Url::parse(s).unwrap()
-    }
-
-    #[test]
-    fn same_origin_is_followed_and_another_origin_needs_listing() {
-        let first = url("https://repo.example/m/a.ko");
-        assert_eq!(
-            redirect_refusal(&first, &url("https://repo.example/n/a.ko"), &[]),
-            None
-        );
-        let cdn = url("https://cdn.example/a.ko");
-        let refusal = redirect_refusal(&first, &cdn, &[]).unwrap();
-        assert!(refusal.contains("cdn.example"), "{refusal}");
-        assert!(
-            refusal.contains("repository.allowedRedirectHosts"),
-            "{refusal}"
-        );
-        assert_eq!(
-            redirect_refusal(&first, &cdn, &["CDN.example".to_string()]),
-            None
-        );
-        // Another port is another origin.
-        assert!(redirect_refusal(&first, &url("https://repo.example:8443/a.ko"), &[]).is_some());
-    }
-
-    #[test]
-    fn https_to_http_is_refused_even_for_a_listed_host() {
-        let first = url("https://repo.example/a.ko");
-        for next in ["http://repo.example/a.ko", "http://cdn.example/a.ko"] {
-            let refusal =
-                redirect_refusal(&first, &url(next), &["cdn.example".to_string()]).unwrap();
-            assert!(refusal.contains("never"), "{refusal}");
-        }
-    }
 
     #[test]
     fn a_ca_bundle_that_is_not_pem_is_refused_naming_the_field() {

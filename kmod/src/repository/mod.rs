@@ -5,6 +5,7 @@
 mod error;
 mod index;
 mod publish;
+mod redirect;
 mod select;
 mod validate;
 mod verify;
@@ -12,6 +13,7 @@ mod verify;
 pub use error::RepositoryError;
 pub use index::{INDEX_FILE, Index, Release, SCHEMA_VERSION, SIGNATURE_FILE};
 pub use publish::{LocalRepository, MODULES_DIR, NewRelease};
+pub use redirect::redirect_refusal;
 pub use select::ReleaseQuery;
 pub use validate::{check_module_path, is_channel, is_cve_id};
 pub use verify::{

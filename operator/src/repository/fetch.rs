@@ -6,7 +6,8 @@
 
 use std::time::Duration;
 
-use reqwest::{Certificate, Client, StatusCode, Url, header};
+use kpersist_kmod::repository::redirect_refusal;
+use reqwest::{Certificate, Client, StatusCode, header};
 
 /// Largest `index.json` read: the size verification accepts.
 pub const INDEX_LIMIT: u64 = kpersist_kmod::repository::MAX_INDEX_SIZE;
@@ -116,32 +117,6 @@ pub fn client_for(
         url: url.to_string(),
         message: error_chain(&e),
     })
-}
-
-/// Why a redirect from `first` (the URL asked for) to `next` is not followed; `None` when
-/// it may be: same origin, or a host in `allowed_hosts`, and never https to http.
-pub fn redirect_refusal(first: &Url, next: &Url, allowed_hosts: &[String]) -> Option<String> {
-    if first.scheme() == "https" && next.scheme() != "https" {
-        return Some(format!(
-            "redirect from {first} to {next} refused: it leaves https for {}, which is never \
-             allowed",
-            next.scheme()
-        ));
-    }
-    if first.origin() == next.origin()
-        || next
-            .host_str()
-            .is_some_and(|host| allowed_hosts.iter().any(|h| h.eq_ignore_ascii_case(host)))
-    {
-        return None;
-    }
-    let host = next.host_str().unwrap_or_default();
-    Some(format!(
-        "redirect from {first} to {next} refused: host {host} is not the repository's origin \
-         {}; to allow it, add {host} to repository.allowedRedirectHosts (allowed now: {:?})",
-        first.origin().ascii_serialization(),
-        allowed_hosts
-    ))
 }
 
 /// The URL of `file` inside the repository at `base`.
