@@ -70,7 +70,7 @@ impl Fetcher {
         if url.starts_with("http://") || url.starts_with("https://") {
             self.download(url, &part, release.size, access).await?;
         } else {
-            copy_local(url, &part)?;
+            copy_local(release, &part)?;
         }
         let image = match read_verified(&part, release) {
             Ok(image) => image,
@@ -161,15 +161,22 @@ impl Fetcher {
     }
 }
 
-/// Copies a `file://` URL or plain path into the partial file.
-fn copy_local(url: &str, part: &Path) -> Result<(), Failure> {
+/// Copies a `file://` URL or plain path into the partial file. A file whose size is not
+/// the one the signed index says is refused before a byte of it is read.
+fn copy_local(release: &PatchRelease, part: &Path) -> Result<(), Failure> {
+    let url = release.module_url.as_str();
     let source = url.strip_prefix("file://").unwrap_or(url);
-    std::fs::copy(source, part).map(|_| ()).map_err(|e| {
+    let unreadable = |e: std::io::Error| {
         Failure::new(
             NodeErrorReason::DownloadFailed,
             format!("cannot read module {source}: {e}"),
         )
-    })
+    };
+    let found = std::fs::metadata(source).map_err(unreadable)?.len();
+    if found != release.size {
+        return Err(size_mismatch(release, found));
+    }
+    std::fs::copy(source, part).map(|_| ()).map_err(unreadable)
 }
 
 /// Reads a module file once (capped at the largest size an index may declare) and checks
@@ -186,21 +193,22 @@ fn read_verified(path: &Path, release: &PatchRelease) -> Result<ModuleImage, Fai
     Ok(image)
 }
 
+fn size_mismatch(release: &PatchRelease, found: u64) -> Failure {
+    Failure::new(
+        NodeErrorReason::SizeMismatch,
+        format!(
+            "module of release {} from {} is {found} bytes, the signed index says {}; the \
+             download was truncated or the file was replaced",
+            release.id, release.module_url, release.size
+        ),
+    )
+}
+
 /// Checks a module's bytes against the release: size first, then SHA-256.
 pub fn verify_image(image: &ModuleImage, release: &PatchRelease) -> Result<(), Failure> {
     let bytes = image.bytes();
     if bytes.len() as u64 != release.size {
-        return Err(Failure::new(
-            NodeErrorReason::SizeMismatch,
-            format!(
-                "module of release {} from {} is {} bytes, the signed index says {}; the \
-                 download was truncated or the file was replaced",
-                release.id,
-                release.module_url,
-                bytes.len(),
-                release.size
-            ),
-        ));
+        return Err(size_mismatch(release, bytes.len() as u64));
     }
     verify_module(bytes, &index_release(release)).map_err(|e| {
         Failure::new(

@@ -113,8 +113,9 @@ async fn local<K: Kernel + Clone + 'static>(
     let json = serde_json::to_string_pretty(&run.status).unwrap_or_default();
     println!("{json}");
     println!("{}", summary(&run.status));
+    // On stderr, so that stdout stays the status and its summary line, last.
     if let Some(after) = run.after_download {
-        println!("after_download_ms={}", after.as_millis());
+        eprintln!("after_download_ms={}", after.as_millis());
     }
     Ok(if run.reached {
         ExitCode::SUCCESS

@@ -178,6 +178,23 @@ async fn downloads_that_differ_from_the_signed_index_are_never_loaded_or_cached(
         );
     }
 
+    // A sparse 1 TiB file: refused from its size alone; copying or reading it would take
+    // the disk or the memory with it.
+    let h = harness();
+    let release = h.release("kpersist_v1.ko", 1);
+    let path = release.module_url.trim_start_matches("file://").to_string();
+    std::fs::File::create(&path)
+        .and_then(|f| f.set_len(1 << 40))
+        .unwrap();
+    refused(
+        "module file of 1 TiB (sparse)",
+        &h,
+        release,
+        NodeErrorReason::SizeMismatch,
+        &["6.1.0-56-amd64/v1", "1099511627776 bytes", "says 6768"],
+    )
+    .await;
+
     let h = harness();
     let mut gone = h.release("kpersist_v1.ko", 1);
     gone.module_url = format!("file://{}/repo/missing.ko", h.dir.path().display());

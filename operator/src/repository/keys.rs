@@ -61,8 +61,14 @@ pub async fn trusted_keys(client: &Client, spec: &RepositorySpec) -> TrustedKeys
             Ok(None) => out.problems.push(format!(
                 "Secret {namespace}/{name} (repository.trustedKeysSecret) does not exist; create it"
             )),
+            Err(kube::Error::Api(status)) if status.code == 403 => out.problems.push(format!(
+                "the operator may not read Secret {namespace}/{name} (repository.trustedKeysSecret); \
+                 list it in the chart value operator.trustedKeysSecrets, or give the keys inline in \
+                 repository.trustedKeys"
+            )),
             Err(error) => out.problems.push(format!(
-                "reading Secret {namespace}/{name} failed: {error}; check the operator may get Secrets there"
+                "reading Secret {namespace}/{name} (repository.trustedKeysSecret) failed: {error}; \
+                 the operator tries again at the next check"
             )),
         }
     }
