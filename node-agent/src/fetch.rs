@@ -8,6 +8,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures::StreamExt;
 use kpersist_crds::{NodeErrorReason, PatchRelease};
@@ -21,18 +22,49 @@ use crate::state::StateDir;
 mod client;
 pub use client::RepositoryAccess;
 
+/// Waits between attempts of a download that failed on the way (connection refused or
+/// reset, timeout, HTTP 5xx, 408, 429): about two minutes in all, so a repository that
+/// restarts or flaps does not fail a wave, while one that stays down still does. Answers
+/// that will not change (404, a refused redirect, a bad certificate) are not retried.
+pub const DOWNLOAD_RETRY_DELAYS: [Duration; 7] = [
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+    Duration::from_secs(4),
+    Duration::from_secs(8),
+    Duration::from_secs(16),
+    Duration::from_secs(30),
+    Duration::from_secs(60),
+];
+
 /// Fetches modules over HTTP(S) or from local files.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Fetcher {
     /// One client per repository access settings, built on first HTTP use, so local mode
     /// on a bare host (no CA store, no network) never needs a TLS client.
     clients: Arc<Mutex<HashMap<RepositoryAccess, reqwest::Client>>>,
+    /// Waits before each further attempt of a download that failed on the way.
+    retry_delays: Vec<Duration>,
+}
+
+impl Default for Fetcher {
+    fn default() -> Self {
+        Fetcher::with_retry_delays(DOWNLOAD_RETRY_DELAYS.to_vec())
+    }
 }
 
 impl Fetcher {
     /// A fetcher; each download says which CAs it trusts and where it may be redirected.
+    /// Downloads that fail on the way are retried after [`DOWNLOAD_RETRY_DELAYS`].
     pub fn new() -> Fetcher {
         Fetcher::default()
+    }
+
+    /// A fetcher that retries a download that failed on the way after each of `delays`.
+    pub fn with_retry_delays(delays: Vec<Duration>) -> Fetcher {
+        Fetcher {
+            clients: Arc::default(),
+            retry_delays: delays,
+        }
     }
 
     fn client(&self, access: &RepositoryAccess) -> Result<reqwest::Client, String> {
@@ -89,6 +121,8 @@ impl Fetcher {
         Ok(image.with_source(path.display().to_string()))
     }
 
+    /// Downloads into `part`, resuming from what earlier attempts left there, and tries
+    /// again after each retry delay while the failure is one that may pass.
     async fn download(
         &self,
         url: &str,
@@ -96,34 +130,76 @@ impl Fetcher {
         size: u64,
         access: &RepositoryAccess,
     ) -> Result<(), Failure> {
+        let mut delays = self.retry_delays.iter();
+        loop {
+            match self.download_once(url, part, size, access).await {
+                Ok(()) => return Ok(()),
+                Err(Attempt::Passing(failure)) => match delays.next() {
+                    Some(delay) => {
+                        tracing::warn!(%url, message = %failure.message, ?delay, "download failed; retrying");
+                        tokio::time::sleep(*delay).await;
+                    }
+                    None if self.retry_delays.is_empty() => return Err(failure),
+                    None => {
+                        return Err(Failure {
+                            message: format!(
+                                "{} (after {} attempts over {}s; check that the repository \
+                                 serves this module)",
+                                failure.message,
+                                self.retry_delays.len() + 1,
+                                self.retry_delays.iter().sum::<Duration>().as_secs()
+                            ),
+                            ..failure
+                        });
+                    }
+                },
+                Err(Attempt::Final(failure)) => return Err(failure),
+            }
+        }
+    }
+
+    async fn download_once(
+        &self,
+        url: &str,
+        part: &Path,
+        size: u64,
+        access: &RepositoryAccess,
+    ) -> Result<(), Attempt> {
         let have = std::fs::metadata(part).map(|m| m.len()).unwrap_or(0);
         let resume = have > 0 && have < size;
         let fail = |e: String| {
             Failure::new(
                 NodeErrorReason::DownloadFailed,
-                format!("download of {url} failed: {e}; it will be retried"),
+                format!("download of {url} failed: {e}"),
             )
         };
         let client = self
             .client(access)
-            .map_err(|e| fail(format!("no HTTP client: {e}")))?;
+            .map_err(|e| Attempt::Final(fail(format!("no HTTP client: {e}"))))?;
         let mut request = client.get(url);
         if resume {
             request = request.header(reqwest::header::RANGE, format!("bytes={have}-"));
         }
         let response = request.send().await.map_err(|e| {
             let mut message = client::error_chain(&e);
-            if message.contains("certificate") {
+            let certificate = message.contains("certificate");
+            if certificate {
                 message.push_str(
                     "; if the repository's certificate comes from a private CA, put that CA \
                      in the policy's repository.caBundle",
                 );
             }
-            fail(message)
+            let passing = (e.is_connect() || e.is_timeout() || e.is_request() || e.is_body())
+                && !e.is_redirect()
+                && !certificate;
+            Attempt::of(fail(message), passing)
         })?;
         let status = response.status();
         if !status.is_success() {
-            return Err(fail(format!("HTTP status {status}")));
+            let passing = status.is_server_error()
+                || status == reqwest::StatusCode::REQUEST_TIMEOUT
+                || status == reqwest::StatusCode::TOO_MANY_REQUESTS;
+            return Err(Attempt::of(fail(format!("HTTP status {status}")), passing));
         }
         let append = resume && status == reqwest::StatusCode::PARTIAL_CONTENT;
         let mut file = std::fs::OpenOptions::new()
@@ -132,32 +208,59 @@ impl Fetcher {
             .append(append)
             .truncate(!append)
             .open(part)
-            .map_err(|e| host_failure(format!("cannot write {}: {e}", part.display())))?;
+            .map_err(|e| {
+                Attempt::Final(host_failure(format!(
+                    "cannot write {}: {e}",
+                    part.display()
+                )))
+            })?;
         let mut written = if append { have } else { 0 };
         let mut body = response.bytes_stream();
         while let Some(chunk) = body.next().await {
             // What arrived so far stays in the partial file for the next attempt to resume.
             let chunk = chunk.map_err(|e| {
-                fail(format!(
+                Attempt::Passing(fail(format!(
                     "{} after {written} of {size} bytes",
                     client::error_chain(&e)
-                ))
+                )))
             })?;
             written += chunk.len() as u64;
             if written > size {
-                return Err(Failure::new(
+                return Err(Attempt::Final(Failure::new(
                     NodeErrorReason::SizeMismatch,
                     format!(
                         "{url} is larger than the {size} bytes the signed index says; refusing it"
                     ),
-                ));
+                )));
             }
-            file.write_all(&chunk)
-                .map_err(|e| host_failure(format!("cannot write {}: {e}", part.display())))?;
+            file.write_all(&chunk).map_err(|e| {
+                Attempt::Final(host_failure(format!(
+                    "cannot write {}: {e}",
+                    part.display()
+                )))
+            })?;
         }
-        file.sync_all()
-            .map_err(|e| host_failure(format!("cannot sync {}: {e}", part.display())))?;
+        file.sync_all().map_err(|e| {
+            Attempt::Final(host_failure(format!("cannot sync {}: {e}", part.display())))
+        })?;
         Ok(())
+    }
+}
+
+/// How one download attempt failed: with something that may pass, so worth another
+/// attempt, or for good.
+enum Attempt {
+    Passing(Failure),
+    Final(Failure),
+}
+
+impl Attempt {
+    fn of(failure: Failure, passing: bool) -> Attempt {
+        if passing {
+            Attempt::Passing(failure)
+        } else {
+            Attempt::Final(failure)
+        }
     }
 }
 

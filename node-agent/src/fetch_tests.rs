@@ -22,9 +22,14 @@ pub(crate) fn release_for(bytes: &[u8], url: String) -> PatchRelease {
     }
 }
 
+/// A fetcher that tries each download once, so each failure can be looked at.
 fn fetcher() -> Fetcher {
+    retrying(Vec::new())
+}
+
+fn retrying(delays: Vec<std::time::Duration>) -> Fetcher {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    Fetcher::new()
+    Fetcher::with_retry_delays(delays)
 }
 
 #[tokio::test]
@@ -196,4 +201,114 @@ async fn redirect_to_another_origin_is_refused() {
         "{}",
         failure.message
     );
+}
+
+#[tokio::test]
+async fn a_download_cut_short_is_retried_from_where_it_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = StateDir::open(dir.path().join("state")).unwrap();
+    let body: Vec<u8> = (0..5000u32).map(|i| (i % 199) as u8).collect();
+    let (url, requests) = flaky_server(body.clone(), 1500).await;
+    let release = release_for(&body, url);
+    let delays = vec![std::time::Duration::from_millis(10); 2];
+    let image = retrying(delays)
+        .ensure_cached(&state, &release, &RepositoryAccess::default())
+        .await
+        .unwrap();
+    assert_eq!(image.bytes(), body);
+    let requests = requests.lock().unwrap();
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    assert!(
+        requests[1]
+            .to_ascii_lowercase()
+            .contains("range: bytes=1500-"),
+        "{}",
+        requests[1]
+    );
+}
+
+/// Answers every request with `status` and counts them.
+async fn answering(status: &'static str) -> (String, Arc<Mutex<usize>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = Arc::new(Mutex::new(0));
+    let seen = count.clone();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let mut buf = vec![0u8; 4096];
+            let _ = sock.read(&mut buf).await;
+            *seen.lock().unwrap() += 1;
+            let reply =
+                format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+            let _ = sock.write_all(reply.as_bytes()).await;
+            let _ = sock.shutdown().await;
+        }
+    });
+    (format!("http://{addr}/m.ko"), count)
+}
+
+#[tokio::test]
+async fn server_errors_are_retried_and_a_missing_module_is_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = StateDir::open(dir.path()).unwrap();
+    let delays = vec![std::time::Duration::from_millis(10); 3];
+    let (url, count) = answering("503 Service Unavailable").await;
+    let failure = retrying(delays.clone())
+        .ensure_cached(
+            &state,
+            &release_for(b"x", url),
+            &RepositoryAccess::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(failure.reason, NodeErrorReason::DownloadFailed);
+    assert!(failure.message.contains("503"), "{}", failure.message);
+    assert!(failure.message.contains("after 4 attempts"), "{}", failure.message);
+    assert_eq!(*count.lock().unwrap(), 4, "one attempt and three retries");
+
+    let (url, count) = answering("404 Not Found").await;
+    let failure = retrying(delays)
+        .ensure_cached(
+            &state,
+            &release_for(b"y", url),
+            &RepositoryAccess::default(),
+        )
+        .await
+        .unwrap_err();
+    assert!(failure.message.contains("404"), "{}", failure.message);
+    assert_eq!(*count.lock().unwrap(), 1, "a 404 will not change: no retry");
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_retried_until_the_server_is_back() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    // Nothing listens at first: connections are refused.
+    drop(listener);
+    let body = b"module bytes".to_vec();
+    let release = release_for(&body, format!("http://{addr}/m.ko"));
+    let served = body.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        if let Ok((mut sock, _)) = listener.accept().await {
+            let mut buf = vec![0u8; 4096];
+            let _ = sock.read(&mut buf).await;
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                served.len()
+            );
+            let _ = sock.write_all(head.as_bytes()).await;
+            let _ = sock.write_all(&served).await;
+            let _ = sock.shutdown().await;
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let state = StateDir::open(dir.path()).unwrap();
+    let delays = vec![std::time::Duration::from_millis(200); 5];
+    let image = retrying(delays)
+        .ensure_cached(&state, &release, &RepositoryAccess::default())
+        .await
+        .unwrap();
+    assert_eq!(image.bytes(), body);
 }

@@ -64,11 +64,6 @@ pub enum End {
     Paused,
     /// The policy is gone and no node names it; nodes keep whatever they run.
     PolicyGone,
-    /// Either every node runs v1 and the policy is Complete, or a node's failed download
-    /// counted as a wave failure (the engine counts every failed apply, whatever the
-    /// reason): v1 is marked bad, no node runs anything, the policy is Failed. Which one
-    /// happened is printed as a finding.
-    NewestOrMarkedBad,
 }
 
 /// One fault of the matrix.
@@ -127,13 +122,6 @@ impl Fault {
             End::Reverted => vec![PolicyPhase::Failed],
             End::Paused => vec![PolicyPhase::Paused],
             End::PolicyGone => vec![],
-            End::NewestOrMarkedBad => {
-                vec![
-                    PolicyPhase::Complete,
-                    PolicyPhase::Idle,
-                    PolicyPhase::Failed,
-                ]
-            }
         }
     }
 }
@@ -240,8 +228,7 @@ pub fn faults() -> Vec<Fault> {
             "the repository refuses, then accepts connections, 5 times during the rollout",
             CanaryAssigned,
         )
-        .action(Action::FlapRepository)
-        .ending(End::NewestOrMarkedBad),
+        .action(Action::FlapRepository),
         // Last: it may leave replica 1 holding the Lease, which the next run's replica 0
         // would have to wait out.
         op(

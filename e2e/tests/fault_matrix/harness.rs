@@ -37,8 +37,6 @@ pub struct Outcome {
     pub missed: Option<String>,
     /// Invariants that did not hold.
     pub violations: Vec<Violation>,
-    /// Things worth knowing that break no invariant (a release marked bad by a fault).
-    pub findings: Vec<String>,
 }
 
 /// The release id of `version` of [`KERNEL`].
@@ -78,7 +76,6 @@ pub async fn run(cluster: Arc<Cluster>, fault: &Fault, run: u32) -> Outcome {
     let missed = |why: String| Outcome {
         missed: Some(why),
         violations: Vec::new(),
-        findings: Vec::new(),
     };
     let nodes = (1..=NODES)
         .map(|i| {
@@ -125,13 +122,7 @@ pub async fn run(cluster: Arc<Cluster>, fault: &Fault, run: u32) -> Outcome {
         end_applied: accepted,
         end_phases: fault.end_phases(),
     };
-    let mut violations = check(&fleet.watch.log(), &expectations, &end);
-    let mut findings = Vec::new();
-    if fault.end == End::NewestOrMarkedBad {
-        let (wrong, finding) = one_of_two_ends(&end, &published);
-        violations.extend(wrong);
-        findings.extend(finding);
-    }
+    let violations = check(&fleet.watch.log(), &expectations, &end);
     if !violations.is_empty() || missed_point.is_some() {
         eprintln!(
             "   logs: {}/{label}-*.log{}",
@@ -143,7 +134,6 @@ pub async fn run(cluster: Arc<Cluster>, fault: &Fault, run: u32) -> Outcome {
     Outcome {
         missed: missed_point,
         violations,
-        findings,
     }
 }
 
@@ -183,43 +173,6 @@ async fn start(
         .map_err(|e| format!("creating policy {label}: {e}"))
 }
 
-/// For [`End::NewestOrMarkedBad`]: all nodes on the newest release with the policy
-/// Complete, or none on anything with it Failed and the release marked bad, never a mix.
-/// Returns the nodes that break this, and the reason the release was marked bad, if it was.
-fn one_of_two_ends(end: &Final, published: &Published) -> (Vec<Violation>, Option<String>) {
-    let status = end
-        .policy
-        .as_ref()
-        .and_then(|p| p.status.clone())
-        .unwrap_or_default();
-    let failed = status.phase == Some(kpersist_crds::PolicyPhase::Failed);
-    let want = (!failed).then(|| release_id(published.newest));
-    let finding = status
-        .bad_releases
-        .first()
-        .map(|bad| format!("{} was marked bad: {}", bad.release, bad.reason));
-    let wrong = end
-        .nodes
-        .iter()
-        .filter(|n| {
-            n.status
-                .as_ref()
-                .and_then(|s| s.applied.as_ref())
-                .map(|a| a.id.clone())
-                != want
-        })
-        .map(|n| Violation {
-            invariant: Invariant::FinalState,
-            detail: format!(
-                "{} does not run {want:?} while the policy ends {:?}",
-                n.metadata.name.as_deref().unwrap_or_default(),
-                status.phase
-            ),
-        })
-        .collect();
-    (wrong, finding)
-}
-
 /// Per node, the releases it may run at the end.
 fn accepted_end(
     fault: &Fault,
@@ -230,7 +183,6 @@ fn accepted_end(
         End::AllOnNewest => vec![Some(release_id(newest))],
         End::Reverted | End::Paused => vec![None],
         End::PolicyGone => vec![None, Some(release_id(1))],
-        End::NewestOrMarkedBad => vec![Some(release_id(newest)), None],
     };
     fleet
         .nodes()

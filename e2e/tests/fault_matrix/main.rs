@@ -34,7 +34,6 @@ struct Row {
     runs: u32,
     missed: u32,
     violations: Vec<(u32, Violation)>,
-    findings: u32,
     time: Duration,
 }
 
@@ -79,7 +78,6 @@ async fn fault_matrix() {
             runs: 0,
             missed: 0,
             violations: Vec::new(),
-            findings: 0,
             time: Duration::ZERO,
         };
         for run in 1..=runs {
@@ -92,10 +90,6 @@ async fn fault_matrix() {
                 eprintln!("   MISSED: {why}");
                 row.missed += 1;
             }
-            for finding in &outcome.findings {
-                eprintln!("   FINDING: {finding}");
-            }
-            row.findings += outcome.findings.len() as u32;
             for v in &outcome.violations {
                 eprintln!("   VIOLATION {:?}: {}", v.invariant, v.detail);
             }
@@ -127,30 +121,27 @@ async fn fault_matrix() {
     );
 }
 
-/// The table as markdown: fault, runs, violations, runs whose point was missed, findings
-/// (a release marked bad by the fault, which breaks no invariant), time.
+/// The table as markdown: fault, runs, violations, runs whose point was missed, time.
 fn render(rows: &[Row], total: Duration) -> String {
     let mut out = String::from(
-        "| fault | runs | violations | missed | findings | time |\n\
-         |---|---:|---:|---:|---:|---:|\n",
+        "| fault | runs | violations | missed | time |\n\
+         |---|---:|---:|---:|---:|\n",
     );
     for row in rows {
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {:.0}s |\n",
+            "| {} | {} | {} | {} | {:.0}s |\n",
             row.fault,
             row.runs,
             row.violations.len(),
             row.missed,
-            row.findings,
             row.time.as_secs_f64()
         ));
     }
     let runs: u32 = rows.iter().map(|r| r.runs).sum();
     let violations: usize = rows.iter().map(|r| r.violations.len()).sum();
     let missed: u32 = rows.iter().map(|r| r.missed).sum();
-    let findings: u32 = rows.iter().map(|r| r.findings).sum();
     out.push_str(&format!(
-        "| **total** | {runs} | {violations} | {missed} | {findings} | {:.0}s |\n",
+        "| **total** | {runs} | {violations} | {missed} | {:.0}s |\n",
         total.as_secs_f64()
     ));
     out
