@@ -262,7 +262,11 @@ fn sim_node(s: &Scenario, index: usize, plan: &NodePlan) -> SimNode {
     if !plan.has_agent {
         node.view.lpn = None;
     } else if !plan.livepatch
-        && let Some(status) = node.view.lpn.as_mut().and_then(|l| l.status.as_mut())
+        && let Some(status) = node
+            .view
+            .lpn
+            .as_mut()
+            .and_then(|l| std::sync::Arc::make_mut(l).status.as_mut())
     {
         status.livepatch_supported = false;
         status.state = Some(NodePatchState::Unsupported);

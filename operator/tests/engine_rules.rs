@@ -309,7 +309,7 @@ fn unsupported_kernels_and_nodes_are_not_failures() {
         .view
         .lpn
         .as_mut()
-        .and_then(|l| l.status.as_mut())
+        .and_then(|l| std::sync::Arc::make_mut(l).status.as_mut())
     {
         s.livepatch_supported = false;
     }

@@ -90,7 +90,7 @@ pub async fn run(client: Client, metrics: Metrics, settings: Settings) {
 
     let (lpn_reader, lpn_writer) = reflector::store();
     let lpn_stream = watcher(Api::<LivePatchNode>::all(client.clone()), config)
-        .modify(|l| trim(select::trim_metadata, l))
+        .modify(|l| trim(select::trim_lpn, l))
         .default_backoff()
         .reflect(lpn_writer)
         .touched_objects();

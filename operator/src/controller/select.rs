@@ -54,9 +54,7 @@ pub fn node_views(
         .filter(|node| selector.matches(node.labels()))
         .map(|node| {
             let node_name = node.name_any();
-            let lpn = lpns
-                .get(&kube::runtime::reflector::ObjectRef::new(&node_name))
-                .map(|l| (*l).clone());
+            let lpn = lpns.get(&kube::runtime::reflector::ObjectRef::new(&node_name));
             let other_policies = others
                 .iter()
                 .filter(|(_, s)| s.matches(node.labels()))
@@ -150,6 +148,35 @@ pub fn trim_node(node: &mut Node) {
         }),
         ..NodeStatus::default()
     });
+}
+
+/// Drops what the controller and the engine never read from a LivePatchNode: metadata
+/// other than name, uid, generation, resourceVersion and deletion time, and the parts of
+/// the agent's status that are for people (conditions, loaded modules, timings, boot id,
+/// agent version, the applied release's CVEs and module name). `spec.desired` stays whole:
+/// the engine compares it with the spec it wants to tell whether a write is needed.
+pub fn trim_lpn(lpn: &mut LivePatchNode) {
+    let meta = std::mem::take(&mut lpn.metadata);
+    lpn.metadata = kube::api::ObjectMeta {
+        name: meta.name,
+        uid: meta.uid,
+        generation: meta.generation,
+        resource_version: meta.resource_version,
+        deletion_timestamp: meta.deletion_timestamp,
+        ..Default::default()
+    };
+    if let Some(status) = lpn.status.as_mut() {
+        status.boot_id = None;
+        status.loaded = Vec::new();
+        status.timings = None;
+        status.conditions = Vec::new();
+        status.agent_version = None;
+        if let Some(applied) = status.applied.as_mut() {
+            applied.module_name = String::new();
+            applied.cves = Vec::new();
+            applied.applied_at = None;
+        }
+    }
 }
 
 /// Drops managed fields and annotations from any object kept in a store.

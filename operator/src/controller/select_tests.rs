@@ -111,3 +111,87 @@ fn a_policy_being_deleted_selects_nothing() {
     ));
     assert!(!selects(&p, &BTreeMap::new()));
 }
+
+/// A LivePatchNode as an agent and the operator leave it once a release is applied.
+fn applied_lpn() -> LivePatchNode {
+    let release = json!({
+        "id": "6.1.0-41-amd64/v3", "version": 3, "kernelRelease": "6.1.0-41-amd64",
+        "buildId": "8a1d", "moduleName": "kpersist_6_1_0_41_v3",
+        "moduleUrl": "https://repo/m.ko", "sha256": "0".repeat(64), "size": 1,
+        "cves": ["CVE-2026-1", "CVE-2026-2"],
+    });
+    let condition = |type_: &str| {
+        json!({"type": type_, "status": "True", "reason": "R", "message": "a long message",
+               "lastTransitionTime": "2026-11-20T09:02:41Z"})
+    };
+    serde_json::from_value(json!({
+        "apiVersion": "kpersist.io/v1alpha1", "kind": "LivePatchNode",
+        "metadata": {
+            "name": "n1", "uid": "u1", "generation": 2, "resourceVersion": "7",
+            "annotations": {"a": "b"}, "labels": {"l": "v"},
+            "ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": "n1", "uid": "u0"}],
+            "managedFields": [{"manager": "kpersist-agent", "operation": "Apply"}],
+        },
+        "spec": {"desired": {
+            "policy": "web", "action": "Apply", "release": release, "wave": 1,
+            "repository": {"caBundle": "-----BEGIN CERTIFICATE-----"},
+        }},
+        "status": {
+            "state": "Failed", "kernelRelease": "6.1.0-41-amd64", "buildId": "8a1d",
+            "livepatchSupported": true, "bootId": "b", "observedGeneration": 2,
+            "loaded": [{"name": "kpersist_6_1_0_41_v3", "enabled": true, "transition": false}],
+            "applied": {"id": "6.1.0-41-amd64/v2", "version": 2, "moduleName": "m",
+                        "cves": ["CVE-2026-1"], "policy": "web", "appliedAt": "2026-11-20T09:02:41Z"},
+            "lastError": {"reason": "TransitionStalled", "message": "stuck"},
+            "timings": {"downloadMs": 182, "transitionMs": 1240, "totalMs": 1537},
+            "refusedReleases": ["6.1.0-41-amd64/v1"],
+            "conditions": [condition("Ready"), condition("Healthy")],
+            "agentVersion": "0.1.0",
+        },
+    }))
+    .unwrap()
+}
+
+#[test]
+fn lpn_trimming_keeps_what_the_engine_reads() {
+    let full = applied_lpn();
+    let mut trimmed = full.clone();
+    trim_lpn(&mut trimmed);
+
+    // Whole, because the engine compares it with the spec it wants.
+    assert_eq!(trimmed.spec, full.spec);
+    let (meta, before) = (&trimmed.metadata, &full.metadata);
+    assert_eq!(meta.name, before.name);
+    assert_eq!(meta.uid, before.uid);
+    assert_eq!(meta.generation, before.generation);
+    assert_eq!(meta.resource_version, before.resource_version);
+    assert!(meta.annotations.is_none() && meta.labels.is_none());
+    assert!(meta.owner_references.is_none() && meta.managed_fields.is_none());
+
+    let (s, f) = (trimmed.status.unwrap(), full.status.unwrap());
+    assert_eq!(s.state, f.state);
+    assert_eq!(s.kernel_release, f.kernel_release);
+    assert_eq!(s.build_id, f.build_id);
+    assert_eq!(s.livepatch_supported, f.livepatch_supported);
+    assert_eq!(s.observed_generation, f.observed_generation);
+    assert_eq!(s.refused_releases, f.refused_releases);
+    assert_eq!(s.last_error, f.last_error);
+    let (applied, was) = (s.applied.unwrap(), f.applied.unwrap());
+    assert_eq!((applied.id, applied.version), (was.id, was.version));
+    assert!(applied.cves.is_empty() && applied.module_name.is_empty());
+    assert!(s.conditions.is_empty() && s.loaded.is_empty());
+    assert!(s.timings.is_none() && s.boot_id.is_none() && s.agent_version.is_none());
+}
+
+#[test]
+fn node_views_share_the_stores_live_patch_nodes() {
+    let nodes = vec![Arc::new(node("n1", json!({"pool": "web"}), true))];
+    let lpns = store_of(vec![lpn("n1", Some("web"))]);
+    let p = Arc::new(policy("web", json!({"pool": "web"})));
+    let views = node_views(&p, &nodes, &lpns, std::slice::from_ref(&p));
+    let stored = lpns.get(&kube::runtime::reflector::ObjectRef::new("n1"));
+    assert!(Arc::ptr_eq(
+        views[0].lpn.as_ref().unwrap(),
+        stored.as_ref().unwrap()
+    ));
+}

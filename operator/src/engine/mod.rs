@@ -135,7 +135,9 @@ pub struct NodeView {
     /// Kernel build id, when known outside the LivePatchNode.
     pub build_id: Option<String>,
     /// The node's LivePatchNode with metadata, spec and status; `None` while no agent runs.
-    pub lpn: Option<LivePatchNode>,
+    /// Shared with the controller's store, so building the views of a large fleet on every
+    /// reconcile copies no LivePatchNode.
+    pub lpn: Option<std::sync::Arc<LivePatchNode>>,
     /// Other policies whose selector also matches this node. A node selected twice is
     /// patched by neither policy.
     pub other_policies: Vec<String>,

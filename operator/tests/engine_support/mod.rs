@@ -158,7 +158,7 @@ impl SimNode {
                 ready: true,
                 kernel_release: Some(kernel(k)),
                 build_id: None,
-                lpn: Some(lpn),
+                lpn: Some(std::sync::Arc::new(lpn)),
                 other_policies: Vec::new(),
             },
             unselected: false,
@@ -176,7 +176,10 @@ impl SimNode {
     }
 
     fn status_mut(&mut self) -> Option<&mut LivePatchNodeStatus> {
-        self.view.lpn.as_mut().and_then(|l| l.status.as_mut())
+        self.view
+            .lpn
+            .as_mut()
+            .and_then(|l| std::sync::Arc::make_mut(l).status.as_mut())
     }
 
     pub fn desired(&self) -> Option<&DesiredPatch> {
@@ -221,7 +224,7 @@ impl SimNode {
 
     /// Writes `spec.desired` as the API server would: a changed spec bumps the generation.
     pub fn write_desired(&mut self, desired: Option<DesiredPatch>) {
-        let Some(lpn) = self.view.lpn.as_mut() else {
+        let Some(lpn) = self.view.lpn.as_mut().map(std::sync::Arc::make_mut) else {
             panic!(
                 "engine wrote to {} which has no LivePatchNode",
                 self.view.name
