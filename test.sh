@@ -23,6 +23,19 @@ cargo test --workspace
 step "CRD manifests match the API types"
 cargo run -q -p kpersist-crds --bin crdgen -- --check
 
+step "bad input: every malformed index, signature, module and policy field is refused (catalogue)"
+e2e/tools/bad-input-catalogue.sh --no-api
+
+step "fuzzing: each parser of outside input for 20 s (cargo fuzz; RELIABILITY.md has the long run)"
+fuzz/run.sh --seconds 20
+
+step "dependency audit: licences, bans, sources (cargo deny)"
+e2e/audit/run.sh
+
+step "benchmark smoke runs: they run and print their figures (BENCHMARKS.md has the full runs)"
+e2e/bench/engine.sh --quick
+e2e/bench/kured-compare.sh --rollout-seconds 165.4
+
 step "chart suite: helm lint, rendered manifests, RBAC on a real API server"
 e2e/chart/run.sh
 
@@ -35,6 +48,15 @@ e2e/controlplane/build.sh
 # The suite is `test = false` (it is not part of `cargo test`), so lint it here.
 cargo clippy -p kpersist-e2e --test fleet -- -D warnings
 cargo test -p kpersist-e2e --test fleet
+
+step "fault matrix: each fault once, invariants checked on every recorded object version"
+cargo clippy -p kpersist-e2e --test fault_matrix -- -D warnings
+cargo test -p kpersist-e2e --test fault_matrix -- --nocapture
+
+step "benchmark smoke runs on the real API server (operator memory, rollout overhead, idle agent)"
+e2e/bench/operator-memory.sh --quick
+e2e/bench/rollout.sh --quick
+e2e/bench/agent-idle.sh --seconds 10
 
 step "cluster suite: helm install on a local single-node cluster (kubelet, containerd, our images)"
 e2e/cluster/run.sh
