@@ -459,7 +459,7 @@ fn build_binaries_once() -> Result<()> {
 }
 
 /// A loopback port nothing listens on right now.
-fn free_port() -> Result<u16> {
+pub fn free_port() -> Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(Error::Listen)?;
     Ok(listener.local_addr().map_err(Error::Listen)?.port())
 }

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use kpersist_e2e::sim_fleet::free_port;
 use kpersist_e2e::{Error, Result};
 
 /// What one run of one binary measured. Sizes in KiB, as `/proc` gives them.
@@ -215,12 +216,6 @@ fn http_error(what: &str, e: reqwest::Error) -> Error {
         status: "failed".into(),
         detail: e.to_string(),
     }
-}
-
-/// A loopback port nothing listens on right now.
-fn free_port() -> Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(Error::Listen)?;
-    Ok(listener.local_addr().map_err(Error::Listen)?.port())
 }
 
 #[cfg(test)]
