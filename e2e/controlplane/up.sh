@@ -16,6 +16,8 @@
 #   *.pid, *.log         processes started and their output
 #   *.cmd                their command lines, for ctl.sh
 # Stop with: e2e/controlplane/down.sh DIR; stop or start one process with ctl.sh
+# KPERSIST_APISERVER_FLAGS="-v=3 ..." adds flags to kube-apiserver (split on spaces), e.g.
+# to see each request and the watch cache's messages in its log.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "$0")" && pwd)"
@@ -138,7 +140,8 @@ start kube-apiserver "$BIN/kube-apiserver" \
   --service-account-issuer=https://kubernetes.default.svc \
   --service-account-key-file="$PKI/sa.pub" \
   --service-account-signing-key-file="$PKI/sa.key" \
-  --service-cluster-ip-range=10.96.0.0/16
+  --service-cluster-ip-range=10.96.0.0/16 \
+  ${KPERSIST_APISERVER_FLAGS:-}
 wait_for kube-apiserver "$DIR/kube-apiserver.log" "$DIR/kube-apiserver.pid" 180 \
   curl -fsS --cacert "$PKI/ca.crt" -H "Authorization: Bearer $ADMIN_TOKEN" "$SERVER/readyz"
 
