@@ -2,32 +2,16 @@
 //! plus the repository's CA bundle), redirects followed only within the origin of the
 //! module URL or to hosts the policy lists, and never from https to plain http.
 
-use kpersist_kmod::repository::redirect_refusal;
+use kpersist_kmod::repository::redirect_policy;
 use reqwest::{Certificate, Client};
 
 /// How the repository may be reached: the policy's CA bundle and redirect hosts, as the
 /// operator copies them into the node's `spec.desired.repository`.
 pub use kpersist_crds::RepositoryAccess;
 
-/// Redirects followed at most per download.
-const MAX_REDIRECTS: usize = 5;
-
 /// A client for `access`. There is no way to turn certificate verification off.
 pub(super) fn build_client(access: &RepositoryAccess) -> Result<Client, String> {
-    let allowed = access.allowed_redirect_hosts.clone();
-    let policy = reqwest::redirect::Policy::custom(move |attempt| {
-        let refusal = match attempt.previous().first() {
-            Some(first) => redirect_refusal(first, attempt.url(), &allowed),
-            None => Some(format!("redirect to {} without a first URL", attempt.url())),
-        };
-        if let Some(refusal) = refusal {
-            attempt.error(refusal)
-        } else if attempt.previous().len() > MAX_REDIRECTS {
-            attempt.error(format!("more than {MAX_REDIRECTS} redirects"))
-        } else {
-            attempt.follow()
-        }
-    });
+    let policy = redirect_policy(access.allowed_redirect_hosts.clone());
     let mut builder = Client::builder()
         .user_agent(concat!("kpersist-agent/", env!("CARGO_PKG_VERSION")))
         .redirect(policy)

@@ -13,7 +13,9 @@ mod verify;
 pub use error::RepositoryError;
 pub use index::{INDEX_FILE, Index, Release, SCHEMA_VERSION, SIGNATURE_FILE};
 pub use publish::{LocalRepository, MODULES_DIR, NewRelease};
-pub use redirect::redirect_refusal;
+#[cfg(feature = "http")]
+pub use redirect::redirect_policy;
+pub use redirect::{MAX_REDIRECTS, redirect_refusal};
 pub use select::ReleaseQuery;
 pub use validate::{check_module_path, is_channel, is_cve_id};
 pub use verify::{

@@ -5,6 +5,28 @@
 
 use url::Url;
 
+/// Redirects a repository client follows at most per request.
+pub const MAX_REDIRECTS: usize = 5;
+
+/// The redirect rule as a reqwest policy: [`redirect_refusal`] for every hop, and at most
+/// [`MAX_REDIRECTS`] of them.
+#[cfg(feature = "http")]
+pub fn redirect_policy(allowed_hosts: Vec<String>) -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(move |attempt| {
+        let refusal = match attempt.previous().first() {
+            Some(first) => redirect_refusal(first, attempt.url(), &allowed_hosts),
+            None => Some(format!("redirect to {} without a first URL", attempt.url())),
+        };
+        if let Some(refusal) = refusal {
+            attempt.error(refusal)
+        } else if attempt.previous().len() > MAX_REDIRECTS {
+            attempt.error(format!("more than {MAX_REDIRECTS} redirects"))
+        } else {
+            attempt.follow()
+        }
+    })
+}
+
 /// Why a redirect from `first` (the URL asked for) to `next` is not followed; `None` when
 /// it may be.
 pub fn redirect_refusal(first: &Url, next: &Url, allowed_hosts: &[String]) -> Option<String> {

@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use kpersist_kmod::repository::redirect_refusal;
+use kpersist_kmod::repository::redirect_policy;
 use reqwest::{Certificate, Client, StatusCode, header};
 
 /// Largest `index.json` read: the size verification accepts.
@@ -16,8 +16,6 @@ pub const SIGNATURE_LIMIT: u64 = kpersist_kmod::repository::MAX_SIGNATURE_SIZE;
 /// Whole-request timeout.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Redirects followed at most per request.
-const MAX_REDIRECTS: usize = 5;
 
 /// Why a file could not be fetched.
 #[derive(Debug, thiserror::Error)]
@@ -85,20 +83,7 @@ pub fn client_for(
     ca_bundle: Option<&str>,
     allowed_redirect_hosts: &[String],
 ) -> Result<Client, FetchError> {
-    let allowed = allowed_redirect_hosts.to_vec();
-    let redirects = reqwest::redirect::Policy::custom(move |attempt| {
-        let refusal = match attempt.previous().first() {
-            Some(first) => redirect_refusal(first, attempt.url(), &allowed),
-            None => Some(format!("redirect to {} without a first URL", attempt.url())),
-        };
-        if let Some(refusal) = refusal {
-            attempt.error(refusal)
-        } else if attempt.previous().len() > MAX_REDIRECTS {
-            attempt.error(format!("more than {MAX_REDIRECTS} redirects"))
-        } else {
-            attempt.follow()
-        }
-    });
+    let redirects = redirect_policy(allowed_redirect_hosts.to_vec());
     let mut builder = Client::builder()
         .user_agent(concat!("kpersist-operator/", env!("CARGO_PKG_VERSION")))
         .timeout(REQUEST_TIMEOUT)
