@@ -184,3 +184,100 @@ fn backoff_grows_and_is_capped() {
     assert_eq!(backoff(2), Duration::from_secs(2));
     assert_eq!(backoff(20), Duration::from_secs(30));
 }
+
+/// An API whose server answers each request with `respond(uri)` as the raw body (a watch's
+/// body is one JSON event a line; an empty body is a watch the server ended), recording URIs.
+fn raw_api(
+    respond: impl Fn(usize, &str) -> String + Send + 'static,
+) -> (Api<LivePatchNode>, Arc<Mutex<Vec<String>>>) {
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let uris = Arc::new(Mutex::new(Vec::new()));
+    let log = uris.clone();
+    tokio::spawn(async move {
+        while let Some((request, reply)) = handle.next_request().await {
+            let uri = request.uri().to_string();
+            let body = {
+                let mut log = log.lock().unwrap();
+                log.push(uri.clone());
+                respond(log.len() - 1, &uri)
+            };
+            reply.send_response(
+                Response::builder()
+                    .body(Body::from(body.into_bytes()))
+                    .unwrap(),
+            );
+        }
+    });
+    (Api::all(kube::Client::new(service, "default")), uris)
+}
+
+fn listed(object_version: &str, list_version: &str) -> String {
+    json!({
+        "apiVersion": "kpersist.io/v1alpha1", "kind": "LivePatchNodeList",
+        "metadata": {"resourceVersion": list_version},
+        "items": [{
+            "apiVersion": "kpersist.io/v1alpha1", "kind": "LivePatchNode",
+            "metadata": {"name": "node-a", "resourceVersion": object_version}, "spec": {},
+        }],
+    })
+    .to_string()
+}
+
+#[tokio::test]
+async fn a_watch_the_server_ends_starts_again_from_a_cached_list_not_the_last_event() {
+    let (api, uris) = raw_api(|i, uri| match (i, uri.contains("watch=true")) {
+        (0, false) => listed("5", "100"),
+        // The server closes the first watch without an event (as the 1.20 cacher does to a
+        // watcher that falls behind).
+        (1, true) => String::new(),
+        (2, false) => listed("5", "180"),
+        (3, true) => {
+            let changed = json!({
+                "type": "MODIFIED",
+                "object": {
+                    "apiVersion": "kpersist.io/v1alpha1", "kind": "LivePatchNode",
+                    "metadata": {"name": "node-a", "resourceVersion": "181"}, "spec": {},
+                },
+            });
+            format!("{changed}\n")
+        }
+        _ => String::new(),
+    });
+    let mut watch = OwnWatch::new(api, "node-a");
+    let Observed::Changed(first) = watch.next().await else {
+        panic!("the listed object first")
+    };
+    assert_eq!(first.resource_version().as_deref(), Some("5"));
+    // The second list returns the same object: no news; the change on the new stream is.
+    let Observed::Changed(second) = watch.next().await else {
+        panic!("the changed object next")
+    };
+    assert_eq!(second.resource_version().as_deref(), Some("181"));
+    let uris = uris.lock().unwrap();
+    assert_eq!(uris.len(), 4, "{uris:?}");
+    for list in [&uris[0], &uris[2]] {
+        assert!(!list.contains("watch=true"), "{list}");
+        assert!(list.contains("resourceVersion=0"), "{list}");
+        assert!(
+            list.contains("fieldSelector=metadata.name%3Dnode-a"),
+            "{list}"
+        );
+    }
+    assert!(uris[1].contains("resourceVersion=100"), "{}", uris[1]);
+    assert!(uris[3].contains("resourceVersion=180"), "{}", uris[3]);
+}
+
+#[tokio::test]
+async fn an_object_missing_from_the_list_is_reported_deleted() {
+    let (api, _) = raw_api(|_, uri| {
+        if uri.contains("watch=true") {
+            String::new()
+        } else {
+            json!({"apiVersion": "kpersist.io/v1alpha1", "kind": "LivePatchNodeList",
+                   "metadata": {"resourceVersion": "9"}, "items": []})
+            .to_string()
+        }
+    });
+    let mut watch = OwnWatch::new(api, "node-a");
+    assert!(matches!(watch.next().await, Observed::Deleted));
+}
