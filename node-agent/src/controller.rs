@@ -5,15 +5,16 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use futures::stream::BoxStream;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kpersist_crds::{
     AGENT_MANAGER, LivePatchNode, LivePatchNodeSpec, LivePatchNodeStatus, NodePatchState,
 };
 use kpersist_kmod::kernel::Kernel;
-use kube::api::{Api, ListParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
-use kube::{Client, Resource, ResourceExt};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use kube::{Client, Resource};
 use serde_json::json;
 
 use crate::engine::Engine;
@@ -177,16 +178,23 @@ impl<K: Kernel + Clone + 'static> NodeController<K> {
             self.write_status(&status).await?;
             prior = Some(status);
         }
-        let mut watch = OwnWatch::new(self.api.clone(), &self.name);
+        let config = watcher::Config::default().fields(&format!("metadata.name={}", self.name));
+        let events = watcher::watcher(self.api.clone(), config).default_backoff();
+        tokio::pin!(events);
         tokio::pin!(shutdown);
         loop {
-            let seen = tokio::select! {
+            let next = tokio::select! {
                 () = &mut shutdown => return Ok(()),
-                seen = watch.next() => seen,
+                next = events.next() => next,
             };
-            let lpn = match seen {
-                Observed::Changed(lpn) => *lpn,
-                Observed::Deleted => {
+            let lpn = match next {
+                None => return Ok(()),
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "watch of the LivePatchNode failed; the watcher retries");
+                    continue;
+                }
+                Some(Ok(Event::Apply(lpn) | Event::InitApply(lpn))) => lpn,
+                Some(Ok(Event::Delete(_))) => {
                     // Deleted by hand while the Node lives: the node still needs its object.
                     tracing::warn!(node = %self.name, "LivePatchNode deleted; creating it again");
                     prior = None;
@@ -198,6 +206,7 @@ impl<K: Kernel + Clone + 'static> NodeController<K> {
                         }
                     }
                 }
+                Some(Ok(Event::Init | Event::InitDone)) => continue,
             };
             match self.reconcile(&lpn, prior.as_ref()).await {
                 Ok(status) => prior = Some(status),
@@ -263,117 +272,6 @@ impl<K: Kernel + Clone + 'static> NodeController<K> {
             self.write_status(&status).await?;
         }
         Ok(status)
-    }
-}
-
-/// A server that neither sends an event nor ends a watch for this long (it sends a bookmark
-/// before its own 290 s timeout) has lost the connection: start over.
-const WATCH_IDLE: Duration = Duration::from_secs(300);
-
-/// What the watch of the agent's own object saw.
-#[derive(Debug)]
-enum Observed {
-    /// The object as it is now (first seen, or changed since).
-    Changed(Box<LivePatchNode>),
-    /// The object is gone.
-    Deleted,
-}
-
-/// The watch of this node's `LivePatchNode` alone.
-///
-/// Every stream starts from a list served by the API server's watch cache
-/// (`resourceVersion=0`), never by resuming from the version of the last event seen, which
-/// is what kube's `watcher` does. For an agent that version is its own object's last change,
-/// thousands of events old in a fleet that is rolling out. A 1.20 API server sends every
-/// LivePatchNode event to every watcher of the kind (field selectors on custom resources
-/// have no index), replays all events since the given version to a resumed watch, and closes
-/// a watcher whose small buffer fills ("Forcing watcher close due to unresponsiveness"). A
-/// resumed watch busy replaying fills it at once: at 300 nodes each agent re-watched from
-/// the same old version every 0.3-2 s, and those re-watches were most of the API server's
-/// load. A list of one object from the cache is cheap and leaves nothing to replay.
-struct OwnWatch {
-    api: Api<LivePatchNode>,
-    selector: String,
-    stream: Option<BoxStream<'static, kube::Result<WatchEvent<LivePatchNode>>>>,
-    /// `resourceVersion` of the object last handed out: a list returning it again is no news.
-    last: Option<String>,
-    failures: u32,
-}
-
-impl OwnWatch {
-    fn new(api: Api<LivePatchNode>, name: &str) -> OwnWatch {
-        OwnWatch {
-            api,
-            selector: format!("metadata.name={name}"),
-            stream: None,
-            last: None,
-            failures: 0,
-        }
-    }
-
-    /// The next change of the object; failed calls are retried with backoff.
-    async fn next(&mut self) -> Observed {
-        loop {
-            match self.step().await {
-                Ok(Some(seen)) => return seen,
-                Ok(None) => {}
-                Err(e) => {
-                    self.stream = None;
-                    tracing::warn!(error = %e, "watch of the LivePatchNode failed; retrying");
-                    tokio::time::sleep(backoff(self.failures)).await;
-                    self.failures = self.failures.saturating_add(1);
-                }
-            }
-        }
-    }
-
-    /// One list-and-watch start, or one event of the running stream.
-    async fn step(&mut self) -> Result<Option<Observed>, kube::Error> {
-        let Some(stream) = self.stream.as_mut() else {
-            let list = ListParams::default().fields(&self.selector).match_any();
-            let list = self.api.list(&list).await?;
-            let version = list.metadata.resource_version.clone().unwrap_or_default();
-            let params = WatchParams::default().fields(&self.selector);
-            self.stream = Some(self.api.watch(&params, &version).await?.boxed());
-            self.failures = 0;
-            return Ok(match list.items.into_iter().next() {
-                Some(lpn) => self.changed(lpn),
-                None => self.deleted(),
-            });
-        };
-        match tokio::time::timeout(WATCH_IDLE, stream.next()).await {
-            // Ended by the server (or silent too long): list and watch again.
-            Ok(None) | Err(_) => {
-                self.stream = None;
-                Ok(None)
-            }
-            Ok(Some(Ok(WatchEvent::Added(lpn) | WatchEvent::Modified(lpn)))) => {
-                Ok(self.changed(lpn))
-            }
-            Ok(Some(Ok(WatchEvent::Deleted(_)))) => Ok(self.deleted()),
-            Ok(Some(Ok(WatchEvent::Bookmark(_)))) => Ok(None),
-            // 410 Gone: the version fell out of the cache's window; a new list cures it.
-            Ok(Some(Ok(WatchEvent::Error(e)))) if e.code == 410 => {
-                self.stream = None;
-                Ok(None)
-            }
-            Ok(Some(Ok(WatchEvent::Error(e)))) => Err(kube::Error::Api(e)),
-            Ok(Some(Err(e))) => Err(e),
-        }
-    }
-
-    fn changed(&mut self, lpn: LivePatchNode) -> Option<Observed> {
-        let version = lpn.resource_version();
-        if version.is_some() && version == self.last {
-            return None;
-        }
-        self.last = version;
-        Some(Observed::Changed(Box::new(lpn)))
-    }
-
-    fn deleted(&mut self) -> Option<Observed> {
-        self.last = None;
-        Some(Observed::Deleted)
     }
 }
 
