@@ -153,8 +153,10 @@ pub fn trim_node(node: &mut Node) {
 /// Drops what the controller and the engine never read from a LivePatchNode: metadata
 /// other than name, uid, generation, resourceVersion and deletion time, and the parts of
 /// the agent's status that are for people (conditions, loaded modules, timings, boot id,
-/// agent version, the applied release's CVEs and module name). `spec.desired` stays whole:
-/// the engine compares it with the spec it wants to tell whether a write is needed.
+/// agent version, the applied release's CVEs and module name). `spec.desired` stays whole,
+/// as the engine compares it with the spec it wants to tell whether a write is needed,
+/// except for its CA bundle, a copy of the policy's on every node: that is kept as a digest,
+/// which compares as well (see [`crate::engine::digest_ca_bundle`]).
 pub fn trim_lpn(lpn: &mut LivePatchNode) {
     let meta = std::mem::take(&mut lpn.metadata);
     lpn.metadata = kube::api::ObjectMeta {
@@ -165,6 +167,9 @@ pub fn trim_lpn(lpn: &mut LivePatchNode) {
         deletion_timestamp: meta.deletion_timestamp,
         ..Default::default()
     };
+    if let Some(desired) = lpn.spec.desired.as_mut() {
+        crate::engine::digest_ca_bundle(desired);
+    }
     if let Some(status) = lpn.status.as_mut() {
         status.boot_id = None;
         status.loaded = Vec::new();

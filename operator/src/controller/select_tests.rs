@@ -158,8 +158,45 @@ fn lpn_trimming_keeps_what_the_engine_reads() {
     let mut trimmed = full.clone();
     trim_lpn(&mut trimmed);
 
-    // Whole, because the engine compares it with the spec it wants.
-    assert_eq!(trimmed.spec, full.spec);
+    // Whole but for the CA bundle's digest, because the engine compares it with the spec
+    // it wants.
+    let (kept, was) = (trimmed.spec.desired.clone(), full.spec.desired.clone());
+    let (mut kept, was) = (kept.unwrap(), was.unwrap());
+    let bundle = kept.repository.as_mut().unwrap().ca_bundle.take().unwrap();
+    assert_eq!(
+        bundle,
+        format!(
+            "sha256:{}",
+            kpersist_kmod::repository::sha256_hex(b"-----BEGIN CERTIFICATE-----")
+        )
+    );
+    let mut without_bundle = was.clone();
+    without_bundle.repository.as_mut().unwrap().ca_bundle = None;
+    assert_eq!(kept, without_bundle);
+    // Trimming twice changes nothing.
+    let mut again = trimmed.clone();
+    trim_lpn(&mut again);
+    assert_eq!(again.spec, trimmed.spec);
+    let view = |lpn: LivePatchNode| NodeView {
+        name: "n1".into(),
+        ready: true,
+        kernel_release: None,
+        build_id: None,
+        lpn: Some(Arc::new(lpn)),
+        other_policies: Vec::new(),
+    };
+    assert!(crate::engine::holds_desired(&view(trimmed.clone()), &was));
+    assert!(crate::engine::holds_desired(&view(full.clone()), &was));
+    let mut other_bundle = was.clone();
+    other_bundle.repository.as_mut().unwrap().ca_bundle = Some("-----BEGIN X-----".into());
+    assert!(!crate::engine::holds_desired(
+        &view(trimmed.clone()),
+        &other_bundle
+    ));
+    assert!(!crate::engine::holds_desired(
+        &view(full.clone()),
+        &other_bundle
+    ));
     let (meta, before) = (&trimmed.metadata, &full.metadata);
     assert_eq!(meta.name, before.name);
     assert_eq!(meta.uid, before.uid);

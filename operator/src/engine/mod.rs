@@ -110,6 +110,7 @@ use kpersist_kmod::repository::Index;
 use crate::validate::FieldError;
 pub use events::RolloutEvent;
 use nodes::{Context, RunningRollout, Standing, classify, kernel_of};
+pub(crate) use nodes::{digest_ca_bundle, holds_desired};
 use rollout::{Outcome, Step};
 use settings::Settings;
 use targets::Targets;
@@ -363,9 +364,7 @@ fn node_writes(
     }
     writes
         .into_iter()
-        .filter(|(f, desired)| {
-            f.view.lpn.as_ref().and_then(|l| l.spec.desired.as_ref()) != Some(desired)
-        })
+        .filter(|(f, desired)| !holds_desired(f.view, desired))
         .map(|(f, desired)| (f.view.name.clone(), Some(desired)))
         .collect()
 }

@@ -127,6 +127,41 @@ impl RunningRollout<'_> {
     }
 }
 
+/// What a CA bundle in a stored `spec.desired` is replaced with: its SHA-256. PEM text
+/// never starts with this, so a bundle replaced once is left alone.
+const CA_BUNDLE_DIGEST: &str = "sha256:";
+
+/// Replaces the CA bundle in `desired` by its digest. The controller's store keeps
+/// LivePatchNodes this way: every node of a policy holds a copy of the same bundle (a few
+/// KiB of PEM), and the engine only compares it, which the digest does as well.
+pub(crate) fn digest_ca_bundle(desired: &mut DesiredPatch) {
+    if let Some(bundle) = desired
+        .repository
+        .as_mut()
+        .and_then(|r| r.ca_bundle.as_mut())
+        .filter(|b| !b.starts_with(CA_BUNDLE_DIGEST))
+    {
+        *bundle = format!(
+            "{CA_BUNDLE_DIGEST}{}",
+            kpersist_kmod::repository::sha256_hex(bundle.as_bytes())
+        );
+    }
+}
+
+/// Whether the node's LivePatchNode already holds `wanted` as its `spec.desired`, whether
+/// the store keeps its CA bundle whole or as a digest ([`digest_ca_bundle`]).
+pub(crate) fn holds_desired(view: &NodeView, wanted: &DesiredPatch) -> bool {
+    let Some(held) = view.lpn.as_ref().and_then(|l| l.spec.desired.as_ref()) else {
+        return false;
+    };
+    if held == wanted {
+        return true;
+    }
+    let mut digested = wanted.clone();
+    digest_ca_bundle(&mut digested);
+    *held == digested
+}
+
 /// The kernel build a node runs, preferring what its agent reported.
 pub(crate) fn kernel_of(view: &NodeView) -> Option<(&str, &str)> {
     let status = view.lpn.as_ref().and_then(|l| l.status.as_ref());
