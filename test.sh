@@ -34,7 +34,7 @@ e2e/audit/run.sh
 
 step "benchmark smoke runs: they run and print their figures (BENCHMARKS.md has the full runs)"
 e2e/bench/engine.sh --quick
-e2e/bench/kured-compare.sh --rollout-seconds 165.4
+e2e/bench/kured-compare.sh --rollout-seconds 73.6
 
 step "chart suite: helm lint, rendered manifests, RBAC on a real API server"
 e2e/chart/run.sh
