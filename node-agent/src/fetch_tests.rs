@@ -263,7 +263,11 @@ async fn server_errors_are_retried_and_a_missing_module_is_not() {
         .unwrap_err();
     assert_eq!(failure.reason, NodeErrorReason::DownloadFailed);
     assert!(failure.message.contains("503"), "{}", failure.message);
-    assert!(failure.message.contains("after 4 attempts"), "{}", failure.message);
+    assert!(
+        failure.message.contains("after 4 attempts"),
+        "{}",
+        failure.message
+    );
     assert_eq!(*count.lock().unwrap(), 4, "one attempt and three retries");
 
     let (url, count) = answering("404 Not Found").await;
