@@ -231,7 +231,8 @@ pub fn decide(input: &EngineInput) -> Decision {
         policy: name,
         bad: &bad,
         rollout: rollout.map(|r| RunningRollout {
-            wave: r.wave,
+            // A status without a wave count still covers the waves it reached.
+            waves: r.waves.max(r.wave),
             offset: r.wave_offset,
             releases: r.releases.as_slice(),
         }),

@@ -107,23 +107,26 @@ pub(crate) struct Context<'a> {
     pub have_index: bool,
 }
 
-/// The rollout in progress: its current wave, its releases, and the offset its wave numbers
-/// carry on nodes (`status.rollout.waveOffset`).
+/// The rollout in progress: how many waves it has, its releases, and the offset its wave
+/// numbers carry on nodes (`status.rollout.waveOffset`).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct RunningRollout<'a> {
-    pub wave: u32,
+    pub waves: u32,
     pub offset: u32,
     pub releases: &'a [String],
 }
 
 impl RunningRollout<'_> {
     /// The wave of this rollout that gave a node a release with `spec.desired.wave` =
-    /// `given`: numbered past the offset and not past the current wave. Otherwise an
-    /// earlier rollout of the same release gave it.
+    /// `given`: numbered past the offset and not past its last wave. Otherwise another
+    /// rollout of the same release gave it: an earlier one numbers up to the offset, a
+    /// later one past `offset + waves`. The bound is the wave count, not the current wave:
+    /// a decision whose status write was lost may have moved on and handed nodes a later
+    /// wave, and that wave must still count them (and bake) when it is decided again.
     pub(crate) fn wave_of(&self, given: u32) -> Option<u32> {
         given
             .checked_sub(self.offset)
-            .filter(|w| (1..=self.wave).contains(w))
+            .filter(|w| (1..=self.waves).contains(w))
     }
 }
 
