@@ -9,9 +9,7 @@ use std::time::{Duration, Instant};
 use kpersist_crds::{LivePatchNode, LivePatchPolicy, NodePatchState, Wave};
 use kpersist_e2e::fleet::Cluster;
 use kpersist_e2e::monitor::in_flight;
-use kpersist_e2e::monitor::invariants::{
-    Expectations, Final, Invariant, SignedRelease, Violation, check,
-};
+use kpersist_e2e::monitor::invariants::{Expectations, Final, SignedRelease, Violation, check};
 use kpersist_e2e::sim_fleet::{SimFleet, SimNode};
 use kube::Api;
 use kube::api::{DeleteParams, ListParams};
