@@ -10,7 +10,7 @@ pub mod yaml;
 
 pub use duration::{DurationError, parse_duration};
 pub use node::{
-    AppliedRelease, DesiredPatch, LivePatchNode, LivePatchNodeSpec, LivePatchNodeStatus,
+    AppliedRelease, Blame, DesiredPatch, LivePatchNode, LivePatchNodeSpec, LivePatchNodeStatus,
     LoadedPatch, NodeCondition, NodeError, NodeErrorReason, NodePatchState, PatchAction,
     PatchTimings, RepositoryAccess,
 };

@@ -61,6 +61,18 @@ pub struct DesiredPatch {
     /// Report new kernel WARNING/BUG/Oops lines and new taint bits as a failure.
     #[serde(default = "default_true")]
     pub kmsg_checks: bool,
+    /// For `Apply`: how long after the transition the node is on probation (e.g. `1h`): an
+    /// unclean end of the node's boot within it is taken as a crash caused by the release,
+    /// which the node then refuses. Copied from the policy's `health.probation`.
+    #[serde(default = "default_probation")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d))+$"))]
+    pub probation: String,
+    /// Load the release even when livepatches of another tool (distribution or vendor) are
+    /// enabled, which the atomic replace then disables. Copied from the policy's
+    /// `health.replaceForeignLivepatches`; off by default, so the agent refuses with
+    /// `ForeignLivepatch`.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub replace_foreign: bool,
     /// How the agent reaches the repository for the module, copied from the policy.
     /// Absent: the system certificate authorities, and no redirect off the module URL's
     /// origin.
@@ -123,9 +135,15 @@ pub struct LivePatchNodeStatus {
     /// How long the last apply or revert took.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timings: Option<PatchTimings>,
-    /// Releases this node refuses for good because it went down while applying them.
+    /// Releases this node refuses because it went down while applying them or while they
+    /// were on probation. A new request (a new generation of `spec`) asks again, unless the
+    /// node ended uncleanly twice with the release: then it is refused for good.
     #[serde(default)]
     pub refused_releases: Vec<String>,
+    /// The applied release is on probation until then (RFC 3339): an unclean end of this
+    /// boot before it is taken as a crash caused by the release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probation_until: Option<String>,
     /// The `metadata.generation` of the spec this status answers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
@@ -248,6 +266,62 @@ pub enum NodeErrorReason {
     Unsupported,
     /// Reading the kernel's state or the host cache failed.
     HostError,
+    /// Livepatches of another tool are enabled; loading with atomic replace would disable
+    /// them. The message names them.
+    ForeignLivepatch,
+    /// The module was not built with atomic replace: it would stack on the previous
+    /// kpersist patch instead of replacing it. It was undone.
+    NotCumulative,
+    /// A module of the same name is already loaded and is not the release asked for (a
+    /// leftover), so the kernel would refuse the load.
+    ModuleNameInUse,
+    /// The release asked for is not in the policy's signed index, or its module is not
+    /// served from the policy's repository: the request was not made by the operator.
+    UntrustedRelease,
+}
+
+/// Whose fault a failure is. Only a release's fault counts against a wave's `maxFailures`
+/// and can mark a release bad; a node's trouble is reported and retried, and the rollout
+/// goes on without the node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Blame {
+    /// The kernel refused the module or its transition, the module broke the node, or the
+    /// published module does not match its signed record.
+    Release,
+    /// The node could not take part: download, host, lockdown, another kernel, another
+    /// tool's livepatch, a forged request.
+    Node,
+}
+
+impl NodeErrorReason {
+    /// Whose fault a failure with this reason is.
+    pub fn blame(self) -> Blame {
+        match self {
+            Self::SizeMismatch
+            | Self::HashMismatch
+            | Self::InvalidModule
+            | Self::NotLivepatch
+            | Self::VermagicMismatch
+            | Self::ModuleNameMismatch
+            | Self::LoadRefused
+            | Self::TransitionStalled
+            | Self::NewTaint
+            | Self::KernelWarning
+            | Self::CrashSuspected
+            | Self::ReleaseRefused
+            | Self::NotCumulative => Blame::Release,
+            Self::DownloadFailed
+            | Self::KernelMismatch
+            | Self::LockdownRefused
+            | Self::RevertFailed
+            | Self::UnloadFailed
+            | Self::Unsupported
+            | Self::HostError
+            | Self::ForeignLivepatch
+            | Self::ModuleNameInUse
+            | Self::UntrustedRelease => Blame::Node,
+        }
+    }
 }
 
 /// How long the last operation took, in milliseconds.
@@ -291,4 +365,10 @@ fn default_transition_timeout() -> String {
 }
 fn default_true() -> bool {
     true
+}
+fn default_probation() -> String {
+    "1h".to_string()
+}
+fn is_false(value: &bool) -> bool {
+    !value
 }

@@ -115,8 +115,18 @@ pub struct RolloutSpec {
     pub max_failures: u32,
     /// What to do when a wave fails: `Revert` every node that took the release back to its
     /// previous release and mark the release bad, or `Pause` and wait for a person.
+    /// Only the release's own failures count (the kernel refused it, its transition
+    /// stalled, it broke the node); a node's trouble (download, NotReady, another kernel)
+    /// is reported and the wave goes on without that node.
     #[serde(default)]
     pub failure_policy: FailurePolicy,
+    /// What to do when a release that an earlier rollout already proved fails on a node
+    /// (a node that joined later, or a crash on probation after its rollout finished):
+    /// `Pause` (default) stops the policy with a `LateFailure` condition and an Event, and a
+    /// person decides whether to revoke the release fleet-wide; `Revert` marks it bad and
+    /// sends every node of the policy that holds it back.
+    #[serde(default = "default_late_failure_policy")]
+    pub late_failure_policy: FailurePolicy,
     /// When present, new nodes start applying only inside one of these windows. Work that
     /// has started (a bake, a revert) goes on outside them.
     #[serde(default)]
@@ -136,6 +146,7 @@ impl Default for RolloutSpec {
             max_in_flight: default_max_in_flight(),
             max_failures: 0,
             failure_policy: FailurePolicy::default(),
+            late_failure_policy: default_late_failure_policy(),
             maintenance_windows: Vec::new(),
             paused: false,
             dry_run: false,
@@ -213,9 +224,33 @@ pub struct HealthSpec {
     #[serde(default = "default_transition_timeout")]
     #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d))+$"))]
     pub transition_timeout: String,
-    /// The Node must stay Ready through the bake; NotReady during bake counts as a failure.
+    /// Watch Node readiness: a node NotReady for longer than `notReadyGrace` is reported as
+    /// a node problem and its wave goes on without it. NotReady never marks a release bad
+    /// (a kubelet restart or a planned reboot is not the patch's fault); cordoned and
+    /// deleting nodes are never counted.
     #[serde(default = "default_true")]
     pub node_ready: bool,
+    /// How long a node may be NotReady before it counts as a node problem (e.g. `5m`).
+    #[serde(default = "default_not_ready_grace")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d))+$"))]
+    pub not_ready_grace: String,
+    /// How long after its transition a node is on probation (e.g. `1h`): an unclean end
+    /// of the node's boot within it is taken as a crash caused by the release.
+    #[serde(default = "default_probation")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d))+$"))]
+    pub probation: String,
+    /// How long a node handed a release may stay unfinished before it is resolved as a
+    /// node problem (agent silent or stuck), so its wave does not wait forever. Absent:
+    /// two minutes of download retries plus `transitionTimeout` plus two minutes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d))+$"))]
+    pub node_deadline: Option<String>,
+    /// Load releases even where another tool's livepatches (a distribution's kpatch-patch,
+    /// Canonical Livepatch, a vendor's) are enabled. The atomic replace disables them,
+    /// reopening what they fixed until kpersist's release covers it, and that tool may
+    /// load its patch again. Off: such nodes report `ForeignLivepatch` and are skipped.
+    #[serde(default)]
+    pub replace_foreign_livepatches: bool,
     /// New kernel WARNING/BUG/Oops lines or new taint bits after applying count as a
     /// failure.
     #[serde(default = "default_true")]
@@ -231,6 +266,10 @@ impl Default for HealthSpec {
         Self {
             transition_timeout: default_transition_timeout(),
             node_ready: true,
+            not_ready_grace: default_not_ready_grace(),
+            probation: default_probation(),
+            node_deadline: None,
+            replace_foreign_livepatches: false,
             kmsg_checks: true,
             prometheus: None,
         }
@@ -433,6 +472,11 @@ pub struct NodeCounts {
     pub unsupported: u32,
     /// Nodes that went down while applying.
     pub crash_suspected: u32,
+    /// Nodes with a node problem (download, host, lockdown, another kernel, another tool's
+    /// livepatch, NotReady past the grace, agent silent past the deadline): not the
+    /// release's fault, retried, and skipped by the waves meanwhile.
+    #[serde(default)]
+    pub node_problems: u32,
     /// Nodes with no LivePatchNode yet (no agent running).
     pub unknown: u32,
 }
@@ -528,6 +572,15 @@ fn default_transition_timeout() -> String {
 }
 fn default_gate_interval() -> String {
     "30s".to_string()
+}
+fn default_late_failure_policy() -> FailurePolicy {
+    FailurePolicy::Pause
+}
+fn default_not_ready_grace() -> String {
+    "5m".to_string()
+}
+fn default_probation() -> String {
+    "1h".to_string()
 }
 fn default_true() -> bool {
     true

@@ -126,6 +126,8 @@ fn desired(revert: bool, release: Option<PatchRelease>, timeout: Duration) -> De
         wave: None,
         transition_timeout: format!("{}ms", timeout.as_millis()),
         kmsg_checks: true,
+        probation: "1h".to_string(),
+        replace_foreign: false,
         repository: None,
     }
 }

@@ -23,6 +23,8 @@ fn desired(action: PatchAction, release: Option<PatchRelease>) -> DesiredPatch {
         wave: None,
         transition_timeout: "60s".into(),
         kmsg_checks: true,
+        probation: "1h".to_string(),
+        replace_foreign: false,
         repository: None,
     }
 }

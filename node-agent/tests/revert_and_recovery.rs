@@ -68,6 +68,8 @@ async fn crash_marker_from_a_previous_boot_refuses_the_release_for_good() {
         wave: None,
         transition_timeout: "1s".into(),
         kmsg_checks: true,
+        probation: "1h".to_string(),
+        replace_foreign: false,
         repository: None,
     };
     let again = engine
@@ -228,6 +230,8 @@ async fn a_reboot_loses_the_patch_and_the_status_says_so() {
         wave: None,
         transition_timeout: "1s".into(),
         kmsg_checks: true,
+        probation: "1h".to_string(),
+        replace_foreign: false,
         repository: None,
     };
     let report = engine

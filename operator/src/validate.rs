@@ -209,6 +209,11 @@ fn check_health(health: &HealthSpec, errors: &mut Errors) {
         &health.transition_timeout,
         true,
     );
+    errors.duration("spec.health.notReadyGrace", &health.not_ready_grace, false);
+    errors.duration("spec.health.probation", &health.probation, false);
+    if let Some(deadline) = &health.node_deadline {
+        errors.duration("spec.health.nodeDeadline", deadline, true);
+    }
     if let Some(gate) = &health.prometheus {
         errors.url("spec.health.prometheus.url", &gate.url);
         if gate.query.trim().is_empty() {

@@ -115,6 +115,8 @@ impl Harness {
             wave: Some(1),
             transition_timeout: "300ms".into(),
             kmsg_checks: true,
+            probation: "1h".to_string(),
+            replace_foreign: false,
             repository: None,
         };
         self.engine

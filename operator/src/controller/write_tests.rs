@@ -22,6 +22,8 @@ fn desired() -> DesiredPatch {
         wave: Some(1),
         transition_timeout: "60s".into(),
         kmsg_checks: true,
+        probation: "1h".to_string(),
+        replace_foreign: false,
         repository: None,
     }
 }

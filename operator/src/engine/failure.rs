@@ -111,6 +111,8 @@ pub(crate) fn revert_of(applied: &DesiredPatch, settings: &Settings) -> DesiredP
         wave: None,
         transition_timeout: settings.transition_timeout.clone(),
         kmsg_checks: settings.kmsg_checks,
+        probation: settings.probation.clone(),
+        replace_foreign: settings.replace_foreign,
         repository: settings.repository.clone(),
     }
 }

@@ -354,6 +354,8 @@ fn node_writes(
                 wave: Some(wave),
                 transition_timeout: settings.transition_timeout.clone(),
                 kmsg_checks: settings.kmsg_checks,
+                probation: settings.probation.clone(),
+                replace_foreign: settings.replace_foreign,
                 repository: settings.repository.clone(),
             },
         ));

@@ -9,6 +9,11 @@ use super::waves::{WaveRule, WaveSize};
 use super::window::{Window, Windows};
 use crate::validate::{FieldError, validate};
 
+/// How long an agent retries a download that fails on the way (its retry budget).
+const DOWNLOAD_BUDGET: Duration = Duration::from_secs(120);
+/// Room on top of the download and the transition for checks, writes and a watch delay.
+const DEADLINE_SLACK: Duration = Duration::from_secs(120);
+
 /// What the engine needs from a valid spec.
 #[derive(Clone, Debug)]
 pub(crate) struct Settings {
@@ -19,12 +24,22 @@ pub(crate) struct Settings {
     pub max_in_flight: usize,
     pub max_failures: usize,
     pub failure_policy: FailurePolicy,
+    /// What a release-attributed failure outside the running rollout does.
+    pub late_failure_policy: FailurePolicy,
     pub windows: Windows,
     pub paused: bool,
     pub dry_run: bool,
     pub node_ready: bool,
     pub kmsg_checks: bool,
     pub transition_timeout: String,
+    /// How long a node may be NotReady before it is a node problem.
+    pub not_ready_grace: Duration,
+    /// `health.probation`, copied onto each node's request.
+    pub probation: String,
+    /// How long a node handed a release may stay unfinished before it is resolved.
+    pub node_deadline: Duration,
+    /// `health.replaceForeignLivepatches`, copied onto each node's request.
+    pub replace_foreign: bool,
     /// How often the gate is evaluated, when the policy has one.
     pub gate_interval: Option<Duration>,
     /// What agents need to download modules (CA bundle, redirect hosts); `None` when the
@@ -77,12 +92,20 @@ impl Settings {
             max_in_flight: rollout.max_in_flight.max(1) as usize,
             max_failures: rollout.max_failures as usize,
             failure_policy: rollout.failure_policy,
+            late_failure_policy: rollout.late_failure_policy,
             windows,
             paused: rollout.paused,
             dry_run: rollout.dry_run,
             node_ready: spec.health.node_ready,
             kmsg_checks: spec.health.kmsg_checks,
             transition_timeout: spec.health.transition_timeout.clone(),
+            not_ready_grace: duration(&spec.health.not_ready_grace),
+            probation: spec.health.probation.clone(),
+            node_deadline: spec.health.node_deadline.as_deref().map_or_else(
+                || DOWNLOAD_BUDGET + duration(&spec.health.transition_timeout) + DEADLINE_SLACK,
+                duration,
+            ),
+            replace_foreign: spec.health.replace_foreign_livepatches,
             gate_interval: spec
                 .health
                 .prometheus

@@ -146,6 +146,8 @@ async fn run(args: &Args) -> Result<()> {
             wave: Some(1),
             transition_timeout: "10s".into(),
             kmsg_checks: true,
+            probation: "1h".to_string(),
+            replace_foreign: false,
             repository: None,
         };
         let patch = serde_json::json!({ "spec": { "desired": desired } });
