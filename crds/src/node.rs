@@ -54,6 +54,11 @@ pub struct DesiredPatch {
     /// `status.rollout.waveOffset` + `w`, so each rollout knows its own nodes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub wave: Option<u32>,
+    /// When the operator asked (RFC 3339). A node that has not finished by the policy's
+    /// `health.nodeDeadline` after it is resolved as a node problem, so no wave waits
+    /// forever. Not part of what is asked: a rewrite of the same request keeps it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub asked_at: Option<String>,
     /// How long the kernel's transition may take before the agent reverses it (e.g. `60s`).
     #[serde(default = "default_transition_timeout")]
     #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d))+$"))]

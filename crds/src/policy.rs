@@ -351,6 +351,17 @@ pub struct LivePatchPolicyStatus {
     /// so the nodes it gives a release are told apart from those of earlier rollouts.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub last_wave: u32,
+    /// When the last rollout ended (complete or reverted), RFC 3339. A release's fault
+    /// reported after it, by a node outside the running rollout, is a late failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rollout_end: Option<String>,
+    /// Failures of releases that an earlier rollout already gave out, newest last (at most
+    /// ten): a node that joined later failed a proven release, or a node crashed on
+    /// probation after its rollout. With `rollout.lateFailurePolicy: Pause` the policy
+    /// hands out nothing new while one is unacknowledged; editing the policy acknowledges
+    /// them, and setting `lateFailurePolicy: Revert` revokes the release fleet-wide.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub late_failures: Vec<LateFailure>,
     /// With `dryRun`: how many nodes each wave would take, with the first few by name.
     #[serde(default)]
     pub planned_waves: Vec<PlannedWave>,
@@ -509,6 +520,23 @@ pub struct BadRelease {
     pub reason: String,
     /// When (RFC 3339).
     pub marked_at: String,
+}
+
+/// A release's fault reported outside the rollout that judged the release.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LateFailure {
+    /// The node that reported it.
+    pub node: String,
+    /// Release id.
+    pub release: String,
+    /// The node's reason and message.
+    pub evidence: String,
+    /// When the operator saw it (RFC 3339).
+    pub seen_at: String,
+    /// The policy generation it was seen at; a later generation acknowledges it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<i64>,
 }
 
 /// With `dryRun`, the nodes a wave would take.

@@ -128,6 +128,7 @@ fn desired(revert: bool, release: Option<PatchRelease>, timeout: Duration) -> De
         kmsg_checks: true,
         probation: "1h".to_string(),
         replace_foreign: false,
+        asked_at: None,
         repository: None,
     }
 }

@@ -25,6 +25,7 @@ fn desired(action: PatchAction, release: Option<PatchRelease>) -> DesiredPatch {
         kmsg_checks: true,
         probation: "1h".to_string(),
         replace_foreign: false,
+        asked_at: None,
         repository: None,
     }
 }

@@ -70,6 +70,7 @@ async fn crash_marker_from_a_previous_boot_refuses_the_release_for_good() {
         kmsg_checks: true,
         probation: "1h".to_string(),
         replace_foreign: false,
+        asked_at: None,
         repository: None,
     };
     let again = engine
@@ -232,6 +233,7 @@ async fn a_reboot_loses_the_patch_and_the_status_says_so() {
         kmsg_checks: true,
         probation: "1h".to_string(),
         replace_foreign: false,
+        asked_at: None,
         repository: None,
     };
     let report = engine

@@ -213,6 +213,9 @@ fn build(s: &Scenario) -> Sim {
             }
         })
         .collect();
+    // Simulated agents may take many long steps; the node deadline is exercised by the
+    // silent agents of the node-life events, not by slow ones.
+    spec.health.node_deadline = Some("1d".into());
     spec.rollout.max_in_flight = s.max_in_flight;
     spec.rollout.max_failures = s.max_failures;
     spec.rollout.failure_policy = s.failure_policy;

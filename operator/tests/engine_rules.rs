@@ -8,56 +8,8 @@
 mod engine_support;
 
 use engine_support::*;
-use kpersist_crds::{
-    FailurePolicy, LivePatchPolicyStatus, MaintenanceWindow, PatchAction, PolicyCondition,
-    PolicyPhase,
-};
+use kpersist_crds::{FailurePolicy, MaintenanceWindow, PatchAction, PolicyPhase};
 use kpersist_operator::engine::{GateVerdict, RolloutEvent};
-
-/// `n` nodes on kernel 0 running v1, with v1 and v2 published.
-fn fleet(n: usize, waves_spec: &[(Option<u32>, Option<u32>, &str)]) -> Sim {
-    let mut spec = policy_spec();
-    spec.rollout.waves = waves(waves_spec);
-    let nodes = (0..n)
-        .map(|i| SimNode::new(&format!("node-{i:02}"), 0, Some(1)))
-        .collect();
-    let t = start_time();
-    Sim::new(spec, nodes, vec![release(0, 1, t), release(0, 2, t)])
-}
-
-fn reasons(events: &[RolloutEvent]) -> Vec<&'static str> {
-    events.iter().map(RolloutEvent::reason).collect()
-}
-
-/// Steps until the phase is one of `phases` and every agent is idle, or panics.
-fn run_until(sim: &mut Sim, phases: &[PolicyPhase], seconds: i64) -> Vec<RolloutEvent> {
-    let mut events = Vec::new();
-    for _ in 0..500 {
-        let decision = sim.step(seconds);
-        events.extend(decision.events);
-        if sim.phase().is_some_and(|p| phases.contains(&p)) && sim.nodes.iter().all(|n| n.settled())
-        {
-            return events;
-        }
-    }
-    panic!(
-        "never reached {phases:?}; phase {:?}, events {:?}",
-        sim.phase(),
-        reasons(&events)
-    );
-}
-
-fn condition<'a>(status: &'a LivePatchPolicyStatus, type_: &str) -> &'a PolicyCondition {
-    match status.conditions.iter().find(|c| c.type_ == type_) {
-        Some(condition) => condition,
-        None => panic!("no {type_} condition in {:?}", status.conditions),
-    }
-}
-
-/// Steps `steps` times and returns every event.
-fn run_for(sim: &mut Sim, steps: usize, seconds: i64) -> Vec<RolloutEvent> {
-    (0..steps).flat_map(|_| sim.step(seconds).events).collect()
-}
 
 fn applies_of(sim: &Sim, release: &str) -> usize {
     sim.nodes
@@ -539,17 +491,6 @@ fn gate_failure_during_bake_fails_the_wave() {
             .reason
             .contains("Prometheus gate failed: up = 0")
     );
-}
-
-#[test]
-fn node_not_ready_after_applying_is_a_failure() {
-    let mut sim = fleet(4, &[(Some(1), None, "10m"), (None, Some(100), "0s")]);
-    let canary = sim.step(30).desired[0].0.clone();
-    sim.step(30);
-    sim.node_mut(&canary).view.ready = false;
-    let d = sim.step(30);
-    assert_eq!(d.status.phase, Some(PolicyPhase::RollingBack));
-    assert!(d.status.bad_releases[0].reason.contains("NodeNotReady"));
 }
 
 #[test]

@@ -69,7 +69,8 @@ fn a_large_dry_run_plans_counts_and_names_a_few() {
 
 /// A node NotReady during a rollout is skipped; once Ready it gets the same release in a
 /// rollout of its own, which must judge it alone: the earlier rollout's nodes, with a
-/// failure that rollout allowed, are not counted again.
+/// failure that rollout allowed, are not counted again. Its own failure of the release the
+/// first rollout proved is a late failure: the policy pauses until a person edits it.
 #[test]
 fn a_later_rollout_of_the_same_release_leaves_the_earlier_ones_nodes_out() {
     let mut spec = policy_spec();
@@ -106,7 +107,13 @@ fn a_later_rollout_of_the_same_release_leaves_the_earlier_ones_nodes_out() {
         (PatchAction::Apply, Some(3)),
         "node-03 is the second rollout's canary"
     );
-    run_to(&mut sim, PolicyPhase::Complete);
+    run_to(&mut sim, PolicyPhase::Paused);
+    let late = sim.policy.status.clone().unwrap_or_default().late_failures;
+    assert_eq!(late.len(), 1, "{late:?}");
+    assert_eq!(late[0].node, "node-03");
+    sim.policy.metadata.generation = Some(2);
+    let decision = sim.step(30);
+    assert_eq!(decision.status.phase, Some(PolicyPhase::Complete));
     let status = sim.policy.status.clone().unwrap_or_default();
     assert!(status.bad_releases.is_empty(), "{:?}", status.bad_releases);
     assert_eq!(status.last_wave, 4);

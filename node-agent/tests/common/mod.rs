@@ -117,6 +117,7 @@ impl Harness {
             kmsg_checks: true,
             probation: "1h".to_string(),
             replace_foreign: false,
+            asked_at: None,
             repository: None,
         };
         self.engine

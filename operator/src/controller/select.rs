@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Node, NodeCondition, NodeStatus, NodeSystemInfo};
+use k8s_openapi::api::core::v1::{Node, NodeCondition, NodeSpec, NodeStatus, NodeSystemInfo};
 use kpersist_crds::{LivePatchNode, LivePatchPolicy};
 use kube::ResourceExt;
 use kube::core::{Selector, SelectorExt};
@@ -30,6 +30,31 @@ pub fn node_ready(node: &Node) -> bool {
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
         .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Since when the Node's `Ready` condition has not been True, when it is not and the
+/// time is known.
+pub fn node_not_ready_since(node: &Node) -> Option<jiff::Timestamp> {
+    let ready = node
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))?;
+    if ready.status == "True" {
+        return None;
+    }
+    let since = ready.last_transition_time.as_ref()?;
+    Some(since.0)
+}
+
+/// Whether the Node is cordoned or being deleted.
+pub fn node_leaving(node: &Node) -> bool {
+    node.metadata.deletion_timestamp.is_some()
+        || node
+            .spec
+            .as_ref()
+            .and_then(|s| s.unschedulable)
+            .unwrap_or(false)
 }
 
 /// The engine's view of every node `policy` selects, sorted by name. `policies` is every
@@ -62,6 +87,8 @@ pub fn node_views(
                 .collect();
             NodeView {
                 ready: node_ready(node),
+                not_ready_since: node_not_ready_since(node),
+                leaving: node_leaving(node),
                 kernel_release: node
                     .status
                     .as_ref()
@@ -109,21 +136,28 @@ pub fn policies_for_node(
 }
 
 /// Drops what the controller never reads from a Node: at 10,000 nodes the images list and
-/// managed fields alone are hundreds of megabytes. Kept: name, labels, the Ready condition
-/// and the kernel version.
+/// managed fields alone are hundreds of megabytes. Kept: name, labels, deletion time,
+/// whether it is cordoned, the Ready condition with its last transition, and the kernel
+/// version.
 pub fn trim_node(node: &mut Node) {
     let name = node.metadata.name.take();
     let labels = node.metadata.labels.take();
     let uid = node.metadata.uid.take();
     let resource_version = node.metadata.resource_version.take();
+    let deletion_timestamp = node.metadata.deletion_timestamp.take();
     node.metadata = kube::api::ObjectMeta {
         name,
         labels,
         uid,
         resource_version,
+        deletion_timestamp,
         ..Default::default()
     };
-    node.spec = None;
+    let unschedulable = node.spec.take().and_then(|s| s.unschedulable);
+    node.spec = unschedulable.map(|u| NodeSpec {
+        unschedulable: Some(u),
+        ..NodeSpec::default()
+    });
     let status = node.status.take().unwrap_or_default();
     let ready = status
         .conditions
@@ -133,6 +167,7 @@ pub fn trim_node(node: &mut Node) {
         .map(|c| NodeCondition {
             type_: c.type_,
             status: c.status,
+            last_transition_time: c.last_transition_time,
             ..NodeCondition::default()
         })
         .collect();
@@ -197,6 +232,8 @@ pub fn node_relevance(node: &Node) -> Option<u64> {
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     node.labels().hash(&mut hasher);
     node_ready(node).hash(&mut hasher);
+    node_not_ready_since(node).hash(&mut hasher);
+    node_leaving(node).hash(&mut hasher);
     node.status
         .as_ref()
         .and_then(|s| s.node_info.as_ref())

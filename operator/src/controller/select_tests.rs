@@ -180,6 +180,8 @@ fn lpn_trimming_keeps_what_the_engine_reads() {
     let view = |lpn: LivePatchNode| NodeView {
         name: "n1".into(),
         ready: true,
+        not_ready_since: None,
+        leaving: false,
         kernel_release: None,
         build_id: None,
         lpn: Some(Arc::new(lpn)),

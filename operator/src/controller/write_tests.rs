@@ -24,6 +24,7 @@ fn desired() -> DesiredPatch {
         kmsg_checks: true,
         probation: "1h".to_string(),
         replace_foreign: false,
+        asked_at: None,
         repository: None,
     }
 }

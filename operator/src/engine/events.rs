@@ -30,6 +30,12 @@ pub enum RolloutEvent {
     RolloutResumed,
     /// The policy failed validation.
     PolicyInvalid { errors: Vec<String> },
+    /// A node reported a release's fault outside the rollout that judged the release.
+    LateFailure {
+        node: String,
+        release: String,
+        evidence: String,
+    },
 }
 
 impl RolloutEvent {
@@ -47,6 +53,7 @@ impl RolloutEvent {
             Self::RolloutPaused { .. } => "RolloutPaused",
             Self::RolloutResumed => "RolloutResumed",
             Self::PolicyInvalid { .. } => "InvalidPolicy",
+            Self::LateFailure { .. } => "LateFailure",
         }
     }
 
@@ -58,6 +65,7 @@ impl RolloutEvent {
                 | Self::RevertStarted { .. }
                 | Self::ReleaseMarkedBad { .. }
                 | Self::PolicyInvalid { .. }
+                | Self::LateFailure { .. }
         )
     }
 
@@ -97,6 +105,14 @@ impl RolloutEvent {
             Self::PolicyInvalid { errors } => format!(
                 "policy is invalid and nothing is rolled out until it is fixed: {}",
                 errors.join("; ")
+            ),
+            Self::LateFailure {
+                node,
+                release,
+                evidence,
+            } => format!(
+                "{node} failed release {release}, which an earlier rollout already gave out: \
+                 {evidence}"
             ),
         }
     }

@@ -2,7 +2,7 @@
 //! `maxFailures`, the releases blamed, and the request that sends a node back to the
 //! release it ran before.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 
 use jiff::Timestamp;
 use kpersist_crds::{BadRelease, DesiredPatch, PatchAction};
@@ -19,14 +19,16 @@ pub(crate) struct NodeFailure<'a> {
     pub reason: String,
 }
 
-/// Failures among the nodes handed the release in `wave`: a failed apply (the agent's
-/// reason: TransitionStalled, NewTaint, KernelWarning, ...), a suspected crash, and, when
-/// the policy watches Node readiness, a node that applied and then went NotReady. Nodes of
-/// earlier waves had their own bake and are not counted again.
+/// The release's failures among the nodes handed the release in `wave`: the agent's
+/// reason when it is the release's fault (TransitionStalled, NewTaint, KernelWarning, ...)
+/// or a suspected crash. A node's trouble (download, host, NotReady, agent silent) is not
+/// counted, and neither is a failure of a release an earlier rollout proved: that is a
+/// late failure (see `late`). Nodes of earlier waves had their own bake and are not
+/// counted again.
 pub(crate) fn wave_failures<'a>(
     facts: &'a [NodeFacts<'_>],
     wave: u32,
-    settings: &Settings,
+    proven: &HashSet<String>,
 ) -> Vec<NodeFailure<'a>> {
     facts
         .iter()
@@ -34,20 +36,19 @@ pub(crate) fn wave_failures<'a>(
             Standing::Member {
                 wave: w,
                 progress: Progress::Failed(reason),
-            } if *w == wave => Some(NodeFailure {
+            } if *w == wave && !asked_proven(f, proven) => Some(NodeFailure {
                 node: &f.view.name,
                 reason: reason.clone(),
-            }),
-            Standing::Member {
-                wave: w,
-                progress: Progress::Done,
-            } if *w == wave && settings.node_ready && !f.view.ready => Some(NodeFailure {
-                node: &f.view.name,
-                reason: "NodeNotReady".to_string(),
             }),
             _ => None,
         })
         .collect()
+}
+
+fn asked_proven(f: &NodeFacts<'_>, proven: &HashSet<String>) -> bool {
+    f.ours
+        .and_then(|d| d.release.as_ref())
+        .is_some_and(|r| proven.contains(&r.id))
 }
 
 /// Why a wave failed, for status, events and the bad-release record.
@@ -113,6 +114,7 @@ pub(crate) fn revert_of(applied: &DesiredPatch, settings: &Settings) -> DesiredP
         kmsg_checks: settings.kmsg_checks,
         probation: settings.probation.clone(),
         replace_foreign: settings.replace_foreign,
+        asked_at: None,
         repository: settings.repository.clone(),
     }
 }
@@ -147,4 +149,21 @@ pub(crate) fn bad_releases_on_nodes(
         }
     }
     found
+}
+
+/// Marks every node this policy asked to apply `release` for revert; returns how many.
+pub(crate) fn take_back(facts: &mut [NodeFacts<'_>], release: &str) -> u32 {
+    let mut nodes = 0;
+    for f in facts.iter_mut() {
+        let holds = f
+            .ours
+            .filter(|d| d.action == PatchAction::Apply)
+            .and_then(|d| d.release.as_ref())
+            .is_some_and(|r| r.id == release);
+        if holds {
+            f.standing = Standing::RevertNeeded;
+            nodes += 1;
+        }
+    }
+    nodes
 }

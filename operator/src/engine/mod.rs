@@ -89,6 +89,7 @@
 
 mod events;
 mod failure;
+mod late;
 mod nodes;
 mod order;
 mod rollout;
@@ -131,6 +132,12 @@ pub struct NodeView {
     pub name: String,
     /// Whether the Node's `Ready` condition is True.
     pub ready: bool,
+    /// Since when the Node has not been Ready (its Ready condition's last transition);
+    /// `None` while it is Ready or when the time is unknown.
+    pub not_ready_since: Option<jiff::Timestamp>,
+    /// The Node is cordoned or being deleted: it is handed nothing, and its NotReady is
+    /// nobody's problem.
+    pub leaving: bool,
     /// Kernel release from the Node object, used until the agent reports its own.
     pub kernel_release: Option<String>,
     /// Kernel build id, when known outside the LivePatchNode.
@@ -238,12 +245,37 @@ pub fn decide(input: &EngineInput) -> Decision {
         }),
         pinned: settings.pinned_version.is_some(),
         have_index: input.repository.is_some(),
+        now: input.now,
+        node_ready: settings.node_ready,
+        not_ready_grace: settings.not_ready_grace,
+        node_deadline: settings.node_deadline,
     };
     let mut facts: Vec<_> = input
         .nodes
         .iter()
         .map(|view| classify(view, &targets, &ctx))
         .collect();
+    let late = late::judge(
+        &facts,
+        &previous,
+        &bad,
+        settings.late_failure_policy,
+        generation,
+        input.now,
+    );
+    let mut revoked = Vec::new();
+    for release in &late.revoke {
+        let nodes = failure::take_back(&mut facts, release);
+        let reason = format!(
+            "late failure, revoked by lateFailurePolicy: Revert ({})",
+            late.listed
+                .iter()
+                .rev()
+                .find(|l| &l.release == release)
+                .map_or_else(String::new, |l| format!("{}: {}", l.node, l.evidence))
+        );
+        revoked.push((release.clone(), reason, nodes));
+    }
     let step = Step {
         settings: &settings,
         previous: &previous,
@@ -252,14 +284,38 @@ pub fn decide(input: &EngineInput) -> Decision {
         gate: input.gate.as_ref(),
         have_index: input.repository.is_some(),
         superseded: targets.superseded,
+        proven: &late.proven,
+        late_pause: late.pause.as_deref(),
     };
     let mut outcome = rollout::run(&step, &mut facts);
+    for l in &late.found {
+        outcome.events.push(RolloutEvent::LateFailure {
+            node: l.node.clone(),
+            release: l.release.clone(),
+            evidence: l.evidence.clone(),
+        });
+    }
+    for (release, reason, nodes) in revoked {
+        outcome.events.push(RolloutEvent::ReleaseMarkedBad {
+            release: release.clone(),
+            reason: reason.clone(),
+        });
+        outcome.events.push(RolloutEvent::RevertStarted {
+            release: release.clone(),
+            nodes,
+        });
+        outcome.new_bad.push(kpersist_crds::BadRelease {
+            release,
+            reason,
+            marked_at: input.now.to_string(),
+        });
+    }
     pause_events(&previous, &mut outcome);
 
     let desired = if settings.dry_run {
         Vec::new()
     } else {
-        node_writes(name, &settings, &targets, &facts, &outcome)
+        node_writes(name, &settings, &targets, &facts, &outcome, input.now)
     };
 
     let counts = status::count_nodes(&facts, settings.pinned_version.is_some());
@@ -284,21 +340,33 @@ pub fn decide(input: &EngineInput) -> Decision {
                 .rollout
                 .as_ref()
                 .is_some_and(|r| r.failed_wave.is_some()),
+            late_pause: late.pause.as_deref(),
         },
         &previous.conditions,
         generation,
         input.now,
     );
     bad_releases.extend(outcome.new_bad.iter().cloned());
+    let until = |at: jiff::Timestamp| Duration::try_from(at.duration_since(input.now)).ok();
     let requeue_after = [
         outcome.requeue,
-        targets
-            .next_eligible
-            .map(|at| Duration::try_from(at.duration_since(input.now)).unwrap_or_default()),
+        targets.next_eligible.and_then(until),
+        facts.iter().filter_map(|f| f.wake_at).min().and_then(until),
     ]
     .into_iter()
     .flatten()
     .min();
+    let rollout_ended = outcome.events.iter().any(|e| {
+        matches!(
+            e,
+            RolloutEvent::RolloutComplete { .. } | RolloutEvent::RevertComplete { .. }
+        )
+    });
+    let last_rollout_end = if rollout_ended {
+        Some(input.now.to_string())
+    } else {
+        previous.last_rollout_end.clone()
+    };
     let status = LivePatchPolicyStatus {
         phase: Some(outcome.phase),
         conditions,
@@ -313,6 +381,8 @@ pub fn decide(input: &EngineInput) -> Decision {
         targets: kernel_targets,
         bad_releases,
         last_wave: outcome.last_wave,
+        last_rollout_end,
+        late_failures: late.listed,
         planned_waves: outcome.planned,
         last_repository_check: previous.last_repository_check.clone(),
         observed_generation: generation,
@@ -333,6 +403,7 @@ fn node_writes(
     targets: &Targets<'_>,
     facts: &[nodes::NodeFacts<'_>],
     outcome: &Outcome,
+    now: jiff::Timestamp,
 ) -> Vec<(String, Option<DesiredPatch>)> {
     let mut writes = Vec::new();
     for &(index, wave) in &outcome.assigned {
@@ -352,6 +423,7 @@ fn node_writes(
                 release: Some(release),
                 previous,
                 wave: Some(wave),
+                asked_at: Some(now.to_string()),
                 transition_timeout: settings.transition_timeout.clone(),
                 kmsg_checks: settings.kmsg_checks,
                 probation: settings.probation.clone(),

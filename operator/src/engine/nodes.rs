@@ -3,8 +3,10 @@
 //! status its agent reported. Nothing is remembered between decisions.
 
 use std::collections::HashSet;
+use std::time::Duration;
 
-use kpersist_crds::{DesiredPatch, LivePatchNodeStatus, NodePatchState, PatchAction};
+use jiff::Timestamp;
+use kpersist_crds::{Blame, DesiredPatch, LivePatchNodeStatus, NodePatchState, PatchAction};
 
 use super::NodeView;
 use super::order::rollout_order;
@@ -17,8 +19,11 @@ pub(crate) enum Progress {
     InFlight,
     /// Applied and reported healthy.
     Done,
-    /// The apply failed; the text is the agent's reason.
+    /// The apply failed and it is the release's fault; the text is the agent's reason.
     Failed(String),
+    /// The node could not take part (download, host, another kernel, NotReady past the
+    /// grace, agent silent past the deadline): its slot is freed and nothing is blamed.
+    Troubled(String),
 }
 
 /// Where a node stands.
@@ -41,9 +46,11 @@ pub(crate) enum Standing {
     Member { wave: u32, progress: Progress },
     /// Runs its target (or newer, without a pin).
     OnTarget,
-    /// Was asked for its target outside the current rollout and failed; not asked again
-    /// until the target changes.
+    /// Was asked for its target outside the current rollout and failed by the release's
+    /// fault; not asked again until the target changes.
     Failed,
+    /// Has a node problem outside the current rollout; asked again once its retry is due.
+    Troubled(String),
     /// Busy with work that is not part of the current rollout.
     InFlight,
     /// Should get its target; `startable` when it can be handed it now.
@@ -65,6 +72,9 @@ pub(crate) struct NodeFacts<'a> {
     /// into each LivePatchNode costs more than the rest of the pass.
     state: Option<NodePatchState>,
     reverted: bool,
+    /// The earliest future time at which this node's standing changes by itself (a
+    /// deadline, the end of the NotReady grace, a retry), so the decision wakes up then.
+    pub wake_at: Option<Timestamp>,
 }
 
 impl NodeFacts<'_> {
@@ -82,6 +92,24 @@ impl NodeFacts<'_> {
         self.reverted()
             && self.standing != Standing::Reverting
             && self.state() == Some(NodePatchState::Failed)
+    }
+
+    /// Whether the node has a node problem, in or outside the rollout.
+    pub(crate) fn troubled(&self) -> bool {
+        matches!(
+            self.standing,
+            Standing::Troubled(_)
+                | Standing::Member {
+                    progress: Progress::Troubled(_),
+                    ..
+                }
+        )
+    }
+
+    fn wake(&mut self, at: Timestamp, now: Timestamp) {
+        if at > now {
+            self.wake_at = Some(self.wake_at.map_or(at, |w| w.min(at)));
+        }
     }
 
     /// Whether the node counts against `maxInFlight`.
@@ -105,7 +133,16 @@ pub(crate) struct Context<'a> {
     pub rollout: Option<RunningRollout<'a>>,
     pub pinned: bool,
     pub have_index: bool,
+    pub now: Timestamp,
+    /// Whether NotReady is watched (`health.nodeReady`), and for how long it is tolerated.
+    pub node_ready: bool,
+    pub not_ready_grace: Duration,
+    /// How long a node handed a release may stay unfinished.
+    pub node_deadline: Duration,
 }
+
+/// How long a node with a node problem waits before it is asked again.
+pub(crate) const NODE_RETRY: Duration = Duration::from_secs(30 * 60);
 
 /// The rollout in progress: how many waves it has, its releases, and the offset its wave
 /// numbers carry on nodes (`status.rollout.waveOffset`).
@@ -152,17 +189,19 @@ pub(crate) fn digest_ca_bundle(desired: &mut DesiredPatch) {
 }
 
 /// Whether the node's LivePatchNode already holds `wanted` as its `spec.desired`, whether
-/// the store keeps its CA bundle whole or as a digest ([`digest_ca_bundle`]).
+/// the store keeps its CA bundle whole or as a digest ([`digest_ca_bundle`]). When it was
+/// asked is not part of the request: the same request asked again keeps its time.
 pub(crate) fn holds_desired(view: &NodeView, wanted: &DesiredPatch) -> bool {
     let Some(held) = view.lpn.as_ref().and_then(|l| l.spec.desired.as_ref()) else {
         return false;
     };
-    if held == wanted {
+    let mut wanted = wanted.clone();
+    wanted.asked_at.clone_from(&held.asked_at);
+    if *held == wanted {
         return true;
     }
-    let mut digested = wanted.clone();
-    digest_ca_bundle(&mut digested);
-    *held == digested
+    digest_ca_bundle(&mut wanted);
+    *held == wanted
 }
 
 /// The kernel build a node runs, preferring what its agent reported.
@@ -192,15 +231,19 @@ pub(crate) fn classify<'a>(
         status: None,
         state: None,
         reverted: false,
+        wake_at: None,
     };
-    if !view.other_policies.is_empty() {
-        facts.standing = Standing::Conflicted;
-        return facts;
-    }
     let Some(lpn) = &view.lpn else {
+        facts.standing = conflicted_or(view, Standing::Unknown);
         return facts;
     };
     facts.ours = lpn.spec.desired.as_ref().filter(|d| d.policy == ctx.policy);
+    // A node another policy also selects is left alone, except that what this policy
+    // asked of it before the overlap is followed through (below).
+    if !view.other_policies.is_empty() && facts.ours.is_none() {
+        facts.standing = Standing::Conflicted;
+        return facts;
+    }
     facts.reverted = facts.ours.is_some_and(|d| d.action == PatchAction::Revert);
     let Some(status) = &lpn.status else {
         return facts;
@@ -227,6 +270,16 @@ pub(crate) fn classify<'a>(
         facts.standing = Standing::RevertNeeded;
         return facts;
     }
+    if !view.other_policies.is_empty() {
+        // Requests this policy made before the overlap are followed to their end; nothing
+        // new is asked.
+        facts.standing = if settled {
+            Standing::Conflicted
+        } else {
+            Standing::InFlight
+        };
+        return facts;
+    }
     let Some((kernel, build)) = kernel_of(view) else {
         return facts;
     };
@@ -240,7 +293,12 @@ pub(crate) fn classify<'a>(
     // target has changed since (it crashed on it and now refuses it, for one).
     // Which rollout gave it the release is read from the wave number on the node, which
     // each rollout numbers past the earlier ones' (see `status.rollout.waveOffset`).
-    if let (Some(desired), Some(asked)) = (applying, asked)
+    // A node that booted another kernel since is no longer judged by the release it was
+    // handed for the old one: it follows its new build like any other node.
+    let same_kernel = applying
+        .and_then(|d| d.release.as_ref())
+        .is_none_or(|r| r.kernel_release == kernel && r.build_id == build);
+    if let (Some(desired), Some(asked), true) = (applying, asked, same_kernel)
         && let Some(rollout) = ctx
             .rollout
             .filter(|r| r.releases.iter().any(|id| id == asked))
@@ -253,10 +311,8 @@ pub(crate) fn classify<'a>(
             .wave_of(given)
             .or_else(|| (!settled).then(|| given.saturating_sub(rollout.offset).max(1)));
         if let Some(wave) = wave {
-            facts.standing = Standing::Member {
-                wave,
-                progress: progress(status, observed, asked),
-            };
+            let progress = judge(&mut facts, desired, observed, asked, ctx);
+            facts.standing = Standing::Member { wave, progress };
             facts.target = target;
             return facts;
         }
@@ -271,8 +327,12 @@ pub(crate) fn classify<'a>(
     };
     // Asked for its target outside the running rollout (an earlier rollout, or a lost
     // status write): follow that request, and never ask again after a failure.
-    if let Some(asked) = asked.filter(|a| *a == target.id) {
-        facts.standing = match progress(status, observed, asked) {
+    if let (Some(desired), Some(asked)) = (applying, asked.filter(|a| *a == target.id)) {
+        facts.standing = match judge(&mut facts, desired, observed, asked, ctx) {
+            Progress::Troubled(_) if retry_due(&mut facts, status, ctx) => {
+                needing(view, &target, status, targets)
+            }
+            Progress::Troubled(reason) => Standing::Troubled(reason),
             _ if !settled => Standing::InFlight,
             Progress::Done => Standing::OnTarget,
             Progress::Failed(_) => Standing::Failed,
@@ -282,7 +342,12 @@ pub(crate) fn classify<'a>(
         return facts;
     }
     if busy || (applying.is_some() && !observed) {
-        facts.standing = Standing::InFlight;
+        facts.standing = match applying {
+            Some(desired) if overdue(&mut facts, desired, ctx) => {
+                Standing::Troubled(silent_or_stuck(observed))
+            }
+            _ => Standing::InFlight,
+        };
         facts.target = Some(target);
         return facts;
     }
@@ -292,13 +357,7 @@ pub(crate) fn classify<'a>(
         Some(applied) => applied.version < target.version,
     };
     facts.standing = if needs {
-        let previous_known = status
-            .applied
-            .as_ref()
-            .is_none_or(|a| targets.has_release(&a.id));
-        Standing::Needing {
-            startable: view.ready && target.release.is_some() && previous_known,
-        }
+        needing(view, &target, status, targets)
     } else {
         Standing::OnTarget
     };
@@ -306,7 +365,113 @@ pub(crate) fn classify<'a>(
     facts
 }
 
-fn progress(status: &LivePatchNodeStatus, observed: bool, release: &str) -> Progress {
+/// `fallback`, or Conflicted when another policy selects the node too.
+fn conflicted_or(view: &NodeView, fallback: Standing) -> Standing {
+    if view.other_policies.is_empty() {
+        fallback
+    } else {
+        Standing::Conflicted
+    }
+}
+
+/// A node that should get `target`: startable when it is Ready, not leaving, and the
+/// release it runs is known (so a revert has somewhere to go).
+fn needing(
+    view: &NodeView,
+    target: &NodeTarget<'_>,
+    status: &LivePatchNodeStatus,
+    targets: &Targets<'_>,
+) -> Standing {
+    let previous_known = status
+        .applied
+        .as_ref()
+        .is_none_or(|a| targets.has_release(&a.id));
+    Standing::Needing {
+        startable: view.ready && !view.leaving && target.release.is_some() && previous_known,
+    }
+}
+
+/// How far a node has got with `asked` (this policy's `desired`), with the node's own
+/// trouble told apart from the release's fault: a failure whose reason is the node's,
+/// NotReady past the grace (never for a node that is leaving) and an agent that has not
+/// finished by the deadline free the node's slot and blame nothing.
+fn judge(
+    facts: &mut NodeFacts<'_>,
+    desired: &DesiredPatch,
+    observed: bool,
+    asked: &str,
+    ctx: &Context<'_>,
+) -> Progress {
+    let Some(status) = facts.status else {
+        return Progress::InFlight;
+    };
+    let reported = reported_progress(status, observed, asked);
+    let not_ready = not_ready_past_grace(facts, ctx);
+    match reported {
+        Progress::InFlight if overdue(facts, desired, ctx) => {
+            Progress::Troubled(silent_or_stuck(observed))
+        }
+        Progress::InFlight | Progress::Done if not_ready => {
+            Progress::Troubled("NodeNotReady".to_string())
+        }
+        other => other,
+    }
+}
+
+/// Whether the node has been NotReady past the grace (and watching readiness is on).
+fn not_ready_past_grace(facts: &mut NodeFacts<'_>, ctx: &Context<'_>) -> bool {
+    let view = facts.view;
+    if !ctx.node_ready || view.ready || view.leaving {
+        return false;
+    }
+    let Some(since) = view.not_ready_since else {
+        return false;
+    };
+    let end = since.checked_add(ctx.not_ready_grace).unwrap_or(since);
+    facts.wake(end, ctx.now);
+    ctx.now >= end
+}
+
+/// Whether the request has gone unfinished past the node deadline.
+fn overdue(facts: &mut NodeFacts<'_>, desired: &DesiredPatch, ctx: &Context<'_>) -> bool {
+    let Some(asked_at) = desired
+        .asked_at
+        .as_deref()
+        .and_then(|t| t.parse::<Timestamp>().ok())
+    else {
+        return false;
+    };
+    let end = asked_at.checked_add(ctx.node_deadline).unwrap_or(asked_at);
+    facts.wake(end, ctx.now);
+    ctx.now >= end
+}
+
+fn silent_or_stuck(observed: bool) -> String {
+    if observed {
+        "AgentStuck".to_string()
+    } else {
+        "AgentSilent".to_string()
+    }
+}
+
+/// Whether a node problem reported by the agent is old enough to ask the node again.
+fn retry_due(facts: &mut NodeFacts<'_>, status: &LivePatchNodeStatus, ctx: &Context<'_>) -> bool {
+    let Some(at) = status
+        .last_error
+        .as_ref()
+        .filter(|e| e.reason.blame() == Blame::Node)
+        .and_then(|e| e.at.as_deref())
+        .and_then(|t| t.parse::<Timestamp>().ok())
+    else {
+        return false;
+    };
+    let due = at.checked_add(NODE_RETRY).unwrap_or(at);
+    facts.wake(due, ctx.now);
+    ctx.now >= due
+}
+
+/// What the agent's status says of `release`, read as the taxonomy says.
+fn reported_progress(status: &LivePatchNodeStatus, observed: bool, release: &str) -> Progress {
     if !observed {
         return Progress::InFlight;
     }
@@ -316,12 +481,13 @@ fn progress(status: &LivePatchNodeStatus, observed: bool, release: &str) -> Prog
         return Progress::Failed("CrashSuspected".to_string());
     }
     match status.state {
-        Some(NodePatchState::Failed) => Progress::Failed(
-            status
-                .last_error
-                .as_ref()
-                .map_or_else(|| "ApplyFailed".to_string(), |e| format!("{:?}", e.reason)),
-        ),
+        Some(NodePatchState::Failed) => match status.last_error.as_ref() {
+            Some(e) if e.reason.blame() == Blame::Node => {
+                Progress::Troubled(format!("{:?}", e.reason))
+            }
+            Some(e) => Progress::Failed(format!("{:?}", e.reason)),
+            None => Progress::Failed("ApplyFailed".to_string()),
+        },
         Some(NodePatchState::Applied)
             if status.applied.as_ref().is_some_and(|a| a.id == release) =>
         {

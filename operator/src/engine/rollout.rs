@@ -9,7 +9,7 @@ use kpersist_crds::{
     BadRelease, FailurePolicy, LivePatchPolicyStatus, PlannedWave, PolicyPhase, RolloutProgress,
 };
 
-use super::failure::{describe, failing_releases, wave_failures};
+use super::failure::{describe, failing_releases, take_back, wave_failures};
 use super::nodes::{NodeFacts, Progress, Standing};
 use super::settings::Settings;
 use super::waves::{bake, plan, quota, wave_count};
@@ -24,6 +24,10 @@ pub(crate) struct Step<'a> {
     pub gate: Option<&'a GateVerdict>,
     pub have_index: bool,
     pub superseded: bool,
+    /// Releases proven by an ended rollout (their failures are late failures, judged
+    /// apart), and why nothing new starts while a late failure waits for a person.
+    pub proven: &'a std::collections::HashSet<String>,
+    pub late_pause: Option<&'a str>,
 }
 
 /// What the state machine decided.
@@ -101,6 +105,13 @@ pub(crate) fn run(step: &Step<'_>, facts: &mut [NodeFacts<'_>]) -> Outcome {
     } else {
         step.previous.rollout.clone()
     };
+    if rollout.is_none()
+        && let Some(why) = step.late_pause
+    {
+        out.phase = PolicyPhase::Paused;
+        out.note = Some(why.to_string());
+        return out;
+    }
     if rollout.is_none() {
         if startable.is_empty() || settings.dry_run {
             out.phase = terminal_phase(step.previous, after_revert);
@@ -167,6 +178,8 @@ pub(crate) fn run(step: &Step<'_>, facts: &mut [NodeFacts<'_>]) -> Outcome {
     let window_open = settings.windows.is_open(step.now);
     let blocked = if settings.paused {
         Some("spec.rollout.paused is set".to_string())
+    } else if let Some(why) = step.late_pause {
+        Some(why.to_string())
     } else if settings.dry_run {
         Some("dryRun is set: nothing is written to nodes".to_string())
     } else if !step.have_index {
@@ -185,7 +198,7 @@ pub(crate) fn run(step: &Step<'_>, facts: &mut [NodeFacts<'_>]) -> Outcome {
     out.phase = PolicyPhase::Progressing;
     loop {
         let wave = r.wave;
-        let failures = wave_failures(facts, wave, settings);
+        let failures = wave_failures(facts, wave, step.proven);
         let gate_failure = match (step.gate, &r.bake_started_at) {
             (Some(GateVerdict::Fail(why)), Some(_)) => Some(why.as_str()),
             _ => None,
@@ -277,7 +290,7 @@ pub(crate) fn run(step: &Step<'_>, facts: &mut [NodeFacts<'_>]) -> Outcome {
             }
         }
         // Moving to the next wave is new work; a closed window only holds its nodes.
-        if wave < waves && (settings.paused || settings.dry_run) {
+        if wave < waves && (settings.paused || settings.dry_run || step.late_pause.is_some()) {
             // The bake is over but starting the next wave is new work, which waits.
             break;
         }
@@ -441,19 +454,7 @@ fn revert(
     blamed: std::collections::BTreeSet<String>,
 ) {
     for release in blamed {
-        let mut nodes = 0;
-        for f in facts.iter_mut() {
-            let holds = f
-                .ours
-                .and_then(|d| d.release.as_ref())
-                .is_some_and(|r| r.id == release)
-                && f.ours
-                    .is_some_and(|d| d.action == kpersist_crds::PatchAction::Apply);
-            if holds {
-                f.standing = Standing::RevertNeeded;
-                nodes += 1;
-            }
-        }
+        let nodes = take_back(facts, &release);
         let why = format!("wave {wave} failed: {reason}");
         out.events.push(RolloutEvent::ReleaseMarkedBad {
             release: release.clone(),

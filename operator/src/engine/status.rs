@@ -18,6 +18,7 @@ pub(crate) fn count_nodes(facts: &[NodeFacts<'_>], pinned: bool) -> NodeCounts {
         let bucket = match (&f.standing, f.state()) {
             (Standing::Conflicted, _) => continue,
             (Standing::Unknown, _) => &mut counts.unknown,
+            _ if f.troubled() => &mut counts.node_problems,
             (_, Some(NodePatchState::CrashSuspected)) => &mut counts.crash_suspected,
             (_, Some(NodePatchState::Failed)) => &mut counts.failed,
             (_, Some(NodePatchState::Downloading | NodePatchState::Applying)) => {
@@ -66,6 +67,8 @@ pub(crate) struct ConditionInput<'a> {
     pub have_targets: bool,
     pub have_index: bool,
     pub failed_wave: bool,
+    /// Why the policy waits for a person after a late failure.
+    pub late_pause: Option<&'a str>,
 }
 
 /// The conditions this engine owns, with the previous ones' transition times kept where
@@ -82,6 +85,17 @@ pub(crate) fn conditions(
             "False",
             "NoRepositoryIndex",
             "no verified repository index yet, so no node has a target".to_string(),
+        ),
+        PolicyPhase::Idle | PolicyPhase::Complete if conflicted(input) > 0 => (
+            "False",
+            "Conflict",
+            format!(
+                "{} of {} node(s) run their target; {} selected by another policy too are \
+                 patched by neither (see Degraded)",
+                input.counts.patched,
+                input.counts.total,
+                conflicted(input)
+            ),
         ),
         PolicyPhase::Idle | PolicyPhase::Complete => (
             "True",
@@ -179,6 +193,8 @@ fn degraded(input: &ConditionInput<'_>) -> (&'static str, &'static str, String) 
     let note = input.note.unwrap_or_default().to_string();
     if input.phase == PolicyPhase::RollingBack || input.failed_wave {
         ("True", "WaveFailed", note)
+    } else if let Some(why) = input.late_pause {
+        ("True", "LateFailure", why.to_string())
     } else if revert_failed > 0 {
         (
             "True",
@@ -213,9 +229,45 @@ fn degraded(input: &ConditionInput<'_>) -> (&'static str, &'static str, String) 
                 input.counts.failed, input.counts.crash_suspected
             ),
         )
+    } else if input.counts.node_problems > 0 {
+        (
+            "True",
+            "NodeProblems",
+            format!(
+                "{} node(s) could not take part (not the release's fault; retried): {}",
+                input.counts.node_problems,
+                troubled_sample(input.facts)
+            ),
+        )
     } else {
         ("False", "Healthy", String::new())
     }
+}
+
+fn conflicted(input: &ConditionInput<'_>) -> usize {
+    input
+        .facts
+        .iter()
+        .filter(|f| f.standing == Standing::Conflicted)
+        .count()
+}
+
+/// The first few nodes with a node problem, with their reasons.
+fn troubled_sample(facts: &[NodeFacts<'_>]) -> String {
+    const SHOWN: usize = 5;
+    facts
+        .iter()
+        .filter_map(|f| match &f.standing {
+            Standing::Troubled(reason)
+            | Standing::Member {
+                progress: Progress::Troubled(reason),
+                ..
+            } => Some(format!("{} ({reason})", f.view.name)),
+            _ => None,
+        })
+        .take(SHOWN)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn wave_text(wave: Option<(u32, u32)>) -> String {

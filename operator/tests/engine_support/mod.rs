@@ -15,9 +15,10 @@ use kpersist_crds::{
     LivePatchNodeStatus, LivePatchPolicy, LivePatchPolicySpec, NodeError, NodeErrorReason,
     NodePatchState, PatchAction, PatchRelease, RepositorySpec, RolloutSpec, Wave,
 };
+use kpersist_crds::{LivePatchPolicyStatus, PolicyCondition, PolicyPhase};
 use kpersist_kmod::repository::{Index, Release};
 use kpersist_operator::engine::{
-    Decision, EngineInput, GateVerdict, NodeView, RepositoryView, decide,
+    Decision, EngineInput, GateVerdict, NodeView, RepositoryView, RolloutEvent, decide,
 };
 
 pub const POLICY: &str = "fleet";
@@ -119,6 +120,8 @@ pub enum Fault {
     Taint,
     /// The node goes down while applying; it comes back CrashSuspected and refuses it.
     Crash,
+    /// The download fails (a node problem: the repository is unreachable from the node).
+    Download,
 }
 
 /// One node of the simulated fleet with its agent.
@@ -131,6 +134,8 @@ pub struct SimNode {
     pub faults: BTreeMap<String, Fault>,
     /// Agent ticks an apply or revert takes.
     pub work_ticks: u32,
+    /// The agent does nothing at all (its pod is gone, the node hangs).
+    pub silent: bool,
     work: Option<(Option<PatchRelease>, PatchAction, u32)>,
 }
 
@@ -156,6 +161,8 @@ impl SimNode {
             view: NodeView {
                 name: name.into(),
                 ready: true,
+                not_ready_since: None,
+                leaving: false,
                 kernel_release: Some(kernel(k)),
                 build_id: None,
                 lpn: Some(std::sync::Arc::new(lpn)),
@@ -164,6 +171,7 @@ impl SimNode {
             unselected: false,
             faults: BTreeMap::new(),
             work_ticks: 1,
+            silent: false,
             work: None,
         }
     }
@@ -236,8 +244,72 @@ impl SimNode {
         }
     }
 
+    /// The Node goes NotReady at `since`.
+    pub fn not_ready(&mut self, since: Timestamp) {
+        self.view.ready = false;
+        self.view.not_ready_since = Some(since);
+    }
+
+    /// The Node is Ready again.
+    pub fn ready(&mut self) {
+        self.view.ready = true;
+        self.view.not_ready_since = None;
+    }
+
+    /// The node reboots into kernel `k`: its livepatches are gone, and the agent answers
+    /// a request for another kernel's release with KernelMismatch, as the real one does.
+    pub fn reboot_into(&mut self, k: usize, now: Timestamp) {
+        self.view.kernel_release = Some(kernel(k));
+        self.work = None;
+        let asked = self
+            .desired()
+            .filter(|d| d.action == PatchAction::Apply)
+            .and_then(|d| d.release.clone());
+        let Some(status) = self.status_mut() else {
+            return;
+        };
+        status.kernel_release = Some(kernel(k));
+        status.build_id = Some(build(k));
+        status.applied = None;
+        match asked.filter(|r| r.kernel_release != kernel(k)) {
+            Some(release) => {
+                status.state = Some(NodePatchState::Failed);
+                status.last_error = Some(NodeError {
+                    reason: NodeErrorReason::KernelMismatch,
+                    message: format!("{} is for another kernel", release.id),
+                    release: Some(release.id),
+                    at: Some(now.to_string()),
+                });
+            }
+            None => status.state = Some(NodePatchState::Idle),
+        }
+    }
+
+    /// After its rollout, the node went down on probation with its release and the agent
+    /// reports it on the next boot.
+    pub fn crash_on_probation(&mut self, now: Timestamp) {
+        let Some(release) = self.applied_id() else {
+            return;
+        };
+        let Some(status) = self.status_mut() else {
+            return;
+        };
+        status.applied = None;
+        status.state = Some(NodePatchState::CrashSuspected);
+        status.refused_releases.push(release.clone());
+        status.last_error = Some(NodeError {
+            reason: NodeErrorReason::CrashSuspected,
+            message: "the boot ended uncleanly on probation".into(),
+            release: Some(release),
+            at: Some(now.to_string()),
+        });
+    }
+
     /// One step of the agent.
     pub fn agent_tick(&mut self, now: Timestamp) {
+        if self.silent {
+            return;
+        }
         let Some(lpn) = self.view.lpn.as_ref() else {
             return;
         };
@@ -309,6 +381,10 @@ impl SimNode {
                 status.applied = release.as_ref().map(|r| applied_release(&r.id, r.version));
                 status.state = Some(NodePatchState::Failed);
                 status.last_error = Some(error(NodeErrorReason::NewTaint, &release));
+            }
+            (PatchAction::Apply, Some(Fault::Download)) => {
+                status.state = Some(NodePatchState::Failed);
+                status.last_error = Some(error(NodeErrorReason::DownloadFailed, &release));
             }
             (PatchAction::Apply, Some(Fault::Crash)) => {
                 // The node rebooted: nothing is loaded any more.
@@ -434,6 +510,51 @@ impl Sim {
     pub fn phase(&self) -> Option<kpersist_crds::PolicyPhase> {
         self.policy.status.as_ref().and_then(|s| s.phase)
     }
+}
+
+/// `n` nodes on kernel 0 running v1, with v1 and v2 published.
+pub fn fleet(n: usize, waves_spec: &[(Option<u32>, Option<u32>, &str)]) -> Sim {
+    let mut spec = policy_spec();
+    spec.rollout.waves = waves(waves_spec);
+    let nodes = (0..n)
+        .map(|i| SimNode::new(&format!("node-{i:02}"), 0, Some(1)))
+        .collect();
+    let t = start_time();
+    Sim::new(spec, nodes, vec![release(0, 1, t), release(0, 2, t)])
+}
+
+pub fn reasons(events: &[RolloutEvent]) -> Vec<&'static str> {
+    events.iter().map(RolloutEvent::reason).collect()
+}
+
+/// Steps until the phase is one of `phases` and every agent is idle, or panics.
+pub fn run_until(sim: &mut Sim, phases: &[PolicyPhase], seconds: i64) -> Vec<RolloutEvent> {
+    let mut events = Vec::new();
+    for _ in 0..500 {
+        let decision = sim.step(seconds);
+        events.extend(decision.events);
+        if sim.phase().is_some_and(|p| phases.contains(&p)) && sim.nodes.iter().all(|n| n.settled())
+        {
+            return events;
+        }
+    }
+    panic!(
+        "never reached {phases:?}; phase {:?}, events {:?}",
+        sim.phase(),
+        reasons(&events)
+    );
+}
+
+pub fn condition<'a>(status: &'a LivePatchPolicyStatus, type_: &str) -> &'a PolicyCondition {
+    match status.conditions.iter().find(|c| c.type_ == type_) {
+        Some(condition) => condition,
+        None => panic!("no {type_} condition in {:?}", status.conditions),
+    }
+}
+
+/// Steps `steps` times and returns every event.
+pub fn run_for(sim: &mut Sim, steps: usize, seconds: i64) -> Vec<RolloutEvent> {
+    (0..steps).flat_map(|_| sim.step(seconds).events).collect()
 }
 
 /// A fleet of `nodes` nodes on three kernels, part-way through a rollout: the canary done,

@@ -148,6 +148,7 @@ async fn run(args: &Args) -> Result<()> {
             kmsg_checks: true,
             probation: "1h".to_string(),
             replace_foreign: false,
+            asked_at: None,
             repository: None,
         };
         let patch = serde_json::json!({ "spec": { "desired": desired } });

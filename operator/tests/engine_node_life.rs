@@ -1,0 +1,314 @@
+//! The rollout engine's node-life rules, one scenario each: what a node's own trouble
+//! (NotReady, a failed download, a silent agent, another kernel) does and does not do to a
+//! release, and what happens when a release that an earlier rollout proved fails later.
+
+// Test code: a failed unwrap, expect or panic is the test's report. clippy.toml exempts
+// #[test] functions only, not the helpers of an integration test crate.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod engine_support;
+
+use engine_support::*;
+use kpersist_crds::{FailurePolicy, PatchAction, PolicyPhase};
+
+/// Two waves: a one-node canary baking `bake`, then everyone.
+fn canary_fleet(n: usize, bake: &str) -> Sim {
+    fleet(n, &[(Some(1), None, bake), (None, Some(100), "0s")])
+}
+
+fn bad_releases(sim: &Sim) -> Vec<String> {
+    sim.policy
+        .status
+        .as_ref()
+        .map(|s| s.bad_releases.iter().map(|b| b.release.clone()).collect())
+        .unwrap_or_default()
+}
+
+fn asked(sim: &Sim, node: &str) -> Option<(PatchAction, String)> {
+    sim.node(node).desired().map(|d| {
+        (
+            d.action,
+            d.release.as_ref().map(|r| r.id.clone()).unwrap_or_default(),
+        )
+    })
+}
+
+/// Steps until `done` holds, or panics after `steps` steps.
+fn step_until(sim: &mut Sim, steps: usize, seconds: i64, done: impl Fn(&Sim) -> bool) {
+    for _ in 0..steps {
+        sim.step(seconds);
+        if done(sim) {
+            return;
+        }
+    }
+    panic!(
+        "condition never held; phase {:?}, status {:?}",
+        sim.phase(),
+        sim.policy.status.as_ref().map(|s| &s.conditions)
+    );
+}
+
+#[test]
+fn a_not_ready_blip_during_the_bake_marks_nothing_bad() {
+    let mut sim = canary_fleet(4, "10m");
+    let canary = sim.step(30).desired[0].0.clone();
+    sim.step(30);
+    let now = sim.now;
+    sim.node_mut(&canary).not_ready(now);
+    let d = sim.step(60);
+    assert_eq!(d.status.phase, Some(PolicyPhase::Baking));
+    sim.node_mut(&canary).ready();
+    run_until(&mut sim, &[PolicyPhase::Complete], 60);
+    assert!(bad_releases(&sim).is_empty());
+    assert!(sim.nodes.iter().all(|n| n.applied_id() == Some(id(0, 2))));
+}
+
+#[test]
+fn not_ready_past_the_grace_is_the_nodes_problem_and_the_wave_goes_on() {
+    let mut sim = canary_fleet(4, "0s");
+    let canary = sim.step(30).desired[0].0.clone();
+    let long_ago = at("2026-01-01T00:00:00Z");
+    let node = sim.node_mut(&canary);
+    node.silent = true;
+    node.not_ready(long_ago);
+    step_until(&mut sim, 20, 30, |sim| {
+        sim.nodes
+            .iter()
+            .filter(|n| n.view.name != canary)
+            .all(|n| n.applied_id() == Some(id(0, 2)))
+    });
+    let status = sim.policy.status.as_ref().unwrap();
+    assert!(status.bad_releases.is_empty());
+    assert_eq!(status.nodes.node_problems, 1);
+    let degraded = condition(status, "Degraded");
+    assert_eq!(degraded.reason, "NodeProblems");
+    assert!(
+        degraded
+            .message
+            .contains(&format!("{canary} (NodeNotReady)"))
+    );
+}
+
+#[test]
+fn a_cordoned_node_is_handed_nothing_and_its_not_ready_is_nobodys_problem() {
+    let mut sim = canary_fleet(3, "0s");
+    let long_ago = at("2026-01-01T00:00:00Z");
+    let node = sim.node_mut("node-01");
+    node.view.leaving = true;
+    node.not_ready(long_ago);
+    for _ in 0..20 {
+        sim.step(30);
+    }
+    assert_eq!(asked(&sim, "node-01"), None);
+    let status = sim.policy.status.as_ref().unwrap();
+    assert_eq!(status.nodes.node_problems, 0);
+    assert!(status.bad_releases.is_empty());
+}
+
+#[test]
+fn a_failed_download_is_the_nodes_trouble_and_is_asked_again_later() {
+    let mut sim = canary_fleet(3, "0s");
+    let canary = sim.step(30).desired[0].0.clone();
+    sim.node_mut(&canary)
+        .faults
+        .insert(id(0, 2), Fault::Download);
+    run_until(&mut sim, &[PolicyPhase::Complete], 30);
+    assert!(bad_releases(&sim).is_empty());
+    let status = sim.policy.status.as_ref().unwrap();
+    assert_eq!(status.nodes.node_problems, 1);
+    let first = sim
+        .node(&canary)
+        .view
+        .lpn
+        .as_ref()
+        .unwrap()
+        .metadata
+        .generation;
+
+    // The repository is reachable from the node again; the retry comes by itself.
+    sim.node_mut(&canary).faults.clear();
+    step_until(&mut sim, 80, 60, |sim| {
+        sim.node(&canary).applied_id() == Some(id(0, 2))
+    });
+    let now = sim
+        .node(&canary)
+        .view
+        .lpn
+        .as_ref()
+        .unwrap()
+        .metadata
+        .generation;
+    assert!(now > first, "the node was not asked again");
+    assert!(bad_releases(&sim).is_empty());
+}
+
+#[test]
+fn a_silent_agent_is_resolved_by_the_node_deadline() {
+    let mut sim = canary_fleet(3, "0s");
+    // The canary's agent is gone before it sees the request.
+    let d = sim.decide();
+    sim.apply(&d);
+    let canary = d.desired[0].0.clone();
+    sim.node_mut(&canary).silent = true;
+    sim.agents();
+    sim.advance(30);
+    let d = sim.step(30);
+    // The decision wakes up by the deadline (default: 2 min + 60 s + 2 min) by itself.
+    let wake = d
+        .requeue_after
+        .expect("a requeue while a node is in flight");
+    assert!(wake.as_secs() <= 300, "requeue {wake:?}");
+    step_until(&mut sim, 20, 30, |sim| {
+        sim.policy
+            .status
+            .as_ref()
+            .and_then(|s| s.rollout.as_ref())
+            .is_some_and(|r| r.wave == 2)
+            || sim.phase() == Some(PolicyPhase::Complete)
+    });
+    let status = sim.policy.status.as_ref().unwrap();
+    assert!(status.bad_releases.is_empty());
+    let degraded = condition(status, "Degraded");
+    assert!(
+        degraded
+            .message
+            .contains(&format!("{canary} (AgentSilent)")),
+        "{degraded:?}"
+    );
+}
+
+#[test]
+fn a_node_rebooted_into_another_kernel_follows_its_new_build_without_a_failure() {
+    let mut spec = policy_spec();
+    spec.rollout.waves = waves(&[(Some(1), None, "5m"), (None, Some(100), "0s")]);
+    let nodes = (0..3)
+        .map(|i| SimNode::new(&format!("node-{i:02}"), 0, Some(1)))
+        .collect();
+    let t = start_time();
+    let releases = (0..2)
+        .flat_map(|k| (1..=2).map(move |v| release(k, v, t)))
+        .collect();
+    let mut sim = Sim::new(spec, nodes, releases);
+    let canary = sim.step(30).desired[0].0.clone();
+    sim.node_mut(&canary).work_ticks = 5;
+    sim.step(30);
+    let now = sim.now;
+    sim.node_mut(&canary).reboot_into(1, now);
+    run_until(&mut sim, &[PolicyPhase::Complete], 60);
+    assert!(bad_releases(&sim).is_empty());
+    assert_eq!(sim.node(&canary).applied_id(), Some(id(1, 2)));
+    let status = sim.policy.status.as_ref().unwrap();
+    assert_eq!(status.nodes.failed, 0);
+}
+
+/// A fleet that finished rolling v2 out, so v2 is proven.
+fn proven_fleet() -> Sim {
+    let mut sim = canary_fleet(3, "0s");
+    run_until(&mut sim, &[PolicyPhase::Complete], 60);
+    assert!(sim.nodes.iter().all(|n| n.applied_id() == Some(id(0, 2))));
+    // Let the status record the end of the rollout.
+    sim.step(60);
+    sim
+}
+
+fn edit(sim: &mut Sim, change: impl FnOnce(&mut kpersist_crds::LivePatchPolicySpec)) {
+    change(&mut sim.policy.spec);
+    let generation = sim.policy.metadata.generation.unwrap_or(1);
+    sim.policy.metadata.generation = Some(generation + 1);
+}
+
+#[test]
+fn a_joiner_failing_a_proven_release_pauses_the_policy_instead_of_reverting_the_fleet() {
+    let mut sim = proven_fleet();
+    let mut joiner = SimNode::new("joiner", 0, Some(1));
+    joiner.faults.insert(id(0, 2), Fault::Stall);
+    sim.nodes.push(joiner);
+    let mut events = Vec::new();
+    for _ in 0..10 {
+        events.extend(sim.step(60).events);
+    }
+    assert!(reasons(&events).contains(&"LateFailure"), "{events:?}");
+    assert_eq!(sim.phase(), Some(PolicyPhase::Paused));
+    assert!(bad_releases(&sim).is_empty());
+    for node in ["node-00", "node-01", "node-02"] {
+        assert_eq!(asked(&sim, node), Some((PatchAction::Apply, id(0, 2))));
+    }
+    let status = sim.policy.status.as_ref().unwrap();
+    assert_eq!(status.late_failures.len(), 1);
+    assert_eq!(status.late_failures[0].node, "joiner");
+    assert_eq!(condition(status, "Degraded").reason, "LateFailure");
+
+    // A person looked and goes on: editing the policy acknowledges it.
+    edit(&mut sim, |_| {});
+    run_until(&mut sim, &[PolicyPhase::Complete], 60);
+    assert!(bad_releases(&sim).is_empty());
+
+    // Or decides to revoke the release fleet-wide.
+    edit(&mut sim, |spec| {
+        spec.rollout.late_failure_policy = FailurePolicy::Revert;
+    });
+    let d = sim.step(60);
+    assert_eq!(d.status.phase, Some(PolicyPhase::RollingBack));
+    assert_eq!(bad_releases(&sim), vec![id(0, 2)]);
+    run_until(&mut sim, &[PolicyPhase::Failed], 60);
+    for node in ["node-00", "node-01", "node-02"] {
+        assert_eq!(sim.node(node).applied_id(), Some(id(0, 1)));
+    }
+}
+
+#[test]
+fn a_crash_on_probation_after_the_rollout_is_a_late_failure() {
+    let mut sim = proven_fleet();
+    let now = sim.now;
+    sim.node_mut("node-01").crash_on_probation(now);
+    let d = sim.step(60);
+    assert!(reasons(&d.events).contains(&"LateFailure"));
+    assert_eq!(d.status.phase, Some(PolicyPhase::Paused));
+    assert!(d.status.bad_releases.is_empty());
+    assert!(
+        d.desired.is_empty(),
+        "nothing is written while paused: {:?}",
+        d.desired
+    );
+    assert_eq!(d.status.late_failures[0].release, id(0, 2));
+}
+
+#[test]
+fn with_late_failure_policy_revert_a_late_crash_revokes_the_release_everywhere() {
+    let mut sim = proven_fleet();
+    edit(&mut sim, |spec| {
+        spec.rollout.late_failure_policy = FailurePolicy::Revert;
+    });
+    let now = sim.now;
+    sim.node_mut("node-01").crash_on_probation(now);
+    let d = sim.step(60);
+    assert_eq!(d.status.phase, Some(PolicyPhase::RollingBack));
+    assert!(reasons(&d.events).contains(&"ReleaseMarkedBad"));
+    run_until(&mut sim, &[PolicyPhase::Failed], 60);
+    for node in ["node-00", "node-02"] {
+        assert_eq!(sim.node(node).applied_id(), Some(id(0, 1)));
+    }
+}
+
+#[test]
+fn a_canary_failure_in_the_first_rollout_still_reverts_at_once() {
+    let mut sim = canary_fleet(4, "10m");
+    let canary = sim.step(30).desired[0].0.clone();
+    sim.node_mut(&canary).faults.insert(id(0, 2), Fault::Stall);
+    let events = run_until(&mut sim, &[PolicyPhase::Failed], 30);
+    assert!(reasons(&events).contains(&"ReleaseMarkedBad"));
+    assert!(!reasons(&events).contains(&"LateFailure"));
+    assert_eq!(bad_releases(&sim), vec![id(0, 2)]);
+}
+
+#[test]
+fn nodes_selected_by_two_policies_keep_ready_false() {
+    let mut sim = canary_fleet(3, "0s");
+    sim.node_mut("node-02").view.other_policies = vec!["other".into()];
+    run_until(&mut sim, &[PolicyPhase::Complete], 60);
+    let status = sim.policy.status.as_ref().unwrap();
+    let ready = condition(status, "Ready");
+    assert_eq!(ready.status, "False");
+    assert_eq!(ready.reason, "Conflict");
+    assert_eq!(asked(&sim, "node-02"), None);
+}
