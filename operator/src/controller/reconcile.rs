@@ -176,11 +176,11 @@ fn spec_writes(
         .collect()
 }
 
-/// Makes a decision's writes: node specs then the status (the status first when `status_first`),
-/// `status` being `None` when it did not change. Returns the action to take instead of
-/// finishing the reconcile when a write was refused: on a conflict the store is given time
-/// to show the newer object and the engine decides again on it; after the Lease was lost
-/// nothing more is written.
+/// Makes a decision's writes: node specs, then the status (or the status first, when
+/// `status_first`); `status` is `None` when it did not change. Returns the action to take
+/// instead of finishing the reconcile when a write was refused: on a conflict the store is
+/// given time to show the newer object and the engine decides again on it; after the
+/// Lease was lost nothing more is written.
 async fn write_decision(
     ctx: &Context,
     policy: &LivePatchPolicy,
@@ -252,13 +252,18 @@ async fn write_status(
 /// A write found its object changed since the decision: count it and decide again soon,
 /// on the newer object. The refused content is not sent again.
 fn decide_again(ctx: &Context, policy: &str, changed: &[String]) -> Action {
+    count_conflict(ctx, policy, changed);
+    Action::requeue(DECIDE_AGAIN)
+}
+
+/// Logs and counts writes refused because their objects changed since the decision.
+fn count_conflict(ctx: &Context, policy: &str, changed: &[String]) {
     tracing::info!(
         policy,
         ?changed,
         "objects changed since the decision was made; deciding again"
     );
     ctx.metrics.reconcile_failed(WRITE_CONFLICT);
-    Action::requeue(DECIDE_AGAIN)
 }
 
 /// The Lease was lost mid-reconcile: nothing more is written. The next reconcile waits
@@ -384,7 +389,7 @@ async fn clear_all(ctx: &Context, policy: &str) -> Result<usize, Error> {
         })
         .await;
         if !outcome.conflicts.is_empty() {
-            decide_again(ctx, policy, &outcome.conflicts);
+            count_conflict(ctx, policy, &outcome.conflicts);
         }
     }
 }
