@@ -11,7 +11,9 @@
 //! from the moment it *started* its last successful renewal, bounds every renewal call by
 //! that deadline (a call that hangs on a slow API server is abandoned, not awaited), and
 //! steps down when the deadline passes: `renew_deadline < lease_duration` leaves the
-//! difference for the step-down to take effect.
+//! difference for the step-down to take effect. Without that bound a call could outlast
+//! the Lease by minutes: kube's client sets no read timeout and itself retries 429, 503
+//! and 504 answers with a backoff growing up to many minutes.
 
 use std::time::Duration;
 
