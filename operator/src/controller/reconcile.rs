@@ -1,7 +1,8 @@
 //! One reconcile of one policy: poll its repository and gate when due (client/network),
 //! build the engine's input from the stores and decide (no client), then write node specs,
-//! status and Events (client). Deletion goes through a finalizer that clears the policy's
-//! `spec.desired` everywhere and unloads nothing.
+//! status and Events (client), each write conditional on the version of the object the
+//! decision was made from (see [`super::write`]). Deletion goes through a finalizer that clears
+//! the policy's `spec.desired` everywhere and unloads nothing.
 
 use std::collections::HashMap;
 use std::sync::Arc;
