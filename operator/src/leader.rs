@@ -4,6 +4,16 @@
 //! lease duration (measured on its own monotonic clock, so clock skew between replicas does
 //! not matter); the leader releases the Lease on a clean shutdown so the next one starts at
 //! once. Client required.
+//!
+//! A leader must stop writing before any other replica can take the Lease over. Another
+//! replica takes over no sooner than `lease_duration` after it first sees our latest
+//! renewal, which it cannot see before we sent it. So the leader counts its renew deadline
+//! from the moment it *started* its last successful renewal, bounds every renewal call by
+//! that deadline (a call that hangs on a slow API server is abandoned, not awaited), and
+//! steps down when the deadline passes: `renew_deadline < lease_duration` leaves the
+//! difference for the step-down to take effect. Without that bound a call could outlast
+//! the Lease by minutes: kube's client sets no read timeout and itself retries 429, 503
+//! and 504 answers with a backoff growing up to many minutes.
 
 use std::time::Duration;
 
@@ -24,7 +34,8 @@ pub struct LeaseConfig {
     pub identity: String,
     /// How long a record must stay unchanged before another replica may take over.
     pub lease_duration: Duration,
-    /// A leader that has not renewed for this long steps down.
+    /// A leader that has not renewed for this long steps down. Must be shorter than
+    /// `lease_duration`, by enough for the step-down to take effect.
     pub renew_deadline: Duration,
     /// How often the leader renews and candidates retry.
     pub retry_period: Duration,
@@ -88,11 +99,22 @@ impl Record {
     }
 }
 
+/// Why a leader stopped leading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepDown {
+    /// Another replica holds the Lease.
+    Lost,
+    /// No renewal succeeded within the renew deadline.
+    DeadlinePassed,
+}
+
 /// One replica's side of the election.
 pub struct LeaderElector {
     api: Api<Lease>,
     config: LeaseConfig,
     observed: Option<(Record, Instant)>,
+    /// When the last successful acquisition or renewal started.
+    renewed_at: Option<Instant>,
 }
 
 impl LeaderElector {
@@ -103,6 +125,7 @@ impl LeaderElector {
             api,
             config,
             observed: None,
+            renewed_at: None,
         }
     }
 
@@ -116,6 +139,7 @@ impl LeaderElector {
     /// not an error.
     #[tracing::instrument(skip(self), fields(lease = %self.config.name))]
     pub async fn try_acquire_or_renew(&mut self) -> Result<bool, kube::Error> {
+        let started = Instant::now();
         let current = self.api.get_opt(&self.config.name).await?;
         let now = Instant::now();
         let spec = current.as_ref().and_then(|l| l.spec.as_ref());
@@ -163,6 +187,7 @@ impl LeaderElector {
         };
         match result {
             Ok(written) => {
+                self.renewed_at = Some(started);
                 if let Some(spec) = written.spec.as_ref() {
                     self.observed = Some((Record::of(spec), Instant::now()));
                 }
@@ -208,42 +233,65 @@ impl LeaderElector {
     /// Blocks until this replica holds the Lease, retrying every retry period. API errors
     /// are logged and retried (an apiserver blip must not kill a waiting candidate), except
     /// 403: missing RBAC never heals by waiting, so it is returned for the caller to exit.
+    /// An attempt that takes longer than the renew deadline is abandoned and retried: a
+    /// lead won that late would already be due to step down.
     pub async fn acquire(&mut self) -> Result<(), kube::Error> {
         loop {
-            match self.try_acquire_or_renew().await {
-                Ok(true) => return Ok(()),
-                Ok(false) => {}
-                Err(kube::Error::Api(status)) if status.is_forbidden() => {
+            let attempt =
+                tokio::time::timeout(self.config.renew_deadline, self.try_acquire_or_renew());
+            match attempt.await {
+                Ok(Ok(true)) => return Ok(()),
+                Ok(Ok(false)) => {}
+                Ok(Err(kube::Error::Api(status))) if status.is_forbidden() => {
                     return Err(kube::Error::Api(status));
                 }
-                Err(error) => tracing::warn!(%error, "reading the leader lease failed; retrying"),
+                Ok(Err(error)) => {
+                    tracing::warn!(%error, "reading the leader lease failed; retrying")
+                }
+                Err(_) => tracing::warn!(
+                    timeout = ?self.config.renew_deadline,
+                    "the leader lease call did not answer in time; retrying"
+                ),
             }
             tokio::time::sleep(self.config.retry_period).await;
         }
     }
 
-    /// Renews until the Lease is lost (another holder, or no successful renewal within the
-    /// renew deadline), then returns. The caller steps down by exiting.
-    pub async fn hold(&mut self) {
-        let mut last_renewed = Instant::now();
-        loop {
-            tokio::time::sleep(self.config.retry_period).await;
-            match self.try_acquire_or_renew().await {
-                Ok(true) => last_renewed = Instant::now(),
-                Ok(false) => {
-                    tracing::error!("another replica holds the leader lease");
-                    return;
-                }
-                Err(error) => tracing::warn!(%error, "renewing the leader lease failed"),
+    /// Renews every retry period until the Lease is lost to another holder or no renewal
+    /// succeeded within the renew deadline, then returns why; the caller steps down (stops
+    /// writing) at once. Returns at once when the Lease was never acquired.
+    pub async fn hold(&mut self) -> StepDown {
+        // Renewals are spaced from the start of the previous one, so the first comes at
+        // once after an acquisition that took long.
+        let Some(mut last_try) = self.renewed_at else {
+            return StepDown::DeadlinePassed;
+        };
+        while let Some(renewed_at) = self.renewed_at {
+            let deadline = renewed_at + self.config.renew_deadline;
+            tokio::time::sleep_until((last_try + self.config.retry_period).min(deadline)).await;
+            last_try = Instant::now();
+            if last_try >= deadline {
+                break;
             }
-            if last_renewed.elapsed() > self.config.renew_deadline {
-                tracing::error!(
-                    deadline = ?self.config.renew_deadline,
-                    "could not renew the leader lease in time"
-                );
-                return;
+            // The renewal may take only what is left of the deadline: a call that hangs
+            // must not keep this replica leading past it.
+            match tokio::time::timeout_at(deadline, self.try_acquire_or_renew()).await {
+                Ok(Ok(true)) => {}
+                Ok(Ok(false)) => {
+                    self.renewed_at = None;
+                    tracing::error!("another replica holds the leader lease");
+                    return StepDown::Lost;
+                }
+                Ok(Err(error)) => tracing::warn!(%error, "renewing the leader lease failed"),
+                Err(_) => tracing::warn!("renewing the leader lease did not answer in time"),
             }
         }
+        self.renewed_at = None;
+        tracing::error!(
+            deadline = ?self.config.renew_deadline,
+            "could not renew the leader lease in time; stepping down"
+        );
+        StepDown::DeadlinePassed
     }
 
     /// A handle that can release the Lease after the elector moved into its renewal task.

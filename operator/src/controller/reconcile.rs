@@ -1,12 +1,16 @@
 //! One reconcile of one policy: poll its repository and gate when due (client/network),
 //! build the engine's input from the stores and decide (no client), then write node specs,
-//! status and Events (client). Deletion goes through a finalizer that clears the policy's
-//! `spec.desired` everywhere and unloads nothing.
+//! status and Events (client), each write conditional on the version of the object the
+//! decision was made from (see [`super::write`]). Deletion goes through a finalizer that clears
+//! the policy's `spec.desired` everywhere and unloads nothing.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kpersist_crds::{DesiredPatch, LivePatchNode, LivePatchPolicy, parse_duration};
+use kpersist_crds::{
+    DesiredPatch, LivePatchNode, LivePatchPolicy, LivePatchPolicyStatus, parse_duration,
+};
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::{ObjectRef, Store};
@@ -32,6 +36,11 @@ const MIN_CHECK_INTERVAL: Duration = Duration::from_secs(10);
 const MIN_GATE_INTERVAL: Duration = Duration::from_secs(5);
 /// Longest a reconcile waits for its own node writes to come back through the watch.
 const STORE_CATCH_UP: Duration = Duration::from_secs(5);
+/// How soon a reconcile whose writes were refused runs again, on fresher objects.
+const DECIDE_AGAIN: Duration = Duration::from_secs(1);
+/// The `reason` of `kpersist_reconcile_errors_total` for a reconcile that found the objects
+/// it decided on changed when it wrote.
+const WRITE_CONFLICT: &str = "write_conflict";
 
 /// The controller's reconcile function.
 #[tracing::instrument(skip_all, fields(policy = %policy.name_any()))]
@@ -116,22 +125,16 @@ async fn apply(policy: Arc<LivePatchPolicy>, ctx: Arc<Context>) -> Result<Action
 
     // Only nodes with a LivePatchNode are written: the agent creates it (owned by the
     // Node, so it goes with the Node); a spec written before that would orphan it.
-    let writes: Vec<_> = decision
-        .desired
-        .into_iter()
-        .filter(|(node, _)| ctx.lpns.get(&ObjectRef::new(node)).is_some())
-        .collect();
+    let writes = spec_writes(decision.desired, &views, &ctx.lpns);
     let status_changed = policy.status.as_ref() != Some(&new_status);
-    if status_first && status_changed {
-        write::apply_status(&ctx.client, &name, &new_status).await?;
+    let status = status_changed.then_some(&new_status);
+    if let Some(stop) = write_decision(&ctx, &policy, status, status_first, &writes).await? {
+        return Ok(stop);
     }
-    let written_over = resource_versions(&ctx.lpns, &writes);
-    write::apply_all_desired(&ctx.client, &writes).await?;
-    wait_for_store(&ctx.lpns, &written_over).await;
-    if !status_first && status_changed {
-        write::apply_status(&ctx.client, &name, &new_status).await?;
+    // Events are writes too: a replica that stopped leading records none.
+    if write::leads(&ctx.leading) {
+        ctx.events.publish(&policy, &decision.events).await;
     }
-    ctx.events.publish(&policy, &decision.events).await;
     status::count_events(&ctx.metrics, &name, &decision.events);
     ctx.metrics.record_status(&name, &new_status);
 
@@ -145,19 +148,133 @@ async fn apply(policy: Arc<LivePatchPolicy>, ctx: Arc<Context>) -> Result<Action
     Ok(Action::requeue(wait))
 }
 
-/// The resourceVersion each node to be written has in the store now, for the nodes whose
-/// version is known.
-fn resource_versions(
+/// The node writes of a decision, each conditional on the resourceVersion of the
+/// LivePatchNode the engine was shown. A node the engine saw without one is not written
+/// (its creation brings a new reconcile); a node it was not shown at all is conditional
+/// on the store's copy.
+fn spec_writes(
+    desired: Vec<(String, Option<DesiredPatch>)>,
+    views: &[engine::NodeView],
     lpns: &Store<LivePatchNode>,
-    writes: &[(String, Option<DesiredPatch>)],
-) -> Vec<(String, String)> {
-    writes
+) -> Vec<write::SpecWrite> {
+    let seen: HashMap<&str, Option<&LivePatchNode>> = views
         .iter()
-        .filter_map(|(node, _)| {
-            let version = lpns.get(&ObjectRef::new(node))?.resource_version()?;
-            Some((node.clone(), version))
+        .map(|view| (view.name.as_str(), view.lpn.as_deref()))
+        .collect();
+    desired
+        .into_iter()
+        .filter_map(|(node, desired)| {
+            let resource_version = match seen.get(node.as_str()) {
+                Some(lpn) => lpn.as_ref()?.resource_version(),
+                None => lpns.get(&ObjectRef::new(&node))?.resource_version(),
+            };
+            Some(write::SpecWrite {
+                node,
+                desired,
+                resource_version,
+            })
         })
         .collect()
+}
+
+/// Makes a decision's writes: node specs, then the status (or the status first, when
+/// `status_first`); `status` is `None` when it did not change. Returns the action to take
+/// instead of finishing the reconcile when a write was refused: on a conflict the store is
+/// given time to show the newer object and the engine decides again on it; after the
+/// Lease was lost nothing more is written.
+async fn write_decision(
+    ctx: &Context,
+    policy: &LivePatchPolicy,
+    status: Option<&LivePatchPolicyStatus>,
+    status_first: bool,
+    writes: &[write::SpecWrite],
+) -> Result<Option<Action>, Error> {
+    if status_first
+        && let Some(status) = status
+        && let Some(stop) = write_status(ctx, policy, status).await?
+    {
+        return Ok(Some(stop));
+    }
+    let nodes = write::apply_all_desired(&ctx.client, &ctx.leading, writes).await?;
+    if nodes.withheld > 0 {
+        return Ok(Some(stepped_down(nodes.withheld)));
+    }
+    let written_over: Vec<(String, String)> = writes
+        .iter()
+        .filter_map(|w| Some((w.node.clone(), w.resource_version.clone()?)))
+        .collect();
+    wait_for_store(&written_over, |node| {
+        ctx.lpns.get(&ObjectRef::new(node))?.resource_version()
+    })
+    .await;
+    if !nodes.conflicts.is_empty() {
+        return Ok(Some(decide_again(
+            ctx,
+            &policy.name_any(),
+            &nodes.conflicts,
+        )));
+    }
+    if !status_first
+        && let Some(status) = status
+        && let Some(stop) = write_status(ctx, policy, status).await?
+    {
+        return Ok(Some(stop));
+    }
+    Ok(None)
+}
+
+/// Writes the policy's status on condition that the policy is still the copy it was
+/// computed from, then waits for the store to show the result (the next reconcile must not
+/// decide on the status this one replaced). See [`write_decision`] for the action returned.
+async fn write_status(
+    ctx: &Context,
+    policy: &LivePatchPolicy,
+    status: &LivePatchPolicyStatus,
+) -> Result<Option<Action>, Error> {
+    let name = policy.name_any();
+    let version = policy.resource_version();
+    let outcome =
+        write::apply_status(&ctx.client, &ctx.leading, &name, version.as_deref(), status).await?;
+    if outcome == write::Outcome::NotLeading {
+        return Ok(Some(stepped_down(1)));
+    }
+    let written_over: Vec<(String, String)> =
+        version.map(|v| (name.clone(), v)).into_iter().collect();
+    wait_for_store(&written_over, |policy| {
+        ctx.policies
+            .get(&ObjectRef::new(policy))?
+            .resource_version()
+    })
+    .await;
+    Ok((outcome == write::Outcome::Conflict)
+        .then(|| decide_again(ctx, &name, std::slice::from_ref(&name))))
+}
+
+/// A write found its object changed since the decision: count it and decide again soon,
+/// on the newer object. The refused content is not sent again.
+fn decide_again(ctx: &Context, policy: &str, changed: &[String]) -> Action {
+    count_conflict(ctx, policy, changed);
+    Action::requeue(DECIDE_AGAIN)
+}
+
+/// Logs and counts writes refused because their objects changed since the decision.
+fn count_conflict(ctx: &Context, policy: &str, changed: &[String]) {
+    tracing::info!(
+        policy,
+        ?changed,
+        "objects changed since the decision was made; deciding again"
+    );
+    ctx.metrics.reconcile_failed(WRITE_CONFLICT);
+}
+
+/// The Lease was lost mid-reconcile: nothing more is written. The next reconcile waits
+/// until this replica leads again (in practice the process exits first).
+fn stepped_down(withheld: usize) -> Action {
+    tracing::warn!(
+        withheld,
+        "no longer leading: the rest of this reconcile's writes were not sent"
+    );
+    Action::requeue(DECIDE_AGAIN)
 }
 
 /// How many of the nodes written over `written_over` (name, resourceVersion before the
@@ -172,14 +289,17 @@ pub fn still_stale(
         .count()
 }
 
-/// Waits (up to [`STORE_CATCH_UP`]) until the store shows every written node past the
-/// version it was written over. A reconcile that started on a store still without its
-/// predecessor's writes would decide them again and patch the same specs a second time;
-/// under load the watch can lag the writes by seconds.
-async fn wait_for_store(lpns: &Store<LivePatchNode>, written_over: &[(String, String)]) {
+/// Waits (up to [`STORE_CATCH_UP`]) until the store, read through `current`, shows every
+/// written object past the version it was written over. A reconcile that started on a
+/// store still without its predecessor's writes would decide them again and patch the
+/// same objects a second time (refused now, as a conflict); under load the watch can lag
+/// the writes by seconds.
+async fn wait_for_store(
+    written_over: &[(String, String)],
+    current: impl Fn(&str) -> Option<String>,
+) {
     let started = Instant::now();
-    let current = |node: &str| lpns.get(&ObjectRef::new(node))?.resource_version();
-    while still_stale(written_over, current) > 0 && started.elapsed() < STORE_CATCH_UP {
+    while still_stale(written_over, &current) > 0 && started.elapsed() < STORE_CATCH_UP {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -219,14 +339,7 @@ async fn evaluate_gate(
 /// another policy or a person asks for.
 async fn cleanup(policy: Arc<LivePatchPolicy>, ctx: Arc<Context>) -> Result<Action, Error> {
     let name = policy.name_any();
-    let writes: Vec<_> = ctx
-        .lpns
-        .state()
-        .iter()
-        .filter(|lpn| lpn.spec.desired.as_ref().is_some_and(|d| d.policy == name))
-        .map(|lpn| (lpn.name_any(), None))
-        .collect();
-    let cleared = write::apply_all_desired(&ctx.client, &writes).await?;
+    let cleared = clear_all(&ctx, &name).await?;
     tracing::info!(
         cleared,
         "policy deleted: cleared its desired specs, loaded patches stay"
@@ -237,6 +350,51 @@ async fn cleanup(policy: Arc<LivePatchPolicy>, ctx: Arc<Context>) -> Result<Acti
     Ok(Action::await_change())
 }
 
+/// Clears `spec.desired` on every LivePatchNode that names `policy`, each on condition
+/// that it is still the store's copy. After a conflict the store is given time to show the
+/// newer object and the clearing is decided again on it (the node may have gone to another
+/// policy meanwhile); after the Lease was lost it waits to lead again. Returns how many
+/// specs it cleared.
+async fn clear_all(ctx: &Context, policy: &str) -> Result<usize, Error> {
+    let mut cleared = 0;
+    loop {
+        ctx.wait_until_leading().await;
+        let writes: Vec<write::SpecWrite> = ctx
+            .lpns
+            .state()
+            .iter()
+            .filter(|lpn| {
+                lpn.spec
+                    .desired
+                    .as_ref()
+                    .is_some_and(|d| d.policy == policy)
+            })
+            .map(|lpn| write::SpecWrite {
+                node: lpn.name_any(),
+                desired: None,
+                resource_version: lpn.resource_version(),
+            })
+            .collect();
+        let outcome = write::apply_all_desired(&ctx.client, &ctx.leading, &writes).await?;
+        cleared += outcome.written;
+        if outcome.conflicts.is_empty() && outcome.withheld == 0 {
+            return Ok(cleared);
+        }
+        let written_over: Vec<(String, String)> = writes
+            .into_iter()
+            .filter(|w| outcome.conflicts.contains(&w.node))
+            .filter_map(|w| Some((w.node, w.resource_version?)))
+            .collect();
+        wait_for_store(&written_over, |node| {
+            ctx.lpns.get(&ObjectRef::new(node))?.resource_version()
+        })
+        .await;
+        if !outcome.conflicts.is_empty() {
+            count_conflict(ctx, policy, &outcome.conflicts);
+        }
+    }
+}
+
 #[cfg(test)]
 #[path = "reconcile_tests.rs"]
 mod tests;
@@ -244,3 +402,7 @@ mod tests;
 #[cfg(test)]
 #[path = "gate_flow_tests.rs"]
 mod gate_flow_tests;
+
+#[cfg(test)]
+#[path = "conflict_tests.rs"]
+mod conflict_tests;

@@ -8,6 +8,22 @@
 //! `spec`), so a cleared `desired` or a dropped `release` stayed; and CRD schema defaults
 //! keep a dropped `status.rollout` half-present, which the API then refuses as invalid.
 //! Replacing the whole value writes exactly what the engine decided. Client required.
+//!
+//! Every write is conditional and made only while this replica leads:
+//! - **Conditional.** Each patch also sets `metadata.resourceVersion` to the version of
+//!   the copy the decision was made from (the reflector store's). The API server compares
+//!   the patched object's version with the stored one and answers 409 Conflict when they
+//!   differ, so a write decided on a stale copy (a watch that lags, another writer, a
+//!   deposed leader) never lands over newer state. This is how the API server has treated
+//!   a `resourceVersion` in a patch body since long before Kubernetes 1.20; it works for
+//!   the status subresource too. A JSON patch `test` of `/metadata/resourceVersion` would
+//!   also refuse the write, but as 422 Invalid, which cannot be told from a schema
+//!   rejection without reading the message.
+//! - **Conflict means decide again.** The content of a refused write is not sent again:
+//!   the engine's decision was made on an old view, so the caller waits for its store to
+//!   show the newer object and reconciles again (see [`Outcome::Conflict`]).
+//! - **Only while leading.** The leader flag is read right before each request; a replica
+//!   that stopped leading sends nothing more (see [`Outcome::NotLeading`]).
 
 use futures::{StreamExt, stream};
 use kpersist_crds::{
@@ -17,6 +33,7 @@ use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 use serde::Serialize;
 use serde_json::json;
+use tokio::sync::watch;
 
 use crate::error::Error;
 
@@ -31,13 +48,61 @@ fn params() -> PatchParams {
     }
 }
 
-/// A JSON patch setting the member at `path` (`/spec`, `/status`) to `value` whole.
-pub fn replace_patch(path: &str, value: &impl Serialize) -> Patch<()> {
-    let operations = json!([{"op": "add", "path": path, "value": value}]);
-    // An `add` of a serializable value at a fixed path is always a valid JSON patch.
-    match serde_json::from_value(operations) {
+/// What became of one write that did not fail.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The API server took it.
+    Written,
+    /// The object changed since the copy the decision was made from: nothing was written,
+    /// and the decision must be made again on the newer object.
+    Conflict,
+    /// This replica no longer leads: nothing was sent.
+    NotLeading,
+}
+
+/// One LivePatchNode `spec` write, conditional on the version it was decided on.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SpecWrite {
+    /// The node (and LivePatchNode) name.
+    pub node: String,
+    /// The `spec.desired` to write; `None` clears it.
+    pub desired: Option<DesiredPatch>,
+    /// The LivePatchNode's `resourceVersion` in the copy the decision was made from.
+    /// Objects read from the API server always have one; `None` (an object built by hand)
+    /// makes the write unconditional.
+    pub resource_version: Option<String>,
+}
+
+/// What became of a batch of node writes, none of which failed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeWrites {
+    /// How many were written.
+    pub written: usize,
+    /// The nodes whose LivePatchNode changed since the decision, sorted; not written.
+    pub conflicts: Vec<String>,
+    /// How many were not sent because this replica stopped leading.
+    pub withheld: usize,
+}
+
+/// A JSON patch setting the member at `path` (`/spec`, `/status`) to `value` whole, on
+/// condition that the object is still at `resource_version` when one is given.
+pub fn replace_patch(
+    path: &str,
+    value: &impl Serialize,
+    resource_version: Option<&str>,
+) -> Patch<()> {
+    let mut operations = vec![json!({"op": "add", "path": path, "value": value})];
+    if let Some(version) = resource_version {
+        // The patched object carries this version; the API server refuses the update with
+        // 409 Conflict when the stored object's differs.
+        operations.push(json!({
+            "op": "replace", "path": "/metadata/resourceVersion", "value": version
+        }));
+    }
+    // `add` and `replace` operations at fixed paths always make a valid JSON patch.
+    match serde_json::from_value(serde_json::Value::Array(operations)) {
         Ok(patch) => Patch::Json(patch),
-        Err(error) => unreachable!("a single add operation is a JSON patch: {error}"),
+        Err(error) => unreachable!("add and replace operations are a JSON patch: {error}"),
     }
 }
 
@@ -49,65 +114,107 @@ pub fn node_spec(desired: Option<&DesiredPatch>) -> serde_json::Value {
     }
 }
 
-/// Writes `spec.desired` of one LivePatchNode.
-#[tracing::instrument(skip(client, desired), fields(release = desired.and_then(|d| d.release.as_ref()).map(|r| r.id.as_str())))]
+/// Whether the replica may write now: the leader flag, read right before a request.
+pub fn leads(leading: &watch::Receiver<bool>) -> bool {
+    *leading.borrow()
+}
+
+/// Sorts a write's result into an outcome, a conflict being an outcome, not an error.
+fn outcome<T>(
+    result: Result<T, kube::Error>,
+    error: impl FnOnce(kube::Error) -> Error,
+) -> Result<Outcome, Error> {
+    match result {
+        Ok(_) => Ok(Outcome::Written),
+        Err(kube::Error::Api(status)) if status.is_conflict() => Ok(Outcome::Conflict),
+        Err(source) => Err(error(source)),
+    }
+}
+
+/// Writes `spec.desired` of one LivePatchNode, if this replica leads and the object is
+/// still at the version the write was decided on.
+#[tracing::instrument(skip_all, fields(node = %write.node, release = write.desired.as_ref().and_then(|d| d.release.as_ref()).map(|r| r.id.as_str())))]
 pub async fn apply_desired(
     client: &Client,
-    node: &str,
-    desired: Option<&DesiredPatch>,
-) -> Result<(), Error> {
+    leading: &watch::Receiver<bool>,
+    write: &SpecWrite,
+) -> Result<Outcome, Error> {
+    if !leads(leading) {
+        return Ok(Outcome::NotLeading);
+    }
     let api: Api<LivePatchNode> = Api::all(client.clone());
-    api.patch(
-        node,
-        &params(),
-        &replace_patch("/spec", &node_spec(desired)),
-    )
-    .await
-    .map_err(|source| Error::NodeApply {
-        node: node.to_string(),
+    let patch = replace_patch(
+        "/spec",
+        &node_spec(write.desired.as_ref()),
+        write.resource_version.as_deref(),
+    );
+    let result = api.patch(&write.node, &params(), &patch).await;
+    outcome(result, |source| Error::NodeApply {
+        node: write.node.clone(),
         source,
-    })?;
-    Ok(())
+    })
 }
 
 /// Writes many nodes' `spec.desired`, a few at a time. Every write is tried; the first
-/// error is returned so the reconcile retries (the engine repeats the same writes).
+/// error is returned so the reconcile retries (the engine decides again). Conflicts and
+/// writes withheld after the replica stopped leading are reported, not errors.
 pub async fn apply_all_desired(
     client: &Client,
-    writes: &[(String, Option<DesiredPatch>)],
-) -> Result<usize, Error> {
+    leading: &watch::Receiver<bool>,
+    writes: &[SpecWrite],
+) -> Result<NodeWrites, Error> {
     // Each future owns its inputs: borrowing them from the closure's argument makes the
     // stream's futures not `Send` for every lifetime, which the controller requires.
-    let results: Vec<Result<(), Error>> = stream::iter(writes.iter().cloned())
-        .map(|(node, desired)| {
-            let client = client.clone();
-            async move { apply_desired(&client, &node, desired.as_ref()).await }
+    let results: Vec<(String, Result<Outcome, Error>)> = stream::iter(writes.iter().cloned())
+        .map(|write| {
+            let (client, leading) = (client.clone(), leading.clone());
+            async move {
+                let result = apply_desired(&client, &leading, &write).await;
+                (write.node, result)
+            }
         })
         .buffer_unordered(NODE_WRITE_CONCURRENCY)
         .collect()
         .await;
-    let written = results.iter().filter(|r| r.is_ok()).count();
-    match results.into_iter().find_map(Result::err) {
+    let mut summary = NodeWrites::default();
+    let mut first_error = None;
+    for (node, result) in results {
+        match result {
+            Ok(Outcome::Written) => summary.written += 1,
+            Ok(Outcome::Conflict) => summary.conflicts.push(node),
+            Ok(Outcome::NotLeading) => summary.withheld += 1,
+            Err(error) => {
+                first_error.get_or_insert(error);
+            }
+        }
+    }
+    summary.conflicts.sort();
+    match first_error {
         Some(error) => Err(error),
-        None => Ok(written),
+        None => Ok(summary),
     }
 }
 
-/// Writes the policy's status.
-#[tracing::instrument(skip(client, status))]
+/// Writes the policy's status, if this replica leads and the policy is still at
+/// `resource_version`, the version of the copy the status was computed from.
+#[tracing::instrument(skip(client, leading, status))]
 pub async fn apply_status(
     client: &Client,
+    leading: &watch::Receiver<bool>,
     policy: &str,
+    resource_version: Option<&str>,
     status: &LivePatchPolicyStatus,
-) -> Result<(), Error> {
+) -> Result<Outcome, Error> {
+    if !leads(leading) {
+        return Ok(Outcome::NotLeading);
+    }
     let api: Api<LivePatchPolicy> = Api::all(client.clone());
-    api.patch_status(policy, &params(), &replace_patch("/status", status))
-        .await
-        .map_err(|source| Error::StatusApply {
-            policy: policy.to_string(),
-            source,
-        })?;
-    Ok(())
+    let patch = replace_patch("/status", status, resource_version);
+    let result = api.patch_status(policy, &params(), &patch).await;
+    outcome(result, |source| Error::StatusApply {
+        policy: policy.to_string(),
+        source,
+    })
 }
 
 #[cfg(test)]
