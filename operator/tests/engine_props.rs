@@ -1,8 +1,10 @@
 //! Property tests of the rollout engine: random fleets (kernels, supported or not, agents
-//! or not, nodes joining, leaving and flapping NotReady), random wave specs, and fault
-//! schedules (releases that stall, taint or crash on some nodes, a failing Prometheus gate,
-//! a release published mid-rollout), run in a loop with simulated agents. Every step checks
-//! the rollout's invariants, and every run must end in a terminal phase.
+//! or not, nodes joining, leaving and flapping NotReady shorter and longer than the grace),
+//! node life (reboots into another kernel, silent agents, cordons, failed downloads, crashes
+//! on probation after a rollout), random wave specs, and fault schedules (releases that
+//! stall, taint or crash on some nodes, a failing Prometheus gate, a release published
+//! mid-rollout), run in a loop with simulated agents. Every step checks the rollout's
+//! invariants, and every run must end in a terminal phase.
 //!
 //! The number of cases comes from `PROPTEST_CASES` (default 10,000 for this file).
 
@@ -18,8 +20,8 @@ use std::time::Duration;
 use engine_support::*;
 use jiff::Timestamp;
 use kpersist_crds::{
-    ComparisonOperator, FailurePolicy, MaintenanceWindow, NodePatchState, PatchAction, PolicyPhase,
-    PrometheusGate, parse_duration,
+    Blame, ComparisonOperator, FailurePolicy, MaintenanceWindow, NodePatchState, PatchAction,
+    PolicyPhase, PrometheusGate, parse_duration,
 };
 use kpersist_operator::engine::{Decision, GateVerdict};
 use proptest::prelude::*;
@@ -43,6 +45,35 @@ struct NodePlan {
     join_at: Option<usize>,
     leave_at: Option<usize>,
     work_ticks: u32,
+    /// Something that happens to the node at a step.
+    life: Option<(usize, Life)>,
+}
+
+/// What happens to a node besides joining, leaving and NotReady.
+#[derive(Clone, Copy, Debug)]
+enum Life {
+    /// It reboots into this kernel.
+    RebootInto(usize),
+    /// Its agent stops answering for good.
+    Silent,
+    /// It is cordoned.
+    Cordon,
+    /// Its downloads fail for ten steps (the repository is unreachable from it).
+    DownloadFails,
+    /// Its downloads work again.
+    DownloadsHeal,
+    /// It goes down on probation with the release it runs.
+    Crash,
+}
+
+fn life(kernels: usize) -> impl Strategy<Value = Life> {
+    prop_oneof![
+        (0..kernels).prop_map(Life::RebootInto),
+        Just(Life::Silent),
+        Just(Life::Cordon),
+        Just(Life::DownloadFails),
+        Just(Life::Crash),
+    ]
 }
 
 const UNSUPPORTED_KERNEL: usize = 9;
@@ -86,7 +117,10 @@ fn node_plan(kernels: usize) -> impl Strategy<Value = NodePlan> {
         prop::option::weighted(0.2, (0usize..40, 1usize..8)),
         prop::option::weighted(0.1, 1usize..40),
         prop::option::weighted(0.08, 1usize..60),
-        1u32..=3,
+        (
+            1u32..=3,
+            prop::option::weighted(0.2, (0usize..50, life(kernels))),
+        ),
     )
         .prop_map(
             |(
@@ -100,7 +134,7 @@ fn node_plan(kernels: usize) -> impl Strategy<Value = NodePlan> {
                 flap,
                 join_at,
                 leave_at,
-                work_ticks,
+                (work_ticks, life),
             )| {
                 NodePlan {
                     kernel,
@@ -114,6 +148,7 @@ fn node_plan(kernels: usize) -> impl Strategy<Value = NodePlan> {
                     join_at,
                     leave_at,
                     work_ticks,
+                    life,
                 }
             },
         )
@@ -213,9 +248,9 @@ fn build(s: &Scenario) -> Sim {
             }
         })
         .collect();
-    // Simulated agents may take many long steps; the node deadline is exercised by the
-    // silent agents of the node-life events, not by slow ones.
-    spec.health.node_deadline = Some("1d".into());
+    // Well past what a simulated agent takes (at most four steps), so only silent agents
+    // meet the deadline.
+    spec.health.node_deadline = Some(format!("{}s", 12 * s.step_seconds));
     spec.rollout.max_in_flight = s.max_in_flight;
     spec.rollout.max_failures = s.max_failures;
     spec.rollout.failure_policy = s.failure_policy;
@@ -295,6 +330,10 @@ struct Memory {
     rollout: Option<String>,
     waves: BTreeMap<u32, (BTreeSet<String>, Option<Timestamp>)>,
     previous_phase: Option<PolicyPhase>,
+    /// Nodes whose slot the engine freed (NotReady past the grace, or past the deadline)
+    /// since their last request: one that comes back finishes its apply above
+    /// maxInFlight.
+    freed: BTreeSet<String>,
 }
 
 fn bake_of(sim: &Sim, wave: u32) -> Duration {
@@ -326,6 +365,14 @@ fn check_decision(
         now_bad.is_superset(&memory.bad),
         "bad releases were forgotten"
     );
+    let gate_failed = matches!(sim.gate, Some(GateVerdict::Fail(_)));
+    for release in now_bad.difference(&recorded_bad(sim)) {
+        prop_assert!(
+            gate_failed || release_evidence(sim, release),
+            "{} marked bad with no node reporting a release's fault on it",
+            release
+        );
+    }
     if spec.dry_run {
         prop_assert!(
             decision.desired.is_empty(),
@@ -393,6 +440,12 @@ fn check_decision(
                 earlier
             );
         }
+        // A node handed a release again (it rebooted into another kernel) leaves the wave
+        // it was in.
+        for (nodes, _) in memory.waves.values_mut() {
+            nodes.remove(name);
+        }
+        memory.freed.remove(name);
         let entry = memory.waves.entry(wave).or_default();
         entry.0.insert(name.clone());
         entry.1 = None;
@@ -403,6 +456,27 @@ fn check_decision(
 }
 
 /// The bad releases the policy status holds.
+/// Whether a node reports a release's fault on `release` (the kernel refused it, its
+/// transition stalled, it tainted, the node crashed with it), or holds a revert from it (a
+/// decision whose status write was lost marked it bad).
+fn release_evidence(sim: &Sim, release: &str) -> bool {
+    sim.nodes.iter().any(|node| {
+        let Some(lpn) = node.view.lpn.as_ref() else {
+            return false;
+        };
+        let reverted_from = lpn.spec.desired.as_ref().is_some_and(|d| {
+            d.action == PatchAction::Revert && d.previous.as_ref().is_some_and(|p| p.id == release)
+        });
+        let reported = lpn.status.as_ref().is_some_and(|s| {
+            s.refused_releases.iter().any(|r| r == release)
+                || s.last_error.as_ref().is_some_and(|e| {
+                    e.reason.blame() == Blame::Release && e.release.as_deref() == Some(release)
+                })
+        });
+        reverted_from || reported
+    })
+}
+
 fn recorded_bad(sim: &Sim) -> BTreeSet<String> {
     sim.policy
         .status
@@ -419,9 +493,11 @@ fn check_fleet(
     phase: Option<PolicyPhase>,
 ) -> Result<(), TestCaseError> {
     let max = sim.policy.spec.rollout.max_in_flight as usize;
+    // A node NotReady past the grace or unfinished past the deadline has its slot freed.
     let applying = sim
         .nodes
         .iter()
+        .filter(|n| !memory.freed.contains(&n.view.name))
         .filter(|n| {
             n.desired().is_some_and(|d| d.action == PatchAction::Apply)
                 && (!n.settled()
@@ -444,7 +520,9 @@ fn check_fleet(
     let revert_done = memory.previous_phase == Some(PolicyPhase::RollingBack)
         && phase != Some(PolicyPhase::RollingBack);
     if revert_done {
-        for node in &sim.nodes {
+        // A node that rebooted lost its livepatches whatever it was asked; a silent one is
+        // given up on at the deadline and reported as a node problem.
+        for node in sim.nodes.iter().filter(|n| !n.rebooted && !n.silent) {
             let Some((release, previous)) = memory.last_apply.get(&node.view.name) else {
                 continue;
             };
@@ -462,14 +540,22 @@ fn check_fleet(
     Ok(())
 }
 
-/// Refreshes since when each watched wave's nodes have all settled.
+/// Refreshes since when each watched wave's nodes have all settled, and which nodes had
+/// their slot freed.
 fn note_settled(sim: &Sim, memory: &mut Memory) {
+    for node in &sim.nodes {
+        if past_grace(node, sim) || overdue(node, sim) {
+            memory.freed.insert(node.view.name.clone());
+        }
+    }
     for (nodes, since) in memory.waves.values_mut() {
         let all = nodes.iter().all(|n| {
             sim.nodes
                 .iter()
                 .find(|s| &s.view.name == n)
-                .is_none_or(SimNode::settled)
+                .is_none_or(|node| {
+                    idle_or_silent(node) || past_grace(node, sim) || overdue(node, sim)
+                })
         });
         *since = match (all, *since) {
             (true, Some(t)) => Some(t),
@@ -490,12 +576,37 @@ fn schedule(s: &Scenario, sim: &mut Sim, step: usize) -> bool {
         if plan.leave_at == Some(step) {
             sim.nodes.retain(|n| n.view.name != name);
         }
+        let now = sim.now;
         if let Some((from, length)) = plan.flap
             && let Some(node) = sim.nodes.iter_mut().find(|n| n.view.name == name)
         {
-            node.view.ready = !(from..from + length).contains(&step);
+            if step == from {
+                node.not_ready(now);
+            } else if step == from + length {
+                node.ready();
+            }
         }
-        let last = [plan.join_at, plan.leave_at, plan.flap.map(|(f, l)| f + l)];
+        let heal = match plan.life {
+            Some((at, Life::DownloadFails)) => Some(at + 10),
+            _ => None,
+        };
+        let happening = match plan.life {
+            Some((at, life)) if at == step => Some(life),
+            _ if heal == Some(step) => Some(Life::DownloadsHeal),
+            _ => None,
+        };
+        if let Some(life) = happening
+            && let Some(node) = sim.nodes.iter_mut().find(|n| n.view.name == name)
+        {
+            live(node, life, now);
+        }
+        let last = [
+            plan.join_at,
+            plan.leave_at,
+            plan.flap.map(|(f, l)| f + l),
+            plan.life.map(|(at, _)| at),
+            heal,
+        ];
         pending |= last.into_iter().flatten().any(|at| at > step);
     }
     if s.publish_at == Some(step)
@@ -504,6 +615,67 @@ fn schedule(s: &Scenario, sim: &mut Sim, step: usize) -> bool {
         repo.index.releases.push(release(0, 4, sim.now));
     }
     pending | s.publish_at.is_some_and(|at| at > step)
+}
+
+/// Makes `life` happen to `node`.
+fn live(node: &mut SimNode, life: Life, now: Timestamp) {
+    match life {
+        Life::RebootInto(k) => {
+            let supported = node
+                .view
+                .lpn
+                .as_ref()
+                .and_then(|l| l.status.as_ref())
+                .is_some_and(|s| s.livepatch_supported);
+            if supported {
+                node.reboot_into(k, now);
+            }
+        }
+        Life::Silent => node.silent = true,
+        Life::Cordon => node.view.leaving = true,
+        Life::DownloadFails => {
+            for k in 0..=UNSUPPORTED_KERNEL {
+                for v in 1..=4 {
+                    node.faults.insert(id(k, v), Fault::Download);
+                }
+            }
+        }
+        Life::DownloadsHeal => node.faults.retain(|_, f| *f != Fault::Download),
+        Life::Crash => node.crash_on_probation(now),
+    }
+}
+
+/// Whether the node has been NotReady past the policy's grace: the engine no longer waits
+/// for it.
+fn past_grace(node: &SimNode, sim: &Sim) -> bool {
+    let grace = parse_duration(&sim.policy.spec.health.not_ready_grace).unwrap_or_default();
+    node.view
+        .not_ready_since
+        .and_then(|since| since.checked_add(grace).ok())
+        .is_some_and(|end| end <= sim.now)
+}
+
+/// Whether the node's request is unfinished past the policy's node deadline.
+fn overdue(node: &SimNode, sim: &Sim) -> bool {
+    let deadline = sim
+        .policy
+        .spec
+        .health
+        .node_deadline
+        .as_deref()
+        .and_then(|d| parse_duration(d).ok())
+        .unwrap_or_default();
+    node.desired()
+        .and_then(|d| d.asked_at.as_deref())
+        .and_then(|t| t.parse::<Timestamp>().ok())
+        .and_then(|asked| asked.checked_add(deadline).ok())
+        .is_some_and(|end| end <= sim.now)
+        && !node.settled()
+}
+
+/// Whether the node is done with its work, or will never do any (a silent agent).
+fn idle_or_silent(node: &SimNode) -> bool {
+    node.silent || node.settled()
 }
 
 fn gate(s: &Scenario, sim: &Sim) -> Option<GateVerdict> {
@@ -565,7 +737,7 @@ fn run(s: &Scenario) -> Result<(), TestCaseError> {
                     | PolicyPhase::Idle
             )
         );
-        let settled = sim.nodes.iter().all(SimNode::settled);
+        let settled = sim.nodes.iter().all(idle_or_silent);
         quiet = if terminal && settled && decision.desired.is_empty() && step >= last_event {
             quiet + 1
         } else {
@@ -625,6 +797,7 @@ fn a_lost_status_write_then_the_failed_node_leaving_forgets_no_recorded_bad_rele
             join_at: None,
             leave_at: Some(5),
             work_ticks: 3,
+            life: None,
         }],
         waves: vec![(false, 1, 0)],
         max_in_flight: 1,
@@ -643,4 +816,62 @@ fn a_lost_status_write_then_the_failed_node_leaving_forgets_no_recorded_bad_rele
     if let Err(error) = run(&s) {
         panic!("{error}");
     }
+}
+
+/// The checker's node-life invariant fails on a mutant decision: a release marked bad while
+/// no node reports a release's fault on it (as an engine that blamed a download failure or
+/// a NotReady node would do).
+#[test]
+fn the_checker_refuses_a_release_marked_bad_without_release_evidence() {
+    let s = Scenario {
+        kernels: 1,
+        nodes: vec![NodePlan {
+            kernel: 0,
+            applied_v1: true,
+            selected: true,
+            conflicted: false,
+            has_agent: true,
+            livepatch: true,
+            vulnerable: false,
+            flap: None,
+            join_at: None,
+            leave_at: None,
+            work_ticks: 1,
+            life: None,
+        }],
+        waves: vec![(false, 1, 0)],
+        max_in_flight: 1,
+        max_failures: 0,
+        failure_policy: FailurePolicy::Revert,
+        paused: false,
+        dry_run: false,
+        window: None,
+        broken: None,
+        gate_fails_on: None,
+        publish_at: None,
+        pinned: None,
+        step_seconds: 20,
+        lost_status: vec![],
+    };
+    let mut sim = build(&s);
+    sim.nodes[0].faults.insert(id(0, 3), Fault::Download);
+    for _ in 0..4 {
+        sim.step(20);
+    }
+    let mut memory = Memory::default();
+    let honest = sim.decide();
+    assert!(check_decision(&sim, &mut memory, &honest).is_ok());
+    let mut mutant = honest.clone();
+    mutant.status.bad_releases.push(kpersist_crds::BadRelease {
+        release: id(0, 3),
+        reason: "wave 1 failed: node-00 (DownloadFailed)".into(),
+        marked_at: sim.now.to_string(),
+    });
+    let refused = check_decision(&sim, &mut Memory::default(), &mutant);
+    assert!(
+        refused.is_err_and(|e| e
+            .to_string()
+            .contains("no node reporting a release's fault")),
+        "the checker accepted a release marked bad on a download failure"
+    );
 }

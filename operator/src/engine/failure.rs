@@ -103,7 +103,11 @@ pub(crate) fn failing_releases(
 /// The request that sends a node back from `applied` (this policy's `Apply`) to the
 /// release it ran before, or to no livepatch when it ran none. It names the failed release
 /// as `previous`, so the node itself remembers that release is bad.
-pub(crate) fn revert_of(applied: &DesiredPatch, settings: &Settings) -> DesiredPatch {
+pub(crate) fn revert_of(
+    applied: &DesiredPatch,
+    settings: &Settings,
+    now: jiff::Timestamp,
+) -> DesiredPatch {
     DesiredPatch {
         policy: applied.policy.clone(),
         action: PatchAction::Revert,
@@ -114,7 +118,7 @@ pub(crate) fn revert_of(applied: &DesiredPatch, settings: &Settings) -> DesiredP
         kmsg_checks: settings.kmsg_checks,
         probation: settings.probation.clone(),
         replace_foreign: settings.replace_foreign,
-        asked_at: None,
+        asked_at: Some(now.to_string()),
         repository: settings.repository.clone(),
     }
 }

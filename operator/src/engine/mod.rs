@@ -434,7 +434,7 @@ fn node_writes(
     }
     for f in facts {
         if let (Standing::RevertNeeded, Some(ours)) = (&f.standing, f.ours) {
-            writes.push((f, failure::revert_of(ours, settings)));
+            writes.push((f, failure::revert_of(ours, settings, now)));
         }
     }
     writes

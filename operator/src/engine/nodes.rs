@@ -261,9 +261,13 @@ pub(crate) fn classify<'a>(
         .and_then(|d| d.release.as_ref())
         .map(|r| r.id.as_str());
 
-    // A revert is followed through whatever else is true of the node.
-    if facts.reverted() && !settled {
-        facts.standing = Standing::Reverting;
+    // A revert is followed through whatever else is true of the node, up to the deadline.
+    if let Some(revert) = facts.ours.filter(|_| facts.reverted() && !settled) {
+        facts.standing = if overdue(&mut facts, revert, ctx) {
+            Standing::Troubled(silent_or_stuck(observed))
+        } else {
+            Standing::Reverting
+        };
         return facts;
     }
     if asked.is_some_and(|id| ctx.bad.contains(id)) {
@@ -475,9 +479,15 @@ fn reported_progress(status: &LivePatchNodeStatus, observed: bool, release: &str
     if !observed {
         return Progress::InFlight;
     }
-    if status.refused_releases.iter().any(|r| r == release)
-        || status.state == Some(NodePatchState::CrashSuspected)
-    {
+    // A crash counts against the release it happened with: the node may have gone down
+    // with the release it ran before this one was asked for.
+    let crashed_with_it = status.state == Some(NodePatchState::CrashSuspected)
+        && status
+            .last_error
+            .as_ref()
+            .and_then(|e| e.release.as_deref())
+            .is_none_or(|r| r == release);
+    if status.refused_releases.iter().any(|r| r == release) || crashed_with_it {
         return Progress::Failed("CrashSuspected".to_string());
     }
     match status.state {

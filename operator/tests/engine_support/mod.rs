@@ -136,6 +136,8 @@ pub struct SimNode {
     pub work_ticks: u32,
     /// The agent does nothing at all (its pod is gone, the node hangs).
     pub silent: bool,
+    /// The node rebooted since it started (its livepatches are gone).
+    pub rebooted: bool,
     work: Option<(Option<PatchRelease>, PatchAction, u32)>,
 }
 
@@ -172,6 +174,7 @@ impl SimNode {
             faults: BTreeMap::new(),
             work_ticks: 1,
             silent: false,
+            rebooted: false,
             work: None,
         }
     }
@@ -259,6 +262,7 @@ impl SimNode {
     /// The node reboots into kernel `k`: its livepatches are gone, and the agent answers
     /// a request for another kernel's release with KernelMismatch, as the real one does.
     pub fn reboot_into(&mut self, k: usize, now: Timestamp) {
+        self.rebooted = true;
         self.view.kernel_release = Some(kernel(k));
         self.work = None;
         let asked = self
@@ -291,6 +295,15 @@ impl SimNode {
         let Some(release) = self.applied_id() else {
             return;
         };
+        self.rebooted = true;
+        // The agent starts again after the reboot and takes up a request for another
+        // release from the beginning.
+        let pending = self
+            .desired()
+            .filter(|d| d.action == PatchAction::Apply)
+            .and_then(|d| d.release.clone())
+            .filter(|r| r.id != release);
+        self.work = pending.map(|r| (Some(r), PatchAction::Apply, self.work_ticks));
         let Some(status) = self.status_mut() else {
             return;
         };
