@@ -146,6 +146,7 @@ pub fn build_status(
         last_error: report.error.clone(),
         timings: report.timings.clone(),
         refused_releases: refused.iter().map(|r| r.id.clone()).collect(),
+        probation_until: None,
         observed_generation,
         conditions,
         agent_version: Some(env!("CARGO_PKG_VERSION").to_string()),
