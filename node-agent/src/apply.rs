@@ -30,6 +30,32 @@ pub struct Request {
     pub kmsg_checks: bool,
     /// CAs and redirect hosts for the download, from the policy; `None`: the defaults.
     pub repository: Option<RepositoryAccess>,
+    /// The `metadata.generation` of the spec asking, if any.
+    pub generation: Option<i64>,
+    /// How long the release is on probation after its transition; `None` or zero: none.
+    pub probation: Option<Duration>,
+    /// Whether enabled livepatches of other tools may be replaced.
+    pub replace_foreign: bool,
+    /// Module names that are kpersist's besides those the state directory records.
+    pub kpersist_modules: Vec<String>,
+}
+
+impl Request {
+    /// A request for `release` with the defaults: no policy, a 60 s transition timeout,
+    /// kernel log checks, no probation, other tools' livepatches refused.
+    pub fn new(release: PatchRelease) -> Request {
+        Request {
+            release,
+            policy: None,
+            transition_timeout: Duration::from_secs(60),
+            kmsg_checks: true,
+            repository: None,
+            generation: None,
+            probation: None,
+            replace_foreign: false,
+            kpersist_modules: Vec::new(),
+        }
+    }
 }
 
 /// Whether a load is an apply of a newer release or a revert to an earlier one.
@@ -234,9 +260,13 @@ impl<K: Kernel + Clone + 'static> Patcher<K> {
             kmsg_mark: kmsg.0,
             transition_timeout_ms: millis(req.transition_timeout),
             kmsg_checks: req.kmsg_checks,
+            generation: req.generation,
+            probation_ms: req.probation.map(millis),
         };
+        // From here the crash marker covers the node; an earlier release's probation ends.
         self.state
-            .write_crash_marker(&marker)
+            .end_probation()
+            .and_then(|()| self.state.write_crash_marker(&marker))
             .map_err(|e| host_msg(e.to_string()))?;
 
         let load_started = Instant::now();
@@ -303,6 +333,7 @@ impl<K: Kernel + Clone + 'static> Patcher<K> {
             Settled::TimedOut => return Err(self.reverse_stalled(req).await),
         }
         self.record_applied(req).await?;
+        self.begin_probation(req).await?;
         if req.kmsg_checks {
             let taint = self.call(|k| k.tainted()).await.map_err(host)?;
             checks::check_taint(baseline.taint, taint, &release.id)?;

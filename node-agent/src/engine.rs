@@ -11,7 +11,7 @@ use crate::apply::{Action, Patcher, Progress, Request};
 use crate::error::AgentError;
 use crate::metrics::Metrics;
 use crate::plan::{NodeView, Plan, hold_after_failure, plan};
-use crate::status::{Observation, Report, build_status, live_release};
+use crate::status::{HostRecords, Observation, Report, build_status, live_release};
 
 /// The node's reconciler.
 #[derive(Clone)]
@@ -24,6 +24,8 @@ pub struct Engine<K> {
 
 /// The transition timeout used when `spec.desired.transitionTimeout` cannot be parsed.
 const FALLBACK_TIMEOUT: Duration = Duration::from_secs(60);
+/// The probation used when `spec.desired.probation` cannot be parsed (the API default).
+const FALLBACK_PROBATION: Duration = Duration::from_secs(3600);
 
 impl<K: Kernel + Clone + 'static> Engine<K> {
     /// An engine over `patcher`, recording into `metrics`.
@@ -39,6 +41,16 @@ impl<K: Kernel + Clone + 'static> Engine<K> {
     pub fn with_kpersist_modules(mut self, names: Vec<String>) -> Engine<K> {
         self.extra_kpersist = names;
         self
+    }
+
+    /// Module names known to be kpersist's besides the state directory's: those given at
+    /// construction and those of the releases the spec names.
+    fn kpersist_modules(&self, desired: Option<&DesiredPatch>) -> Vec<String> {
+        let named = desired
+            .into_iter()
+            .flat_map(|d| d.release.iter().chain(d.previous.iter()))
+            .map(|r| r.module_name.clone());
+        self.extra_kpersist.iter().cloned().chain(named).collect()
     }
 
     /// The patcher.
@@ -83,6 +95,7 @@ impl<K: Kernel + Clone + 'static> Engine<K> {
         };
         let record = self.patcher.state_dir().applied()?;
         let refused = self.patcher.state_dir().refused()?;
+        let unclean_ends = self.patcher.state_dir().unclean_ends()?;
         let known: Vec<&String> = record
             .known_modules
             .iter()
@@ -94,6 +107,8 @@ impl<K: Kernel + Clone + 'static> Engine<K> {
             applied: live_release(&record, &obs.loaded),
             kpersist_loaded: obs.loaded.iter().any(|p| known.contains(&&p.name)),
             refused: &refused,
+            unclean_ends: &unclean_ends,
+            generation,
         };
         let decision = plan(desired, &view);
         // Even a plan that would do nothing keeps a failure standing: after `NewTaint` the
@@ -141,12 +156,21 @@ impl<K: Kernel + Clone + 'static> Engine<K> {
                 });
             }
             Plan::Load { release, action } => {
+                // The plan loads a held release only for a newer spec: it asked again, once.
+                self.patcher.state_dir().lift_hold(&release.id)?;
+                let probation = desired
+                    .filter(|_| action == Action::Apply)
+                    .map(|d| parse_duration(&d.probation).unwrap_or(FALLBACK_PROBATION));
                 let req = Request {
-                    release,
                     policy: desired.map(|d| d.policy.clone()),
                     transition_timeout: timeout,
                     kmsg_checks,
                     repository: desired.and_then(|d| d.repository.clone()),
+                    generation,
+                    probation,
+                    replace_foreign: desired.is_some_and(|d| d.replace_foreign),
+                    kpersist_modules: self.kpersist_modules(desired),
+                    ..Request::new(release)
                 };
                 let outcome = self.patcher.load_release(&req, action, progress).await;
                 let label = if action == Action::Apply {
@@ -177,17 +201,22 @@ impl<K: Kernel + Clone + 'static> Engine<K> {
         prior: Option<&LivePatchNodeStatus>,
     ) -> Result<LivePatchNodeStatus, AgentError> {
         let obs = self.observe().await?;
-        let record = self.patcher.state_dir().applied()?;
-        let refused = self.patcher.state_dir().refused()?;
-        let status = build_status(
-            &obs,
-            &record,
-            &refused,
-            report,
-            observed_generation,
-            prior,
-            &now(),
-        );
+        let state = self.patcher.state_dir();
+        let record = state.applied()?;
+        let live_module = live_release(&record, &obs.loaded).map(|r| r.module_name.as_str());
+        let probation_until = self.patcher.probation_until(&obs.boot_id, live_module);
+        let mut refused: Vec<String> = state.refused()?.into_iter().map(|r| r.id).collect();
+        for held in state.unclean_ends()?.into_iter().filter(|e| e.held) {
+            if !refused.contains(&held.id) {
+                refused.push(held.id);
+            }
+        }
+        let host = HostRecords {
+            applied: &record,
+            refused,
+            probation_until,
+        };
+        let status = build_status(&obs, &host, report, observed_generation, prior, &now());
         let kernel = status.kernel_release.clone().unwrap_or_default();
         let applied = status
             .applied

@@ -15,6 +15,8 @@ pub mod fetch;
 pub mod local;
 pub mod metrics;
 pub mod plan;
+pub mod probation;
+mod probation_host;
 pub mod recover;
 pub mod revert;
 pub mod run;

@@ -93,8 +93,10 @@ impl<K: Kernel + Clone + 'static> Patcher<K> {
         record.current = None;
         record.policy = None;
         record.applied_at = None;
+        // No release is live any more, so none is on probation.
         self.state
             .write_applied(&record)
+            .and_then(|()| self.state.end_probation())
             .map_err(|e| host_msg(e.to_string()))
     }
 

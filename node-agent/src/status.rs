@@ -8,7 +8,7 @@ use kpersist_crds::{
 use kpersist_kmod::kernel::{KernelIdentity, PatchState};
 
 use crate::apply::Outcome;
-use crate::state::{AppliedRecord, RefusedRelease};
+use crate::state::AppliedRecord;
 
 /// What the kernel shows now.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,6 +68,17 @@ impl Report {
     }
 }
 
+/// What the state directory says, for the status.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostRecords<'a> {
+    /// The applied-release record.
+    pub applied: &'a AppliedRecord,
+    /// Ids of the releases the node refuses (for good, or until asked again).
+    pub refused: Vec<String>,
+    /// When the probation of the live release ends, if it is on probation.
+    pub probation_until: Option<String>,
+}
+
 /// The release the kernel really runs: the recorded one, if its livepatch is loaded and
 /// enabled. After a reboot the record remains but the kernel has nothing.
 pub fn live_release<'a>(
@@ -84,13 +95,13 @@ pub fn live_release<'a>(
 /// The status to write.
 pub fn build_status(
     obs: &Observation,
-    record: &AppliedRecord,
-    refused: &[RefusedRelease],
+    host: &HostRecords<'_>,
     report: &Report,
     observed_generation: Option<i64>,
     prior: Option<&LivePatchNodeStatus>,
     now: &str,
 ) -> LivePatchNodeStatus {
+    let record = host.applied;
     let applied = live_release(record, &obs.loaded).map(|r| AppliedRelease {
         id: r.id.clone(),
         version: r.version,
@@ -145,8 +156,8 @@ pub fn build_status(
         applied,
         last_error: report.error.clone(),
         timings: report.timings.clone(),
-        refused_releases: refused.iter().map(|r| r.id.clone()).collect(),
-        probation_until: None,
+        refused_releases: host.refused.clone(),
+        probation_until: host.probation_until.clone(),
         observed_generation,
         conditions,
         agent_version: Some(env!("CARGO_PKG_VERSION").to_string()),
@@ -225,6 +236,14 @@ mod tests {
         }
     }
 
+    fn host(applied: &AppliedRecord) -> HostRecords<'_> {
+        HostRecords {
+            applied,
+            refused: Vec::new(),
+            probation_until: None,
+        }
+    }
+
     fn obs(loaded: Vec<PatchState>) -> Observation {
         Observation {
             identity: Some(KernelIdentity {
@@ -247,8 +266,7 @@ mod tests {
         let report = Report::state(NodePatchState::Applied);
         let s = build_status(
             &obs(vec![patch]),
-            &record("kpersist_v2"),
-            &[],
+            &host(&record("kpersist_v2")),
             &report,
             Some(4),
             None,
@@ -260,8 +278,7 @@ mod tests {
         // After a reboot the record stays but nothing is loaded.
         let s = build_status(
             &obs(vec![]),
-            &record("kpersist_v2"),
-            &[],
+            &host(&record("kpersist_v2")),
             &report,
             None,
             None,
@@ -276,7 +293,14 @@ mod tests {
         unsupported.supported = false;
         let report = Report::state(NodePatchState::Unsupported);
         let status = |o: &Observation| {
-            build_status(o, &AppliedRecord::default(), &[], &report, None, None, "t0")
+            build_status(
+                o,
+                &host(&AppliedRecord::default()),
+                &report,
+                None,
+                None,
+                "t0",
+            )
         };
         let support = |s: &LivePatchNodeStatus| {
             let c = s
@@ -316,8 +340,7 @@ mod tests {
         let report = Report::from_outcome(outcome, "t1");
         let first = build_status(
             &obs(vec![]),
-            &AppliedRecord::default(),
-            &[],
+            &host(&AppliedRecord::default()),
             &report,
             None,
             None,
@@ -334,8 +357,7 @@ mod tests {
         );
         let again = build_status(
             &obs(vec![]),
-            &AppliedRecord::default(),
-            &[],
+            &host(&AppliedRecord::default()),
             &report,
             None,
             Some(&first),
