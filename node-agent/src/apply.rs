@@ -13,6 +13,7 @@ use kpersist_kmod::modinfo::ModInfo;
 use tokio::time::Instant;
 
 use crate::checks::{self, Failure};
+use crate::coexist::{self, NameInUse};
 use crate::fetch::{Fetcher, RepositoryAccess};
 use crate::state::{CrashMarker, MarkerRelease, StateDir};
 use crate::transition::{Settled, unload_module, wait_settled};
@@ -242,6 +243,7 @@ impl<K: Kernel + Clone + 'static> Patcher<K> {
             )
         })?;
         checks::check_module(&info, release, &identity.release)?;
+        self.check_coexistence(req).await?;
 
         if let Some(hook) = &self.before_load {
             hook(release);
@@ -281,28 +283,52 @@ impl<K: Kernel + Clone + 'static> Patcher<K> {
         result
     }
 
-    /// Loads the verified module bytes; a leftover module of the same name whose patch was
-    /// already replaced or disabled is unloaded first.
+    /// Checks the release can go in beside what the kernel runs: no other tool's livepatch
+    /// would be replaced unasked, and its module name is free. A leftover module of that name
+    /// that kpersist loaded and whose patch was already replaced or disabled is unloaded.
+    async fn check_coexistence(&self, req: &Request) -> Result<(), Failure> {
+        let release = &req.release;
+        let patches = self.call(|k| k.loaded_patches()).await.map_err(host)?;
+        let known = self
+            .state
+            .applied()
+            .map_err(|e| host_msg(e.to_string()))?
+            .known_modules;
+        let kpersist: Vec<String> = known
+            .iter()
+            .chain(&req.kpersist_modules)
+            .chain([&release.module_name])
+            .cloned()
+            .collect();
+        coexist::check_foreign(&patches, &kpersist, release, req.replace_foreign)?;
+        let name = release.module_name.clone();
+        let loaded = self
+            .call(move |k| k.module_loaded(&name))
+            .await
+            .map_err(host)?;
+        if coexist::check_name_in_use(loaded, &patches, &known, release)?
+            == NameInUse::KpersistLeftover
+        {
+            unload_module(self, &release.module_name)
+                .await
+                .map_err(|e| {
+                    Failure::new(
+                        NodeErrorReason::ModuleNameInUse,
+                        format!(
+                            "unloading the leftover module {} before loading release {}: {e}",
+                            release.module_name, release.id
+                        ),
+                    )
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Loads the verified module bytes.
     async fn load(&self, image: Arc<ModuleImage>, name: &str) -> Result<(), Failure> {
-        let first = {
-            let image = Arc::clone(&image);
-            self.call(move |k| k.load_module(&image)).await
-        };
-        let result = match first {
-            Err(e) if e.syscall_failure() == Some(SyscallFailure::AlreadyLoaded) => {
-                let patches = self.call(|k| k.loaded_patches()).await.map_err(host)?;
-                if patches.iter().any(|p| p.name == name) {
-                    Err(e)
-                } else {
-                    unload_module(self, name)
-                        .await
-                        .map_err(|e| load_failure(name, e))?;
-                    self.call(move |k| k.load_module(&image)).await
-                }
-            }
-            other => other,
-        };
-        result.map_err(|e| load_failure(name, e))
+        self.call(move |k| k.load_module(&image))
+            .await
+            .map_err(|e| load_failure(name, e))
     }
 
     /// Waits for the transition of the loaded release, then checks what the load did.
@@ -315,6 +341,19 @@ impl<K: Kernel + Clone + 'static> Patcher<K> {
     ) -> Result<(), Failure> {
         let release = &req.release;
         let name = release.module_name.clone();
+        // Kernels since 6.11 say at once whether the patch replaces the others.
+        let replaces = {
+            let name = name.clone();
+            self.call(move |k| k.patch_replaces(&name)).await
+        };
+        if let Ok(Some(false)) = replaces {
+            let outcome = self.withdraw(&name, req.transition_timeout).await;
+            return Err(coexist::not_cumulative(
+                release,
+                "the kernel shows replace=0 for its livepatch",
+                &outcome,
+            ));
+        }
         let settled = wait_settled(self, &name, true, req.transition_timeout)
             .await
             .map_err(host)?;
@@ -331,6 +370,18 @@ impl<K: Kernel + Clone + 'static> Patcher<K> {
                 ));
             }
             Settled::TimedOut => return Err(self.reverse_stalled(req).await),
+        }
+        // Older kernels do not show `replace`: a patch still enabled beside the new one after
+        // its transition means the new one stacked on it.
+        let patches = self.call(|k| k.loaded_patches()).await.map_err(host)?;
+        let stacked = coexist::stacked_under(&patches, &name).join(", ");
+        if !stacked.is_empty() {
+            let outcome = self.withdraw(&name, req.transition_timeout).await;
+            return Err(coexist::not_cumulative(
+                release,
+                &format!("after its transition {stacked} stayed enabled beside it"),
+                &outcome,
+            ));
         }
         self.record_applied(req).await?;
         self.begin_probation(req).await?;
@@ -364,27 +415,35 @@ impl<K: Kernel + Clone + 'static> Patcher<K> {
                 names.join(", ")
             }
         );
+        message.push_str("; ");
+        message.push_str(&self.withdraw(&name, req.transition_timeout).await);
+        Failure::new(NodeErrorReason::TransitionStalled, message)
+    }
+
+    /// Disables the livepatch `name` (reversing its transition if one is under way), waits
+    /// for that, and unloads its module; says how that went.
+    async fn withdraw(&self, name: &str, timeout: Duration) -> String {
         let disable = {
-            let name = name.clone();
+            let name = name.to_string();
             self.call(move |k| k.set_enabled(&name, false)).await
         };
         match disable {
-            Err(e) => message.push_str(&format!("; reversing it failed: {e}")),
-            Ok(()) => match wait_settled(self, &name, false, req.transition_timeout).await {
+            Err(e) => format!("disabling it failed: {e}"),
+            Ok(()) => match wait_settled(self, name, false, timeout).await {
                 Ok(Settled::Done | Settled::Gone) => {
-                    message.push_str(
-                        "; the transition was reversed and the previous patch state is back",
-                    );
-                    if let Err(e) = unload_module(self, &name).await {
-                        message.push_str(&format!(" (unloading {name} failed: {e})"));
+                    let mut done =
+                        "it was disabled (its transition reversed) and the previous patch state is back".to_string();
+                    if let Err(e) = unload_module(self, name).await {
+                        done.push_str(&format!(" (unloading {name} failed: {e})"));
                     }
+                    done
                 }
-                Ok(Settled::TimedOut) => message
-                    .push_str("; the reversal has not finished either; the node needs a person"),
-                Err(e) => message.push_str(&format!("; reading the reversal failed: {e}")),
+                Ok(Settled::TimedOut) => {
+                    "disabling it has not finished either; the node needs a person".to_string()
+                }
+                Err(e) => format!("reading the disable back failed: {e}"),
             },
         }
-        Failure::new(NodeErrorReason::TransitionStalled, message)
     }
 
     /// Records the release as the one the kernel runs, and unloads the modules of the
@@ -424,6 +483,8 @@ fn load_failure(name: &str, e: KernelError) -> Failure {
         Some(SyscallFailure::NotPermitted | SyscallFailure::KeyRejected) => {
             NodeErrorReason::LockdownRefused
         }
+        // Checked before the load; a module of that name came in meanwhile.
+        Some(SyscallFailure::AlreadyLoaded) => NodeErrorReason::ModuleNameInUse,
         Some(_) => NodeErrorReason::LoadRefused,
         None => NodeErrorReason::HostError,
     };

@@ -235,6 +235,7 @@ mod tests {
         let line = |seq, text: &str| KmsgLine {
             seq,
             level: 4,
+            facility: 0,
             text: text.into(),
         };
         assert_eq!(

@@ -8,6 +8,7 @@
 pub mod apply;
 pub mod checks;
 pub mod cli;
+pub mod coexist;
 pub mod controller;
 pub mod engine;
 pub mod error;

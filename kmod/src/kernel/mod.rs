@@ -80,6 +80,12 @@ pub trait Kernel: Send + Sync {
     fn set_enabled(&self, name: &str, enabled: bool) -> Result<(), KernelError>;
     /// Tasks not yet switched to the state the transition of livepatch `name` heads for.
     fn blocking_tasks(&self, name: &str) -> Result<Vec<BlockingTask>, KernelError>;
+    /// Whether the livepatch `name` was built with atomic replace, from
+    /// `/sys/kernel/livepatch/<name>/replace`; `None` on kernels without that attribute
+    /// (before 6.11).
+    fn patch_replaces(&self, name: &str) -> Result<Option<bool>, KernelError>;
+    /// Whether a module named `name` is loaded (livepatch or not).
+    fn module_loaded(&self, name: &str) -> Result<bool, KernelError>;
 }
 
 impl<K: Kernel + ?Sized> Kernel for std::sync::Arc<K> {
@@ -115,6 +121,12 @@ impl<K: Kernel + ?Sized> Kernel for std::sync::Arc<K> {
     }
     fn blocking_tasks(&self, name: &str) -> Result<Vec<BlockingTask>, KernelError> {
         (**self).blocking_tasks(name)
+    }
+    fn patch_replaces(&self, name: &str) -> Result<Option<bool>, KernelError> {
+        (**self).patch_replaces(name)
+    }
+    fn module_loaded(&self, name: &str) -> Result<bool, KernelError> {
+        (**self).module_loaded(name)
     }
 }
 
