@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use crate::checks::{self, Failure};
 use crate::coexist::{self, NameInUse};
 use crate::fetch::{Fetcher, RepositoryAccess};
+use crate::findings;
 use crate::state::{CrashMarker, MarkerRelease, StateDir};
 use crate::transition::{Settled, unload_module, wait_settled};
 
@@ -77,6 +78,8 @@ pub struct Outcome {
     pub failure: Option<(Failure, Option<String>)>,
     /// How long the steps took.
     pub timings: PatchTimings,
+    /// Kernel findings of the run that are not the release's fault (reported, not failed).
+    pub notes: Vec<String>,
 }
 
 impl Outcome {
@@ -90,6 +93,7 @@ impl Outcome {
             state,
             failure: Some((failure, release.map(str::to_string))),
             timings,
+            notes: Vec::new(),
         }
     }
 }
@@ -179,10 +183,11 @@ impl<K: Kernel + Clone + 'static> Patcher<K> {
         let result = self.load_steps(req, action, progress, &mut timings).await;
         timings.total_ms = Some(millis(started.elapsed()));
         match result {
-            Ok(()) => Outcome {
+            Ok(notes) => Outcome {
                 state: NodePatchState::Applied,
                 failure: None,
                 timings,
+                notes,
             },
             Err(failure) => Outcome::failed(
                 NodePatchState::Failed,
@@ -199,7 +204,7 @@ impl<K: Kernel + Clone + 'static> Patcher<K> {
         action: Action,
         progress: Progress<'_>,
         timings: &mut PatchTimings,
-    ) -> Result<(), Failure> {
+    ) -> Result<Vec<String>, Failure> {
         let release = &req.release;
         let identity = self.call(|k| k.identity()).await.map_err(host)?;
         checks::check_kernel(release, &identity)?;
@@ -331,14 +336,15 @@ impl<K: Kernel + Clone + 'static> Patcher<K> {
             .map_err(|e| load_failure(name, e))
     }
 
-    /// Waits for the transition of the loaded release, then checks what the load did.
+    /// Waits for the transition of the loaded release, then checks what the load did;
+    /// returns the findings that are not the release's fault.
     pub(crate) async fn settle_and_check(
         &self,
         req: &Request,
         baseline: Baseline,
         load_started: Instant,
         timings: &mut PatchTimings,
-    ) -> Result<(), Failure> {
+    ) -> Result<Vec<String>, Failure> {
         let release = &req.release;
         let name = release.module_name.clone();
         // Kernels since 6.11 say at once whether the patch replaces the others.
@@ -385,14 +391,20 @@ impl<K: Kernel + Clone + 'static> Patcher<K> {
         }
         self.record_applied(req).await?;
         self.begin_probation(req).await?;
-        if req.kmsg_checks {
-            let taint = self.call(|k| k.tainted()).await.map_err(host)?;
-            checks::check_taint(baseline.taint, taint, &release.id)?;
-            let mark = baseline.kmsg;
-            let lines = self.call(move |k| k.kmsg_since(mark)).await.map_err(host)?;
-            checks::check_kmsg(&lines, &release.id)?;
+        if !req.kmsg_checks {
+            return Ok(Vec::new());
         }
-        Ok(())
+        let taint = self.call(|k| k.tainted()).await.map_err(host)?;
+        let mark = baseline.kmsg;
+        let lines = self.call(move |k| k.kmsg_since(mark)).await.map_err(host)?;
+        let found = findings::judge(baseline.taint, taint, &lines, &name, &release.id);
+        for note in &found.notes {
+            tracing::warn!(release = %release.id, "{note}");
+        }
+        match found.failure {
+            Some(failure) => Err(failure),
+            None => Ok(found.notes),
+        }
     }
 
     /// Reverses a transition that did not finish in time, naming the tasks that held it up.

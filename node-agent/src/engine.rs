@@ -124,13 +124,14 @@ impl<K: Kernel + Clone + 'static> Engine<K> {
         let kmsg_checks = desired.is_none_or(|d| d.kmsg_checks);
         let outcome = match decision {
             Plan::Keep(state) => {
-                // The timings of the run that got here stay until the next run.
-                let timings = prior
+                // The timings and findings of the run that got here stay until the next run.
+                let before = prior
                     .filter(|p| p.state == Some(state))
-                    .and_then(|p| p.timings.clone());
+                    .map(Report::from_status);
                 return Ok(Report {
-                    timings,
-                    ..Report::state(state)
+                    state,
+                    error: None,
+                    ..before.unwrap_or_else(|| Report::state(state))
                 });
             }
             Plan::Refuse {
@@ -145,11 +146,12 @@ impl<K: Kernel + Clone + 'static> Engine<K> {
                 }) {
                     return Ok(Report::from_status(p));
                 }
-                let outcome = crate::apply::Outcome {
+                let outcome = crate::apply::Outcome::failed(
                     state,
-                    failure: Some((failure, release)),
-                    timings: Default::default(),
-                };
+                    failure,
+                    release.as_deref(),
+                    Default::default(),
+                );
                 return Ok(Report {
                     timings: None,
                     ..Report::from_outcome(outcome, &now())

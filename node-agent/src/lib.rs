@@ -13,6 +13,7 @@ pub mod controller;
 pub mod engine;
 pub mod error;
 pub mod fetch;
+pub mod findings;
 pub mod local;
 pub mod metrics;
 pub mod plan;

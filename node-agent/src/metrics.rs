@@ -58,7 +58,8 @@ impl Metrics {
         let findings = IntCounterVec::new(
             Opts::new(
                 "kpersist_agent_health_findings_total",
-                "Kernel warnings and unexpected taint found after loads",
+                "Kernel warnings and taint found after loads: the release's (kmsg, taint), \
+                 crashes, and those not attributed to it (unattributed)",
             ),
             &["kind"],
         )?;
@@ -100,6 +101,11 @@ impl Metrics {
             }
             Some(NodeErrorReason::NewTaint) => self.findings.with_label_values(&["taint"]).inc(),
             _ => {}
+        }
+        if !outcome.notes.is_empty() {
+            self.findings
+                .with_label_values(&["unattributed"])
+                .inc_by(outcome.notes.len() as u64);
         }
         if outcome.state == NodePatchState::CrashSuspected {
             self.findings.with_label_values(&["crash"]).inc();
@@ -147,6 +153,7 @@ mod tests {
                 transition_ms: Some(200),
                 download_ms: None,
             },
+            notes: vec![],
         };
         m.observe_run("apply", &failed);
         m.set_applied(Some(("kpersist_v2", "k/v2")), "k");

@@ -121,11 +121,12 @@ impl<K: Kernel + Clone + 'static> Patcher<K> {
             .await;
         let cleared = self.clear_marker();
         timings.total_ms = Some(millis(started.elapsed()));
-        Some(match result.and(cleared) {
-            Ok(()) => Outcome {
+        Some(match result.and_then(|notes| cleared.map(|()| notes)) {
+            Ok(notes) => Outcome {
                 state: NodePatchState::Applied,
                 failure: None,
                 timings,
+                notes,
             },
             Err(f) => Outcome::failed(NodePatchState::Failed, f, Some(&req.release.id), timings),
         })

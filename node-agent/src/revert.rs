@@ -32,12 +32,9 @@ impl<K: Kernel + Clone + 'static> Patcher<K> {
                 state: NodePatchState::Idle,
                 failure: None,
                 timings,
+                notes: Vec::new(),
             },
-            Err(f) => Outcome {
-                state: NodePatchState::Failed,
-                failure: Some((f, None)),
-                timings,
-            },
+            Err(f) => Outcome::failed(NodePatchState::Failed, f, None, timings),
         }
     }
 

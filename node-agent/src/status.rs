@@ -32,6 +32,8 @@ pub struct Report {
     pub error: Option<NodeError>,
     /// Timings of the last run.
     pub timings: Option<PatchTimings>,
+    /// Kernel findings of the last run that are not the release's fault.
+    pub notes: Vec<String>,
 }
 
 impl Report {
@@ -41,6 +43,7 @@ impl Report {
             state,
             error: None,
             timings: None,
+            notes: Vec::new(),
         }
     }
 
@@ -55,6 +58,7 @@ impl Report {
                 at: Some(now.to_string()),
             }),
             timings: Some(outcome.timings),
+            notes: outcome.notes,
         }
     }
 
@@ -64,6 +68,12 @@ impl Report {
             state: status.state.unwrap_or(NodePatchState::Idle),
             error: status.last_error.clone(),
             timings: status.timings.clone(),
+            notes: status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == KERNEL_FINDINGS && c.status == "True")
+                .map(|c| c.message.lines().map(str::to_string).collect())
+                .unwrap_or_default(),
         }
     }
 }
@@ -137,6 +147,7 @@ pub fn build_status(
             now,
         ),
         support_condition(obs, prior_conditions, now),
+        findings_condition(&report.notes, prior_conditions, now),
     ];
     LivePatchNodeStatus {
         state: Some(report.state),
@@ -162,6 +173,20 @@ pub fn build_status(
         conditions,
         agent_version: Some(env!("CARGO_PKG_VERSION").to_string()),
     }
+}
+
+/// The condition type of kernel findings not attributed to the release.
+pub const KERNEL_FINDINGS: &str = "KernelFindings";
+
+/// `KernelFindings`: True when the last apply saw new kernel warnings or taint that are not
+/// the release's fault (reported, not failed), one per line of the message.
+fn findings_condition(notes: &[String], prior: &[NodeCondition], now: &str) -> NodeCondition {
+    let (found, reason) = if notes.is_empty() {
+        (false, "NoneUnattributed")
+    } else {
+        (true, "UnattributedFindings")
+    };
+    condition(prior, KERNEL_FINDINGS, found, reason, notes.join("\n"), now)
 }
 
 /// `LivepatchSupported`: whether this kernel can be live patched at all, and if not why, so
@@ -332,11 +357,12 @@ mod tests {
     #[test]
     fn failures_make_the_node_unhealthy_and_keep_condition_times() {
         let failure = Failure::new(NodeErrorReason::NewTaint, "taint W");
-        let outcome = Outcome {
-            state: NodePatchState::Failed,
-            failure: Some((failure, Some("k/v2".into()))),
-            timings: PatchTimings::default(),
-        };
+        let outcome = Outcome::failed(
+            NodePatchState::Failed,
+            failure,
+            Some("k/v2"),
+            PatchTimings::default(),
+        );
         let report = Report::from_outcome(outcome, "t1");
         let first = build_status(
             &obs(vec![]),

@@ -7,10 +7,10 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::kmsg::{KmsgLine, KmsgMark};
+use super::kmsg::{KmsgLine, KmsgMark, is_kernel_warning};
 use super::{
     BlockingTask, Kernel, KernelError, KernelIdentity, ModuleImage, PatchState, SyscallFailure,
-    TAINT_LIVEPATCH, TAINT_OOT_MODULE, TAINT_UNSIGNED_MODULE,
+    TAINT_LIVEPATCH, TAINT_OOT_MODULE, TAINT_UNSIGNED_MODULE, TAINT_WARN,
 };
 use crate::modinfo::ModInfo;
 
@@ -32,9 +32,16 @@ pub struct SimFault {
     pub load_error: Option<SyscallFailure>,
     /// How its transition goes; `None`: finish on the first poll.
     pub transition: Option<SimTransition>,
-    /// Kernel log lines written when it is loaded.
+    /// Kernel log lines written by its code when it is loaded. A warning among them is
+    /// followed by a call trace through the module, as the kernel prints one.
     pub kmsg_on_load: Vec<String>,
-    /// Taint bits set when it is loaded, besides the usual `O`, `E`, `K`.
+    /// Kernel log lines written by other code at the same time, not about the module.
+    pub unrelated_kmsg_on_load: Vec<String>,
+    /// Lines user space writes to `/dev/kmsg` at the same time (facility user).
+    pub user_kmsg_on_load: Vec<String>,
+    /// Taint bits set when it is loaded, besides the usual `O`, `E`, `K`. With `W` and no
+    /// warning in `kmsg_on_load`, the module's warning report is logged too, as the kernel
+    /// sets `W` only when it prints one.
     pub taint_on_load: u64,
     /// The module was built without `.replace = true`: it stacks on the patches enabled
     /// before it instead of replacing them.
@@ -354,8 +361,27 @@ impl SimState {
         }
         self.modules.insert(info.name.clone());
         self.taint |= TAINT_OOT_MODULE | TAINT_UNSIGNED_MODULE | fault.taint_on_load;
-        for line in fault.kmsg_on_load {
+        let name = &info.name;
+        let mut own = fault.kmsg_on_load;
+        if fault.taint_on_load & TAINT_WARN != 0 && !own.iter().any(|l| is_kernel_warning(l)) {
+            own.push(format!(
+                "WARNING: CPU: 0 PID: 1 at {name}.c:1 {name}_init+0x10/0x20 [{name}]"
+            ));
+        }
+        for line in own {
+            let warning = is_kernel_warning(&line);
             self.log(4, line);
+            if warning {
+                self.log(4, "Call Trace:".to_string());
+                self.log(4, format!(" {name}_init+0x10/0x20 [{name}]"));
+                self.log(4, "---[ end trace 0000000000000000 ]---".to_string());
+            }
+        }
+        for line in fault.unrelated_kmsg_on_load {
+            self.log(4, line);
+        }
+        for line in fault.user_kmsg_on_load {
+            self.log_as(1, 4, line);
         }
         Ok(())
     }
