@@ -20,6 +20,9 @@ pub struct Engine<K> {
     metrics: Metrics,
     /// Module names that are kpersist's besides those the state directory records.
     extra_kpersist: Vec<String>,
+    /// When the agent started, and whether an apply has ended Applied since.
+    started: std::time::Instant,
+    applied_since_start: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The transition timeout used when `spec.desired.transitionTimeout` cannot be parsed.
@@ -34,6 +37,8 @@ impl<K: Kernel + Clone + 'static> Engine<K> {
             patcher,
             metrics,
             extra_kpersist: Vec::new(),
+            started: std::time::Instant::now(),
+            applied_since_start: Default::default(),
         }
     }
 
@@ -51,6 +56,28 @@ impl<K: Kernel + Clone + 'static> Engine<K> {
             .flat_map(|d| d.release.iter().chain(d.previous.iter()))
             .map(|r| r.module_name.clone());
         self.extra_kpersist.iter().cloned().chain(named).collect()
+    }
+
+    /// Measures the time from the agent's start to its first apply that ended Applied: after
+    /// a reboot, how long the node ran without its patch.
+    fn note_first_applied(&self, outcome: &crate::apply::Outcome) {
+        use std::sync::atomic::Ordering;
+        if outcome.state != NodePatchState::Applied
+            || self.applied_since_start.swap(true, Ordering::SeqCst)
+        {
+            return;
+        }
+        let elapsed = self.started.elapsed();
+        self.metrics.set_start_to_applied(elapsed);
+        tracing::info!(
+            start_to_applied_ms = elapsed.as_millis() as u64,
+            "first apply since the agent started"
+        );
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// The patcher.
@@ -181,6 +208,7 @@ impl<K: Kernel + Clone + 'static> Engine<K> {
                     "revert"
                 };
                 self.metrics.observe_run(label, &outcome);
+                self.note_first_applied(&outcome);
                 outcome
             }
             Plan::RevertToNone => {

@@ -16,6 +16,7 @@ pub struct Metrics {
     runs: IntCounterVec,
     info: IntGaugeVec,
     findings: IntCounterVec,
+    start_to_applied: prometheus::Gauge,
 }
 
 impl Metrics {
@@ -67,7 +68,12 @@ impl Metrics {
         registry.register(Box::new(transition_duration.clone()))?;
         registry.register(Box::new(runs.clone()))?;
         registry.register(Box::new(info.clone()))?;
+        let start_to_applied = prometheus::Gauge::new(
+            "kpersist_agent_start_to_applied_seconds",
+            "From the agent's start to its first apply that ended Applied (as after a reboot)",
+        )?;
         registry.register(Box::new(findings.clone()))?;
+        registry.register(Box::new(start_to_applied.clone()))?;
         Ok(Metrics {
             registry,
             apply_duration,
@@ -75,7 +81,13 @@ impl Metrics {
             runs,
             info,
             findings,
+            start_to_applied,
         })
+    }
+
+    /// Records the time from the agent's start to its first apply that ended Applied.
+    pub fn set_start_to_applied(&self, elapsed: std::time::Duration) {
+        self.start_to_applied.set(elapsed.as_secs_f64());
     }
 
     /// Records a finished run.

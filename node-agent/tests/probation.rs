@@ -159,6 +159,15 @@ async fn a_clean_reboot_on_probation_reapplies_at_start() {
     let report = h.reconcile_with(&engine, &desired, None, 1).await;
     assert_eq!(report.state, NodePatchState::Applied, "{report:?}");
     assert_eq!(h.sim.load_log(), vec!["kpersist_v1", "kpersist_v1"]);
+    // How long the node ran without its patch after the agent started is measured.
+    let metrics = engine.metrics().render();
+    let seconds: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("kpersist_agent_start_to_applied_seconds "))
+        .expect("the start-to-applied gauge")
+        .parse()
+        .unwrap();
+    assert!(seconds > 0.0 && seconds < 60.0, "{seconds}");
     // The new boot has its own probation, and an unclean end of it counts.
     let status = engine.status(&report, Some(1), None).await.unwrap();
     assert!(status.probation_until.is_some());
