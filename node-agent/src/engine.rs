@@ -122,6 +122,9 @@ impl<K: Kernel + Clone + 'static> Engine<K> {
         };
         let record = self.patcher.state_dir().applied()?;
         let refused = self.patcher.state_dir().refused()?;
+        self.patcher
+            .state_dir()
+            .settle_held_generations(generation)?;
         let unclean_ends = self.patcher.state_dir().unclean_ends()?;
         let known: Vec<&String> = record
             .known_modules

@@ -183,6 +183,7 @@ fn an_unclean_end_on_probation_holds_the_release_until_a_newer_generation() {
         last_started_at: jiff::Timestamp::UNIX_EPOCH,
         held: true,
         held_generation: Some(3),
+        generation_pending: false,
     }];
     let reason = |p: Plan| match p {
         Plan::Refuse { state, failure, .. } => (state, failure.reason),

@@ -89,18 +89,36 @@ pub struct UncleanEnds {
     /// Whether the release is not loaded until the spec asks again.
     #[serde(default)]
     pub held: bool,
-    /// The spec generation that asked for the apply that ended uncleanly; a newer one asks
-    /// again.
+    /// The spec generation the release was refused at: the newest of the one that asked for
+    /// the apply that ended uncleanly and the one in force when the agent next read its spec.
+    /// A newer one asks again.
     #[serde(default)]
     pub held_generation: Option<i64>,
+    /// Whether the generation in force at the next reading of the spec is still to be
+    /// recorded (the unclean end is found at start, before the spec is read).
+    #[serde(default)]
+    pub generation_pending: bool,
 }
 
 impl UncleanEnds {
     /// Whether the spec of `generation` still may not load this release.
     pub fn holds(&self, generation: Option<i64>) -> bool {
         // Option orders None first: without generations (local mode) nothing asks again.
-        self.held && generation <= self.held_generation
+        self.held && (self.generation_pending || generation <= self.held_generation)
     }
+}
+
+/// Records `generation`, the spec in force now, as the one each newly held release was
+/// refused at, so that only a newer spec asks again (a spec changed for another reason
+/// between the apply and the unclean end does not). Returns whether anything changed.
+pub fn settle_held_generations(ends: &mut [UncleanEnds], generation: Option<i64>) -> bool {
+    let mut changed = false;
+    for entry in ends.iter_mut().filter(|e| e.generation_pending) {
+        entry.held_generation = entry.held_generation.max(generation);
+        entry.generation_pending = false;
+        changed = true;
+    }
+    changed
 }
 
 /// How the boot of a probation record ended, as far as the state directory tells.
@@ -155,6 +173,7 @@ pub fn count_unclean_end(ends: &mut Vec<UncleanEnds>, record: &ProbationRecord) 
                 last_started_at: record.started_at,
                 held: false,
                 held_generation: None,
+                generation_pending: false,
             });
             ends.len() - 1
         }
@@ -165,6 +184,7 @@ pub fn count_unclean_end(ends: &mut Vec<UncleanEnds>, record: &ProbationRecord) 
     entry.last_started_at = record.started_at;
     entry.held = true;
     entry.held_generation = record.generation;
+    entry.generation_pending = true;
     entry.clone()
 }
 
@@ -184,12 +204,12 @@ pub fn unclean_end_message(
     if entry.count >= UNCLEAN_ENDS_LIMIT {
         format!("{evidence}: {id} is refused on this node for good")
     } else {
-        let asked = record
-            .generation
-            .map_or_else(|| "the one that asked".to_string(), |g| g.to_string());
+        let asked = record.generation.map_or_else(String::new, |g| {
+            format!(" (the apply was asked by generation {g})")
+        });
         format!(
             "{evidence}: {id} is not loaded here again until spec asks again with a generation \
-             newer than {asked}"
+             newer than the one in force now{asked}"
         )
     }
 }
@@ -258,11 +278,22 @@ mod tests {
         let mut ends = Vec::new();
         let first = count_unclean_end(&mut ends, &record("b1"));
         assert_eq!((first.count, first.held), (1, true));
-        assert!(first.holds(Some(4)) && first.holds(Some(3)) && first.holds(None));
-        assert!(!first.holds(Some(5)));
+        // Until the spec in force is read, every generation is held.
+        assert!(first.holds(Some(9)));
+        // The spec moved on to 6 (another wave) before the node came back: 6 is refused.
+        assert!(settle_held_generations(&mut ends, Some(6)));
+        assert!(!settle_held_generations(&mut ends, Some(8)));
+        let first = ends[0].clone();
+        assert!(first.holds(Some(6)) && first.holds(Some(3)) && first.holds(None));
+        assert!(!first.holds(Some(7)));
+        // A spec older than the apply's keeps the apply's generation.
+        let mut older = Vec::new();
+        count_unclean_end(&mut older, &record("b1"));
+        settle_held_generations(&mut older, Some(2));
+        assert_eq!(older[0].held_generation, Some(4));
         let message = unclean_end_message(&record("b1"), &first, "b2");
         assert!(
-            message.contains("boot b1") && message.contains("newer than 4"),
+            message.contains("boot b1") && message.contains("by generation 4"),
             "{message}"
         );
         let second = count_unclean_end(&mut ends, &record("b3"));

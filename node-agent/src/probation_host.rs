@@ -9,7 +9,8 @@ use crate::checks::Failure;
 use crate::error::AgentError;
 use crate::probation::{
     CLEAN_STOP_FILE, CleanStop, PROBATION_FILE, PreviousBoot, ProbationRecord, UNCLEAN_ENDS_FILE,
-    UNCLEAN_ENDS_LIMIT, UncleanEnds, count_unclean_end, judge, unclean_end_message,
+    UNCLEAN_ENDS_LIMIT, UncleanEnds, count_unclean_end, judge, settle_held_generations,
+    unclean_end_message,
 };
 use crate::state::{RefusalCause, RefusedRelease, StateDir};
 
@@ -27,6 +28,16 @@ impl StateDir {
     /// Unclean ends on probation, per release.
     pub fn unclean_ends(&self) -> Result<Vec<UncleanEnds>, AgentError> {
         Ok(self.read_json(UNCLEAN_ENDS_FILE)?.unwrap_or_default())
+    }
+
+    /// Records the spec generation in force now for releases held since the last start;
+    /// see [`settle_held_generations`].
+    pub fn settle_held_generations(&self, generation: Option<i64>) -> Result<(), AgentError> {
+        let mut ends = self.unclean_ends()?;
+        if settle_held_generations(&mut ends, generation) {
+            self.write_json(UNCLEAN_ENDS_FILE, &ends)?;
+        }
+        Ok(())
     }
 
     /// Lets release `id` be loaded again (a newer spec asked for it); its count stays.

@@ -213,3 +213,19 @@ async fn a_crash_while_loading_is_not_counted_twice() {
     let report = h.reconcile_with(&engine, &desired, None, 1).await;
     assert_eq!(report.state, NodePatchState::Applied, "{report:?}");
 }
+
+#[tokio::test]
+async fn a_spec_changed_for_another_reason_before_the_node_came_back_does_not_ask_again() {
+    let h = harness();
+    applied(&h, "kpersist_v1.ko", "1h").await;
+    let (engine, status) = unclean_end(&h).await;
+    crash_suspected(&status.expect("the unclean end is reported"));
+    // Meanwhile the operator rewrote the spec (generation 5) for its own reasons.
+    let desired = apply_on_probation(h.release("kpersist_v1.ko", 1), "1h");
+    let refused = h.reconcile_with(&engine, &desired, None, 5).await;
+    assert_eq!(reason(&refused), NodeErrorReason::ReleaseRefused);
+    assert_eq!(h.sim.load_log(), vec!["kpersist_v1"]);
+    // Asking again means a newer spec than the one in force when the node came back.
+    let asked = h.reconcile_with(&engine, &desired, None, 6).await;
+    assert_eq!(asked.state, NodePatchState::Applied, "{asked:?}");
+}
