@@ -1,6 +1,7 @@
 //! Carrying out an apply or a revert on the kernel, step by step, in the order that keeps a
-//! node safe: fetch and verify, check modinfo, write the crash marker, load, wait for the
-//! transition (reversing it when it stalls), check taint and the kernel log, record. A failed
+//! node safe: fetch and verify, check modinfo, check other livepatches and the module name,
+//! write the crash marker, load, wait for the transition (reversing it when it stalls or the
+//! module would stack), record, begin probation, check taint and the kernel log. A failed
 //! step ends the run; nothing is loaded after a failed check.
 
 use std::path::PathBuf;
@@ -404,57 +405,6 @@ impl<K: Kernel + Clone + 'static> Patcher<K> {
         match found.failure {
             Some(failure) => Err(failure),
             None => Ok(found.notes),
-        }
-    }
-
-    /// Reverses a transition that did not finish in time, naming the tasks that held it up.
-    async fn reverse_stalled(&self, req: &Request) -> Failure {
-        let name = req.release.module_name.clone();
-        let blockers = {
-            let name = name.clone();
-            self.call(move |k| k.blocking_tasks(&name))
-                .await
-                .unwrap_or_default()
-        };
-        let names: Vec<String> = blockers.iter().map(ToString::to_string).collect();
-        let mut message = format!(
-            "transition of livepatch {name} (release {}) did not finish within {:?}; tasks blocking it: {}",
-            req.release.id,
-            req.transition_timeout,
-            if names.is_empty() {
-                "none found".to_string()
-            } else {
-                names.join(", ")
-            }
-        );
-        message.push_str("; ");
-        message.push_str(&self.withdraw(&name, req.transition_timeout).await);
-        Failure::new(NodeErrorReason::TransitionStalled, message)
-    }
-
-    /// Disables the livepatch `name` (reversing its transition if one is under way), waits
-    /// for that, and unloads its module; says how that went.
-    async fn withdraw(&self, name: &str, timeout: Duration) -> String {
-        let disable = {
-            let name = name.to_string();
-            self.call(move |k| k.set_enabled(&name, false)).await
-        };
-        match disable {
-            Err(e) => format!("disabling it failed: {e}"),
-            Ok(()) => match wait_settled(self, name, false, timeout).await {
-                Ok(Settled::Done | Settled::Gone) => {
-                    let mut done =
-                        "it was disabled (its transition reversed) and the previous patch state is back".to_string();
-                    if let Err(e) = unload_module(self, name).await {
-                        done.push_str(&format!(" (unloading {name} failed: {e})"));
-                    }
-                    done
-                }
-                Ok(Settled::TimedOut) => {
-                    "disabling it has not finished either; the node needs a person".to_string()
-                }
-                Err(e) => format!("reading the disable back failed: {e}"),
-            },
         }
     }
 
