@@ -48,16 +48,6 @@ impl<K: Kernel + Clone + 'static> Engine<K> {
         self
     }
 
-    /// Module names known to be kpersist's besides the state directory's: those given at
-    /// construction and those of the releases the spec names.
-    fn kpersist_modules(&self, desired: Option<&DesiredPatch>) -> Vec<String> {
-        let named = desired
-            .into_iter()
-            .flat_map(|d| d.release.iter().chain(d.previous.iter()))
-            .map(|r| r.module_name.clone());
-        self.extra_kpersist.iter().cloned().chain(named).collect()
-    }
-
     /// Measures the time from the agent's start to its first apply that ended Applied: after
     /// a reboot, how long the node ran without its patch.
     fn note_first_applied(&self, outcome: &crate::apply::Outcome) {
@@ -201,7 +191,7 @@ impl<K: Kernel + Clone + 'static> Engine<K> {
                     generation,
                     probation,
                     replace_foreign: desired.is_some_and(|d| d.replace_foreign),
-                    kpersist_modules: self.kpersist_modules(desired),
+                    kpersist_modules: self.extra_kpersist.clone(),
                     ..Request::new(release)
                 };
                 let outcome = self.patcher.load_release(&req, action, progress).await;
