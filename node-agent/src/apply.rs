@@ -1,6 +1,7 @@
 //! Carrying out an apply or a revert on the kernel, step by step, in the order that keeps a
-//! node safe: fetch and verify, check modinfo, write the crash marker, load, wait for the
-//! transition (reversing it when it stalls), check taint and the kernel log, record. A failed
+//! node safe: fetch and verify, check modinfo, check other livepatches and the module name,
+//! write the crash marker, load, wait for the transition (reversing it when it stalls or the
+//! module would stack), record, begin probation, check taint and the kernel log. A failed
 //! step ends the run; nothing is loaded after a failed check.
 
 use std::path::PathBuf;
@@ -13,7 +14,9 @@ use kpersist_kmod::modinfo::ModInfo;
 use tokio::time::Instant;
 
 use crate::checks::{self, Failure};
+use crate::coexist::{self, NameInUse};
 use crate::fetch::{Fetcher, RepositoryAccess};
+use crate::findings;
 use crate::state::{CrashMarker, MarkerRelease, StateDir};
 use crate::transition::{Settled, unload_module, wait_settled};
 
@@ -30,6 +33,32 @@ pub struct Request {
     pub kmsg_checks: bool,
     /// CAs and redirect hosts for the download, from the policy; `None`: the defaults.
     pub repository: Option<RepositoryAccess>,
+    /// The `metadata.generation` of the spec asking, if any.
+    pub generation: Option<i64>,
+    /// How long the release is on probation after its transition; `None` or zero: none.
+    pub probation: Option<Duration>,
+    /// Whether enabled livepatches of other tools may be replaced.
+    pub replace_foreign: bool,
+    /// Module names that are kpersist's besides those the state directory records.
+    pub kpersist_modules: Vec<String>,
+}
+
+impl Request {
+    /// A request for `release` with the defaults: no policy, a 60 s transition timeout,
+    /// kernel log checks, no probation, other tools' livepatches refused.
+    pub fn new(release: PatchRelease) -> Request {
+        Request {
+            release,
+            policy: None,
+            transition_timeout: Duration::from_secs(60),
+            kmsg_checks: true,
+            repository: None,
+            generation: None,
+            probation: None,
+            replace_foreign: false,
+            kpersist_modules: Vec::new(),
+        }
+    }
 }
 
 /// Whether a load is an apply of a newer release or a revert to an earlier one.
@@ -50,6 +79,8 @@ pub struct Outcome {
     pub failure: Option<(Failure, Option<String>)>,
     /// How long the steps took.
     pub timings: PatchTimings,
+    /// Kernel findings of the run that are not the release's fault (reported, not failed).
+    pub notes: Vec<String>,
 }
 
 impl Outcome {
@@ -63,6 +94,7 @@ impl Outcome {
             state,
             failure: Some((failure, release.map(str::to_string))),
             timings,
+            notes: Vec::new(),
         }
     }
 }
@@ -152,10 +184,11 @@ impl<K: Kernel + Clone + 'static> Patcher<K> {
         let result = self.load_steps(req, action, progress, &mut timings).await;
         timings.total_ms = Some(millis(started.elapsed()));
         match result {
-            Ok(()) => Outcome {
+            Ok(notes) => Outcome {
                 state: NodePatchState::Applied,
                 failure: None,
                 timings,
+                notes,
             },
             Err(failure) => Outcome::failed(
                 NodePatchState::Failed,
@@ -172,7 +205,7 @@ impl<K: Kernel + Clone + 'static> Patcher<K> {
         action: Action,
         progress: Progress<'_>,
         timings: &mut PatchTimings,
-    ) -> Result<(), Failure> {
+    ) -> Result<Vec<String>, Failure> {
         let release = &req.release;
         let identity = self.call(|k| k.identity()).await.map_err(host)?;
         checks::check_kernel(release, &identity)?;
@@ -216,6 +249,7 @@ impl<K: Kernel + Clone + 'static> Patcher<K> {
             )
         })?;
         checks::check_module(&info, release, &identity.release)?;
+        self.check_coexistence(req).await?;
 
         if let Some(hook) = &self.before_load {
             hook(release);
@@ -234,9 +268,13 @@ impl<K: Kernel + Clone + 'static> Patcher<K> {
             kmsg_mark: kmsg.0,
             transition_timeout_ms: millis(req.transition_timeout),
             kmsg_checks: req.kmsg_checks,
+            generation: req.generation,
+            probation_ms: req.probation.map(millis),
         };
+        // From here the crash marker covers the node; an earlier release's probation ends.
         self.state
-            .write_crash_marker(&marker)
+            .end_probation()
+            .and_then(|()| self.state.write_crash_marker(&marker))
             .map_err(|e| host_msg(e.to_string()))?;
 
         let load_started = Instant::now();
@@ -251,40 +289,78 @@ impl<K: Kernel + Clone + 'static> Patcher<K> {
         result
     }
 
-    /// Loads the verified module bytes; a leftover module of the same name whose patch was
-    /// already replaced or disabled is unloaded first.
-    async fn load(&self, image: Arc<ModuleImage>, name: &str) -> Result<(), Failure> {
-        let first = {
-            let image = Arc::clone(&image);
-            self.call(move |k| k.load_module(&image)).await
-        };
-        let result = match first {
-            Err(e) if e.syscall_failure() == Some(SyscallFailure::AlreadyLoaded) => {
-                let patches = self.call(|k| k.loaded_patches()).await.map_err(host)?;
-                if patches.iter().any(|p| p.name == name) {
-                    Err(e)
-                } else {
-                    unload_module(self, name)
-                        .await
-                        .map_err(|e| load_failure(name, e))?;
-                    self.call(move |k| k.load_module(&image)).await
-                }
-            }
-            other => other,
-        };
-        result.map_err(|e| load_failure(name, e))
+    /// Checks the release can go in beside what the kernel runs: no other tool's livepatch
+    /// would be replaced unasked, and its module name is free. A leftover module of that name
+    /// that kpersist loaded and whose patch was already replaced or disabled is unloaded.
+    async fn check_coexistence(&self, req: &Request) -> Result<(), Failure> {
+        let release = &req.release;
+        let patches = self.call(|k| k.loaded_patches()).await.map_err(host)?;
+        let known = self
+            .state
+            .applied()
+            .map_err(|e| host_msg(e.to_string()))?
+            .known_modules;
+        let kpersist: Vec<String> = known
+            .iter()
+            .chain(&req.kpersist_modules)
+            .chain([&release.module_name])
+            .cloned()
+            .collect();
+        coexist::check_foreign(&patches, &kpersist, release, req.replace_foreign)?;
+        let name = release.module_name.clone();
+        let loaded = self
+            .call(move |k| k.module_loaded(&name))
+            .await
+            .map_err(host)?;
+        if coexist::check_name_in_use(loaded, &patches, &known, release)?
+            == NameInUse::KpersistLeftover
+        {
+            unload_module(self, &release.module_name)
+                .await
+                .map_err(|e| {
+                    Failure::new(
+                        NodeErrorReason::ModuleNameInUse,
+                        format!(
+                            "unloading the leftover module {} before loading release {}: {e}",
+                            release.module_name, release.id
+                        ),
+                    )
+                })?;
+        }
+        Ok(())
     }
 
-    /// Waits for the transition of the loaded release, then checks what the load did.
+    /// Loads the verified module bytes.
+    async fn load(&self, image: Arc<ModuleImage>, name: &str) -> Result<(), Failure> {
+        self.call(move |k| k.load_module(&image))
+            .await
+            .map_err(|e| load_failure(name, e))
+    }
+
+    /// Waits for the transition of the loaded release, then checks what the load did;
+    /// returns the findings that are not the release's fault.
     pub(crate) async fn settle_and_check(
         &self,
         req: &Request,
         baseline: Baseline,
         load_started: Instant,
         timings: &mut PatchTimings,
-    ) -> Result<(), Failure> {
+    ) -> Result<Vec<String>, Failure> {
         let release = &req.release;
         let name = release.module_name.clone();
+        // Kernels since 6.11 say at once whether the patch replaces the others.
+        let replaces = {
+            let name = name.clone();
+            self.call(move |k| k.patch_replaces(&name)).await
+        };
+        if let Ok(Some(false)) = replaces {
+            let outcome = self.withdraw(&name, req.transition_timeout).await;
+            return Err(coexist::not_cumulative(
+                release,
+                "the kernel shows replace=0 for its livepatch",
+                &outcome,
+            ));
+        }
         let settled = wait_settled(self, &name, true, req.transition_timeout)
             .await
             .map_err(host)?;
@@ -302,58 +378,34 @@ impl<K: Kernel + Clone + 'static> Patcher<K> {
             }
             Settled::TimedOut => return Err(self.reverse_stalled(req).await),
         }
+        // Older kernels do not show `replace`: a patch still enabled beside the new one after
+        // its transition means the new one stacked on it.
+        let patches = self.call(|k| k.loaded_patches()).await.map_err(host)?;
+        let stacked = coexist::stacked_under(&patches, &name).join(", ");
+        if !stacked.is_empty() {
+            let outcome = self.withdraw(&name, req.transition_timeout).await;
+            return Err(coexist::not_cumulative(
+                release,
+                &format!("after its transition {stacked} stayed enabled beside it"),
+                &outcome,
+            ));
+        }
         self.record_applied(req).await?;
-        if req.kmsg_checks {
-            let taint = self.call(|k| k.tainted()).await.map_err(host)?;
-            checks::check_taint(baseline.taint, taint, &release.id)?;
-            let mark = baseline.kmsg;
-            let lines = self.call(move |k| k.kmsg_since(mark)).await.map_err(host)?;
-            checks::check_kmsg(&lines, &release.id)?;
+        self.begin_probation(req).await?;
+        if !req.kmsg_checks {
+            return Ok(Vec::new());
         }
-        Ok(())
-    }
-
-    /// Reverses a transition that did not finish in time, naming the tasks that held it up.
-    async fn reverse_stalled(&self, req: &Request) -> Failure {
-        let name = req.release.module_name.clone();
-        let blockers = {
-            let name = name.clone();
-            self.call(move |k| k.blocking_tasks(&name))
-                .await
-                .unwrap_or_default()
-        };
-        let names: Vec<String> = blockers.iter().map(ToString::to_string).collect();
-        let mut message = format!(
-            "transition of livepatch {name} (release {}) did not finish within {:?}; tasks blocking it: {}",
-            req.release.id,
-            req.transition_timeout,
-            if names.is_empty() {
-                "none found".to_string()
-            } else {
-                names.join(", ")
-            }
-        );
-        let disable = {
-            let name = name.clone();
-            self.call(move |k| k.set_enabled(&name, false)).await
-        };
-        match disable {
-            Err(e) => message.push_str(&format!("; reversing it failed: {e}")),
-            Ok(()) => match wait_settled(self, &name, false, req.transition_timeout).await {
-                Ok(Settled::Done | Settled::Gone) => {
-                    message.push_str(
-                        "; the transition was reversed and the previous patch state is back",
-                    );
-                    if let Err(e) = unload_module(self, &name).await {
-                        message.push_str(&format!(" (unloading {name} failed: {e})"));
-                    }
-                }
-                Ok(Settled::TimedOut) => message
-                    .push_str("; the reversal has not finished either; the node needs a person"),
-                Err(e) => message.push_str(&format!("; reading the reversal failed: {e}")),
-            },
+        let taint = self.call(|k| k.tainted()).await.map_err(host)?;
+        let mark = baseline.kmsg;
+        let lines = self.call(move |k| k.kmsg_since(mark)).await.map_err(host)?;
+        let found = findings::judge(baseline.taint, taint, &lines, &name, &release.id);
+        for note in &found.notes {
+            tracing::warn!(release = %release.id, "{note}");
         }
-        Failure::new(NodeErrorReason::TransitionStalled, message)
+        match found.failure {
+            Some(failure) => Err(failure),
+            None => Ok(found.notes),
+        }
     }
 
     /// Records the release as the one the kernel runs, and unloads the modules of the
@@ -393,6 +445,8 @@ fn load_failure(name: &str, e: KernelError) -> Failure {
         Some(SyscallFailure::NotPermitted | SyscallFailure::KeyRejected) => {
             NodeErrorReason::LockdownRefused
         }
+        // Checked before the load; a module of that name came in meanwhile.
+        Some(SyscallFailure::AlreadyLoaded) => NodeErrorReason::ModuleNameInUse,
         Some(_) => NodeErrorReason::LoadRefused,
         None => NodeErrorReason::HostError,
     };

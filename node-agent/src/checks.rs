@@ -2,9 +2,7 @@
 //! runs. Each failure carries the status reason and a message naming the offending values.
 
 use kpersist_crds::{NodeErrorReason, PatchRelease};
-use kpersist_kmod::kernel::{
-    KernelIdentity, KmsgLine, TAINT_EXPECTED, is_kernel_warning, taint_letters,
-};
+use kpersist_kmod::kernel::KernelIdentity;
 use kpersist_kmod::modinfo::ModInfo;
 
 /// Why an apply or revert did not succeed: the status reason and a message for people.
@@ -90,56 +88,9 @@ pub fn check_module(
     Ok(())
 }
 
-/// Taint bits that appeared between `before` and `after` and that loading a livepatch does
-/// not explain (anything but `O`, `E`, `K`).
-pub fn unexpected_new_taint(before: u64, after: u64) -> u64 {
-    after & !before & !TAINT_EXPECTED
-}
-
-/// The failure for unexpected new taint bits, if there are any.
-pub fn check_taint(before: u64, after: u64, release_id: &str) -> Result<(), Failure> {
-    let new = unexpected_new_taint(before, after);
-    if new == 0 {
-        return Ok(());
-    }
-    Err(Failure::new(
-        NodeErrorReason::NewTaint,
-        format!(
-            "after loading release {release_id} the kernel gained taint {} (bits {new:#x}, \
-             taint was {before} and is {after}); check the kernel log before keeping it",
-            taint_letters(new)
-        ),
-    ))
-}
-
-/// The kernel log lines that report a warning, bug or oops.
-pub fn kernel_warnings(lines: &[KmsgLine]) -> Vec<&str> {
-    lines
-        .iter()
-        .filter(|l| is_kernel_warning(&l.text))
-        .map(|l| l.text.as_str())
-        .collect()
-}
-
-/// The failure for new kernel warnings, if there are any.
-pub fn check_kmsg(lines: &[KmsgLine], release_id: &str) -> Result<(), Failure> {
-    let warnings = kernel_warnings(lines);
-    let Some(first) = warnings.first() else {
-        return Ok(());
-    };
-    Err(Failure::new(
-        NodeErrorReason::KernelWarning,
-        format!(
-            "after loading release {release_id} the kernel logged {} warning line(s), first: {first:?}",
-            warnings.len()
-        ),
-    ))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kpersist_kmod::kernel::{TAINT_LIVEPATCH, TAINT_OOT_MODULE};
 
     fn info(name: &str, vermagic: &str, livepatch: bool) -> ModInfo {
         ModInfo {
@@ -213,41 +164,6 @@ mod tests {
         assert_eq!(
             check_kernel(&r, &other).unwrap_err().reason,
             NodeErrorReason::KernelMismatch
-        );
-    }
-
-    #[test]
-    fn only_unexplained_new_taint_counts() {
-        let warn = 1 << 9;
-        assert_eq!(
-            unexpected_new_taint(0, TAINT_LIVEPATCH | TAINT_OOT_MODULE),
-            0
-        );
-        assert_eq!(unexpected_new_taint(warn, warn | TAINT_LIVEPATCH), 0);
-        assert_eq!(unexpected_new_taint(0, warn | TAINT_LIVEPATCH), warn);
-        let failure = check_taint(0, warn, "k/v1").unwrap_err();
-        assert_eq!(failure.reason, NodeErrorReason::NewTaint);
-        assert!(failure.message.contains('W'), "{}", failure.message);
-    }
-
-    #[test]
-    fn kmsg_warnings_fail() {
-        let line = |seq, text: &str| KmsgLine {
-            seq,
-            level: 4,
-            text: text.into(),
-        };
-        assert_eq!(
-            check_kmsg(&[line(1, "livepatch: enabling patch 'x'")], "k/v1"),
-            Ok(())
-        );
-        let failure =
-            check_kmsg(&[line(1, "ok"), line(2, "BUG: unable to handle")], "k/v1").unwrap_err();
-        assert_eq!(failure.reason, NodeErrorReason::KernelWarning);
-        assert!(
-            failure.message.contains("BUG: unable"),
-            "{}",
-            failure.message
         );
     }
 }

@@ -11,7 +11,7 @@ use crate::apply::{Action, Patcher, Progress, Request};
 use crate::error::AgentError;
 use crate::metrics::Metrics;
 use crate::plan::{NodeView, Plan, hold_after_failure, plan};
-use crate::status::{Observation, Report, build_status, live_release};
+use crate::status::{HostRecords, Observation, Report, build_status, live_release};
 
 /// The node's reconciler.
 #[derive(Clone)]
@@ -20,10 +20,15 @@ pub struct Engine<K> {
     metrics: Metrics,
     /// Module names that are kpersist's besides those the state directory records.
     extra_kpersist: Vec<String>,
+    /// When the agent started, and whether an apply has ended Applied since.
+    started: std::time::Instant,
+    applied_since_start: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The transition timeout used when `spec.desired.transitionTimeout` cannot be parsed.
 const FALLBACK_TIMEOUT: Duration = Duration::from_secs(60);
+/// The probation used when `spec.desired.probation` cannot be parsed (the API default).
+const FALLBACK_PROBATION: Duration = Duration::from_secs(3600);
 
 impl<K: Kernel + Clone + 'static> Engine<K> {
     /// An engine over `patcher`, recording into `metrics`.
@@ -32,6 +37,8 @@ impl<K: Kernel + Clone + 'static> Engine<K> {
             patcher,
             metrics,
             extra_kpersist: Vec::new(),
+            started: std::time::Instant::now(),
+            applied_since_start: Default::default(),
         }
     }
 
@@ -39,6 +46,28 @@ impl<K: Kernel + Clone + 'static> Engine<K> {
     pub fn with_kpersist_modules(mut self, names: Vec<String>) -> Engine<K> {
         self.extra_kpersist = names;
         self
+    }
+
+    /// Measures the time from the agent's start to its first apply that ended Applied: after
+    /// a reboot, how long the node ran without its patch.
+    fn note_first_applied(&self, outcome: &crate::apply::Outcome) {
+        use std::sync::atomic::Ordering;
+        if outcome.state != NodePatchState::Applied
+            || self.applied_since_start.swap(true, Ordering::SeqCst)
+        {
+            return;
+        }
+        let elapsed = self.started.elapsed();
+        self.metrics.set_start_to_applied(elapsed);
+        tracing::info!(
+            start_to_applied_ms = elapsed.as_millis() as u64,
+            "first apply since the agent started"
+        );
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
     }
 
     /// The patcher.
@@ -83,6 +112,10 @@ impl<K: Kernel + Clone + 'static> Engine<K> {
         };
         let record = self.patcher.state_dir().applied()?;
         let refused = self.patcher.state_dir().refused()?;
+        self.patcher
+            .state_dir()
+            .settle_held_generations(generation)?;
+        let unclean_ends = self.patcher.state_dir().unclean_ends()?;
         let known: Vec<&String> = record
             .known_modules
             .iter()
@@ -94,6 +127,8 @@ impl<K: Kernel + Clone + 'static> Engine<K> {
             applied: live_release(&record, &obs.loaded),
             kpersist_loaded: obs.loaded.iter().any(|p| known.contains(&&p.name)),
             refused: &refused,
+            unclean_ends: &unclean_ends,
+            generation,
         };
         let decision = plan(desired, &view);
         // Even a plan that would do nothing keeps a failure standing: after `NewTaint` the
@@ -109,13 +144,14 @@ impl<K: Kernel + Clone + 'static> Engine<K> {
         let kmsg_checks = desired.is_none_or(|d| d.kmsg_checks);
         let outcome = match decision {
             Plan::Keep(state) => {
-                // The timings of the run that got here stay until the next run.
-                let timings = prior
+                // The timings and findings of the run that got here stay until the next run.
+                let before = prior
                     .filter(|p| p.state == Some(state))
-                    .and_then(|p| p.timings.clone());
+                    .map(Report::from_status);
                 return Ok(Report {
-                    timings,
-                    ..Report::state(state)
+                    state,
+                    error: None,
+                    ..before.unwrap_or_else(|| Report::state(state))
                 });
             }
             Plan::Refuse {
@@ -130,23 +166,33 @@ impl<K: Kernel + Clone + 'static> Engine<K> {
                 }) {
                     return Ok(Report::from_status(p));
                 }
-                let outcome = crate::apply::Outcome {
+                let outcome = crate::apply::Outcome::failed(
                     state,
-                    failure: Some((failure, release)),
-                    timings: Default::default(),
-                };
+                    failure,
+                    release.as_deref(),
+                    Default::default(),
+                );
                 return Ok(Report {
                     timings: None,
                     ..Report::from_outcome(outcome, &now())
                 });
             }
             Plan::Load { release, action } => {
+                // The plan loads a held release only for a newer spec: it asked again, once.
+                self.patcher.state_dir().lift_hold(&release.id)?;
+                let probation = desired
+                    .filter(|_| action == Action::Apply)
+                    .map(|d| parse_duration(&d.probation).unwrap_or(FALLBACK_PROBATION));
                 let req = Request {
-                    release,
                     policy: desired.map(|d| d.policy.clone()),
                     transition_timeout: timeout,
                     kmsg_checks,
                     repository: desired.and_then(|d| d.repository.clone()),
+                    generation,
+                    probation,
+                    replace_foreign: desired.is_some_and(|d| d.replace_foreign),
+                    kpersist_modules: self.extra_kpersist.clone(),
+                    ..Request::new(release)
                 };
                 let outcome = self.patcher.load_release(&req, action, progress).await;
                 let label = if action == Action::Apply {
@@ -155,6 +201,7 @@ impl<K: Kernel + Clone + 'static> Engine<K> {
                     "revert"
                 };
                 self.metrics.observe_run(label, &outcome);
+                self.note_first_applied(&outcome);
                 outcome
             }
             Plan::RevertToNone => {
@@ -177,17 +224,22 @@ impl<K: Kernel + Clone + 'static> Engine<K> {
         prior: Option<&LivePatchNodeStatus>,
     ) -> Result<LivePatchNodeStatus, AgentError> {
         let obs = self.observe().await?;
-        let record = self.patcher.state_dir().applied()?;
-        let refused = self.patcher.state_dir().refused()?;
-        let status = build_status(
-            &obs,
-            &record,
-            &refused,
-            report,
-            observed_generation,
-            prior,
-            &now(),
-        );
+        let state = self.patcher.state_dir();
+        let record = state.applied()?;
+        let live_module = live_release(&record, &obs.loaded).map(|r| r.module_name.as_str());
+        let probation_until = self.patcher.probation_until(&obs.boot_id, live_module);
+        let mut refused: Vec<String> = state.refused()?.into_iter().map(|r| r.id).collect();
+        for held in state.unclean_ends()?.into_iter().filter(|e| e.held) {
+            if !refused.contains(&held.id) {
+                refused.push(held.id);
+            }
+        }
+        let host = HostRecords {
+            applied: &record,
+            refused,
+            probation_until,
+        };
+        let status = build_status(&obs, &host, report, observed_generation, prior, &now());
         let kernel = status.kernel_release.clone().unwrap_or_default();
         let applied = status
             .applied

@@ -8,13 +8,17 @@
 pub mod apply;
 pub mod checks;
 pub mod cli;
+pub mod coexist;
 pub mod controller;
 pub mod engine;
 pub mod error;
 pub mod fetch;
+pub mod findings;
 pub mod local;
 pub mod metrics;
 pub mod plan;
+pub mod probation;
+mod probation_host;
 pub mod recover;
 pub mod revert;
 pub mod run;

@@ -126,7 +126,9 @@ fn desired(revert: bool, release: Option<PatchRelease>, timeout: Duration) -> De
         wave: None,
         transition_timeout: format!("{}ms", timeout.as_millis()),
         kmsg_checks: true,
-        probation: "1h".to_string(),
+        // No resident agent marks a clean stop between local runs, so every reboot would
+        // look like a crash: local mode keeps no probation.
+        probation: "0s".to_string(),
         replace_foreign: false,
         asked_at: None,
         repository: None,

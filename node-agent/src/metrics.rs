@@ -16,6 +16,7 @@ pub struct Metrics {
     runs: IntCounterVec,
     info: IntGaugeVec,
     findings: IntCounterVec,
+    start_to_applied: prometheus::Gauge,
 }
 
 impl Metrics {
@@ -58,7 +59,8 @@ impl Metrics {
         let findings = IntCounterVec::new(
             Opts::new(
                 "kpersist_agent_health_findings_total",
-                "Kernel warnings and unexpected taint found after loads",
+                "Kernel warnings and taint found after loads: the release's (kmsg, taint), \
+                 crashes, and those not attributed to it (unattributed)",
             ),
             &["kind"],
         )?;
@@ -66,7 +68,12 @@ impl Metrics {
         registry.register(Box::new(transition_duration.clone()))?;
         registry.register(Box::new(runs.clone()))?;
         registry.register(Box::new(info.clone()))?;
+        let start_to_applied = prometheus::Gauge::new(
+            "kpersist_agent_start_to_applied_seconds",
+            "From the agent's start to its first apply that ended Applied (as after a reboot)",
+        )?;
         registry.register(Box::new(findings.clone()))?;
+        registry.register(Box::new(start_to_applied.clone()))?;
         Ok(Metrics {
             registry,
             apply_duration,
@@ -74,7 +81,13 @@ impl Metrics {
             runs,
             info,
             findings,
+            start_to_applied,
         })
+    }
+
+    /// Records the time from the agent's start to its first apply that ended Applied.
+    pub fn set_start_to_applied(&self, elapsed: std::time::Duration) {
+        self.start_to_applied.set(elapsed.as_secs_f64());
     }
 
     /// Records a finished run.
@@ -100,6 +113,11 @@ impl Metrics {
             }
             Some(NodeErrorReason::NewTaint) => self.findings.with_label_values(&["taint"]).inc(),
             _ => {}
+        }
+        if !outcome.notes.is_empty() {
+            self.findings
+                .with_label_values(&["unattributed"])
+                .inc_by(outcome.notes.len() as u64);
         }
         if outcome.state == NodePatchState::CrashSuspected {
             self.findings.with_label_values(&["crash"]).inc();
@@ -147,6 +165,7 @@ mod tests {
                 transition_ms: Some(200),
                 download_ms: None,
             },
+            notes: vec![],
         };
         m.observe_run("apply", &failed);
         m.set_applied(Some(("kpersist_v2", "k/v2")), "k");

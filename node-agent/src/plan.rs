@@ -8,7 +8,8 @@ use kpersist_kmod::kernel::KernelIdentity;
 
 use crate::apply::Action;
 use crate::checks::{Failure, check_kernel};
-use crate::state::RefusedRelease;
+use crate::probation::UncleanEnds;
+use crate::state::{RefusalCause, RefusedRelease};
 
 /// What the node is, as far as deciding goes.
 #[derive(Clone, Copy, Debug)]
@@ -21,8 +22,12 @@ pub struct NodeView<'a> {
     pub applied: Option<&'a PatchRelease>,
     /// Whether any kpersist livepatch is loaded at all.
     pub kpersist_loaded: bool,
-    /// Releases refused on this node.
+    /// Releases refused on this node for good.
     pub refused: &'a [RefusedRelease],
+    /// Releases that ended a boot uncleanly on probation here.
+    pub unclean_ends: &'a [UncleanEnds],
+    /// The `metadata.generation` of the spec being decided on, if any.
+    pub generation: Option<i64>,
 }
 
 /// The decision.
@@ -105,18 +110,37 @@ pub fn plan(desired: Option<&DesiredPatch>, view: &NodeView<'_>) -> Plan {
         };
     }
     if let Some(refused) = view.refused.iter().find(|r| r.id == release.id) {
-        return Plan::Refuse {
-            state: NodePatchState::CrashSuspected,
-            failure: Failure::new(
-                NodeErrorReason::ReleaseRefused,
-                format!(
-                    "release {} is refused on this node: the node went down while loading it \
-                     (boot {}, found {}); roll out a newer release",
-                    release.id, refused.crashed_boot_id, refused.detected_at
-                ),
-            ),
-            release: Some(release.id.clone()),
+        let when = match refused.cause {
+            RefusalCause::Load => "the node went down while loading it",
+            RefusalCause::Probation => "the node ended uncleanly twice while it was on probation",
         };
+        return crash_refusal(
+            release,
+            format!(
+                "release {} is refused on this node for good: {when} (boot {}, found {}); \
+                 roll out a newer release",
+                release.id, refused.crashed_boot_id, refused.detected_at
+            ),
+        );
+    }
+    if let Some(ends) = view
+        .unclean_ends
+        .iter()
+        .find(|e| e.id == release.id && e.holds(view.generation))
+    {
+        return crash_refusal(
+            release,
+            format!(
+                "release {} is not loaded on this node: boot {} ended uncleanly while it was on \
+                 probation (since {}); ask again with a new spec generation (newer than {}) to \
+                 load it once more",
+                release.id,
+                ends.last_boot_id,
+                ends.last_started_at,
+                ends.held_generation
+                    .map_or_else(|| "none".to_string(), |g| g.to_string())
+            ),
+        );
     }
     if view
         .applied
@@ -127,6 +151,14 @@ pub fn plan(desired: Option<&DesiredPatch>, view: &NodeView<'_>) -> Plan {
     Plan::Load {
         release: release.clone(),
         action,
+    }
+}
+
+fn crash_refusal(release: &PatchRelease, message: String) -> Plan {
+    Plan::Refuse {
+        state: NodePatchState::CrashSuspected,
+        failure: Failure::new(NodeErrorReason::ReleaseRefused, message),
+        release: Some(release.id.clone()),
     }
 }
 

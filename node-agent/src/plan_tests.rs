@@ -48,6 +48,8 @@ fn view<'a>(
         applied,
         kpersist_loaded: applied.is_some(),
         refused,
+        unclean_ends: &[],
+        generation: Some(1),
     }
 }
 
@@ -118,6 +120,7 @@ fn wrong_kernel_unsupported_and_refused_are_refused_with_reasons() {
         id: release(1).id,
         crashed_boot_id: "b".into(),
         detected_at: "t".into(),
+        cause: RefusalCause::Load,
     }];
     assert_eq!(
         reason(plan(Some(&d), &view(&id, None, &refused))),
@@ -168,4 +171,49 @@ fn failures_are_held_for_the_same_generation_and_boot_only() {
     };
     assert!(!hold_after_failure(Some(&applied), Some(3), "boot-1"));
     assert!(!hold_after_failure(None, Some(3), "boot-1"));
+}
+
+#[test]
+fn an_unclean_end_on_probation_holds_the_release_until_a_newer_generation() {
+    let id = identity();
+    let d = desired(PatchAction::Apply, Some(release(2)));
+    let ends = [UncleanEnds {
+        id: release(2).id,
+        count: 1,
+        last_boot_id: "boot-1".into(),
+        last_started_at: jiff::Timestamp::UNIX_EPOCH,
+        held: true,
+        held_generation: Some(3),
+        generation_pending: false,
+    }];
+    let reason = |p: Plan| match p {
+        Plan::Refuse { state, failure, .. } => (state, failure.reason),
+        other => panic!("not refused: {other:?}"),
+    };
+    let at = |generation| NodeView {
+        unclean_ends: &ends,
+        generation,
+        ..view(&id, None, &[])
+    };
+    for generation in [Some(2), Some(3), None] {
+        let decision = plan(Some(&d), &at(generation));
+        assert_eq!(
+            reason(decision.clone()),
+            (
+                NodePatchState::CrashSuspected,
+                NodeErrorReason::ReleaseRefused
+            )
+        );
+        let Plan::Refuse { failure, .. } = decision else {
+            unreachable!()
+        };
+        assert!(failure.message.contains("boot-1"), "{}", failure.message);
+    }
+    assert!(matches!(plan(Some(&d), &at(Some(4))), Plan::Load { .. }));
+    // Another release is not held.
+    let other = desired(PatchAction::Apply, Some(release(3)));
+    assert!(matches!(
+        plan(Some(&other), &at(Some(3))),
+        Plan::Load { .. }
+    ));
 }

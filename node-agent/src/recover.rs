@@ -1,6 +1,7 @@
 //! Start-up recovery from the crash marker: a marker from another boot means the node went
 //! down while a module was going in (the release is then refused for good); a marker from
-//! this boot means only the agent was restarted, and its run is finished or dropped.
+//! this boot means only the agent was restarted, and its run is finished or dropped. Then
+//! the probation record tells whether the previous boot ended uncleanly on probation.
 
 use std::time::Duration;
 
@@ -10,14 +11,33 @@ use tokio::time::Instant;
 
 use crate::apply::{Baseline, Outcome, Patcher, Request, host, host_msg, millis};
 use crate::checks::Failure;
-use crate::state::{MarkerRelease, RefusedRelease};
+use crate::state::{MarkerRelease, RefusalCause, RefusedRelease};
 
 impl<K: Kernel + Clone + 'static> Patcher<K> {
-    /// Looks for a crash marker at start. From another boot: the release is refused for
-    /// good and the outcome is `CrashSuspected`. From this boot (the agent restarted
-    /// mid-apply): a run whose module is loaded is finished; otherwise the marker is dropped
-    /// and `None` returned, so the desired state is acted on afresh.
+    /// Looks at start for what the previous boot or agent left: a crash marker, then a
+    /// probation record. A crash marker from another boot refuses the release for good
+    /// (`CrashSuspected`). From this boot (the agent restarted mid-apply): a run whose module
+    /// is loaded is finished; otherwise the marker is dropped. A probation record from a boot
+    /// that ended uncleanly is counted against its release (`CrashSuspected`). `None`: the
+    /// desired state is acted on afresh.
     pub async fn recover(&self) -> Option<Outcome> {
+        let marker = self.recover_marker().await;
+        let crashed_loading = marker
+            .as_ref()
+            .is_some_and(|o| o.state == NodePatchState::CrashSuspected);
+        let probation = match self.call(|k| k.boot_id()).await {
+            // The crash marker already blames the load that brought the node down.
+            _ if crashed_loading => {
+                self.forget_probation();
+                None
+            }
+            Ok(boot_id) => self.recover_probation(&boot_id).await,
+            Err(_) => None,
+        };
+        marker.or(probation)
+    }
+
+    async fn recover_marker(&self) -> Option<Outcome> {
         let marker = match self.state.crash_marker() {
             Ok(marker) => marker?,
             Err(e) => {
@@ -46,6 +66,7 @@ impl<K: Kernel + Clone + 'static> Patcher<K> {
                 id: id.clone(),
                 crashed_boot_id: marker.boot_id.clone(),
                 detected_at: jiff::Timestamp::now().to_string(),
+                cause: RefusalCause::Load,
             };
             let message = format!(
                 "the node went down while loading release {id} (crash marker from boot {}, now boot {boot_id}); \
@@ -80,13 +101,14 @@ impl<K: Kernel + Clone + 'static> Patcher<K> {
             let _ = self.state.clear_crash_marker();
             return None;
         }
+        // Recovery loads nothing, so it neither downloads nor looks at other livepatches.
         let req = Request {
-            release,
             policy: marker.policy.clone(),
             transition_timeout: Duration::from_millis(marker.transition_timeout_ms),
             kmsg_checks: marker.kmsg_checks,
-            // Recovery loads nothing, so it downloads nothing.
-            repository: None,
+            generation: marker.generation,
+            probation: marker.probation_ms.map(Duration::from_millis),
+            ..Request::new(release)
         };
         let baseline = Baseline {
             taint: marker.taint_before,
@@ -99,11 +121,12 @@ impl<K: Kernel + Clone + 'static> Patcher<K> {
             .await;
         let cleared = self.clear_marker();
         timings.total_ms = Some(millis(started.elapsed()));
-        Some(match result.and(cleared) {
-            Ok(()) => Outcome {
+        Some(match result.and_then(|notes| cleared.map(|()| notes)) {
+            Ok(notes) => Outcome {
                 state: NodePatchState::Applied,
                 failure: None,
                 timings,
+                notes,
             },
             Err(f) => Outcome::failed(NodePatchState::Failed, f, Some(&req.release.id), timings),
         })

@@ -32,12 +32,9 @@ impl<K: Kernel + Clone + 'static> Patcher<K> {
                 state: NodePatchState::Idle,
                 failure: None,
                 timings,
+                notes: Vec::new(),
             },
-            Err(f) => Outcome {
-                state: NodePatchState::Failed,
-                failure: Some((f, None)),
-                timings,
-            },
+            Err(f) => Outcome::failed(NodePatchState::Failed, f, None, timings),
         }
     }
 
@@ -93,8 +90,10 @@ impl<K: Kernel + Clone + 'static> Patcher<K> {
         record.current = None;
         record.policy = None;
         record.applied_at = None;
+        // No release is live any more, so none is on probation.
         self.state
             .write_applied(&record)
+            .and_then(|()| self.state.end_probation())
             .map_err(|e| host_msg(e.to_string()))
     }
 

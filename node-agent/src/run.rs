@@ -136,12 +136,35 @@ async fn agent<K: Kernel + Clone + 'static>(
     let server = tokio::spawn(crate::server::serve(cli.agent.metrics_addr, metrics));
     let client = kube::Client::try_default().await?;
     tracing::info!(node = %node_name, simulate = cli.host.simulate, "kpersist-agent starting");
+    let patcher = engine.patcher().clone();
+    let probation = tokio::spawn(end_probations(patcher.clone()));
     let controller = NodeController::new(client, node_name, engine);
     let result = controller.run(shutdown_signal()).await;
     server.abort();
+    probation.abort();
+    // The agent stops by itself: the kernel is alive, so this boot does not end uncleanly
+    // on a release's probation.
+    if let Err(e) = patcher.mark_clean_stop().await {
+        tracing::error!(error = %e, "recording the clean stop failed; the next start will take this boot's end for a crash");
+    }
     // Loaded patches stay: the kernel's state outlives this process.
     tracing::info!("kpersist-agent stopped; loaded livepatches are left as they are");
     result.map(|()| ExitCode::SUCCESS)
+}
+
+/// How often the agent looks whether the live release's probation is over.
+const PROBATION_CHECK: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Ends each probation once its time is up, so that a later unclean end of the boot is not
+/// blamed on the release.
+async fn end_probations<K: Kernel + Clone + 'static>(patcher: Patcher<K>) {
+    let mut every = tokio::time::interval(PROBATION_CHECK);
+    loop {
+        every.tick().await;
+        if let Err(e) = patcher.end_probation_if_due().await {
+            tracing::warn!(error = %e, "checking the probation failed");
+        }
+    }
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -9,6 +9,8 @@
 //! - `refused-releases.json`: releases this node refuses for good, see [`RefusedRelease`].
 //! - `applied.json`: the release the agent last loaded and every kpersist module name it
 //!   ever loaded, see [`AppliedRecord`].
+//! - `probation.json`, `clean-stop.json`, `unclean-ends.json`: probation after an apply, see
+//!   [`crate::probation`].
 
 use std::path::{Path, PathBuf};
 
@@ -36,7 +38,8 @@ pub const MODULES_DIR: &str = "modules";
 /// JSON, camelCase:
 /// `{"bootId": "<boot id>", "release": {<PatchRelease as in spec.desired.release>},
 ///   "action": "Apply"|"Revert", "policy": "<name>"|null, "startedAt": "<RFC 3339>",
-///   "taintBefore": <u64>, "kmsgMark": <u64>, "transitionTimeoutMs": <u64>, "kmsgChecks": bool}`.
+///   "taintBefore": <u64>, "kmsgMark": <u64>, "transitionTimeoutMs": <u64>, "kmsgChecks": bool,
+///   "generation": <i64>|null, "probationMs": <u64>|null}`.
 /// Only `bootId` and `release.id` are needed to detect a crash; a test may write a marker
 /// holding just `{"bootId": "...", "release": {"id": "..."}}`, with the rest filled by defaults.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
@@ -67,6 +70,12 @@ pub struct CrashMarker {
     /// Whether kernel log and taint findings count as failures.
     #[serde(default = "default_true")]
     pub kmsg_checks: bool,
+    /// The spec generation that asked for the load, if any.
+    #[serde(default)]
+    pub generation: Option<i64>,
+    /// The probation to begin once the transition has finished, if any.
+    #[serde(default)]
+    pub probation_ms: Option<u64>,
 }
 
 /// The release inside a crash marker; everything but `id` may be missing in a hand-written one.
@@ -102,16 +111,30 @@ fn default_true() -> bool {
     true
 }
 
-/// A release refused on this node because it went down while loading it.
+/// A release refused on this node for good: it went down while loading it, or twice while
+/// it was on probation.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct RefusedRelease {
     /// Release id.
     pub id: String,
-    /// Boot id of the boot that went down.
+    /// Boot id of the boot that went down (the last one).
     pub crashed_boot_id: String,
     /// When the agent found out (RFC 3339).
     pub detected_at: String,
+    /// When the node went down: while loading (the default in older files) or on probation.
+    #[serde(default)]
+    pub cause: RefusalCause,
+}
+
+/// When the node went down with a release.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RefusalCause {
+    /// Between the load and the end of its checks (the crash marker).
+    #[default]
+    Load,
+    /// Twice while it was on probation after its transition.
+    Probation,
 }
 
 /// What the agent last loaded.
@@ -177,13 +200,7 @@ impl StateDir {
 
     /// Removes the crash marker (no error when it is not there).
     pub fn clear_crash_marker(&self) -> Result<(), AgentError> {
-        let path = self.root.join(CRASH_MARKER_FILE);
-        match std::fs::remove_file(&path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(AgentError::state("remove", path)(e))
-            }
-            _ => Ok(()),
-        }
+        self.remove(CRASH_MARKER_FILE)
     }
 
     /// Releases refused on this node.
@@ -210,7 +227,21 @@ impl StateDir {
         self.write_json(APPLIED_FILE, record)
     }
 
-    fn read_json<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, AgentError> {
+    /// Removes the file `name` (no error when it is not there).
+    pub(crate) fn remove(&self, name: &str) -> Result<(), AgentError> {
+        let path = self.root.join(name);
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(AgentError::state("remove", path)(e))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    pub(crate) fn read_json<T: DeserializeOwned>(
+        &self,
+        name: &str,
+    ) -> Result<Option<T>, AgentError> {
         let path = self.root.join(name);
         let bytes = match std::fs::read(&path) {
             Ok(bytes) => bytes,
@@ -225,7 +256,7 @@ impl StateDir {
             })
     }
 
-    fn write_json<T: Serialize>(&self, name: &str, value: &T) -> Result<(), AgentError> {
+    pub(crate) fn write_json<T: Serialize>(&self, name: &str, value: &T) -> Result<(), AgentError> {
         let path = self.root.join(name);
         let bytes = serde_json::to_vec_pretty(value).map_err(|e| AgentError::CorruptState {
             path: path.clone(),
@@ -283,6 +314,7 @@ mod tests {
             id: "k/v1".into(),
             crashed_boot_id: "b".into(),
             detected_at: "now".into(),
+            cause: RefusalCause::Load,
         };
         state.refuse(r.clone()).unwrap();
         state.refuse(r.clone()).unwrap();

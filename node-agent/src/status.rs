@@ -8,7 +8,7 @@ use kpersist_crds::{
 use kpersist_kmod::kernel::{KernelIdentity, PatchState};
 
 use crate::apply::Outcome;
-use crate::state::{AppliedRecord, RefusedRelease};
+use crate::state::AppliedRecord;
 
 /// What the kernel shows now.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,6 +32,8 @@ pub struct Report {
     pub error: Option<NodeError>,
     /// Timings of the last run.
     pub timings: Option<PatchTimings>,
+    /// Kernel findings of the last run that are not the release's fault.
+    pub notes: Vec<String>,
 }
 
 impl Report {
@@ -41,6 +43,7 @@ impl Report {
             state,
             error: None,
             timings: None,
+            notes: Vec::new(),
         }
     }
 
@@ -55,6 +58,7 @@ impl Report {
                 at: Some(now.to_string()),
             }),
             timings: Some(outcome.timings),
+            notes: outcome.notes,
         }
     }
 
@@ -64,8 +68,25 @@ impl Report {
             state: status.state.unwrap_or(NodePatchState::Idle),
             error: status.last_error.clone(),
             timings: status.timings.clone(),
+            notes: status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == KERNEL_FINDINGS && c.status == "True")
+                .map(|c| c.message.lines().map(str::to_string).collect())
+                .unwrap_or_default(),
         }
     }
+}
+
+/// What the state directory says, for the status.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostRecords<'a> {
+    /// The applied-release record.
+    pub applied: &'a AppliedRecord,
+    /// Ids of the releases the node refuses (for good, or until asked again).
+    pub refused: Vec<String>,
+    /// When the probation of the live release ends, if it is on probation.
+    pub probation_until: Option<String>,
 }
 
 /// The release the kernel really runs: the recorded one, if its livepatch is loaded and
@@ -84,13 +105,13 @@ pub fn live_release<'a>(
 /// The status to write.
 pub fn build_status(
     obs: &Observation,
-    record: &AppliedRecord,
-    refused: &[RefusedRelease],
+    host: &HostRecords<'_>,
     report: &Report,
     observed_generation: Option<i64>,
     prior: Option<&LivePatchNodeStatus>,
     now: &str,
 ) -> LivePatchNodeStatus {
+    let record = host.applied;
     let applied = live_release(record, &obs.loaded).map(|r| AppliedRelease {
         id: r.id.clone(),
         version: r.version,
@@ -126,6 +147,7 @@ pub fn build_status(
             now,
         ),
         support_condition(obs, prior_conditions, now),
+        findings_condition(&report.notes, prior_conditions, now),
     ];
     LivePatchNodeStatus {
         state: Some(report.state),
@@ -145,12 +167,26 @@ pub fn build_status(
         applied,
         last_error: report.error.clone(),
         timings: report.timings.clone(),
-        refused_releases: refused.iter().map(|r| r.id.clone()).collect(),
-        probation_until: None,
+        refused_releases: host.refused.clone(),
+        probation_until: host.probation_until.clone(),
         observed_generation,
         conditions,
         agent_version: Some(env!("CARGO_PKG_VERSION").to_string()),
     }
+}
+
+/// The condition type of kernel findings not attributed to the release.
+pub const KERNEL_FINDINGS: &str = "KernelFindings";
+
+/// `KernelFindings`: True when the last apply saw new kernel warnings or taint that are not
+/// the release's fault (reported, not failed), one per line of the message.
+fn findings_condition(notes: &[String], prior: &[NodeCondition], now: &str) -> NodeCondition {
+    let (found, reason) = if notes.is_empty() {
+        (false, "NoneUnattributed")
+    } else {
+        (true, "UnattributedFindings")
+    };
+    condition(prior, KERNEL_FINDINGS, found, reason, notes.join("\n"), now)
 }
 
 /// `LivepatchSupported`: whether this kernel can be live patched at all, and if not why, so
@@ -225,6 +261,14 @@ mod tests {
         }
     }
 
+    fn host(applied: &AppliedRecord) -> HostRecords<'_> {
+        HostRecords {
+            applied,
+            refused: Vec::new(),
+            probation_until: None,
+        }
+    }
+
     fn obs(loaded: Vec<PatchState>) -> Observation {
         Observation {
             identity: Some(KernelIdentity {
@@ -247,8 +291,7 @@ mod tests {
         let report = Report::state(NodePatchState::Applied);
         let s = build_status(
             &obs(vec![patch]),
-            &record("kpersist_v2"),
-            &[],
+            &host(&record("kpersist_v2")),
             &report,
             Some(4),
             None,
@@ -260,8 +303,7 @@ mod tests {
         // After a reboot the record stays but nothing is loaded.
         let s = build_status(
             &obs(vec![]),
-            &record("kpersist_v2"),
-            &[],
+            &host(&record("kpersist_v2")),
             &report,
             None,
             None,
@@ -276,7 +318,14 @@ mod tests {
         unsupported.supported = false;
         let report = Report::state(NodePatchState::Unsupported);
         let status = |o: &Observation| {
-            build_status(o, &AppliedRecord::default(), &[], &report, None, None, "t0")
+            build_status(
+                o,
+                &host(&AppliedRecord::default()),
+                &report,
+                None,
+                None,
+                "t0",
+            )
         };
         let support = |s: &LivePatchNodeStatus| {
             let c = s
@@ -308,16 +357,16 @@ mod tests {
     #[test]
     fn failures_make_the_node_unhealthy_and_keep_condition_times() {
         let failure = Failure::new(NodeErrorReason::NewTaint, "taint W");
-        let outcome = Outcome {
-            state: NodePatchState::Failed,
-            failure: Some((failure, Some("k/v2".into()))),
-            timings: PatchTimings::default(),
-        };
+        let outcome = Outcome::failed(
+            NodePatchState::Failed,
+            failure,
+            Some("k/v2"),
+            PatchTimings::default(),
+        );
         let report = Report::from_outcome(outcome, "t1");
         let first = build_status(
             &obs(vec![]),
-            &AppliedRecord::default(),
-            &[],
+            &host(&AppliedRecord::default()),
             &report,
             None,
             None,
@@ -334,8 +383,7 @@ mod tests {
         );
         let again = build_status(
             &obs(vec![]),
-            &AppliedRecord::default(),
-            &[],
+            &host(&AppliedRecord::default()),
             &report,
             None,
             Some(&first),

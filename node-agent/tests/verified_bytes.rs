@@ -40,11 +40,9 @@ async fn a_module_file_replaced_after_verification_is_not_what_gets_loaded() {
     )
     .with_before_load(swap);
     let request = Request {
-        release: release.clone(),
         policy: Some("fleet".into()),
         transition_timeout: Duration::from_secs(5),
-        kmsg_checks: true,
-        repository: None,
+        ..Request::new(release.clone())
     };
 
     let outcome = patcher.load_release(&request, Action::Apply, &|_| {}).await;

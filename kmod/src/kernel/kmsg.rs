@@ -19,8 +19,19 @@ pub struct KmsgLine {
     pub seq: u64,
     /// Log level (0 = emergency .. 7 = debug).
     pub level: u8,
+    /// Syslog facility: 0 for the kernel's own records; user space writing to `/dev/kmsg`
+    /// gets 1 (user) or the facility it names, never 0.
+    #[serde(default)]
+    pub facility: u8,
     /// The message text.
     pub text: String,
+}
+
+impl KmsgLine {
+    /// Whether the kernel itself wrote this record (facility 0), not user space.
+    pub fn from_kernel(&self) -> bool {
+        self.facility == 0
+    }
 }
 
 /// Whether a log line reports a kernel warning, bug or oops.
@@ -43,6 +54,7 @@ pub(crate) fn parse_record(line: &str) -> Option<KmsgLine> {
     Some(KmsgLine {
         seq,
         level: (prio & 7) as u8,
+        facility: u8::try_from(prio >> 3).unwrap_or(u8::MAX),
         text: text.to_string(),
     })
 }
@@ -89,8 +101,14 @@ mod tests {
         assert_eq!(line.seq, 1234);
         assert_eq!(line.level, 4);
         assert!(is_kernel_warning(&line.text));
+        assert!(line.from_kernel());
         // Facility 3 (daemon) << 3 | level 6.
-        assert_eq!(parse_record("30,7,1,c;systemd: hi").unwrap().level, 6);
+        let daemon = parse_record("30,7,1,c;systemd: hi").unwrap();
+        assert_eq!((daemon.level, daemon.facility), (6, 3));
+        assert!(!daemon.from_kernel());
+        // What `echo 'WARNING: x' > /dev/kmsg` gives: facility 1 (user), level 4.
+        let user = parse_record("12,8,1,-;WARNING: x").unwrap();
+        assert_eq!((user.level, user.facility), (4, 1));
         assert_eq!(parse_record(" SUBSYSTEM=acpi"), None);
         assert_eq!(parse_record("garbage"), None);
     }

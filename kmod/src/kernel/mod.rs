@@ -18,6 +18,30 @@ pub use sys::SysKernel;
 /// Which kernel build is running (release and GNU build id).
 pub use crate::buildid::KernelIdentity;
 
+/// Taint bit `P`: a module with a license other than GPL was loaded.
+pub const TAINT_PROPRIETARY_MODULE: u64 = 1;
+/// Taint bit `F`: a module was loaded with its version checks forced off.
+pub const TAINT_FORCED_MODULE: u64 = 1 << 1;
+/// Taint bit `D`: the kernel died (an oops or a BUG).
+pub const TAINT_DIE: u64 = 1 << 7;
+/// Taint bit `W`: the kernel issued a warning.
+pub const TAINT_WARN: u64 = 1 << 9;
+/// Taint bit `C`: a staging driver was loaded.
+pub const TAINT_CRAP: u64 = 1 << 10;
+/// Taint bit `L`: a soft lockup occurred.
+pub const TAINT_SOFTLOCKUP: u64 = 1 << 14;
+/// Taint bit `X`: an auxiliary taint, which distributions set for unsupported modules.
+pub const TAINT_AUX: u64 = 1 << 16;
+/// Taint bit `T`: a module was built with another structure randomization seed.
+pub const TAINT_RANDSTRUCT: u64 = 1 << 17;
+/// Taint bits the module loader sets for the module it is loading (`P`, `F`, `C`, `X`, `T`):
+/// new ones right after a livepatch load are the livepatch's.
+pub const TAINT_FROM_MODULE_LOAD: u64 =
+    TAINT_PROPRIETARY_MODULE | TAINT_FORCED_MODULE | TAINT_CRAP | TAINT_AUX | TAINT_RANDSTRUCT;
+/// Taint bits a fault in running code sets (`W`, `D`, `L`): the kernel log report of the
+/// fault says whose code it was.
+pub const TAINT_FROM_FAULT: u64 = TAINT_WARN | TAINT_DIE | TAINT_SOFTLOCKUP;
+
 /// Taint bit `O`: an out-of-tree module was loaded.
 pub const TAINT_OOT_MODULE: u64 = 1 << 12;
 /// Taint bit `E`: an unsigned module was loaded.
@@ -80,6 +104,12 @@ pub trait Kernel: Send + Sync {
     fn set_enabled(&self, name: &str, enabled: bool) -> Result<(), KernelError>;
     /// Tasks not yet switched to the state the transition of livepatch `name` heads for.
     fn blocking_tasks(&self, name: &str) -> Result<Vec<BlockingTask>, KernelError>;
+    /// Whether the livepatch `name` was built with atomic replace, from
+    /// `/sys/kernel/livepatch/<name>/replace`; `None` on kernels without that attribute
+    /// (before 6.11).
+    fn patch_replaces(&self, name: &str) -> Result<Option<bool>, KernelError>;
+    /// Whether a module named `name` is loaded (livepatch or not).
+    fn module_loaded(&self, name: &str) -> Result<bool, KernelError>;
 }
 
 impl<K: Kernel + ?Sized> Kernel for std::sync::Arc<K> {
@@ -116,6 +146,12 @@ impl<K: Kernel + ?Sized> Kernel for std::sync::Arc<K> {
     fn blocking_tasks(&self, name: &str) -> Result<Vec<BlockingTask>, KernelError> {
         (**self).blocking_tasks(name)
     }
+    fn patch_replaces(&self, name: &str) -> Result<Option<bool>, KernelError> {
+        (**self).patch_replaces(name)
+    }
+    fn module_loaded(&self, name: &str) -> Result<bool, KernelError> {
+        (**self).module_loaded(name)
+    }
 }
 
 /// Names the taint letters set in `bits`, in the kernel's order (e.g. `"OEK"`).
@@ -140,6 +176,8 @@ mod tests {
     #[test]
     fn taint_letters_names_livepatch_bits() {
         assert_eq!(taint_letters(TAINT_EXPECTED), "OEK");
+        assert_eq!(taint_letters(TAINT_FROM_MODULE_LOAD), "PFCXT");
+        assert_eq!(taint_letters(TAINT_FROM_FAULT), "DWL");
         assert_eq!(taint_letters(1 << 9), "W");
         assert_eq!(taint_letters(1 << 40), "[40]");
         assert_eq!(taint_letters(0), "");

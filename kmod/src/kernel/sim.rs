@@ -1,15 +1,16 @@
 //! An in-memory kernel for unit and fleet tests: it reads the real `.modinfo` of what it is
-//! asked to load, keeps livepatches with the kernel's atomic-replace semantics (every
-//! livepatch here is `.replace = true`, like kpersist's), and fails on request.
+//! asked to load, keeps livepatches with the kernel's atomic-replace semantics (a livepatch
+//! here is `.replace = true`, like kpersist's, unless a fault says otherwise), can hold
+//! livepatches of other tools, and fails on request.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::kmsg::{KmsgLine, KmsgMark};
+use super::kmsg::{KmsgLine, KmsgMark, is_kernel_warning};
 use super::{
     BlockingTask, Kernel, KernelError, KernelIdentity, ModuleImage, PatchState, SyscallFailure,
-    TAINT_LIVEPATCH, TAINT_OOT_MODULE, TAINT_UNSIGNED_MODULE,
+    TAINT_LIVEPATCH, TAINT_OOT_MODULE, TAINT_UNSIGNED_MODULE, TAINT_WARN,
 };
 use crate::modinfo::ModInfo;
 
@@ -31,10 +32,20 @@ pub struct SimFault {
     pub load_error: Option<SyscallFailure>,
     /// How its transition goes; `None`: finish on the first poll.
     pub transition: Option<SimTransition>,
-    /// Kernel log lines written when it is loaded.
+    /// Kernel log lines written by its code when it is loaded. A warning among them is
+    /// followed by a call trace through the module, as the kernel prints one.
     pub kmsg_on_load: Vec<String>,
-    /// Taint bits set when it is loaded, besides the usual `O`, `E`, `K`.
+    /// Kernel log lines written by other code at the same time, not about the module.
+    pub unrelated_kmsg_on_load: Vec<String>,
+    /// Lines user space writes to `/dev/kmsg` at the same time (facility user).
+    pub user_kmsg_on_load: Vec<String>,
+    /// Taint bits set when it is loaded, besides the usual `O`, `E`, `K`. With `W` and no
+    /// warning in `kmsg_on_load`, the module's warning report is logged too, as the kernel
+    /// sets `W` only when it prints one.
     pub taint_on_load: u64,
+    /// The module was built without `.replace = true`: it stacks on the patches enabled
+    /// before it instead of replacing them.
+    pub not_cumulative: bool,
 }
 
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -44,6 +55,12 @@ pub(super) struct SimPatch {
     transition: bool,
     polls_left: u32,
     stalled: Option<Vec<BlockingTask>>,
+    #[serde(default = "atomic_replace")]
+    replace: bool,
+}
+
+fn atomic_replace() -> bool {
+    true
 }
 
 #[derive(Debug)]
@@ -59,6 +76,8 @@ pub(super) struct SimState {
     faults: HashMap<String, SimFault>,
     load_log: Vec<String>,
     unload_log: Vec<String>,
+    /// Whether sysfs shows each livepatch's `replace` attribute (kernels 6.11 and later).
+    replace_attribute: bool,
     /// Where the kernel's state is saved after every change, if anywhere.
     pub(super) store: Option<std::path::PathBuf>,
 }
@@ -89,6 +108,7 @@ impl SimKernel {
                 faults: HashMap::new(),
                 load_log: Vec::new(),
                 unload_log: Vec::new(),
+                replace_attribute: false,
                 store: None,
             })),
         }
@@ -110,6 +130,34 @@ impl SimKernel {
         self.lock().faults.insert(module.into(), fault);
     }
 
+    /// Shows each livepatch's `replace` attribute in sysfs, as kernels 6.11 and later do.
+    pub fn set_replace_attribute(&self, shown: bool) {
+        self.lock().replace_attribute = shown;
+    }
+
+    /// Another tool (a distribution's kpatch, a vendor's livepatch service) loads and
+    /// enables its livepatch `name` right now; `replace` says whether it was built with
+    /// atomic replace. It does not show in [`SimKernel::load_log`].
+    pub fn add_foreign_patch(&self, name: impl Into<String>, replace: bool) {
+        let name = name.into();
+        let mut s = self.lock();
+        if replace {
+            // Its transition (taken as done at once) retires every other patch.
+            s.patches.clear();
+        }
+        s.patches.push(SimPatch {
+            name: name.clone(),
+            enabled: true,
+            transition: false,
+            polls_left: 0,
+            stalled: None,
+            replace,
+        });
+        s.modules.insert(name);
+        s.taint |= TAINT_LIVEPATCH | TAINT_OOT_MODULE;
+        s.save_quietly();
+    }
+
     /// Turns livepatch support on or off.
     pub fn set_livepatch_supported(&self, supported: bool) {
         self.lock().supported = supported;
@@ -128,6 +176,14 @@ impl SimKernel {
     pub fn push_kmsg(&self, text: impl Into<String>) {
         let mut s = self.lock();
         s.log(4, text.into());
+        s.save_quietly();
+    }
+
+    /// Writes a line to the kernel log from user space (`echo ... > /dev/kmsg`: facility
+    /// user), as any root process on the node can.
+    pub fn push_user_kmsg(&self, text: impl Into<String>) {
+        let mut s = self.lock();
+        s.log_as(1, 4, text.into());
         s.save_quietly();
     }
 
@@ -194,8 +250,17 @@ impl SimState {
     }
 
     fn log(&mut self, level: u8, text: String) {
+        self.log_as(0, level, text);
+    }
+
+    fn log_as(&mut self, facility: u8, level: u8, text: String) {
         let seq = self.kmsg.last().map_or(1, |l| l.seq + 1);
-        self.kmsg.push(KmsgLine { seq, level, text });
+        self.kmsg.push(KmsgLine {
+            seq,
+            level,
+            facility,
+            text,
+        });
     }
 
     /// One poll: transitions advance, finished ones take effect.
@@ -217,10 +282,13 @@ impl SimState {
     }
 
     fn finish_transition(&mut self, name: &str, enabled: bool) {
-        if enabled {
+        let replaces = self.patches.iter().any(|p| p.name == name && p.replace);
+        if enabled && replaces {
             // Atomic replace: the new patch supersedes every other one, whose sysfs
             // directories go away while their modules stay loaded until unloaded.
             self.patches.retain(|p| p.name == name);
+        } else if enabled {
+            // Without replace the new patch stacks on the others, which stay enabled.
         } else {
             // A disabled patch is freed; only its module remains.
             self.patches.retain(|p| p.name != name);
@@ -285,6 +353,7 @@ impl SimState {
                 transition: !done_now,
                 polls_left: polls,
                 stalled,
+                replace: !fault.not_cumulative,
             });
             if done_now {
                 self.finish_transition(&info.name, true);
@@ -292,8 +361,27 @@ impl SimState {
         }
         self.modules.insert(info.name.clone());
         self.taint |= TAINT_OOT_MODULE | TAINT_UNSIGNED_MODULE | fault.taint_on_load;
-        for line in fault.kmsg_on_load {
+        let name = &info.name;
+        let mut own = fault.kmsg_on_load;
+        if fault.taint_on_load & TAINT_WARN != 0 && !own.iter().any(|l| is_kernel_warning(l)) {
+            own.push(format!(
+                "WARNING: CPU: 0 PID: 1 at {name}.c:1 {name}_init+0x10/0x20 [{name}]"
+            ));
+        }
+        for line in own {
+            let warning = is_kernel_warning(&line);
             self.log(4, line);
+            if warning {
+                self.log(4, "Call Trace:".to_string());
+                self.log(4, format!(" {name}_init+0x10/0x20 [{name}]"));
+                self.log(4, "---[ end trace 0000000000000000 ]---".to_string());
+            }
+        }
+        for line in fault.unrelated_kmsg_on_load {
+            self.log(4, line);
+        }
+        for line in fault.user_kmsg_on_load {
+            self.log_as(1, 4, line);
         }
         Ok(())
     }
@@ -385,6 +473,20 @@ impl Kernel for SimKernel {
             });
         };
         Ok(p.stalled.clone().unwrap_or_default())
+    }
+
+    fn patch_replaces(&self, name: &str) -> Result<Option<bool>, KernelError> {
+        let s = self.lock();
+        let Some(p) = s.patches.iter().find(|p| p.name == name) else {
+            return Err(KernelError::NoSuchPatch {
+                name: name.to_string(),
+            });
+        };
+        Ok(s.replace_attribute.then_some(p.replace))
+    }
+
+    fn module_loaded(&self, name: &str) -> Result<bool, KernelError> {
+        Ok(self.lock().modules.contains(name))
     }
 }
 

@@ -224,3 +224,61 @@ fn in_memory_modules_work_too() {
         .unwrap();
     assert_eq!(poll_until_settled(&kernel)[0].name, "kpersist_v9");
 }
+
+#[test]
+fn a_module_without_replace_stacks_and_says_so_where_the_kernel_shows_it() {
+    let kernel = sim();
+    kernel.load_module(&fixture("kpersist_v1.ko")).unwrap();
+    poll_until_settled(&kernel);
+    kernel.set_fault(
+        "kpersist_v2",
+        SimFault {
+            not_cumulative: true,
+            ..SimFault::default()
+        },
+    );
+    kernel.load_module(&fixture("kpersist_v2.ko")).unwrap();
+    assert_eq!(kernel.patch_replaces("kpersist_v2").unwrap(), None);
+    kernel.set_replace_attribute(true);
+    assert_eq!(kernel.patch_replaces("kpersist_v2").unwrap(), Some(false));
+    assert_eq!(kernel.patch_replaces("kpersist_v1").unwrap(), Some(true));
+    let names: Vec<(String, bool)> = poll_until_settled(&kernel)
+        .into_iter()
+        .map(|p| (p.name, p.enabled))
+        .collect();
+    assert_eq!(
+        names,
+        vec![("kpersist_v1".into(), true), ("kpersist_v2".into(), true)]
+    );
+    assert!(kernel.module_loaded("kpersist_v2").unwrap());
+    assert!(!kernel.module_loaded("kpersist_v3").unwrap());
+}
+
+#[test]
+fn a_foreign_patch_is_replaced_by_a_cumulative_load_and_stacks_otherwise() {
+    let kernel = sim();
+    kernel.add_foreign_patch("kpatch_cve_1", false);
+    assert!(kernel.load_log().is_empty());
+    assert!(kernel.module_loaded("kpatch_cve_1").unwrap());
+    kernel.load_module(&fixture("kpersist_v1.ko")).unwrap();
+    let names: Vec<String> = poll_until_settled(&kernel)
+        .into_iter()
+        .map(|p| p.name)
+        .collect();
+    assert_eq!(names, vec!["kpersist_v1"]);
+    // A foreign cumulative patch appearing later replaces kpersist's in turn.
+    kernel.add_foreign_patch("livepatch_vendor", true);
+    let names: Vec<String> = kernel.patches().into_iter().map(|p| p.name).collect();
+    assert_eq!(names, vec!["livepatch_vendor"]);
+}
+
+#[test]
+fn user_space_kmsg_lines_are_not_the_kernels() {
+    let kernel = sim();
+    let mark = kernel.kmsg_mark().unwrap();
+    kernel.push_user_kmsg("WARNING: written by a shell");
+    kernel.push_kmsg("WARNING: CPU: 0 PID: 1 at kernel/x.c:1");
+    let lines = kernel.kmsg_since(mark).unwrap();
+    let from_kernel: Vec<bool> = lines.iter().map(|l| l.from_kernel()).collect();
+    assert_eq!(from_kernel, vec![false, true]);
+}

@@ -235,6 +235,24 @@ impl Kernel for SysKernel {
         tasks.sort_by_key(|t| t.pid);
         Ok(tasks)
     }
+
+    fn patch_replaces(&self, name: &str) -> Result<Option<bool>, KernelError> {
+        Self::read_flag_if_present(&self.patch_dir(name)?.join("replace"))
+    }
+
+    fn module_loaded(&self, name: &str) -> Result<bool, KernelError> {
+        if name.is_empty() || name.contains('/') || name.starts_with('.') {
+            return Ok(false);
+        }
+        // `initstate` exists for loaded modules only; a built-in module with parameters
+        // also has a /sys/module directory.
+        let path = self.sysfs_root.join("module").join(name).join("initstate");
+        match std::fs::metadata(&path) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(KernelError::io(path, e)),
+        }
+    }
 }
 
 /// Puts `module` into a sealed memfd and returns a read-only descriptor of it, for

@@ -244,3 +244,34 @@ fn the_module_memfd_holds_the_bytes_sealed_and_read_only() {
     fd.read_to_end(&mut read).unwrap();
     assert_eq!(read, image.bytes());
 }
+
+#[test]
+fn the_replace_attribute_is_read_where_the_kernel_has_it() {
+    let tree = FakeTree::new();
+    let kernel = tree.kernel();
+    tree.patch("old_kernel", true, false);
+    assert_eq!(kernel.patch_replaces("old_kernel").unwrap(), None);
+    tree.patch("cumulative", true, false);
+    tree.write("sys/kernel/livepatch/cumulative/replace", "1\n");
+    assert_eq!(kernel.patch_replaces("cumulative").unwrap(), Some(true));
+    tree.patch("stacking", true, false);
+    tree.write("sys/kernel/livepatch/stacking/replace", "0\n");
+    assert_eq!(kernel.patch_replaces("stacking").unwrap(), Some(false));
+    assert!(matches!(
+        kernel.patch_replaces("absent"),
+        Err(KernelError::NoSuchPatch { .. })
+    ));
+}
+
+#[test]
+fn a_module_is_loaded_when_sysfs_shows_its_initstate() {
+    let tree = FakeTree::new();
+    let kernel = tree.kernel();
+    tree.write("sys/module/kpersist_v1/initstate", "live\n");
+    // Built in, with parameters: a directory but no initstate.
+    tree.write("sys/module/printk/parameters/time", "Y\n");
+    assert!(kernel.module_loaded("kpersist_v1").unwrap());
+    assert!(!kernel.module_loaded("printk").unwrap());
+    assert!(!kernel.module_loaded("absent").unwrap());
+    assert!(!kernel.module_loaded("../kpersist_v1").unwrap());
+}

@@ -148,6 +148,20 @@ impl Harness {
         report.error.map(|e| e.message).unwrap_or_default()
     }
 
+    /// Reconciles `desired` as spec generation `generation` with the agent `engine`.
+    pub async fn reconcile_with(
+        &self,
+        engine: &Engine<SimKernel>,
+        desired: &DesiredPatch,
+        prior: Option<&LivePatchNodeStatus>,
+        generation: i64,
+    ) -> Report {
+        engine
+            .reconcile(Some(desired), prior, Some(generation), &|_| {})
+            .await
+            .unwrap()
+    }
+
     pub fn live(&self) -> Vec<String> {
         self.sim.patches().into_iter().map(|p| p.name).collect()
     }
@@ -159,4 +173,20 @@ pub fn reason(report: &Report) -> NodeErrorReason {
         .as_ref()
         .map(|e| e.reason)
         .unwrap_or_else(|| panic!("no error in {report:?}"))
+}
+
+/// An apply of `release` with probation `probation` (e.g. `1h`).
+pub fn apply_on_probation(release: PatchRelease, probation: &str) -> DesiredPatch {
+    DesiredPatch {
+        policy: "fleet".into(),
+        action: PatchAction::Apply,
+        release: Some(release),
+        previous: None,
+        wave: Some(1),
+        transition_timeout: "300ms".into(),
+        kmsg_checks: true,
+        probation: probation.to_string(),
+        replace_foreign: false,
+        repository: None,
+    }
 }
