@@ -171,12 +171,22 @@ fn duplicate_and_decreasing_versions_are_refused() {
         (
             "index with version 2 listed twice",
             [2, 2],
-            &["6.1.0-56-amd64/v2", "more than once"],
+            &["6.1.0-56-amd64/v2", "more than once"][..],
         ),
         (
             "index with version 3 after 5",
             [5, 3],
-            &["6.1.0-56-amd64/v3", "not greater than version 5"],
+            &["6.1.0-56-amd64/v3", "not greater than version 5"][..],
+        ),
+        (
+            "index with module name kpersist_v1 for versions 1 and 2 of one kernel build",
+            [1, 2],
+            &[
+                "6.1.0-56-amd64/v2",
+                "kpersist_v1",
+                "already used",
+                "distinct module names",
+            ][..],
         ),
     ] {
         let mut index = index_json();

@@ -254,7 +254,7 @@ fn verify_refuses_other_keys_and_names_a_malformed_key_file() {
 }
 
 #[test]
-fn add_refuses_modules_that_are_not_livepatches_for_the_kernel_and_repeated_versions() {
+fn add_refuses_modules_that_are_not_livepatches_for_the_kernel_and_repeated_versions_or_names() {
     let published = Published::new();
     let kernel = fixture_kernel();
     let repo = s(&published.repo);
@@ -290,6 +290,16 @@ fn add_refuses_modules_that_are_not_livepatches_for_the_kernel_and_repeated_vers
     assert!(err.contains("listed more than once"), "{err}");
     let err = add("kpersist_v2.ko", "1");
     assert!(err.contains("listed more than once"), "{err}");
+    // The kernel would refuse kpersist_v1 again next to the loaded v1 (EEXIST).
+    let err = add("kpersist_v1.ko", "3");
+    for word in [
+        "/v3",
+        "module name kpersist_v1",
+        "already used",
+        "kpersist_v2",
+    ] {
+        assert!(err.contains(word), "{word}: {err}");
+    }
     // None of the refused adds touched the signed repository.
     assert!(published.verify().status.success());
 }

@@ -115,6 +115,24 @@ pub enum RepositoryError {
         /// The smallest acceptable version.
         next: u64,
     },
+    /// A release's module name is already used by an earlier release of the same kernel
+    /// build; the kernel would refuse to load it next to that one.
+    #[error(
+        "release {id}: module name {module_name} is already used by release {earlier} of the \
+         same kernel build ({build_id}); the kernel refuses to load a module whose name is \
+         already loaded, so cumulative releases must use distinct module names: rebuild the \
+         module under a new name (e.g. kpersist_v2) and add it again"
+    )]
+    ModuleNameReused {
+        /// The release reusing the name.
+        id: String,
+        /// The module name.
+        module_name: String,
+        /// The earlier release with that name.
+        earlier: String,
+        /// The kernel build id both are for.
+        build_id: String,
+    },
     /// A module does not match what the index says of it.
     #[error(
         "module {module} of release {id}: {problem}; re-download it or re-add it to the repository"

@@ -17,7 +17,9 @@ const MAX_MODULE_PATH_LEN: usize = 1024;
 impl Index {
     /// Checks every release and the relations between them: ids (`<kernelRelease>/v<version>`)
     /// are unique, and per kernel build (release and build id) versions strictly increase in
-    /// the order the releases are listed.
+    /// the order the releases are listed and no two releases share a module name (the
+    /// kernel refuses to load a module whose name is already loaded, so a cumulative
+    /// release reusing its predecessor's name could never replace it).
     pub fn validate(&self) -> Result<(), RepositoryError> {
         check_timestamp(&self.generated_at).map_err(|problem| RepositoryError::InvalidIndex {
             field: "generatedAt",
@@ -25,6 +27,7 @@ impl Index {
         })?;
         let mut ids = HashSet::new();
         let mut newest: HashMap<(&str, &str), u64> = HashMap::new();
+        let mut names: HashMap<(&str, &str, &str), &Release> = HashMap::new();
         for release in &self.releases {
             release.validate()?;
             if !ids.insert((release.kernel_release.as_str(), release.version)) {
@@ -44,6 +47,15 @@ impl Index {
                 });
             }
             newest.insert(build, release.version);
+            let name = (build.0, build.1, release.module_name.as_str());
+            if let Some(earlier) = names.insert(name, release) {
+                return Err(RepositoryError::ModuleNameReused {
+                    id: release.id(),
+                    module_name: release.module_name.clone(),
+                    earlier: earlier.id(),
+                    build_id: release.build_id.clone(),
+                });
+            }
         }
         Ok(())
     }
