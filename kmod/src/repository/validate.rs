@@ -25,6 +25,7 @@ impl Index {
             field: "generatedAt",
             problem,
         })?;
+        self.validate_freshness()?;
         let mut ids = HashSet::new();
         let mut newest: HashMap<(&str, &str), u64> = HashMap::new();
         let mut names: HashMap<(&str, &str, &str), &Release> = HashMap::new();
@@ -56,6 +57,37 @@ impl Index {
                     build_id: release.build_id.clone(),
                 });
             }
+        }
+        Ok(())
+    }
+
+    /// `serial` and `expires` come together (both set by `kpersist-repo sign`), the serial
+    /// is 1 or more, and the expiry is a time after `generatedAt`.
+    fn validate_freshness(&self) -> Result<(), RepositoryError> {
+        let fail =
+            |field: &'static str, problem: String| RepositoryError::InvalidIndex { field, problem };
+        let expires = match (self.serial, self.expires.as_deref()) {
+            (None, None) => return Ok(()),
+            (Some(0), _) => return Err(fail("serial", "must be 1 or more".into())),
+            (Some(_), Some(expires)) => expires,
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(fail(
+                    "serial",
+                    "serial and expires must both be present or both absent; sign the index \
+                     with `kpersist-repo sign`, which sets both"
+                        .into(),
+                ));
+            }
+        };
+        check_timestamp(expires).map_err(|p| fail("expires", p))?;
+        if self.expires_at() <= self.generated_at.parse().ok() {
+            return Err(fail(
+                "expires",
+                format!(
+                    "{expires:?} is not after generatedAt {:?}; sign with a positive --valid-for",
+                    self.generated_at
+                ),
+            ));
         }
         Ok(())
     }

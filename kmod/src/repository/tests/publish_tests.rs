@@ -192,3 +192,35 @@ fn sign_refuses_an_invalid_index() {
     assert!(err.to_string().contains("index.json"), "{err}");
     assert!(!dir.path().join(SIGNATURE_FILE).exists());
 }
+
+#[test]
+fn refresh_stamps_the_index_for_signing_and_drops_the_old_signature() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("repo");
+    let repo = LocalRepository::init(&root, now()).unwrap();
+    let ko = write_module(dir.path(), "m.ko", &livepatch_module("m", KERNEL));
+    repo.add(&ko, new_release(1), now()).unwrap();
+    let key = PrivateKey::generate();
+    let first = repo.refresh(now(), DEFAULT_VALIDITY).unwrap();
+    repo.sign(&key).unwrap();
+    let verified = repo.verify(&[key.public_key()]).unwrap();
+    assert_eq!(verified.serial, first.serial);
+    assert_eq!(verified.expires.as_deref(), Some("2026-03-08T00:00:00Z"));
+
+    let second = repo.refresh(now(), DEFAULT_VALIDITY).unwrap();
+    assert!(second.serial() > first.serial());
+    assert!(
+        !root.join(SIGNATURE_FILE).exists(),
+        "the old signature no longer matches"
+    );
+    let err = repo.refresh(now(), jiff::SignedDuration::ZERO).unwrap_err();
+    assert!(
+        err.to_string().contains("expire the index at once"),
+        "{err}"
+    );
+    assert_eq!(
+        repo.load_index().unwrap(),
+        second,
+        "a refused refresh writes nothing"
+    );
+}
