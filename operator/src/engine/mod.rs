@@ -315,6 +315,7 @@ pub fn decide(input: &EngineInput) -> Decision {
         last_wave: outcome.last_wave,
         planned_waves: outcome.planned,
         last_repository_check: previous.last_repository_check.clone(),
+        repository_serial: previous.repository_serial,
         observed_generation: generation,
     };
     Decision {
