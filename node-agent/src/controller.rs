@@ -1,14 +1,18 @@
 //! The Kubernetes side: create or adopt this node's `LivePatchNode` (owned by the Node),
 //! watch only that object, act on `spec.desired` through the engine, and write `status` with
-//! server-side apply. Every API call is retried with backoff; nothing polls.
+//! server-side apply. Every API call is retried with backoff; nothing polls. A desired release
+//! reaches the engine only after it verified against the signed index of the policy it names
+//! (see [`crate::trust`]); otherwise the node reports `UntrustedRelease` and loads nothing.
 
+use std::sync::Mutex;
 use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kpersist_crds::{
-    AGENT_MANAGER, LivePatchNode, LivePatchNodeSpec, LivePatchNodeStatus, NodePatchState,
+    AGENT_MANAGER, DesiredPatch, LivePatchNode, LivePatchNodeSpec, LivePatchNodeStatus,
+    LivePatchPolicy, NodeError, NodeErrorReason, NodePatchState, PatchRelease,
 };
 use kpersist_kmod::kernel::Kernel;
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -17,9 +21,12 @@ use kube::runtime::watcher::{self, Event};
 use kube::{Client, Resource};
 use serde_json::json;
 
-use crate::engine::Engine;
+use crate::checks::Failure;
+use crate::engine::{Engine, now};
 use crate::error::AgentError;
+use crate::fetch::Fetcher;
 use crate::status::Report;
+use crate::trust::{PolicyTrust, trusted_desired};
 
 /// Backoff between retries of a failed API call: 0.5 s doubling up to 30 s.
 fn backoff(attempt: u32) -> Duration {
@@ -58,8 +65,14 @@ fn is_transient(error: &kube::Error) -> bool {
 pub struct NodeController<K> {
     api: Api<LivePatchNode>,
     nodes: Api<Node>,
+    policies: Api<LivePatchPolicy>,
     name: String,
     engine: Engine<K>,
+    /// Fetches the signed indexes releases are verified against.
+    fetcher: Fetcher,
+    /// The last desired state that verified, as written and as trusted: the same spec seen
+    /// again (every status write comes back as a watch event) needs no second index fetch.
+    verified: Mutex<Option<(DesiredPatch, DesiredPatch)>>,
 }
 
 impl<K: Kernel + Clone + 'static> NodeController<K> {
@@ -67,9 +80,12 @@ impl<K: Kernel + Clone + 'static> NodeController<K> {
     pub fn new(client: Client, name: String, engine: Engine<K>) -> NodeController<K> {
         NodeController {
             api: Api::all(client.clone()),
-            nodes: Api::all(client),
+            nodes: Api::all(client.clone()),
+            policies: Api::all(client),
             name,
             engine,
+            fetcher: Fetcher::new(),
+            verified: Mutex::new(None),
         }
     }
 
@@ -217,8 +233,9 @@ impl<K: Kernel + Clone + 'static> NodeController<K> {
         }
     }
 
-    /// One reconcile of the object as watched.
-    async fn reconcile(
+    /// One reconcile of the object as watched (`prior`: the status this agent wrote last):
+    /// verify `spec.desired` against its policy, act on it through the engine, write status.
+    pub async fn reconcile(
         &self,
         lpn: &LivePatchNode,
         prior: Option<&LivePatchNodeStatus>,
@@ -227,7 +244,14 @@ impl<K: Kernel + Clone + 'static> NodeController<K> {
         // the watched object's may lag behind (its own progress writes come back as events).
         let prior = prior.or(lpn.status.as_ref());
         let generation = lpn.metadata.generation;
-        let desired = lpn.spec.desired.as_ref();
+        let trusted = match lpn.spec.desired.as_ref() {
+            None => None,
+            Some(desired) => match self.trusted(desired).await {
+                Ok(trusted) => Some(trusted),
+                Err(failure) => return self.refuse(desired, failure, generation, prior).await,
+            },
+        };
+        let desired = trusted.as_ref();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<NodePatchState>();
         let work = async move {
             let progress = move |state: NodePatchState| {
@@ -269,6 +293,89 @@ impl<K: Kernel + Clone + 'static> NodeController<K> {
         // Writing an unchanged status would only wake this watch again.
         if prior.is_none_or(|p| !same_status(p, &status)) {
             tracing::info!(node = %self.name, state = ?report.state, applied = ?status.applied.as_ref().map(|a| &a.id), "status");
+            self.write_status(&status).await?;
+        }
+        Ok(status)
+    }
+}
+
+impl<K: Kernel + Clone + 'static> NodeController<K> {
+    /// `desired` as verified against the signed index of the policy it names, or why not.
+    /// A desired state that loads nothing (revert to none) needs no policy.
+    async fn trusted(&self, desired: &DesiredPatch) -> Result<DesiredPatch, Failure> {
+        if desired.release.is_none() {
+            return Ok(desired.clone());
+        }
+        if let Some((seen, trusted)) = self.lock_verified().as_ref()
+            && seen == desired
+        {
+            return Ok(trusted.clone());
+        }
+        let trust = PolicyTrust::of_policy(&self.policy(desired).await?)?;
+        let signed = self.fetcher.fetch_signed_index(&trust).await?;
+        let trusted = trusted_desired(desired, &trust, &signed)?;
+        *self.lock_verified() = Some((desired.clone(), trusted.clone()));
+        Ok(trusted)
+    }
+
+    fn lock_verified(&self) -> std::sync::MutexGuard<'_, Option<(DesiredPatch, DesiredPatch)>> {
+        // A poisoned memo only costs one more index fetch.
+        self.verified.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The policy `desired` names, read with `get` (the agent's only right on policies).
+    async fn policy(&self, desired: &DesiredPatch) -> Result<LivePatchPolicy, Failure> {
+        let release = desired.release.as_ref().map_or("", |r| r.id.as_str());
+        let name = &desired.policy;
+        match retry("reading the LivePatchPolicy", 4, || {
+            self.policies.get_opt(name)
+        })
+        .await
+        {
+            Ok(Some(policy)) => Ok(policy),
+            Ok(None) => Err(Failure::new(
+                NodeErrorReason::UntrustedRelease,
+                format!(
+                    "release {release}: spec.desired names policy {name:?}, which does not \
+                     exist (it was deleted, or the operator did not write this spec), so the \
+                     release cannot be verified; nothing is loaded"
+                ),
+            )),
+            Err(e) => Err(Failure::new(
+                NodeErrorReason::UntrustedRelease,
+                format!(
+                    "release {release}: cannot read LivePatchPolicy {name} to verify it ({e}); \
+                     the agent's ClusterRole needs get on livepatchpolicies (upgrade the chart)"
+                ),
+            )),
+        }
+    }
+
+    /// Reports `failure` for `desired` without acting on it.
+    async fn refuse(
+        &self,
+        desired: &DesiredPatch,
+        failure: Failure,
+        generation: Option<i64>,
+        prior: Option<&LivePatchNodeStatus>,
+    ) -> Result<LivePatchNodeStatus, AgentError> {
+        let release = desired
+            .release
+            .as_ref()
+            .map(|r: &PatchRelease| r.id.clone());
+        tracing::warn!(node = %self.name, ?release, reason = ?failure.reason, message = %failure.message, "spec.desired refused");
+        let report = Report {
+            state: NodePatchState::Failed,
+            error: Some(NodeError {
+                reason: failure.reason,
+                message: failure.message,
+                release,
+                at: Some(now()),
+            }),
+            timings: None,
+        };
+        let status = self.engine.status(&report, generation, prior).await?;
+        if prior.is_none_or(|p| !same_status(p, &status)) {
             self.write_status(&status).await?;
         }
         Ok(status)

@@ -28,6 +28,10 @@ pub struct PolicyTrust {
     pub accepted_serial: u64,
 }
 
+/// The end of every message about a spec the policy does not vouch for.
+const NOT_THE_OPERATOR: &str = "spec.desired was not written by the operator for this \
+     policy; find out who wrote it (kubectl get lpn NODE --show-managed-fields)";
+
 fn untrusted(message: String) -> Failure {
     Failure::new(NodeErrorReason::UntrustedRelease, message)
 }
@@ -104,8 +108,7 @@ impl PolicyTrust {
         let refuse = |problem: String| {
             untrusted(format!(
                 "release {}: module URL {:?} {problem}; this node loads only modules from \
-                 policy {}'s repository {}, so spec.desired was not written by the operator \
-                 for this policy",
+                 policy {}'s repository {}, so {NOT_THE_OPERATOR}",
                 release.id, release.module_url, self.policy, self.repository_url
             ))
         };
@@ -198,7 +201,7 @@ pub fn matching_release(
     let Some(entry) = index.release(&release.id) else {
         return Err(untrusted(format!(
             "release {} is not in policy {}'s signed index (serial {}, {} release(s)); \
-             spec.desired was not written by the operator for this policy",
+             {NOT_THE_OPERATOR}",
             release.id,
             trust.policy,
             index.serial(),
@@ -208,8 +211,7 @@ pub fn matching_release(
     let differences = differences(release, entry);
     if !differences.is_empty() {
         return Err(untrusted(format!(
-            "release {} differs from policy {}'s signed index: {}; spec.desired was not \
-             written by the operator for this policy",
+            "release {} differs from policy {}'s signed index: {}; {NOT_THE_OPERATOR}",
             release.id,
             trust.policy,
             differences.join(", ")
