@@ -32,6 +32,8 @@ pub struct Repository {
     pub url: String,
     /// Requests for anything under `modules/`.
     pub module_requests: Arc<AtomicUsize>,
+    /// Requests for `index.json`.
+    pub index_requests: Arc<AtomicUsize>,
     /// The release each module is published as, by version.
     pub releases: Vec<PatchRelease>,
     /// The publisher's key.
@@ -44,6 +46,7 @@ struct Files {
     signature: Vec<u8>,
     modules: Vec<(String, Vec<u8>)>,
     module_requests: Arc<AtomicUsize>,
+    index_requests: Arc<AtomicUsize>,
 }
 
 /// Publishes each `(module file bytes, module name)` as versions 1, 2, ... for the kernel
@@ -81,16 +84,21 @@ pub async fn serve_repository(
     let key = PrivateKey::generate();
     let bytes = index.to_json_bytes();
     let module_requests = Arc::new(AtomicUsize::new(0));
+    let index_requests = Arc::new(AtomicUsize::new(0));
     let served = Files {
         signature: key.sign_to_base64_line(&bytes).into_bytes(),
         index: bytes,
         modules: files,
         module_requests: module_requests.clone(),
+        index_requests: index_requests.clone(),
     };
     let app = Router::new()
         .route(
             "/repo/index.json",
-            get(|State(f): State<Files>| async move { f.index }),
+            get(|State(f): State<Files>| async move {
+                f.index_requests.fetch_add(1, Ordering::SeqCst);
+                f.index
+            }),
         )
         .route(
             "/repo/index.json.sig",
@@ -120,6 +128,7 @@ pub async fn serve_repository(
     Repository {
         url,
         module_requests,
+        index_requests,
         releases,
         key,
     }
