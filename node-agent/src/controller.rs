@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kpersist_crds::{
     AGENT_MANAGER, DesiredPatch, LivePatchNode, LivePatchNodeSpec, LivePatchNodeStatus,
-    LivePatchPolicy, NodeError, NodeErrorReason, NodePatchState, PatchRelease,
+    LivePatchPolicy, NodeError, NodeErrorReason, NodePatchState, PatchAction, PatchRelease,
 };
 use kpersist_kmod::kernel::Kernel;
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -312,10 +312,38 @@ impl<K: Kernel + Clone + 'static> NodeController<K> {
             return Ok(trusted.clone());
         }
         let trust = PolicyTrust::of_policy(&self.policy(desired).await?)?;
-        let signed = self.fetcher.fetch_signed_index(&trust).await?;
+        let signed = match self.fetcher.fetch_signed_index(&trust).await {
+            Ok(signed) => signed,
+            Err(failure) if self.revert_from_cache(desired) => {
+                // A revert must work while the repository is down. Only verified modules
+                // enter the host cache, and the engine checks the cached bytes against the
+                // release's hash and module name before loading them.
+                tracing::warn!(message = %failure.message, "signed index unreachable; reverting to the cached module");
+                return Ok(DesiredPatch {
+                    repository: Some(trust.access.clone()),
+                    ..desired.clone()
+                });
+            }
+            Err(failure) => {
+                let id = desired.release.as_ref().map_or("", |r| r.id.as_str());
+                return Err(Failure {
+                    message: format!("release {id}: {}", failure.message),
+                    ..failure
+                });
+            }
+        };
         let trusted = trusted_desired(desired, &trust, &signed)?;
         *self.lock_verified() = Some((desired.clone(), trusted.clone()));
         Ok(trusted)
+    }
+
+    /// Whether `desired` is a revert to a release whose module is in the host cache.
+    fn revert_from_cache(&self, desired: &DesiredPatch) -> bool {
+        desired.action == PatchAction::Revert
+            && desired.release.as_ref().is_some_and(|release| {
+                let state = self.engine.patcher().state_dir();
+                state.module_path(&release.sha256).is_file()
+            })
     }
 
     fn lock_verified(&self) -> std::sync::MutexGuard<'_, Option<(DesiredPatch, DesiredPatch)>> {

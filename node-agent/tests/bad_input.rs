@@ -16,7 +16,7 @@ mod trusted_repo;
 use std::sync::atomic::Ordering::SeqCst;
 
 use common::*;
-use kpersist_crds::{NodeErrorReason, NodePatchState, PatchRelease};
+use kpersist_crds::{NodeErrorReason, NodePatchState, PatchAction, PatchRelease};
 use kpersist_kmod::repository::sha256_hex;
 
 /// Fixture `ko` as release 1, with the file the release points at replaced by `bytes` and
@@ -382,4 +382,64 @@ async fn the_release_the_operator_wrote_passes_the_same_path_and_is_applied() {
     let again = controller.reconcile(&node, Some(&status)).await.unwrap();
     assert_eq!(again.state, Some(NodePatchState::Applied));
     assert_eq!(repo.index_requests.load(SeqCst), 1);
+}
+
+#[tokio::test]
+async fn an_unreachable_index_stops_applies_but_not_reverts_to_a_cached_module() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let v2 = std::fs::read(fixture("kpersist_v2.ko")).unwrap();
+    let repo = trusted_repo::serve_repository(
+        &[(v1_bytes(), "kpersist_v1"), (v2, "kpersist_v2")],
+        RELEASE,
+        BUILD_ID,
+    )
+    .await;
+    let h = harness();
+    let (online, _) =
+        trusted_repo::controller(h.engine.clone(), Some(trusted_repo::policy_json(&repo)));
+    let [v1, v2] = [repo.releases[0].clone(), repo.releases[1].clone()];
+    for (generation, release) in [(3, v1.clone()), (4, v2.clone())] {
+        let node = trusted_repo::node_asking_to(PatchAction::Apply, release, generation);
+        let status = trusted_repo::reconcile(&online, &node).await;
+        assert_eq!(status.state, Some(NodePatchState::Applied), "{status:?}");
+    }
+    assert_eq!(h.live(), ["kpersist_v2"]);
+
+    // The repository goes away (nothing listens on port 9 of 127.0.0.1).
+    let mut down = trusted_repo::policy_json(&repo);
+    down["spec"]["repository"]["url"] = serde_json::json!("http://127.0.0.1:9/repo/");
+    let (offline, _) = trusted_repo::controller(h.engine.clone(), Some(down));
+    let mut v3 = v2.clone();
+    v3.id = format!("{RELEASE}/v3");
+    v3.version = 3;
+    let node = trusted_repo::node_asking_to(PatchAction::Apply, v3, 5);
+    let status = trusted_repo::reconcile(&offline, &node).await;
+    let error = status.last_error.clone().unwrap();
+    assert_eq!(error.reason, NodeErrorReason::DownloadFailed, "{error:?}");
+    for word in [
+        "release 6.1.0-56-amd64/v3",
+        "index.json",
+        "cannot be verified",
+    ] {
+        assert!(error.message.contains(word), "{word}: {}", error.message);
+    }
+    assert_eq!(
+        h.live(),
+        ["kpersist_v2"],
+        "nothing new is loaded unverified"
+    );
+    println!(
+        "| apply while the policy's signed index is unreachable | agent (controller, before \
+         download) | refused (DownloadFailed), nothing downloaded or loaded: {} |",
+        error.message.replace('|', "\\|")
+    );
+
+    let node = trusted_repo::node_asking_to(PatchAction::Revert, v1, 6);
+    let status = trusted_repo::reconcile(&offline, &node).await;
+    assert!(status.last_error.is_none(), "{status:?}");
+    assert_eq!(
+        h.live(),
+        ["kpersist_v1"],
+        "the revert used the cached module"
+    );
 }

@@ -207,9 +207,18 @@ fn node_object(desired: Option<&DesiredPatch>) -> Value {
 
 /// The node's object with `spec.desired` asking to apply `release` for policy `fleet`.
 pub fn node_asking_for(release: PatchRelease) -> LivePatchNode {
+    node_asking_to(PatchAction::Apply, release, 3)
+}
+
+/// The node's object of `generation` with `spec.desired` asking to `action` `release`.
+pub fn node_asking_to(
+    action: PatchAction,
+    release: PatchRelease,
+    generation: i64,
+) -> LivePatchNode {
     let desired = DesiredPatch {
         policy: POLICY.into(),
-        action: PatchAction::Apply,
+        action,
         release: Some(release),
         previous: None,
         wave: Some(1),
@@ -219,7 +228,9 @@ pub fn node_asking_for(release: PatchRelease) -> LivePatchNode {
         replace_foreign: false,
         repository: None,
     };
-    serde_json::from_value(node_object(Some(&desired))).unwrap()
+    let mut object = node_object(Some(&desired));
+    object["metadata"]["generation"] = json!(generation);
+    serde_json::from_value(object).unwrap()
 }
 
 /// Runs one reconcile of `node` and returns the status it ended with.
