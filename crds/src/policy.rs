@@ -377,6 +377,10 @@ pub struct LivePatchPolicyStatus {
     /// When the repository index was last fetched and verified.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_repository_check: Option<String>,
+    /// The highest repository index serial the operator has accepted for this policy: an
+    /// index with a lower serial is refused as a rollback, also after an operator restart.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository_serial: Option<u64>,
     /// The policy generation this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,

@@ -19,7 +19,10 @@
 //! - [`repository`]: the patch repository (`index.json`, `index.json.sig`, `modules/`).
 //!   Clients call [`verify_index`](repository::verify_index) on the fetched index and
 //!   signature bytes (signature first, over the exact bytes; then size cap, schema version,
-//!   and validation), [`Index::newest_for`](repository::Index::newest_for) to choose a
+//!   and validation), [`Index::check_not_rolled_back`](repository::Index::check_not_rolled_back)
+//!   against the highest serial they accepted before and
+//!   [`Index::is_expired`](repository::Index::is_expired) to report a stale repository,
+//!   [`Index::newest_for`](repository::Index::newest_for) to choose a
 //!   node's target, and [`verify_module`](repository::verify_module) on a downloaded module.
 //!   Publishers use [`LocalRepository`](repository::LocalRepository) (init, add, sign) and
 //!   [`verify_repository_dir`](repository::verify_repository_dir).

@@ -165,18 +165,70 @@ fn malformed_indexes_are_refused() {
 }
 
 #[test]
+fn malformed_freshness_fields_are_refused() {
+    for (input, serial, expires, words) in [
+        (
+            "index with serial 7 and no expires",
+            json!(7),
+            Value::Null,
+            &["serial", "both be present"][..],
+        ),
+        (
+            "index with serial 0",
+            json!(0),
+            json!("2026-02-08T00:00:00Z"),
+            &["serial", "1 or more"][..],
+        ),
+        (
+            "index with serial -1",
+            json!(-1),
+            json!("2026-02-08T00:00:00Z"),
+            &["index.json", "invalid value"][..],
+        ),
+        (
+            "index expiring before it was generated",
+            json!(7),
+            json!("2026-01-01T00:00:00Z"),
+            &["expires", "not after generatedAt"][..],
+        ),
+        (
+            "index with expires \"next week\"",
+            json!(7),
+            json!("next week"),
+            &["expires", "RFC 3339"][..],
+        ),
+    ] {
+        let mut index = index_json();
+        index["serial"] = serial;
+        index["expires"] = expires;
+        let bytes = serde_json::to_vec(&index).unwrap();
+        refused(input, INDEX, verify_signed(&bytes), words);
+    }
+}
+
+#[test]
 fn duplicate_and_decreasing_versions_are_refused() {
     let sha = sha256_hex(b"module");
     for (input, versions, words) in [
         (
             "index with version 2 listed twice",
             [2, 2],
-            &["6.1.0-56-amd64/v2", "more than once"],
+            &["6.1.0-56-amd64/v2", "more than once"][..],
         ),
         (
             "index with version 3 after 5",
             [5, 3],
-            &["6.1.0-56-amd64/v3", "not greater than version 5"],
+            &["6.1.0-56-amd64/v3", "not greater than version 5"][..],
+        ),
+        (
+            "index with module name kpersist_v1 for versions 1 and 2 of one kernel build",
+            [1, 2],
+            &[
+                "6.1.0-56-amd64/v2",
+                "kpersist_v1",
+                "already used",
+                "distinct module names",
+            ][..],
         ),
     ] {
         let mut index = index_json();

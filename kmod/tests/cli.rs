@@ -145,6 +145,65 @@ fn a_published_repository_verifies_and_lists() {
 }
 
 #[test]
+fn sign_stamps_a_growing_serial_and_an_expiry_that_verify_checks() {
+    let published = Published::new();
+    let repo = s(&published.repo);
+    let key = published.keys.join("kpersist.key");
+    let read_index = || {
+        let bytes = std::fs::read(published.repo.join("index.json")).unwrap();
+        kpersist_kmod::repository::Index::from_json_bytes(&bytes).unwrap()
+    };
+    let first = read_index();
+    let expires: jiff::Timestamp = first.expires.as_deref().unwrap().parse().unwrap();
+    let generated: jiff::Timestamp = first.generated_at.parse().unwrap();
+    assert_eq!(
+        expires.duration_since(generated),
+        jiff::SignedDuration::from_hours(7 * 24),
+        "7 days by default"
+    );
+    let out = published.verify();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        stdout.contains(&format!("serial {}", first.serial())),
+        "{stdout}"
+    );
+
+    let out = succeed(&[
+        "sign",
+        "--repo",
+        repo,
+        "--key",
+        s(&key),
+        "--valid-for",
+        "1s",
+    ]);
+    let second = read_index();
+    assert!(second.serial() > first.serial(), "{out}");
+    assert!(
+        out.contains(&format!("serial {}", second.serial())),
+        "{out}"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let out = published.verify();
+    assert_eq!(out.status.code(), Some(1), "an expired index fails verify");
+    assert!(stderr(&out).contains("expired at"), "{}", stderr(&out));
+
+    let err = fail(
+        &[
+            "sign",
+            "--repo",
+            repo,
+            "--key",
+            s(&key),
+            "--valid-for",
+            "0s",
+        ],
+        2,
+    );
+    assert!(err.contains("positive duration"), "{err}");
+}
+
+#[test]
 fn keygen_writes_a_private_key_only_the_owner_can_read_and_never_overwrites() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
@@ -254,7 +313,7 @@ fn verify_refuses_other_keys_and_names_a_malformed_key_file() {
 }
 
 #[test]
-fn add_refuses_modules_that_are_not_livepatches_for_the_kernel_and_repeated_versions() {
+fn add_refuses_modules_that_are_not_livepatches_for_the_kernel_and_repeated_versions_or_names() {
     let published = Published::new();
     let kernel = fixture_kernel();
     let repo = s(&published.repo);
@@ -290,6 +349,16 @@ fn add_refuses_modules_that_are_not_livepatches_for_the_kernel_and_repeated_vers
     assert!(err.contains("listed more than once"), "{err}");
     let err = add("kpersist_v2.ko", "1");
     assert!(err.contains("listed more than once"), "{err}");
+    // The kernel would refuse kpersist_v1 again next to the loaded v1 (EEXIST).
+    let err = add("kpersist_v1.ko", "3");
+    for word in [
+        "/v3",
+        "module name kpersist_v1",
+        "already used",
+        "kpersist_v2",
+    ] {
+        assert!(err.contains(word), "{word}: {err}");
+    }
     // None of the refused adds touched the signed repository.
     assert!(published.verify().status.success());
 }

@@ -1,14 +1,18 @@
 //! The Kubernetes side: create or adopt this node's `LivePatchNode` (owned by the Node),
 //! watch only that object, act on `spec.desired` through the engine, and write `status` with
-//! server-side apply. Every API call is retried with backoff; nothing polls.
+//! server-side apply. Every API call is retried with backoff; nothing polls. A desired release
+//! reaches the engine only after it verified against the signed index of the policy it names
+//! (see [`crate::trust`]); otherwise the node reports `UntrustedRelease` and loads nothing.
 
+use std::sync::Mutex;
 use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kpersist_crds::{
-    AGENT_MANAGER, LivePatchNode, LivePatchNodeSpec, LivePatchNodeStatus, NodePatchState,
+    AGENT_MANAGER, DesiredPatch, LivePatchNode, LivePatchNodeSpec, LivePatchNodeStatus,
+    LivePatchPolicy, NodePatchState,
 };
 use kpersist_kmod::kernel::Kernel;
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -19,6 +23,7 @@ use serde_json::json;
 
 use crate::engine::Engine;
 use crate::error::AgentError;
+use crate::fetch::Fetcher;
 use crate::status::Report;
 
 /// Backoff between retries of a failed API call: 0.5 s doubling up to 30 s.
@@ -58,8 +63,14 @@ fn is_transient(error: &kube::Error) -> bool {
 pub struct NodeController<K> {
     api: Api<LivePatchNode>,
     nodes: Api<Node>,
+    policies: Api<LivePatchPolicy>,
     name: String,
     engine: Engine<K>,
+    /// Fetches the signed indexes releases are verified against.
+    fetcher: Fetcher,
+    /// The last desired state that verified, as written and as trusted: the same spec seen
+    /// again (every status write comes back as a watch event) needs no second index fetch.
+    verified: Mutex<Option<(DesiredPatch, DesiredPatch)>>,
 }
 
 impl<K: Kernel + Clone + 'static> NodeController<K> {
@@ -67,9 +78,12 @@ impl<K: Kernel + Clone + 'static> NodeController<K> {
     pub fn new(client: Client, name: String, engine: Engine<K>) -> NodeController<K> {
         NodeController {
             api: Api::all(client.clone()),
-            nodes: Api::all(client),
+            nodes: Api::all(client.clone()),
+            policies: Api::all(client),
             name,
             engine,
+            fetcher: Fetcher::new(),
+            verified: Mutex::new(None),
         }
     }
 
@@ -217,8 +231,9 @@ impl<K: Kernel + Clone + 'static> NodeController<K> {
         }
     }
 
-    /// One reconcile of the object as watched.
-    async fn reconcile(
+    /// One reconcile of the object as watched (`prior`: the status this agent wrote last):
+    /// verify `spec.desired` against its policy, act on it through the engine, write status.
+    pub async fn reconcile(
         &self,
         lpn: &LivePatchNode,
         prior: Option<&LivePatchNodeStatus>,
@@ -227,7 +242,14 @@ impl<K: Kernel + Clone + 'static> NodeController<K> {
         // the watched object's may lag behind (its own progress writes come back as events).
         let prior = prior.or(lpn.status.as_ref());
         let generation = lpn.metadata.generation;
-        let desired = lpn.spec.desired.as_ref();
+        let trusted = match lpn.spec.desired.as_ref() {
+            None => None,
+            Some(desired) => match self.trusted(desired).await {
+                Ok(trusted) => Some(trusted),
+                Err(failure) => return self.refuse(desired, failure, generation, prior).await,
+            },
+        };
+        let desired = trusted.as_ref();
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<NodePatchState>();
         let work = async move {
             let progress = move |state: NodePatchState| {
@@ -290,6 +312,9 @@ fn normalized(status: &LivePatchNodeStatus) -> LivePatchNodeStatus {
     }
     s
 }
+
+#[path = "controller_trust.rs"]
+mod trust_gate;
 
 #[cfg(test)]
 #[path = "controller_tests.rs"]

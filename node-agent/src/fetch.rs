@@ -2,7 +2,9 @@
 //! `<sha256>.ko.part` and are renamed to `<sha256>.ko` only after size and SHA-256 match the
 //! signed index, so nothing half-written or forged is ever in the cache; an interrupted HTTP
 //! download resumes from the partial file with a range request. The verified bytes are
-//! handed back in memory: they, not the file, are what gets loaded.
+//! handed back in memory: they, not the file, are what gets loaded. The signed index of a
+//! policy's repository is fetched here too, for [`crate::trust`] to check a release against
+//! before anything is downloaded.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -13,10 +15,13 @@ use std::time::Duration;
 use futures::StreamExt;
 use kpersist_crds::{NodeErrorReason, PatchRelease};
 use kpersist_kmod::kernel::{KernelError, ModuleImage};
-use kpersist_kmod::repository::{Release, verify_module};
+use kpersist_kmod::repository::{
+    INDEX_FILE, MAX_INDEX_SIZE, MAX_SIGNATURE_SIZE, Release, SIGNATURE_FILE, verify_module,
+};
 
 use crate::checks::Failure;
 use crate::state::StateDir;
+use crate::trust::{PolicyTrust, SignedIndex};
 
 #[path = "fetch_client.rs"]
 mod client;
@@ -76,6 +81,25 @@ impl Fetcher {
         let client = client::build_client(access)?;
         clients.insert(access.clone(), client.clone());
         Ok(client)
+    }
+
+    /// The `index.json` and `index.json.sig` of the policy's repository, each read against
+    /// its size cap through a client with the policy's CAs and redirect hosts. One attempt:
+    /// a failure is reported and the next change of the node's object tries again.
+    pub async fn fetch_signed_index(&self, trust: &PolicyTrust) -> Result<SignedIndex, Failure> {
+        let client = self.client(&trust.access).map_err(|e| {
+            Failure::new(
+                NodeErrorReason::DownloadFailed,
+                format!(
+                    "no HTTP client for policy {}'s repository: {e}",
+                    trust.policy
+                ),
+            )
+        })?;
+        let index = get_capped(&client, &trust.file_url(INDEX_FILE), MAX_INDEX_SIZE).await?;
+        let signature =
+            get_capped(&client, &trust.file_url(SIGNATURE_FILE), MAX_SIGNATURE_SIZE).await?;
+        Ok(SignedIndex { index, signature })
     }
 
     /// `release`'s module, read once from the cache and verified against the signed index,
@@ -245,6 +269,42 @@ impl Fetcher {
         })?;
         Ok(())
     }
+}
+
+/// GETs `url` and reads at most `limit` bytes of the body.
+async fn get_capped(client: &reqwest::Client, url: &str, limit: u64) -> Result<Vec<u8>, Failure> {
+    let fail = |problem: String| {
+        Failure::new(
+            NodeErrorReason::DownloadFailed,
+            format!(
+                "GET {url} failed: {problem}; the release cannot be verified until it is served"
+            ),
+        )
+    };
+    let response = client
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| fail(client::error_chain(&e)))?;
+    let status = response.status();
+    if !status.is_success() {
+        return Err(fail(format!("HTTP status {status}")));
+    }
+    let mut body = Vec::new();
+    let mut stream = response.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| fail(client::error_chain(&e)))?;
+        if (body.len() + chunk.len()) as u64 > limit {
+            return Err(Failure::new(
+                NodeErrorReason::UntrustedRelease,
+                format!(
+                    "{url} is larger than {limit} bytes; this is not a kpersist repository file"
+                ),
+            ));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
 }
 
 /// How one download attempt failed: with something that may pass, so worth another

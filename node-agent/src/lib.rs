@@ -27,5 +27,6 @@ pub mod state;
 pub mod status;
 pub mod telemetry;
 pub mod transition;
+pub mod trust;
 
 pub use error::AgentError;

@@ -1,6 +1,7 @@
 //! Module downloads against real loopback servers: certificates are verified (an unknown CA
 //! is refused, the repository's CA bundle makes it work), and redirects leave the module
-//! URL's origin only to hosts the policy lists, never from https to http.
+//! URL's origin only to hosts the policy lists, never from https to http. The signed index
+//! a release is verified against is fetched under the same rules, with the policy's CAs.
 
 // Test support: a failed unwrap is the test's report (clippy.toml exempts #[test]
 // functions only, not the helpers beside them).
@@ -11,6 +12,7 @@ mod servers;
 
 use kpersist_agent::fetch::{Fetcher, RepositoryAccess};
 use kpersist_agent::state::StateDir;
+use kpersist_agent::trust::PolicyTrust;
 use kpersist_crds::{NodeErrorReason, PatchRelease};
 use kpersist_kmod::repository::sha256_hex;
 use servers::{Answer, TestPki};
@@ -141,4 +143,91 @@ async fn https_to_http_is_refused_even_to_a_listed_host() {
         .await
         .unwrap_err();
     assert!(message.contains("leaves https"), "{message}");
+}
+
+/// The trust of a policy at `url` with the transport settings `access` (no keys needed:
+/// these tests stop at the fetch).
+fn policy_trust(url: String, access: RepositoryAccess) -> PolicyTrust {
+    PolicyTrust {
+        policy: "fleet".into(),
+        repository_url: reqwest::Url::parse(&url).unwrap(),
+        access,
+        keys: Vec::new(),
+        accepted_serial: 0,
+    }
+}
+
+#[tokio::test]
+async fn the_signed_index_is_fetched_with_the_policys_ca_and_redirect_rules() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let pki = TestPki::new();
+    let addr = servers::https(&pki, Answer::Body(b"signed bytes".to_vec())).await;
+    let url = format!("https://{addr}/repo/");
+
+    let failure = Fetcher::new()
+        .fetch_signed_index(&policy_trust(url.clone(), RepositoryAccess::default()))
+        .await
+        .unwrap_err();
+    assert_eq!(failure.reason, NodeErrorReason::DownloadFailed);
+    assert!(
+        failure.message.contains("index.json"),
+        "{}",
+        failure.message
+    );
+    assert!(
+        failure.message.contains("certificate"),
+        "{}",
+        failure.message
+    );
+
+    let with_ca = RepositoryAccess {
+        ca_bundle: Some(pki.ca_pem.clone()),
+        ..RepositoryAccess::default()
+    };
+    let signed = Fetcher::new()
+        .fetch_signed_index(&policy_trust(url, with_ca))
+        .await
+        .unwrap();
+    assert_eq!(signed.index, b"signed bytes");
+    assert_eq!(signed.signature, b"signed bytes");
+
+    let elsewhere = servers::http("127.0.0.2", Answer::Body(b"x".to_vec())).await;
+    let origin = servers::http(
+        "127.0.0.1",
+        Answer::Redirect(format!("http://{elsewhere}/i")),
+    )
+    .await;
+    let failure = Fetcher::new()
+        .fetch_signed_index(&policy_trust(
+            format!("http://{origin}/repo"),
+            RepositoryAccess::default(),
+        ))
+        .await
+        .unwrap_err();
+    assert!(
+        failure.message.contains("repository.allowedRedirectHosts"),
+        "{}",
+        failure.message
+    );
+}
+
+#[tokio::test]
+async fn an_oversized_signature_is_refused_unread() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let addr = servers::http("127.0.0.1", Answer::Body(vec![b'A'; 4096])).await;
+    let failure = Fetcher::new()
+        .fetch_signed_index(&policy_trust(
+            format!("http://{addr}/repo/"),
+            RepositoryAccess::default(),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(failure.reason, NodeErrorReason::UntrustedRelease);
+    assert!(
+        failure
+            .message
+            .contains("index.json.sig is larger than 1024 bytes"),
+        "{}",
+        failure.message
+    );
 }

@@ -1,6 +1,6 @@
 //! The repository poller against a real HTTP server on 127.0.0.1 serving a repository
-//! signed with kmod's functions: ETag round trips, bad signatures, bad indexes, and a
-//! server that is not there.
+//! signed with kmod's functions: ETag round trips, bad signatures, bad indexes, rollbacks
+//! below the accepted serial, expired indexes, and a server that is not there.
 
 // Test code: a failed unwrap, expect or panic is the test's report. clippy.toml exempts
 // #[test] functions only, not the helpers of an integration test crate.
@@ -309,4 +309,149 @@ async fn a_view_verified_with_keys_no_longer_trusted_is_dropped() {
     );
     assert!(state.view.is_none());
     assert_eq!(served.lock().unwrap().conditional, [None, None]);
+}
+
+/// A signed repository with `versions`, stamped as `kpersist-repo sign` does at `signed_at`
+/// with `serial` and a week's validity.
+fn signed_fresh(
+    key: &PrivateKey,
+    versions: &[u64],
+    serial: u64,
+    signed_at: &str,
+) -> (Vec<u8>, Vec<u8>) {
+    let mut index = Index::empty("2026-01-01T00:00:00Z".parse().unwrap());
+    for v in versions {
+        index.add_release(release(*v)).unwrap();
+    }
+    index.refresh(
+        signed_at.parse().unwrap(),
+        kpersist_kmod::repository::DEFAULT_VALIDITY,
+    );
+    index.serial = Some(serial);
+    let bytes = index.to_json_bytes();
+    let sig = key.sign_to_base64_line(&bytes).into_bytes();
+    (bytes, sig)
+}
+
+fn serve_next(served: &Shared, (index, signature): (Vec<u8>, Vec<u8>), etag: &str) {
+    let mut served = served.lock().unwrap();
+    served.index = index;
+    served.signature = signature;
+    served.etag = etag.to_string();
+}
+
+#[tokio::test]
+async fn an_index_with_a_lower_serial_is_refused_as_a_rollback() {
+    kpersist_operator::install_crypto_provider();
+    let key = PrivateKey::generate();
+    let trusted = || trusting(&key.public_key());
+    let fresh = signed_fresh(&key, &[1, 2], 10, "2026-03-01T00:00:00Z");
+    let (served, mut state) = serve_files(fresh.0, fresh.1, "\"s10\"").await;
+    poll_repository(&mut state, trusted(), now()).await;
+    assert_eq!(state.outcome, Some(PollOutcome::Updated { releases: 2 }));
+    assert_eq!(state.serial_to_keep(), Some(10));
+    let condition = state.condition().unwrap();
+    assert!(
+        condition
+            .message
+            .contains("serial 10, valid until 2026-03-08"),
+        "{}",
+        condition.message
+    );
+
+    // An older signed index served again, with fewer releases.
+    let old = signed_fresh(&key, &[1], 9, "2026-02-27T00:00:00Z");
+    serve_next(&served, old.clone(), "\"s9\"");
+    poll_repository(&mut state, trusted(), now()).await;
+    assert_eq!(failure_reason(&state), Some(FailureReason::RolledBack));
+    assert_eq!(
+        state.outcome.as_ref().unwrap().metric_label(),
+        "rolled_back"
+    );
+    assert_eq!(state.view.as_ref().unwrap().index.serial(), 10);
+    assert_eq!(state.etag.as_deref(), Some("\"s10\""));
+    let condition = state.condition().unwrap();
+    assert_eq!(
+        (condition.status.as_str(), condition.reason.as_str()),
+        ("False", "RolledBack")
+    );
+    for words in ["serial 9 is below serial 10", "last verified index stays"] {
+        assert!(condition.message.contains(words), "{}", condition.message);
+    }
+
+    // A restarted operator knows serial 10 from the policy status and refuses 9 as well.
+    let mut restarted = state_for(&state.source.url);
+    restarted.remember_accepted_serial(Some(10));
+    poll_repository(&mut restarted, trusted(), now()).await;
+    assert_eq!(failure_reason(&restarted), Some(FailureReason::RolledBack));
+    assert!(restarted.view.is_none());
+
+    // Nor does an index without serial pass once a serial was accepted.
+    serve_next(&served, signed(&key, &[1]), "\"legacy\"");
+    poll_repository(&mut state, trusted(), now()).await;
+    assert_eq!(failure_reason(&state), Some(FailureReason::RolledBack));
+
+    // A newer signing is taken, and the accepted serial follows it.
+    serve_next(
+        &served,
+        signed_fresh(&key, &[1, 2, 3], 11, "2026-03-01T06:00:00Z"),
+        "\"s11\"",
+    );
+    poll_repository(&mut state, trusted(), now()).await;
+    assert_eq!(state.outcome, Some(PollOutcome::Updated { releases: 3 }));
+    assert_eq!(state.serial_to_keep(), Some(11));
+}
+
+#[tokio::test]
+async fn an_expired_index_stays_in_use_and_is_reported_stale() {
+    kpersist_operator::install_crypto_provider();
+    let key = PrivateKey::generate();
+    // Signed a week and a day before now(): it expired a day ago.
+    let stale = signed_fresh(&key, &[1], 5, "2026-02-21T12:00:00Z");
+    let (_served, mut state) = serve_files(stale.0, stale.1, "\"s5\"").await;
+    poll_repository(&mut state, trusting(&key.public_key()), now()).await;
+    assert_eq!(
+        state.outcome,
+        Some(PollOutcome::Expired {
+            serial: 5,
+            expires: "2026-02-28T12:00:00Z".into()
+        })
+    );
+    assert_eq!(state.outcome.as_ref().unwrap().metric_label(), "expired");
+    assert_eq!(state.view.as_ref().unwrap().index.releases.len(), 1);
+    assert_eq!(state.serial_to_keep(), Some(5));
+    let condition = state.condition().unwrap();
+    assert_eq!(
+        (condition.status.as_str(), condition.reason.as_str()),
+        ("False", "Expired")
+    );
+    for words in [
+        "expired at 2026-02-28T12:00:00Z",
+        "kpersist-repo sign",
+        "stays in use",
+    ] {
+        assert!(condition.message.contains(words), "{}", condition.message);
+    }
+    // Confirmed by a 304 an hour later, it is still stale.
+    let later = now() + jiff::SignedDuration::from_secs(3600);
+    poll_repository(&mut state, trusting(&key.public_key()), later).await;
+    assert!(matches!(state.outcome, Some(PollOutcome::Expired { .. })));
+}
+
+#[tokio::test]
+async fn an_index_without_serial_is_accepted_with_a_warning() {
+    kpersist_operator::install_crypto_provider();
+    let key = PrivateKey::generate();
+    let (index, signature) = signed(&key, &[1]);
+    let (_served, mut state) = serve_files(index, signature, "\"x\"").await;
+    poll_repository(&mut state, trusting(&key.public_key()), now()).await;
+    assert_eq!(state.outcome, Some(PollOutcome::Updated { releases: 1 }));
+    assert_eq!(state.serial_to_keep(), None);
+    let condition = state.condition().unwrap();
+    assert_eq!(condition.status, "True");
+    assert!(
+        condition.message.contains("no serial or expiry"),
+        "{}",
+        condition.message
+    );
 }

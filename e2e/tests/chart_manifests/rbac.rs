@@ -41,7 +41,7 @@ fn cluster_role(m: &[Manifest], suffix: &str) -> Vec<PolicyRule> {
 }
 
 #[test]
-fn agent_may_touch_only_livepatchnodes_and_read_nodes() {
+fn agent_may_touch_only_livepatchnodes_and_read_nodes_and_policies() {
     let Some(m) = rendered(DEFAULT) else { return };
     let want = triples(&[
         (
@@ -50,6 +50,9 @@ fn agent_may_touch_only_livepatchnodes_and_read_nodes() {
             &["create", "get", "list", "watch"],
         ),
         ("kpersist.io", "livepatchnodes/status", &["get", "patch"]),
+        // To verify spec.desired against the named policy's signed index; never list or
+        // watch, and nothing of the policy's status or Secrets.
+        ("kpersist.io", "livepatchpolicies", &["get"]),
         ("", "nodes", &["get"]),
     ]);
     assert_eq!(grants(&cluster_role(&m, "-agent")), want);

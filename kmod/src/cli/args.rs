@@ -40,7 +40,11 @@ pub enum Command {
     /// Add a livepatch module as a new release. The module must declare `livepatch=Y` and
     /// be built for --kernel-release; the repository must be signed again afterwards.
     Add(AddArgs),
-    /// Sign the index's exact bytes, writing index.json.sig.
+    /// Stamp the index with a new serial (above the last one, at least the Unix time) and
+    /// an expiry, then sign its exact bytes, writing index.json.sig. Clients refuse an index
+    /// with a lower serial than one they accepted and report a repository whose index has
+    /// expired as stale, so sign again on a schedule shorter than --valid-for even when
+    /// nothing changed.
     Sign {
         /// Repository directory.
         #[arg(long, value_name = "DIR")]
@@ -48,6 +52,9 @@ pub enum Command {
         /// Private key file written by `kpersist-repo keygen` (kpersist.key).
         #[arg(long, value_name = "FILE")]
         key: PathBuf,
+        /// How long the signed index stays current, e.g. 7d, 36h, 1d12h.
+        #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = parse_validity)]
+        valid_for: jiff::SignedDuration,
     },
     /// Check the repository as clients will: the signature over index.json, the index's
     /// contents, and every module's size and SHA-256. Exits 0 only when all check out.
@@ -143,6 +150,18 @@ fn parse_channel(text: &str) -> Result<String, String> {
     Ok(text.to_string())
 }
 
+fn parse_validity(text: &str) -> Result<jiff::SignedDuration, String> {
+    let hint = "expected a positive duration such as 7d, 36h or 1d12h";
+    let span: jiff::Span = text.parse().map_err(|e| format!("{hint} ({e})"))?;
+    let duration = span
+        .to_duration(jiff::SpanRelativeTo::days_are_24_hours())
+        .map_err(|e| format!("{hint} ({e})"))?;
+    if !duration.is_positive() {
+        return Err(hint.to_string());
+    }
+    Ok(duration)
+}
+
 fn parse_timestamp(text: &str) -> Result<jiff::Timestamp, String> {
     text.parse()
         .map_err(|e| format!("expected an RFC 3339 time such as 2026-01-31T12:00:00Z ({e})"))
@@ -168,6 +187,17 @@ mod tests {
         assert!(parse_kernel_release("6.1 x").is_err());
         assert!(parse_timestamp("2026-01-31").is_err());
         assert!(parse_timestamp("2026-01-31T12:00:00Z").is_ok());
+        assert_eq!(
+            parse_validity("7d").unwrap(),
+            jiff::SignedDuration::from_hours(168)
+        );
+        assert_eq!(
+            parse_validity("1d12h").unwrap(),
+            jiff::SignedDuration::from_hours(36)
+        );
+        for bad in ["0s", "-1d", "soon", "7"] {
+            assert!(parse_validity(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

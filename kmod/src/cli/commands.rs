@@ -5,7 +5,7 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use jiff::Timestamp;
+use jiff::{SignedDuration, Timestamp};
 use kpersist_kmod::repository::{INDEX_FILE, LocalRepository, NewRelease, verify_repository_dir};
 use kpersist_kmod::signing::{PrivateKey, PublicKey};
 
@@ -59,7 +59,11 @@ pub fn run(command: Command) -> Result<String, Failure> {
         Command::Keygen { out_dir } => keygen(&out_dir),
         Command::Init { repo } => init(&repo),
         Command::Add(args) => add(args),
-        Command::Sign { repo, key } => sign(&repo, &key),
+        Command::Sign {
+            repo,
+            key,
+            valid_for,
+        } => sign(&repo, &key, valid_for),
         Command::Verify { repo, pubkeys } => verify(&repo, &pubkeys),
         Command::List { repo } => list(&repo),
     }
@@ -102,13 +106,21 @@ fn add(args: AddArgs) -> Result<String, Failure> {
     ))
 }
 
-fn sign(repo: &Path, key: &Path) -> Result<String, Failure> {
+fn sign(repo: &Path, key: &Path, valid_for: SignedDuration) -> Result<String, Failure> {
     let what = format!("sign {}", repo.display());
     let key = PrivateKey::read(key).map_err(|e| failure(what.clone(), "check --key")(&e))?;
-    LocalRepository::open(repo)
-        .sign(&key)
-        .map_err(|e| failure(what, "check --repo")(&e))?;
-    Ok(format!("signed {}\n", repo.join(INDEX_FILE).display()))
+    let local = LocalRepository::open(repo);
+    let fail = failure(what, "check --repo");
+    let index = local
+        .refresh(current_time(), valid_for)
+        .and_then(|index| local.sign(&key).map(|()| index))
+        .map_err(|e| fail(&e))?;
+    Ok(format!(
+        "signed {}: serial {}, valid until {}; sign again before then\n",
+        repo.join(INDEX_FILE).display(),
+        index.serial(),
+        index.expires.unwrap_or_default()
+    ))
 }
 
 fn list(repo: &Path) -> Result<String, Failure> {
@@ -130,9 +142,17 @@ fn verify(repo: &Path, pubkeys: &[PathBuf]) -> Result<String, Failure> {
         .map(|path| PublicKey::read(path))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| failure(what.clone(), "check --pubkey")(&e))?;
-    let index = verify_repository_dir(repo, &keys).map_err(|e| failure(what, fix)(&e))?;
+    let index = verify_repository_dir(repo, &keys)
+        .and_then(|index| index.check_not_expired(current_time()).map(|()| index))
+        .map_err(|e| failure(what, fix)(&e))?;
+    let freshness = match &index.expires {
+        Some(expires) => format!("serial {}, valid until {expires}", index.serial()),
+        None => "no serial or expiry: clients cannot tell it from an older index; re-sign \
+                 with `kpersist-repo sign`"
+            .to_string(),
+    };
     Ok(format!(
-        "OK: index.json signature, {} release(s) and their modules verified\n",
+        "OK: index.json signature, {} release(s) and their modules verified; {freshness}\n",
         index.releases.len()
     ))
 }

@@ -115,6 +115,50 @@ pub enum RepositoryError {
         /// The smallest acceptable version.
         next: u64,
     },
+    /// A release's module name is already used by an earlier release of the same kernel
+    /// build; the kernel would refuse to load it next to that one.
+    #[error(
+        "release {id}: module name {module_name} is already used by release {earlier} of the \
+         same kernel build ({build_id}); the kernel refuses to load a module whose name is \
+         already loaded, so cumulative releases must use distinct module names: rebuild the \
+         module under a new name (e.g. kpersist_v2) and add it again"
+    )]
+    ModuleNameReused {
+        /// The release reusing the name.
+        id: String,
+        /// The module name.
+        module_name: String,
+        /// The earlier release with that name.
+        earlier: String,
+        /// The kernel build id both are for.
+        build_id: String,
+    },
+    /// The index is older than one already accepted from the same repository.
+    #[error(
+        "index serial {serial} is below serial {accepted} already accepted from this \
+         repository: this is an older signed index served again (by a stale mirror or cache, or \
+         to hold back newer releases), so it is refused and the newer index stays in use; check \
+         what serves the repository, and publish an index signed by `kpersist-repo sign` (an \
+         index without a serial counts as serial 0)"
+    )]
+    RolledBack {
+        /// The refused index's serial (0 when it has none).
+        serial: u64,
+        /// The highest serial accepted before.
+        accepted: u64,
+    },
+    /// The index's expiry has passed.
+    #[error(
+        "index serial {serial} expired at {expires}: the publisher has not signed a newer one \
+         since, or it is being withheld; re-sign with `kpersist-repo sign` (and sign on a \
+         schedule shorter than --valid-for)"
+    )]
+    Expired {
+        /// When it expired (RFC 3339).
+        expires: String,
+        /// Its serial.
+        serial: u64,
+    },
     /// A module does not match what the index says of it.
     #[error(
         "module {module} of release {id}: {problem}; re-download it or re-add it to the repository"

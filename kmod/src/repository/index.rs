@@ -20,6 +20,15 @@ pub struct Index {
     pub schema_version: u32,
     /// When the index was last written (RFC 3339).
     pub generated_at: String,
+    /// Grows with every signing (see [`Index::refresh`]); readers refuse an index whose
+    /// serial is below one they already accepted. Absent from indexes signed before serials
+    /// existed, which count as serial 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<u64>,
+    /// When this signed index stops being current (RFC 3339); past it, readers report the
+    /// repository stale. Present exactly when `serial` is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<String>,
     /// Every release, in the order they were added: per kernel build (release and build
     /// id) versions strictly increase down the list.
     pub releases: Vec<Release>,
@@ -65,6 +74,8 @@ impl Index {
         Index {
             schema_version: SCHEMA_VERSION,
             generated_at: generated_at.to_string(),
+            serial: None,
+            expires: None,
             releases: Vec::new(),
         }
     }

@@ -1,8 +1,11 @@
 //! The patch repository: a static tree of `index.json`, its detached ed25519 signature
 //! `index.json.sig`, and the modules under `modules/`. Readers verify the signature over the
-//! index's exact bytes before parsing it, then each module's size and SHA-256.
+//! index's exact bytes before parsing it, then each module's size and SHA-256. A signed index
+//! carries a serial that grows with each signing and an expiry, so readers can refuse an
+//! older index than one they accepted and notice one nobody re-signed.
 
 mod error;
+mod freshness;
 mod index;
 mod publish;
 mod redirect;
@@ -11,6 +14,7 @@ mod validate;
 mod verify;
 
 pub use error::RepositoryError;
+pub use freshness::DEFAULT_VALIDITY;
 pub use index::{INDEX_FILE, Index, Release, SCHEMA_VERSION, SIGNATURE_FILE};
 pub use publish::{LocalRepository, MODULES_DIR, NewRelease};
 #[cfg(feature = "http")]

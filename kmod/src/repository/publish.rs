@@ -163,18 +163,37 @@ impl LocalRepository {
             write_atomically(&stored, &module)?;
         }
         write_atomically(&self.index_path(), &index.to_json_bytes())?;
-        let sig = self.root.join(SIGNATURE_FILE);
-        match std::fs::remove_file(&sig) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(RepositoryError::io(&sig)(e));
-            }
-            _ => {}
-        }
+        remove_signature(&self.root)?;
         Ok(release)
     }
 
+    /// Stamps the index for a new signing at `now` (see [`Index::refresh`]: a higher
+    /// serial, and an expiry `valid_for` from now) and rewrites it, removing the signature it
+    /// invalidates; [`LocalRepository::sign`] comes next. Returns the stamped index.
+    pub fn refresh(
+        &self,
+        now: Timestamp,
+        valid_for: jiff::SignedDuration,
+    ) -> Result<Index, RepositoryError> {
+        if !valid_for.is_positive() {
+            return Err(RepositoryError::InvalidIndex {
+                field: "expires",
+                problem: format!("a validity of {valid_for} would expire the index at once"),
+            });
+        }
+        let mut index = self.load_index()?;
+        index.refresh(now, valid_for);
+        index
+            .validate()
+            .map_err(|e| RepositoryError::in_file(self.index_path().display(), e))?;
+        remove_signature(&self.root)?;
+        write_atomically(&self.index_path(), &index.to_json_bytes())?;
+        Ok(index)
+    }
+
     /// Signs the index's exact bytes with `key`, writing `index.json.sig`. Refuses to sign
-    /// an index that does not validate.
+    /// an index that does not validate. Publishers call [`LocalRepository::refresh`] first so
+    /// that readers see a new serial and expiry.
     pub fn sign(&self, key: &PrivateKey) -> Result<(), RepositoryError> {
         let path = self.index_path();
         let bytes = std::fs::read(&path).map_err(RepositoryError::io(&path))?;
@@ -190,6 +209,16 @@ impl LocalRepository {
 
     fn index_path(&self) -> PathBuf {
         self.root.join(INDEX_FILE)
+    }
+}
+
+/// Removes the signature of a repository whose index is about to change or has changed, so
+/// that it must be signed again before it verifies.
+fn remove_signature(root: &Path) -> Result<(), RepositoryError> {
+    let sig = root.join(SIGNATURE_FILE);
+    match std::fs::remove_file(&sig) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(RepositoryError::io(&sig)(e)),
+        _ => Ok(()),
     }
 }
 

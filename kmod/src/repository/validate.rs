@@ -17,14 +17,18 @@ const MAX_MODULE_PATH_LEN: usize = 1024;
 impl Index {
     /// Checks every release and the relations between them: ids (`<kernelRelease>/v<version>`)
     /// are unique, and per kernel build (release and build id) versions strictly increase in
-    /// the order the releases are listed.
+    /// the order the releases are listed and no two releases share a module name (the
+    /// kernel refuses to load a module whose name is already loaded, so a cumulative
+    /// release reusing its predecessor's name could never replace it).
     pub fn validate(&self) -> Result<(), RepositoryError> {
         check_timestamp(&self.generated_at).map_err(|problem| RepositoryError::InvalidIndex {
             field: "generatedAt",
             problem,
         })?;
+        self.validate_freshness()?;
         let mut ids = HashSet::new();
         let mut newest: HashMap<(&str, &str), u64> = HashMap::new();
+        let mut names: HashMap<(&str, &str, &str), &Release> = HashMap::new();
         for release in &self.releases {
             release.validate()?;
             if !ids.insert((release.kernel_release.as_str(), release.version)) {
@@ -44,6 +48,46 @@ impl Index {
                 });
             }
             newest.insert(build, release.version);
+            let name = (build.0, build.1, release.module_name.as_str());
+            if let Some(earlier) = names.insert(name, release) {
+                return Err(RepositoryError::ModuleNameReused {
+                    id: release.id(),
+                    module_name: release.module_name.clone(),
+                    earlier: earlier.id(),
+                    build_id: release.build_id.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// `serial` and `expires` come together (both set by `kpersist-repo sign`), the serial
+    /// is 1 or more, and the expiry is a time after `generatedAt`.
+    fn validate_freshness(&self) -> Result<(), RepositoryError> {
+        let fail =
+            |field: &'static str, problem: String| RepositoryError::InvalidIndex { field, problem };
+        let expires = match (self.serial, self.expires.as_deref()) {
+            (None, None) => return Ok(()),
+            (Some(0), _) => return Err(fail("serial", "must be 1 or more".into())),
+            (Some(_), Some(expires)) => expires,
+            (Some(_), None) | (None, Some(_)) => {
+                return Err(fail(
+                    "serial",
+                    "serial and expires must both be present or both absent; sign the index \
+                     with `kpersist-repo sign`, which sets both"
+                        .into(),
+                ));
+            }
+        };
+        check_timestamp(expires).map_err(|p| fail("expires", p))?;
+        if self.expires_at() <= self.generated_at.parse().ok() {
+            return Err(fail(
+                "expires",
+                format!(
+                    "{expires:?} is not after generatedAt {:?}; sign with a positive --valid-for",
+                    self.generated_at
+                ),
+            ));
         }
         Ok(())
     }

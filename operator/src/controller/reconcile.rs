@@ -83,6 +83,7 @@ async fn apply(policy: Arc<LivePatchPolicy>, ctx: Arc<Context>) -> Result<Action
     let mut repo = ctx
         .repositories
         .take(&name, RepositorySource::of(repo_spec));
+    repo.remember_accepted_serial(policy.status.as_ref().and_then(|s| s.repository_serial));
     if repo.due(now, interval) {
         let trusted = keys::trusted_keys(&ctx.client, repo_spec).await;
         poll_repository(&mut repo, trusted, now).await;
@@ -93,6 +94,7 @@ async fn apply(policy: Arc<LivePatchPolicy>, ctx: Arc<Context>) -> Result<Action
     let view = repo.view.clone();
     let condition = repo.condition();
     let verified_at = repo.verified_at;
+    let repository_serial = repo.serial_to_keep();
     let next_poll = repo.next_poll_in(now, interval);
     ctx.repositories.put(&name, repo);
 
@@ -122,6 +124,7 @@ async fn apply(policy: Arc<LivePatchPolicy>, ctx: Arc<Context>) -> Result<Action
         policy.metadata.generation,
         now,
     );
+    new_status.repository_serial = repository_serial.or(new_status.repository_serial);
 
     // Only nodes with a LivePatchNode are written: the agent creates it (owned by the
     // Node, so it goes with the Node); a spec written before that would orphan it.

@@ -385,6 +385,7 @@ pub fn decide(input: &EngineInput) -> Decision {
         late_failures: late.listed,
         planned_waves: outcome.planned,
         last_repository_check: previous.last_repository_check.clone(),
+        repository_serial: previous.repository_serial,
         observed_generation: generation,
     };
     Decision {

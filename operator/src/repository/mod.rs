@@ -2,7 +2,9 @@
 //! `checkInterval`, its detached signature checked against the policy's trusted keys, and
 //! the result kept in memory as the verified view the engine reads. An index that fails to
 //! fetch or verify changes nothing: the previous verified view stays, and the failure shows
-//! as `RepositoryReachable=False` with a reason.
+//! as `RepositoryReachable=False` with a reason. An index whose serial is below the highest
+//! one accepted for the policy is refused as a rollback; a verified index past its expiry
+//! stays in use but shows as `RepositoryReachable=False` with reason `Expired` (stale).
 
 pub mod fetch;
 pub mod keys;
@@ -31,6 +33,8 @@ pub enum FailureReason {
     IndexInvalid,
     /// The policy has no usable trusted key.
     NoTrustedKeys,
+    /// The index verifies but its serial is below one already accepted for the policy.
+    RolledBack,
 }
 
 impl FailureReason {
@@ -41,6 +45,7 @@ impl FailureReason {
             Self::SignatureInvalid => "SignatureInvalid",
             Self::IndexInvalid => "IndexInvalid",
             Self::NoTrustedKeys => "NoTrustedKeys",
+            Self::RolledBack => "RolledBack",
         }
     }
 
@@ -51,6 +56,7 @@ impl FailureReason {
             Self::SignatureInvalid => "signature_invalid",
             Self::IndexInvalid => "index_invalid",
             Self::NoTrustedKeys => "no_trusted_keys",
+            Self::RolledBack => "rolled_back",
         }
     }
 }
@@ -74,6 +80,14 @@ pub enum PollOutcome {
     },
     /// The server said 304; the verified view is current.
     NotModified,
+    /// The index verified (new or confirmed by 304) but has expired: it stays in use, and
+    /// the repository is reported stale.
+    Expired {
+        /// The index's serial.
+        serial: u64,
+        /// When it expired (RFC 3339).
+        expires: String,
+    },
     /// Nothing changed; see the failure.
     Failed(PollFailure),
 }
@@ -84,13 +98,16 @@ impl PollOutcome {
         match self {
             Self::Updated { .. } => "updated",
             Self::NotModified => "not_modified",
+            Self::Expired { .. } => "expired",
             Self::Failed(failure) => failure.reason.metric_label(),
         }
     }
 }
 
 /// What the operator remembers of one policy's repository between polls. Lost on restart,
-/// which costs one full fetch, nothing more.
+/// which costs one full fetch, nothing more: the one thing that must survive,
+/// `accepted_serial`, is also kept in the policy's `status.repositorySerial` and restored
+/// with [`RepositoryState::remember_accepted_serial`].
 #[derive(Debug, Clone)]
 pub struct RepositoryState {
     /// What the state was fetched for; a change of any of it starts over.
@@ -110,6 +127,9 @@ pub struct RepositoryState {
     /// The trusted keys the view was verified with, sorted; a view verified with keys no
     /// longer trusted (a rotated Secret) is dropped rather than kept on a 304.
     pub verified_with: Vec<String>,
+    /// The highest index serial accepted for the policy; an index below it is a rollback.
+    /// Kept across changes of keys or URL: the publisher's sequence goes on.
+    pub accepted_serial: u64,
 }
 
 /// The parts of a policy's repository spec that a cached index depends on.
@@ -155,7 +175,19 @@ impl RepositoryState {
             outcome: None,
             key_problems: Vec::new(),
             verified_with: Vec::new(),
+            accepted_serial: 0,
         }
+    }
+
+    /// Raises the accepted serial to `serial` (the policy's `status.repositorySerial`), so a
+    /// restarted operator refuses the rollbacks its predecessor would have.
+    pub fn remember_accepted_serial(&mut self, serial: Option<u64>) {
+        self.accepted_serial = self.accepted_serial.max(serial.unwrap_or(0));
+    }
+
+    /// The serial to keep in the policy's status; `None` before any index with a serial.
+    pub fn serial_to_keep(&self) -> Option<u64> {
+        (self.accepted_serial > 0).then_some(self.accepted_serial)
     }
 
     /// Whether a poll is due at `now` with the given interval. No client required.
@@ -190,17 +222,20 @@ impl RepositoryState {
                     format!("{}{kept}", failure.message),
                 )
             }
-            PollOutcome::Updated { .. } | PollOutcome::NotModified => {
-                let releases = self.view.as_ref().map_or(0, |v| v.index.releases.len());
-                let mut message = format!(
-                    "{} verified: {releases} release(s)",
+            PollOutcome::Expired { serial, expires } => (
+                "False",
+                "Expired",
+                format!(
+                    "{} (serial {serial}) verified but expired at {expires}: the publisher has \
+                     not signed a newer index since, or it is being withheld, so new releases \
+                     may be missing; publish a fresh index with `kpersist-repo sign` and sign \
+                     on a schedule shorter than its --valid-for. The last verified index stays \
+                     in use.",
                     fetch::file_url(&self.source.url, "index.json")
-                );
-                for problem in &self.key_problems {
-                    message.push_str("; ignored ");
-                    message.push_str(problem);
-                }
-                ("True", "Verified", message)
+                ),
+            ),
+            PollOutcome::Updated { .. } | PollOutcome::NotModified => {
+                ("True", "Verified", self.verified_message())
             }
         };
         Some(PolicyCondition {
@@ -211,6 +246,32 @@ impl RepositoryState {
             last_transition_time: None,
             observed_generation: None,
         })
+    }
+}
+
+impl RepositoryState {
+    fn verified_message(&self) -> String {
+        let url = fetch::file_url(&self.source.url, "index.json");
+        let mut message = match self.view.as_deref().map(|v| &v.index) {
+            Some(index) if index.has_freshness() => format!(
+                "{url} verified: {} release(s), serial {}, valid until {}",
+                index.releases.len(),
+                index.serial(),
+                index.expires.as_deref().unwrap_or_default()
+            ),
+            Some(index) => format!(
+                "{url} verified: {} release(s); the index has no serial or expiry, so a \
+                 rollback to an older index or a withheld one cannot be noticed: re-sign it \
+                 with a current `kpersist-repo sign`",
+                index.releases.len()
+            ),
+            None => format!("{url} verified: 0 release(s)"),
+        };
+        for problem in &self.key_problems {
+            message.push_str("; ignored ");
+            message.push_str(problem);
+        }
+        message
     }
 }
 

@@ -1,5 +1,6 @@
 //! One poll of one repository: conditional GET of the index, GET of its signature,
-//! verification, and the state update. Network required, no Kubernetes client.
+//! verification (signature, then no rollback below the accepted serial), the state update,
+//! and the staleness of what is in use. Network required, no Kubernetes client.
 
 use std::sync::Arc;
 
@@ -26,6 +27,7 @@ pub async fn poll_repository(state: &mut RepositoryState, keys: TrustedKeys, now
         Ok(None) => PollOutcome::NotModified,
         Ok(Some((view, etag))) => {
             let releases = view.index.releases.len();
+            state.accepted_serial = state.accepted_serial.max(view.index.serial());
             state.view = Some(Arc::new(view));
             state.etag = etag;
             state.verified_with = fingerprint;
@@ -40,6 +42,18 @@ pub async fn poll_repository(state: &mut RepositoryState, keys: TrustedKeys, now
         state.verified_at = Some(now);
         state.key_problems = keys.problems;
     }
+    let outcome = match (outcome, state.view.as_deref()) {
+        (PollOutcome::Updated { .. } | PollOutcome::NotModified, Some(view))
+            if view.index.is_expired(now) =>
+        {
+            tracing::warn!(serial = view.index.serial(), expires = ?view.index.expires, "repository index expired");
+            PollOutcome::Expired {
+                serial: view.index.serial(),
+                expires: view.index.expires.clone().unwrap_or_default(),
+            }
+        }
+        (outcome, _) => outcome,
+    };
     state.polled_at = Some(now);
     state.outcome = Some(outcome);
 }
@@ -94,6 +108,12 @@ async fn fetch_and_verify(
     let index =
         verify_index(&index_bytes, &signature, &keys.keys).map_err(|error| PollFailure {
             reason: verify_reason(&error),
+            message: format!("{index_url}: {error}"),
+        })?;
+    index
+        .check_not_rolled_back(state.accepted_serial)
+        .map_err(|error| PollFailure {
+            reason: FailureReason::RolledBack,
             message: format!("{index_url}: {error}"),
         })?;
     let view = RepositoryView {

@@ -65,9 +65,8 @@ pub fn repository(releases: Vec<Release>) -> RepositoryView {
     RepositoryView {
         base_url: BASE_URL.into(),
         index: Index {
-            schema_version: 1,
-            generated_at: start_time().to_string(),
             releases,
+            ..Index::empty(start_time())
         },
     }
 }

@@ -2,6 +2,7 @@
 
 use super::*;
 
+mod freshness_tests;
 mod publish_tests;
 mod select_tests;
 mod validate_tests;
@@ -31,6 +32,8 @@ fn index(releases: Vec<Release>) -> Index {
     Index {
         schema_version: SCHEMA_VERSION,
         generated_at: "2026-02-01T00:00:00Z".to_string(),
+        serial: None,
+        expires: None,
         releases,
     }
 }

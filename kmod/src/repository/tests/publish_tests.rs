@@ -119,6 +119,34 @@ fn add_refuses_duplicate_and_lower_versions() {
 }
 
 #[test]
+fn add_refuses_a_module_name_the_kernel_build_already_has() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = LocalRepository::init(&dir.path().join("repo"), now()).unwrap();
+    let v1 = write_module(
+        dir.path(),
+        "v1.ko",
+        &livepatch_module("kpersist_lp", KERNEL),
+    );
+    repo.add(&v1, new_release(1), now()).unwrap();
+    // A rebuilt module with new content but the same name.
+    let mut rebuilt = livepatch_module("kpersist_lp", KERNEL);
+    rebuilt.extend_from_slice(b"rebuilt");
+    let v2 = write_module(dir.path(), "v2.ko", &rebuilt);
+    let err = repo.add(&v2, new_release(2), now()).unwrap_err();
+    assert!(
+        matches!(&err, RepositoryError::ModuleNameReused { earlier, .. } if earlier.ends_with("/v1")),
+        "{err}"
+    );
+    let text = err.to_string();
+    for word in ["kpersist_lp", "already used", "kpersist_v2"] {
+        assert!(text.contains(word), "{word}: {text}");
+    }
+    assert_eq!(repo.load_index().unwrap().releases.len(), 1);
+    let stored = std::fs::read_dir(dir.path().join("repo").join(MODULES_DIR)).unwrap();
+    assert_eq!(stored.count(), 1, "the refused module is not stored");
+}
+
+#[test]
 fn add_release_leaves_the_index_unchanged_on_refusal() {
     let mut idx = index(vec![release(2)]);
     let before = idx.clone();
@@ -163,4 +191,36 @@ fn sign_refuses_an_invalid_index() {
     let err = repo.sign(&PrivateKey::generate()).unwrap_err();
     assert!(err.to_string().contains("index.json"), "{err}");
     assert!(!dir.path().join(SIGNATURE_FILE).exists());
+}
+
+#[test]
+fn refresh_stamps_the_index_for_signing_and_drops_the_old_signature() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("repo");
+    let repo = LocalRepository::init(&root, now()).unwrap();
+    let ko = write_module(dir.path(), "m.ko", &livepatch_module("m", KERNEL));
+    repo.add(&ko, new_release(1), now()).unwrap();
+    let key = PrivateKey::generate();
+    let first = repo.refresh(now(), DEFAULT_VALIDITY).unwrap();
+    repo.sign(&key).unwrap();
+    let verified = repo.verify(&[key.public_key()]).unwrap();
+    assert_eq!(verified.serial, first.serial);
+    assert_eq!(verified.expires.as_deref(), Some("2026-03-08T00:00:00Z"));
+
+    let second = repo.refresh(now(), DEFAULT_VALIDITY).unwrap();
+    assert!(second.serial() > first.serial());
+    assert!(
+        !root.join(SIGNATURE_FILE).exists(),
+        "the old signature no longer matches"
+    );
+    let err = repo.refresh(now(), jiff::SignedDuration::ZERO).unwrap_err();
+    assert!(
+        err.to_string().contains("expire the index at once"),
+        "{err}"
+    );
+    assert_eq!(
+        repo.load_index().unwrap(),
+        second,
+        "a refused refresh writes nothing"
+    );
 }

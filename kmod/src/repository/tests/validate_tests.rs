@@ -103,6 +103,36 @@ fn versions_must_increase_per_kernel_build() {
 }
 
 #[test]
+fn module_names_must_differ_per_kernel_build() {
+    let mut reused = release(2);
+    reused.module_name = "kpersist_v1".to_string();
+    let err = refused(&index(vec![release(1), reused]));
+    match err.root_cause() {
+        RepositoryError::ModuleNameReused {
+            id,
+            module_name,
+            earlier,
+            ..
+        } => {
+            assert_eq!(id, "6.1.0-56-amd64/v2");
+            assert_eq!(module_name, "kpersist_v1");
+            assert_eq!(earlier, "6.1.0-56-amd64/v1");
+        }
+        other => panic!("unexpected error: {other}"),
+    }
+    assert!(err.to_string().contains("distinct module names"), "{err}");
+    // Another build (or kernel release) may use the same name: it never shares a kernel.
+    // (Ids are unique per kernel release, so the other build has another version.)
+    let mut other_build = release(2);
+    other_build.build_id = "ab".repeat(20);
+    other_build.module_name = "kpersist_v1".to_string();
+    let mut other_kernel = release(1);
+    other_kernel.kernel_release = "6.1.0-57-amd64".to_string();
+    Index::from_json_bytes(&index(vec![release(1), other_build, other_kernel]).to_json_bytes())
+        .unwrap();
+}
+
+#[test]
 fn module_paths_cannot_leave_the_repository() {
     for path in [
         "../evil.ko",
