@@ -118,6 +118,7 @@ impl<K: Kernel + Clone + 'static> NodeController<K> {
                 at: Some(now()),
             }),
             timings: None,
+            notes: Vec::new(),
         };
         let status = self.engine.status(&report, generation, prior).await?;
         if prior.is_none_or(|p| !same_status(p, &status)) {

@@ -187,6 +187,7 @@ pub fn apply_on_probation(release: PatchRelease, probation: &str) -> DesiredPatc
         kmsg_checks: true,
         probation: probation.to_string(),
         replace_foreign: false,
+        asked_at: None,
         repository: None,
     }
 }

@@ -226,6 +226,7 @@ pub fn node_asking_to(
         kmsg_checks: true,
         probation: "1h".into(),
         replace_foreign: false,
+        asked_at: None,
         repository: None,
     };
     let mut object = node_object(Some(&desired));
