@@ -127,6 +127,13 @@ pub struct RolloutSpec {
     /// sends every node of the policy that holds it back.
     #[serde(default = "default_late_failure_policy")]
     pub late_failure_policy: FailurePolicy,
+    /// Set to a new value (for example the current time) to acknowledge the late failures
+    /// listed in `status.lateFailures` and let a policy paused by them go on. Any other
+    /// edit of the spec acknowledges them too; this field exists so that the edit can be a
+    /// one-liner that changes nothing else.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    pub acknowledged: Option<String>,
     /// When present, new nodes start applying only inside one of these windows. Work that
     /// has started (a bake, a revert) goes on outside them.
     #[serde(default)]
@@ -147,6 +154,7 @@ impl Default for RolloutSpec {
             max_failures: 0,
             failure_policy: FailurePolicy::default(),
             late_failure_policy: default_late_failure_policy(),
+            acknowledged: None,
             maintenance_windows: Vec::new(),
             paused: false,
             dry_run: false,

@@ -165,8 +165,9 @@ fn pause_note(first: &LateFailure, open: usize) -> String {
     };
     format!(
         "late failure: {} reported {} with release {}, which an earlier rollout already \
-         gave out{more}; nothing new is handed out. Edit the policy to go on, or set \
-         spec.rollout.lateFailurePolicy: Revert to take the release back from every node",
+         gave out{more}; nothing new is handed out. To go on, set spec.rollout.acknowledged \
+         to a new value (any spec edit does); to take the release back from every node, \
+         set spec.rollout.lateFailurePolicy: Revert",
         first.node, first.evidence, first.release
     )
 }
