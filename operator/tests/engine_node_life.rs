@@ -33,6 +33,10 @@ fn asked(sim: &Sim, node: &str) -> Option<(PatchAction, String)> {
     })
 }
 
+fn generation(sim: &Sim, node: &str) -> Option<i64> {
+    sim.node(node).view.lpn.as_ref()?.metadata.generation
+}
+
 /// Steps until `done` holds, or panics after `steps` steps.
 fn step_until(sim: &mut Sim, steps: usize, seconds: i64, done: impl Fn(&Sim) -> bool) {
     for _ in 0..steps {
@@ -116,28 +120,14 @@ fn a_failed_download_is_the_nodes_trouble_and_is_asked_again_later() {
     assert!(bad_releases(&sim).is_empty());
     let status = sim.policy.status.as_ref().unwrap();
     assert_eq!(status.nodes.node_problems, 1);
-    let first = sim
-        .node(&canary)
-        .view
-        .lpn
-        .as_ref()
-        .unwrap()
-        .metadata
-        .generation;
+    let first = generation(&sim, &canary);
 
     // The repository is reachable from the node again; the retry comes by itself.
     sim.node_mut(&canary).faults.clear();
     step_until(&mut sim, 80, 60, |sim| {
         sim.node(&canary).applied_id() == Some(id(0, 2))
     });
-    let now = sim
-        .node(&canary)
-        .view
-        .lpn
-        .as_ref()
-        .unwrap()
-        .metadata
-        .generation;
+    let now = generation(&sim, &canary);
     assert!(now > first, "the node was not asked again");
     assert!(bad_releases(&sim).is_empty());
 }

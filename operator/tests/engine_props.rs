@@ -778,52 +778,9 @@ proptest! {
     }
 }
 
-/// A wave fails on its only node, the status write recording the bad release is lost, and
-/// the node leaves the cluster before the next decision, taking its `Revert` (the other
-/// record of the bad release) with it.
-#[test]
-fn a_lost_status_write_then_the_failed_node_leaving_forgets_no_recorded_bad_release() {
-    let s = Scenario {
-        kernels: 2,
-        nodes: vec![NodePlan {
-            kernel: 0,
-            applied_v1: false,
-            selected: true,
-            conflicted: false,
-            has_agent: true,
-            livepatch: true,
-            vulnerable: false,
-            flap: Some((3, 2)),
-            join_at: None,
-            leave_at: Some(5),
-            work_ticks: 3,
-            life: None,
-        }],
-        waves: vec![(false, 1, 0)],
-        max_in_flight: 1,
-        max_failures: 0,
-        failure_policy: FailurePolicy::Revert,
-        paused: false,
-        dry_run: false,
-        window: None,
-        broken: None,
-        gate_fails_on: None,
-        publish_at: None,
-        pinned: None,
-        step_seconds: 20,
-        lost_status: vec![4],
-    };
-    if let Err(error) = run(&s) {
-        panic!("{error}");
-    }
-}
-
-/// The checker's node-life invariant fails on a mutant decision: a release marked bad while
-/// no node reports a release's fault on it (as an engine that blamed a download failure or
-/// a NotReady node would do).
-#[test]
-fn the_checker_refuses_a_release_marked_bad_without_release_evidence() {
-    let s = Scenario {
+/// One node on kernel 0 and one wave of one node, with nothing else scheduled.
+fn one_node() -> Scenario {
+    Scenario {
         kernels: 1,
         nodes: vec![NodePlan {
             kernel: 0,
@@ -852,7 +809,33 @@ fn the_checker_refuses_a_release_marked_bad_without_release_evidence() {
         pinned: None,
         step_seconds: 20,
         lost_status: vec![],
-    };
+    }
+}
+
+/// A wave fails on its only node, the status write recording the bad release is lost, and
+/// the node leaves the cluster before the next decision, taking its `Revert` (the other
+/// record of the bad release) with it.
+#[test]
+fn a_lost_status_write_then_the_failed_node_leaving_forgets_no_recorded_bad_release() {
+    let mut s = one_node();
+    s.kernels = 2;
+    let node = &mut s.nodes[0];
+    node.applied_v1 = false;
+    node.flap = Some((3, 2));
+    node.leave_at = Some(5);
+    node.work_ticks = 3;
+    s.lost_status = vec![4];
+    if let Err(error) = run(&s) {
+        panic!("{error}");
+    }
+}
+
+/// The checker's node-life invariant fails on a mutant decision: a release marked bad while
+/// no node reports a release's fault on it (as an engine that blamed a download failure or
+/// a NotReady node would do).
+#[test]
+fn the_checker_refuses_a_release_marked_bad_without_release_evidence() {
+    let s = one_node();
     let mut sim = build(&s);
     sim.nodes[0].faults.insert(id(0, 3), Fault::Download);
     for _ in 0..4 {

@@ -159,11 +159,7 @@ async fn status_goes_to_the_status_subresource() {
 #[tokio::test]
 async fn every_node_write_is_tried_and_a_failure_is_reported() {
     let (client, mut handle) = mock_client();
-    let writes = vec![
-        write("n1", Some(desired()), Some("1")),
-        write("n2", Some(desired()), Some("2")),
-        write("n3", None, Some("3")),
-    ];
+    let writes = three_writes();
     let server = tokio::spawn(async move {
         let mut nodes = Vec::new();
         for _ in 0..3 {
@@ -239,11 +235,7 @@ async fn a_status_written_over_a_changed_policy_is_a_conflict() {
 #[tokio::test]
 async fn conflicting_nodes_are_listed_and_the_others_written() {
     let (client, mut handle) = mock_client();
-    let writes = vec![
-        write("n1", Some(desired()), Some("1")),
-        write("n2", Some(desired()), Some("2")),
-        write("n3", None, Some("3")),
-    ];
+    let writes = three_writes();
     let server = tokio::spawn(async move {
         for _ in 0..3 {
             answer_with(&mut handle, |seen| {
@@ -358,4 +350,13 @@ async fn losing_the_lease_mid_batch_withholds_the_writes_not_yet_sent() {
         "{answered} writes were sent, at most the {NODE_WRITE_CONCURRENCY} already under way may be"
     );
     assert_eq!(outcome.withheld, 20 - answered);
+}
+
+/// Two nodes handed a request and one cleared, each at its own resourceVersion.
+fn three_writes() -> Vec<SpecWrite> {
+    vec![
+        write("n1", Some(desired()), Some("1")),
+        write("n2", Some(desired()), Some("2")),
+        write("n3", None, Some("3")),
+    ]
 }

@@ -296,19 +296,7 @@ pub fn decide(input: &EngineInput) -> Decision {
         });
     }
     for (release, reason, nodes) in revoked {
-        outcome.events.push(RolloutEvent::ReleaseMarkedBad {
-            release: release.clone(),
-            reason: reason.clone(),
-        });
-        outcome.events.push(RolloutEvent::RevertStarted {
-            release: release.clone(),
-            nodes,
-        });
-        outcome.new_bad.push(kpersist_crds::BadRelease {
-            release,
-            reason,
-            marked_at: input.now.to_string(),
-        });
+        outcome.mark_bad(release, reason, nodes, input.now);
     }
     pause_events(&previous, &mut outcome);
 

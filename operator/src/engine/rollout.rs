@@ -48,6 +48,25 @@ pub(crate) struct Outcome {
     pub note: Option<String>,
 }
 
+impl Outcome {
+    /// Records `release` as bad for `reason`, with `nodes` nodes sent back from it.
+    pub(crate) fn mark_bad(&mut self, release: String, reason: String, nodes: u32, now: Timestamp) {
+        self.events.push(RolloutEvent::ReleaseMarkedBad {
+            release: release.clone(),
+            reason: reason.clone(),
+        });
+        self.events.push(RolloutEvent::RevertStarted {
+            release: release.clone(),
+            nodes,
+        });
+        self.new_bad.push(BadRelease {
+            release,
+            reason,
+            marked_at: now.to_string(),
+        });
+    }
+}
+
 /// Runs one step. Marks nodes handed a release as members and nodes holding a release
 /// marked bad now as needing a revert, so the caller writes what `facts` say.
 pub(crate) fn run(step: &Step<'_>, facts: &mut [NodeFacts<'_>]) -> Outcome {
@@ -455,20 +474,12 @@ fn revert(
 ) {
     for release in blamed {
         let nodes = take_back(facts, &release);
-        let why = format!("wave {wave} failed: {reason}");
-        out.events.push(RolloutEvent::ReleaseMarkedBad {
-            release: release.clone(),
-            reason: why.clone(),
-        });
-        out.events.push(RolloutEvent::RevertStarted {
-            release: release.clone(),
-            nodes,
-        });
-        out.new_bad.push(BadRelease {
+        out.mark_bad(
             release,
-            reason: why,
-            marked_at: step.now.to_string(),
-        });
+            format!("wave {wave} failed: {reason}"),
+            nodes,
+            step.now,
+        );
     }
     out.phase = PolicyPhase::RollingBack;
     out.rollout = None;
