@@ -19,7 +19,7 @@ use tokio::time::Instant;
 
 use super::Context;
 use super::{select, status, write};
-use crate::engine::{self, EngineInput, GateVerdict};
+use crate::engine::{self, EngineInput, GateVerdict, RolloutEvent};
 use crate::error::Error;
 use crate::gate;
 use crate::repository::{RepositorySource, keys, poll_repository};
@@ -342,6 +342,7 @@ async fn evaluate_gate(
 /// another policy or a person asks for.
 async fn cleanup(policy: Arc<LivePatchPolicy>, ctx: Arc<Context>) -> Result<Action, Error> {
     let name = policy.name_any();
+    finish_reverts(&ctx, &policy).await;
     let cleared = clear_all(&ctx, &name).await?;
     tracing::info!(
         cleared,
@@ -351,6 +352,31 @@ async fn cleanup(policy: Arc<LivePatchPolicy>, ctx: Arc<Context>) -> Result<Acti
     ctx.gates.forget(&name);
     ctx.metrics.forget_policy(&name);
     Ok(Action::await_change())
+}
+
+/// How long deleting a policy waits for the reverts it asked for: past it, a node that has
+/// not finished is left to its agent (the request is cleared, the patch stays).
+const REVERT_WAIT: Duration = Duration::from_secs(600);
+
+/// Waits until every revert `policy` asked for has finished, so that deleting a policy
+/// while it rolls back does not leave nodes on the bad release; says so in an Event.
+async fn finish_reverts(ctx: &Context, policy: &LivePatchPolicy) {
+    let name = policy.name_any();
+    let started = Instant::now();
+    let mut announced = false;
+    loop {
+        let nodes = select::pending_reverts(&ctx.lpns.state(), &name);
+        if nodes == 0 || started.elapsed() > REVERT_WAIT {
+            return;
+        }
+        if !announced && write::leads(&ctx.leading) {
+            ctx.events
+                .publish(policy, &[RolloutEvent::DeletionWaitsForReverts { nodes }])
+                .await;
+            announced = true;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
 }
 
 /// Clears `spec.desired` on every LivePatchNode that names `policy`, each on condition

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Node, NodeCondition, NodeSpec, NodeStatus, NodeSystemInfo};
-use kpersist_crds::{LivePatchNode, LivePatchPolicy};
+use kpersist_crds::{LivePatchNode, LivePatchPolicy, NodePatchState, PatchAction};
 use kube::ResourceExt;
 use kube::core::{Selector, SelectorExt};
 
@@ -133,6 +133,27 @@ pub fn policies_for_node(
     names.dedup();
     tracing::trace!(node, ?names, "node change maps to policies");
     names
+}
+
+/// How many LivePatchNodes `policy` asked to revert have not finished (the agent has not
+/// observed the request yet, or is still reverting).
+pub fn pending_reverts(lpns: &[std::sync::Arc<LivePatchNode>], policy: &str) -> u32 {
+    let pending = lpns
+        .iter()
+        .filter(|lpn| {
+            lpn.spec
+                .desired
+                .as_ref()
+                .is_some_and(|d| d.policy == policy && d.action == PatchAction::Revert)
+        })
+        .filter(|lpn| {
+            lpn.status.as_ref().is_none_or(|s| {
+                s.observed_generation != lpn.metadata.generation
+                    || s.state == Some(NodePatchState::Reverting)
+            })
+        })
+        .count();
+    u32::try_from(pending).unwrap_or(u32::MAX)
 }
 
 /// Drops what the controller never reads from a Node: at 10,000 nodes the images list and

@@ -234,3 +234,51 @@ fn node_views_share_the_stores_live_patch_nodes() {
         stored.as_ref().unwrap()
     ));
 }
+
+#[test]
+fn pending_reverts_are_the_policys_reverts_its_agents_have_not_finished() {
+    let revert = |name: &str, policy: &str, observed: Option<i64>, state: &str| {
+        let object: LivePatchNode = serde_json::from_value(json!({
+            "apiVersion": "kpersist.io/v1alpha1",
+            "kind": "LivePatchNode",
+            "metadata": {"name": name, "generation": 2},
+            "spec": {"desired": {"policy": policy, "action": "Revert"}},
+            "status": {"observedGeneration": observed, "state": state},
+        }))
+        .unwrap();
+        Arc::new(object)
+    };
+    let lpns = vec![
+        revert("unseen", "web", Some(1), "Applied"),
+        revert("reverting", "web", Some(2), "Reverting"),
+        revert("done", "web", Some(2), "Applied"),
+        revert("other-policy", "db", Some(1), "Reverting"),
+        Arc::new(lpn("applying", Some("web"))),
+    ];
+    assert_eq!(pending_reverts(&lpns, "web"), 2);
+    assert_eq!(pending_reverts(&lpns, "db"), 1);
+    assert_eq!(pending_reverts(&lpns, "none"), 0);
+}
+
+#[test]
+fn a_cordoned_or_deleting_node_is_leaving_and_not_ready_since_comes_from_its_condition() {
+    let mut n = node("a", json!({}), false);
+    assert!(!node_leaving(&n));
+    n.spec = Some(k8s_openapi::api::core::v1::NodeSpec {
+        unschedulable: Some(true),
+        ..Default::default()
+    });
+    assert!(node_leaving(&n));
+    trim_node(&mut n);
+    assert!(node_leaving(&n), "trimming keeps the cordon");
+    let since = jiff::Timestamp::from_second(1_700_000_000).unwrap();
+    if let Some(c) = n
+        .status
+        .as_mut()
+        .and_then(|s| s.conditions.as_mut())
+        .and_then(|c| c.first_mut())
+    {
+        c.last_transition_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(since));
+    }
+    assert_eq!(node_not_ready_since(&n), Some(since));
+}

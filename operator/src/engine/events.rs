@@ -30,6 +30,9 @@ pub enum RolloutEvent {
     RolloutResumed,
     /// The policy failed validation.
     PolicyInvalid { errors: Vec<String> },
+    /// The policy is being deleted and waits for the reverts it asked for to finish before
+    /// it lets go of its nodes.
+    DeletionWaitsForReverts { nodes: u32 },
     /// A node reported a release's fault outside the rollout that judged the release.
     LateFailure {
         node: String,
@@ -54,6 +57,7 @@ impl RolloutEvent {
             Self::RolloutResumed => "RolloutResumed",
             Self::PolicyInvalid { .. } => "InvalidPolicy",
             Self::LateFailure { .. } => "LateFailure",
+            Self::DeletionWaitsForReverts { .. } => "DeletionWaitsForReverts",
         }
     }
 
@@ -105,6 +109,10 @@ impl RolloutEvent {
             Self::PolicyInvalid { errors } => format!(
                 "policy is invalid and nothing is rolled out until it is fixed: {}",
                 errors.join("; ")
+            ),
+            Self::DeletionWaitsForReverts { nodes } => format!(
+                "deleting: waiting for {nodes} node(s) to finish going back from a bad \
+                 release before clearing this policy's requests (loaded patches stay)"
             ),
             Self::LateFailure {
                 node,
