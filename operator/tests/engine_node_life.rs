@@ -302,3 +302,54 @@ fn nodes_selected_by_two_policies_keep_ready_false() {
     assert_eq!(ready.reason, "Conflict");
     assert_eq!(asked(&sim, "node-02"), None);
 }
+
+#[test]
+fn each_kernel_builds_release_has_its_own_canary() {
+    let mut spec = policy_spec();
+    spec.rollout.waves = waves(&[(Some(1), None, "10m"), (None, Some(100), "0s")]);
+    spec.rollout.max_in_flight = 10;
+    let nodes = (0..6)
+        .map(|i| SimNode::new(&format!("node-{i:02}"), i % 2, Some(1)))
+        .collect();
+    let t = start_time();
+    let releases = (0..2)
+        .flat_map(|k| (1..=2).map(move |v| release(k, v, t)))
+        .collect();
+    let mut sim = Sim::new(spec, nodes, releases);
+    let mut first_seen: std::collections::BTreeMap<String, jiff::Timestamp> = Default::default();
+    for _ in 0..60 {
+        let d = sim.step(60);
+        for (_, desired) in &d.desired {
+            if let Some(r) = desired.as_ref().and_then(|d| d.release.as_ref()) {
+                first_seen.entry(r.id.clone()).or_insert(sim.now);
+            }
+        }
+        // Until a node has run a build's release for the canary bake, one node has it.
+        for k in 0..2 {
+            let holders = sim
+                .nodes
+                .iter()
+                .filter(|n| {
+                    n.desired()
+                        .and_then(|d| d.release.as_ref())
+                        .is_some_and(|r| r.id == id(k, 2))
+                })
+                .count();
+            let proven = first_seen
+                .get(&id(k, 2))
+                .is_some_and(|at| sim.now.duration_since(*at).as_secs() >= 11 * 60);
+            assert!(
+                proven || holders <= 1,
+                "{} on {holders} nodes before its canary baked",
+                id(k, 2)
+            );
+        }
+        if sim.phase() == Some(PolicyPhase::Complete) && sim.nodes.iter().all(SimNode::settled) {
+            break;
+        }
+    }
+    assert_eq!(sim.phase(), Some(PolicyPhase::Complete));
+    for (i, node) in sim.nodes.iter().enumerate() {
+        assert_eq!(node.applied_id(), Some(id(i % 2, 2)));
+    }
+}

@@ -380,6 +380,7 @@ fn check_decision(
             decision.desired
         );
     }
+    first_exposures_within_the_canary(sim, memory, decision)?;
     for (name, desired) in &decision.desired {
         prop_assert!(
             allowed.contains(name.as_str()),
@@ -456,6 +457,92 @@ fn check_decision(
 }
 
 /// The bad releases the policy status holds.
+/// No release runs for the first time on more nodes than the canary wave has: a decision
+/// that hands a release out while no node has run it for the canary wave's bake leaves at
+/// most the canary wave's size of nodes applying or running it (counted over every selected node, an
+/// upper bound of the rollout's population).
+fn first_exposures_within_the_canary(
+    sim: &Sim,
+    memory: &Memory,
+    decision: &Decision,
+) -> Result<(), TestCaseError> {
+    let spec = &sim.policy.spec.rollout;
+    let selected = sim.nodes.iter().filter(|n| !n.unselected).count();
+    let single_wave = spec.waves.len() == 1 && spec.waves[0].percent == Some(100);
+    if single_wave || spec.dry_run {
+        return Ok(());
+    }
+    let first = &spec.waves[0];
+    let canary = match (first.nodes, first.percent) {
+        (Some(n), _) => n as usize,
+        (None, p) => (selected * p.unwrap_or(100) as usize).div_ceil(100),
+    };
+    let bake = parse_duration(&first.bake).unwrap_or_default();
+    let written: BTreeMap<&str, &Option<kpersist_crds::DesiredPatch>> = decision
+        .desired
+        .iter()
+        .map(|(n, d)| (n.as_str(), d))
+        .collect();
+    let mut holders: BTreeMap<String, usize> = BTreeMap::new();
+    let mut baked: BTreeSet<String> = BTreeSet::new();
+    for node in sim.nodes.iter().filter(|n| !n.unselected) {
+        let status = node.view.lpn.as_ref().and_then(|l| l.status.as_ref());
+        let running = status
+            .filter(|s| {
+                matches!(
+                    s.state,
+                    Some(
+                        NodePatchState::Applied
+                            | NodePatchState::Downloading
+                            | NodePatchState::Applying
+                    )
+                )
+            })
+            .and_then(|s| s.applied.as_ref());
+        if let Some(applied) = running {
+            let since = applied
+                .applied_at
+                .as_deref()
+                .and_then(|t| t.parse::<Timestamp>().ok());
+            if since.is_none_or(|t| t.checked_add(bake).is_ok_and(|end| end <= sim.now)) {
+                baked.insert(applied.id.clone());
+            }
+            *holders.entry(applied.id.clone()).or_default() += 1;
+        }
+        let desired = match written.get(node.view.name.as_str()) {
+            Some(d) => d.as_ref(),
+            None => node.desired(),
+        };
+        let asked = desired
+            .filter(|d| d.action == PatchAction::Apply)
+            .and_then(|d| d.release.as_ref())
+            .map(|r| r.id.clone())
+            .filter(|id| running.is_none_or(|a| &a.id != id));
+        let new_request = written.contains_key(node.view.name.as_str());
+        let applying = new_request || (!node.settled() && !memory.freed.contains(&node.view.name));
+        if let (Some(id), true) = (asked, applying) {
+            *holders.entry(id).or_default() += 1;
+        }
+    }
+    let handed: BTreeSet<String> = decision
+        .desired
+        .iter()
+        .filter_map(|(_, d)| d.as_ref())
+        .filter(|d| d.action == PatchAction::Apply)
+        .filter_map(|d| d.release.as_ref().map(|r| r.id.clone()))
+        .collect();
+    for (release, count) in holders.into_iter().filter(|(r, _)| handed.contains(r)) {
+        prop_assert!(
+            baked.contains(&release) || count <= canary.max(1),
+            "{} runs for the first time on {} nodes, more than the canary's {}",
+            release,
+            count,
+            canary
+        );
+    }
+    Ok(())
+}
+
 /// Whether a node reports a release's fault on `release` (the kernel refused it, its
 /// transition stalled, it tainted, the node crashed with it), or holds a revert from it (a
 /// decision whose status write was lost marked it bad).
@@ -856,5 +943,32 @@ fn the_checker_refuses_a_release_marked_bad_without_release_evidence() {
             .to_string()
             .contains("no node reporting a release's fault")),
         "the checker accepted a release marked bad on a download failure"
+    );
+}
+
+/// The first-exposure invariant fails on a mutant decision that hands a new release to
+/// every node at once.
+#[test]
+fn the_checker_refuses_a_first_exposure_past_the_canary() {
+    let mut s = one_node();
+    let node = s.nodes[0].clone();
+    s.nodes = vec![node; 3];
+    s.waves = vec![(false, 0, 10), (true, 100, 0)];
+    s.max_in_flight = 3;
+    let sim = build(&s);
+    let honest = sim.decide();
+    assert_eq!(honest.desired.len(), 1, "the canary wave takes one node");
+    assert!(check_decision(&sim, &mut Memory::default(), &honest).is_ok());
+    let mut mutant = honest.clone();
+    let template = honest.desired[0].1.clone();
+    mutant.desired = sim
+        .nodes
+        .iter()
+        .map(|n| (n.view.name.clone(), template.clone()))
+        .collect();
+    let refused = check_decision(&sim, &mut Memory::default(), &mutant);
+    assert!(
+        refused.is_err_and(|e| e.to_string().contains("more than the canary's 1")),
+        "the checker accepted a release handed to every node at once"
     );
 }

@@ -88,6 +88,7 @@
 //! pin changed to another version, or the release left the channel or the index.
 
 mod events;
+mod exposure;
 mod failure;
 mod late;
 mod nodes;
@@ -338,6 +339,10 @@ pub fn decide(input: &EngineInput) -> Decision {
     let until = |at: jiff::Timestamp| Duration::try_from(at.duration_since(input.now)).ok();
     let requeue_after = [
         outcome.requeue,
+        // During a bake the wave itself holds nodes back, and the bake's end wakes us.
+        outcome
+            .proven_in
+            .filter(|_| outcome.phase == PolicyPhase::Progressing),
         targets.next_eligible.and_then(until),
         facts.iter().filter_map(|f| f.wake_at).min().and_then(until),
     ]

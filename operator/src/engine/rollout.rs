@@ -9,6 +9,7 @@ use kpersist_crds::{
     BadRelease, FailurePolicy, LivePatchPolicyStatus, PlannedWave, PolicyPhase, RolloutProgress,
 };
 
+use super::exposure::Exposure;
 use super::failure::{describe, failing_releases, take_back, wave_failures};
 use super::nodes::{NodeFacts, Progress, Standing};
 use super::settings::Settings;
@@ -43,6 +44,8 @@ pub(crate) struct Outcome {
     pub new_bad: Vec<BadRelease>,
     pub events: Vec<RolloutEvent>,
     pub requeue: Option<Duration>,
+    /// When a release whose canary is baking is proven, so more nodes may get it.
+    pub proven_in: Option<Duration>,
     pub planned: Vec<PlannedWave>,
     /// What the rollout waits for or why it stopped, for the conditions.
     pub note: Option<String>,
@@ -77,6 +80,7 @@ pub(crate) fn run(step: &Step<'_>, facts: &mut [NodeFacts<'_>]) -> Outcome {
         new_bad: Vec::new(),
         events: Vec::new(),
         requeue: None,
+        proven_in: None,
         planned: Vec::new(),
         note: None,
         last_wave: step.previous.last_wave,
@@ -106,7 +110,26 @@ pub(crate) fn run(step: &Step<'_>, facts: &mut [NodeFacts<'_>]) -> Outcome {
     let settings = step.settings;
     let rules = &settings.waves;
     let waves = wave_count(rules);
-    let startable = startable_in_order(facts);
+    // Each release's first nodes are its canary, whatever wave the rollout is in.
+    let canary = quota(rules, 1, population_of(facts));
+    let mut exposure = Exposure::new(facts, canary, bake(rules, 1), step.now);
+    let ready = startable_in_order(facts);
+    let ready_count = ready.len();
+    let startable: Vec<usize> = ready
+        .into_iter()
+        .filter(|&i| {
+            // A dry run plans every node; the plan shows waves, not first exposures.
+            settings.dry_run
+                || facts[i]
+                    .target
+                    .as_ref()
+                    .is_none_or(|t| exposure.admit(t.id.as_str()))
+        })
+        .collect();
+    // Nodes waiting for their release's canary to bake: a wave that would take them is not
+    // fully handed out until they are.
+    let held = ready_count - startable.len();
+    out.proven_in = exposure.wake_at().map(|at| until(step.now, at));
     let needing = facts
         .iter()
         .filter(|f| matches!(f.standing, Standing::Needing { .. }))
@@ -276,7 +299,7 @@ pub(crate) fn run(step: &Step<'_>, facts: &mut [NodeFacts<'_>]) -> Outcome {
             in_flight += take;
             assigned += take;
         }
-        let fully_assigned = assigned >= wanted || next >= startable.len();
+        let fully_assigned = assigned >= wanted || (next >= startable.len() && held == 0);
         let mut wave_nodes = facts.iter().filter_map(|f| match &f.standing {
             Standing::Member { wave: w, progress } if *w == wave => Some(progress),
             _ => None,
@@ -349,6 +372,20 @@ pub(crate) fn run(step: &Step<'_>, facts: &mut [NodeFacts<'_>]) -> Outcome {
         &startable[next..],
     );
     out
+}
+
+/// The nodes a rollout counts its waves over: those handed a release of it and those that
+/// still need one.
+fn population_of(facts: &[NodeFacts<'_>]) -> usize {
+    facts
+        .iter()
+        .filter(|f| {
+            matches!(
+                f.standing,
+                Standing::Member { .. } | Standing::Needing { .. }
+            )
+        })
+        .count()
 }
 
 /// The offset a new rollout's wave numbers carry on nodes: past every wave number an

@@ -381,7 +381,10 @@ impl SimNode {
                 status.last_error = None;
             }
             (PatchAction::Apply, None) => {
-                status.applied = release.as_ref().map(|r| applied_release(&r.id, r.version));
+                status.applied = release.as_ref().map(|r| AppliedRelease {
+                    applied_at: Some(now.to_string()),
+                    ..applied_release(&r.id, r.version)
+                });
                 status.state = Some(NodePatchState::Applied);
                 status.last_error = None;
             }
