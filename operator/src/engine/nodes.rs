@@ -6,7 +6,9 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use jiff::Timestamp;
-use kpersist_crds::{Blame, DesiredPatch, LivePatchNodeStatus, NodePatchState, PatchAction};
+use kpersist_crds::{
+    Blame, DesiredPatch, LivePatchNodeStatus, NodeErrorReason, NodePatchState, PatchAction,
+};
 
 use super::NodeView;
 use super::order::rollout_order;
@@ -141,8 +143,13 @@ pub(crate) struct Context<'a> {
     pub node_deadline: Duration,
 }
 
-/// How long a node with a node problem waits before it is asked again.
+/// How long a node with a passing problem (a failed download, a host error) waits before
+/// it is asked again.
 pub(crate) const NODE_RETRY: Duration = Duration::from_secs(30 * 60);
+/// How long a node with a problem that needs a person (another tool's livepatch, lockdown,
+/// a leftover module, a forged request) waits before it is asked again, in case the
+/// person has acted.
+pub(crate) const NODE_RETRY_SLOW: Duration = Duration::from_secs(6 * 3600);
 
 /// The rollout in progress: how many waves it has, its releases, and the offset its wave
 /// numbers carry on nodes (`status.rollout.waveOffset`).
@@ -460,16 +467,25 @@ fn silent_or_stuck(observed: bool) -> String {
 
 /// Whether a node problem reported by the agent is old enough to ask the node again.
 fn retry_due(facts: &mut NodeFacts<'_>, status: &LivePatchNodeStatus, ctx: &Context<'_>) -> bool {
-    let Some(at) = status
+    let Some(error) = status
         .last_error
         .as_ref()
         .filter(|e| e.reason.blame() == Blame::Node)
-        .and_then(|e| e.at.as_deref())
+    else {
+        return false;
+    };
+    let Some(at) = error
+        .at
+        .as_deref()
         .and_then(|t| t.parse::<Timestamp>().ok())
     else {
         return false;
     };
-    let due = at.checked_add(NODE_RETRY).unwrap_or(at);
+    let wait = match error.reason {
+        NodeErrorReason::DownloadFailed | NodeErrorReason::HostError => NODE_RETRY,
+        _ => NODE_RETRY_SLOW,
+    };
+    let due = at.checked_add(wait).unwrap_or(at);
     facts.wake(due, ctx.now);
     ctx.now >= due
 }
