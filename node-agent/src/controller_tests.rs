@@ -2,6 +2,7 @@
 //! and adopting the object, and server-side apply of status after a reconcile.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
 use kpersist_crds::{NodeError, NodeErrorReason};
@@ -176,11 +177,4 @@ fn timestamps_alone_do_not_make_a_new_status() {
     assert!(same_status(&a, &b));
     b.state = Some(NodePatchState::Applied);
     assert!(!same_status(&a, &b));
-}
-
-#[test]
-fn backoff_grows_and_is_capped() {
-    assert_eq!(backoff(0), Duration::from_millis(500));
-    assert_eq!(backoff(2), Duration::from_secs(2));
-    assert_eq!(backoff(20), Duration::from_secs(30));
 }
