@@ -2,6 +2,10 @@
 //! another tool, another tool's patch appearing later; and liveness when the kernel's
 //! livepatch interface cannot be read.
 
+// Test code: a failed unwrap, expect or panic is the test's report. clippy.toml exempts
+// #[test] functions only, not the helpers of an integration test crate.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use common::{Harness, harness};
