@@ -169,6 +169,12 @@ impl<K: Kernel + Clone + 'static> NodeController<K> {
         &self,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), AgentError> {
+        // The kernel is read from the start, so that `/healthz` holds while the API is slow.
+        let changed = Arc::new(Notify::new());
+        let _observer = observe::Background(tokio::spawn(observe::watch_kernel(
+            self.engine.clone(),
+            changed.clone(),
+        )));
         let lpn = self.ensure_object().await?;
         let mut prior = lpn.status.clone();
         if let Some(report) = self.engine.recover().await {
@@ -186,11 +192,6 @@ impl<K: Kernel + Clone + 'static> NodeController<K> {
         let config = watcher::Config::default().fields(&format!("metadata.name={}", self.name));
         let events =
             watcher::watcher(self.api.clone(), config).backoff(crate::backoff::watch_restart());
-        let changed = Arc::new(Notify::new());
-        let _observer = observe::Background(tokio::spawn(observe::watch_kernel(
-            self.engine.clone(),
-            changed.clone(),
-        )));
         let liveness = self.engine.liveness().clone();
         liveness.watch_ok(Instant::now());
         tokio::pin!(events);
