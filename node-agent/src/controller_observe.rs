@@ -58,6 +58,11 @@ impl<K: Kernel + Clone + 'static> NodeController<K> {
         let status = match self.engine.drift(prior).await {
             Ok(Some(report)) => self.engine.status(&report, generation, Some(prior)).await,
             Ok(None) if refresh => {
+                // A status of an earlier boot waits for the reconcile of the first event.
+                let boot = self.engine.observe().await.ok().map(|o| o.boot_id);
+                if boot.is_none() || boot != prior.boot_id {
+                    return None;
+                }
                 let report = Report::from_status(prior);
                 self.engine.status(&report, generation, Some(prior)).await
             }

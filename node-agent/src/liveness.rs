@@ -18,6 +18,23 @@ pub const MAX_OBSERVATION_AGE: Duration = Duration::from_secs(120);
 /// and restarting them all would not bring it back sooner.
 pub const MAX_WATCH_FAILING: Duration = Duration::from_secs(600);
 
+/// A watch that fails retries within a minute (its jittered backoff waits 60 s at most), so
+/// it reports an error at least that often while it keeps failing; one quiet for this long
+/// since its last error has come back (a watch restarted on an unchanged object delivers
+/// nothing).
+pub const WATCH_QUIET_AFTER_FAILING: Duration = Duration::from_secs(120);
+
+/// A run of watch failures with nothing delivered in between.
+#[derive(Clone, Debug)]
+pub struct WatchFailure {
+    /// The first failure of the run.
+    pub since: Instant,
+    /// The latest failure.
+    pub last: Instant,
+    /// The latest error.
+    pub error: String,
+}
+
 /// What the agent's tasks saw last.
 #[derive(Clone, Debug)]
 pub struct Record {
@@ -29,8 +46,8 @@ pub struct Record {
     pub observe_error: Option<String>,
     /// When the watch last delivered something (an event, a list).
     pub watch_ok: Option<Instant>,
-    /// Since when and with what the watch fails without delivering anything.
-    pub watch_failing: Option<(Instant, String)>,
+    /// The watch's failures since it last delivered something.
+    pub watch_failing: Option<WatchFailure>,
 }
 
 /// The shared liveness record.
@@ -84,12 +101,21 @@ impl Liveness {
         });
     }
 
-    /// The watch failed at `at` with `error`; the first failure in a row is kept.
+    /// The watch failed at `at` with `error`.
     pub fn watch_failed(&self, at: Instant, error: String) {
         self.update(|r| {
-            if r.watch_failing.is_none() {
-                r.watch_failing = Some((at, error));
-            }
+            let since = match &r.watch_failing {
+                // Quiet for long since the last failure: it came back meanwhile.
+                Some(f) if at.saturating_duration_since(f.last) <= WATCH_QUIET_AFTER_FAILING => {
+                    f.since
+                }
+                _ => at,
+            };
+            r.watch_failing = Some(WatchFailure {
+                since,
+                last: at,
+                error,
+            });
         });
     }
 
@@ -111,7 +137,8 @@ pub struct NotLive {
 
 /// Judges `record` at `now`: the last kernel read must have succeeded and be younger than
 /// [`MAX_OBSERVATION_AGE`] (counted from the start until there is one), and the watch must
-/// not have failed for longer than [`MAX_WATCH_FAILING`] since it last delivered.
+/// not have kept failing for longer than [`MAX_WATCH_FAILING`]: failures with nothing
+/// delivered in between, the latest within [`WATCH_QUIET_AFTER_FAILING`].
 pub fn assess(record: &Record, now: Instant) -> Result<(), NotLive> {
     if let Some(error) = &record.observe_error {
         return Err(NotLive {
@@ -136,9 +163,10 @@ pub fn assess(record: &Record, now: Instant) -> Result<(), NotLive> {
             ),
         });
     }
-    if let Some((from, error)) = &record.watch_failing {
-        let failing = now.saturating_duration_since(*from);
-        if failing > MAX_WATCH_FAILING {
+    if let Some(WatchFailure { since, last, error }) = &record.watch_failing {
+        let failing = now.saturating_duration_since(*since);
+        let still = now.saturating_duration_since(*last) <= WATCH_QUIET_AFTER_FAILING;
+        if still && failing > MAX_WATCH_FAILING {
             return Err(NotLive {
                 reason: "WatchFailing",
                 message: format!(
@@ -196,19 +224,37 @@ mod tests {
         let t0 = Instant::now();
         let live = Liveness::new(t0);
         live.watch_ok(t0);
-        live.watch_failed(at(t0, 10), "connection refused".into());
-        live.watch_failed(at(t0, 300), "connection refused again".into());
+        for secs in (10..=610).step_by(60) {
+            live.watch_failed(at(t0, secs), format!("connection refused at {secs}"));
+        }
         live.observed(at(t0, 600), None);
         assert_eq!(live.check(at(t0, 610)), Ok(()));
         live.observed(at(t0, 611), None);
         let e = live.check(at(t0, 611)).unwrap_err();
         assert_eq!(e.reason, "WatchFailing");
         assert!(
-            e.message.contains("601s") && e.message.contains("connection refused"),
+            e.message.contains("601s") && e.message.contains("connection refused at 610"),
             "{}",
             e.message
         );
         live.watch_ok(at(t0, 612));
         assert_eq!(live.check(at(t0, 612)), Ok(()));
+    }
+
+    #[test]
+    fn a_watch_quiet_since_its_last_failure_has_come_back() {
+        let t0 = Instant::now();
+        let live = Liveness::new(t0);
+        live.watch_failed(t0, "connection reset".into());
+        // Restarted on an unchanged object: nothing is delivered, no error either.
+        live.observed(at(t0, 700), None);
+        assert_eq!(live.check(at(t0, 700)), Ok(()));
+        // A failure long after starts a new run rather than extending the old one.
+        live.watch_failed(at(t0, 700), "connection reset".into());
+        assert_eq!(live.check(at(t0, 700)), Ok(()));
+        assert_eq!(
+            live.record().watch_failing.map(|f| f.since),
+            Some(at(t0, 700))
+        );
     }
 }
