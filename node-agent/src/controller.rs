@@ -3,7 +3,8 @@
 //! server-side apply. Every API call is retried with jittered backoff; the API is never
 //! polled, the kernel is re-read every 30 s and status written only when it changed. A
 //! desired release reaches the engine only after it verified against the signed index of
-//! the policy it names (see [`crate::trust`]); otherwise the node reports `UntrustedRelease` and loads nothing.
+//! the policy it names (see [`crate::trust`]); otherwise the node reports
+//! `UntrustedRelease` and loads nothing.
 
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
