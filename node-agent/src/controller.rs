@@ -1,12 +1,15 @@
 //! The Kubernetes side: create or adopt this node's `LivePatchNode` (owned by the Node),
 //! watch only that object, act on `spec.desired` through the engine, and write `status` with
-//! server-side apply. Every API call is retried with backoff; nothing polls. A desired release
-//! reaches the engine only after it verified against the signed index of the policy it names
-//! (see [`crate::trust`]); otherwise the node reports `UntrustedRelease` and loads nothing.
+//! server-side apply. Every API call is retried with jittered backoff; the API is never
+//! polled, the kernel is re-read every 30 s and status written only when it changed. A
+//! desired release reaches the engine only after it verified against the signed index of
+//! the policy it names (see [`crate::trust`]); otherwise the node reports
+//! `UntrustedRelease` and loads nothing.
 
-use std::sync::Mutex;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
+use backon::Retryable;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
@@ -20,35 +23,24 @@ use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use kube::{Client, Resource};
 use serde_json::json;
+use tokio::sync::Notify;
 
 use crate::engine::Engine;
 use crate::error::AgentError;
 use crate::fetch::Fetcher;
 use crate::status::Report;
 
-/// Backoff between retries of a failed API call: 0.5 s doubling up to 30 s.
-fn backoff(attempt: u32) -> Duration {
-    Duration::from_millis(500u64.saturating_mul(1 << attempt.min(6))).min(Duration::from_secs(30))
-}
-
-/// Runs `call` until it succeeds, `attempts` times at most, with backoff in between.
-async fn retry<T, F, Fut>(what: &str, attempts: u32, mut call: F) -> Result<T, kube::Error>
+/// Runs `call` until it succeeds, retrying a transient failure `retries` times at most,
+/// with jittered waits in between ([`crate::backoff::api_call`]).
+async fn retry<T, F, Fut>(what: &str, retries: usize, call: F) -> Result<T, kube::Error>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, kube::Error>>,
 {
-    let mut attempt = 0;
-    loop {
-        match call().await {
-            Ok(value) => return Ok(value),
-            Err(e) if attempt + 1 < attempts && is_transient(&e) => {
-                tracing::warn!(error = %e, attempt, "{what} failed; retrying");
-                tokio::time::sleep(backoff(attempt)).await;
-                attempt += 1;
-            }
-            Err(e) => return Err(e),
-        }
-    }
+    call.retry(crate::backoff::api_call(retries))
+        .when(is_transient)
+        .notify(|e, delay| tracing::warn!(error = %e, ?delay, "{what} failed; retrying"))
+        .await
 }
 
 /// Whether a failed call may succeed when repeated: not a refusal such as 403 or 422.
@@ -93,7 +85,7 @@ impl<K: Kernel + Clone + 'static> NodeController<K> {
     /// API server keeps one field set per manager for the object and its status together, so
     /// an apply here would drop the agent's ownership of its status fields.
     pub async fn ensure_object(&self) -> Result<LivePatchNode, AgentError> {
-        let node = retry("reading the Node", 8, || self.nodes.get_opt(&self.name)).await?;
+        let node = retry("reading the Node", 7, || self.nodes.get_opt(&self.name)).await?;
         let node = node.ok_or_else(|| AgentError::NodeNotFound(self.name.clone()))?;
         let owner = OwnerReference {
             api_version: "v1".into(),
@@ -107,7 +99,7 @@ impl<K: Kernel + Clone + 'static> NodeController<K> {
             ..PatchParams::default()
         };
         loop {
-            let existing = retry("reading the LivePatchNode", 8, || {
+            let existing = retry("reading the LivePatchNode", 7, || {
                 self.api.get_opt(&self.name)
             })
             .await?;
@@ -134,7 +126,7 @@ impl<K: Kernel + Clone + 'static> NodeController<K> {
             }
             owners.push(owner.clone());
             let patch = Patch::Merge(json!({ "metadata": { "ownerReferences": owners } }));
-            let adopted = retry("adopting the LivePatchNode", 8, || {
+            let adopted = retry("adopting the LivePatchNode", 7, || {
                 self.api.patch(&self.name, &params, &patch)
             })
             .await;
@@ -165,7 +157,7 @@ impl<K: Kernel + Clone + 'static> NodeController<K> {
         });
         let params = PatchParams::apply(AGENT_MANAGER).force();
         let patch = Patch::Apply(body);
-        retry("writing status", 6, || {
+        retry("writing status", 5, || {
             self.api.patch_status(&self.name, &params, &patch)
         })
         .await?;
@@ -178,6 +170,12 @@ impl<K: Kernel + Clone + 'static> NodeController<K> {
         &self,
         shutdown: impl std::future::Future<Output = ()>,
     ) -> Result<(), AgentError> {
+        // The kernel is read from the start, so that `/healthz` holds while the API is slow.
+        let changed = Arc::new(Notify::new());
+        let _observer = observe::Background(tokio::spawn(observe::watch_kernel(
+            self.engine.clone(),
+            changed.clone(),
+        )));
         let lpn = self.ensure_object().await?;
         let mut prior = lpn.status.clone();
         if let Some(report) = self.engine.recover().await {
@@ -193,22 +191,36 @@ impl<K: Kernel + Clone + 'static> NodeController<K> {
             prior = Some(status);
         }
         let config = watcher::Config::default().fields(&format!("metadata.name={}", self.name));
-        let events = watcher::watcher(self.api.clone(), config).default_backoff();
+        let events =
+            watcher::watcher(self.api.clone(), config).backoff(crate::backoff::watch_restart());
+        let liveness = self.engine.liveness().clone();
+        liveness.watch_ok(Instant::now());
         tokio::pin!(events);
         tokio::pin!(shutdown);
         loop {
             let next = tokio::select! {
                 () = &mut shutdown => return Ok(()),
+                () = changed.notified() => {
+                    if let Some(status) = self.observed_status(prior.as_ref(), true).await {
+                        prior = Some(status);
+                    }
+                    continue;
+                }
                 next = events.next() => next,
             };
             let lpn = match next {
                 None => return Ok(()),
                 Some(Err(e)) => {
+                    liveness.watch_failed(Instant::now(), e.to_string());
                     tracing::warn!(error = %e, "watch of the LivePatchNode failed; the watcher retries");
                     continue;
                 }
-                Some(Ok(Event::Apply(lpn) | Event::InitApply(lpn))) => lpn,
+                Some(Ok(Event::Apply(lpn) | Event::InitApply(lpn))) => {
+                    liveness.watch_ok(Instant::now());
+                    lpn
+                }
                 Some(Ok(Event::Delete(_))) => {
+                    liveness.watch_ok(Instant::now());
                     // Deleted by hand while the Node lives: the node still needs its object.
                     tracing::warn!(node = %self.name, "LivePatchNode deleted; creating it again");
                     prior = None;
@@ -220,8 +232,17 @@ impl<K: Kernel + Clone + 'static> NodeController<K> {
                         }
                     }
                 }
-                Some(Ok(Event::Init | Event::InitDone)) => continue,
+                Some(Ok(Event::Init | Event::InitDone)) => {
+                    liveness.watch_ok(Instant::now());
+                    continue;
+                }
             };
+            // What changed in the kernel since the last status is reported before acting,
+            // so that the failure it makes holds a patch disabled by hand for this spec.
+            let last = prior.as_ref().or(lpn.status.as_ref());
+            if let Some(status) = self.observed_status(last, false).await {
+                prior = Some(status);
+            }
             match self.reconcile(&lpn, prior.as_ref()).await {
                 Ok(status) => prior = Some(status),
                 Err(e) => {
@@ -315,6 +336,9 @@ fn normalized(status: &LivePatchNodeStatus) -> LivePatchNodeStatus {
 
 #[path = "controller_trust.rs"]
 mod trust_gate;
+
+#[path = "controller_observe.rs"]
+mod observe;
 
 #[cfg(test)]
 #[path = "controller_tests.rs"]

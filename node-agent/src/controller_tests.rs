@@ -2,6 +2,7 @@
 //! and adopting the object, and server-side apply of status after a reconcile.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
 use kpersist_crds::{NodeError, NodeErrorReason};
@@ -178,9 +179,47 @@ fn timestamps_alone_do_not_make_a_new_status() {
     assert!(!same_status(&a, &b));
 }
 
-#[test]
-fn backoff_grows_and_is_capped() {
-    assert_eq!(backoff(0), Duration::from_millis(500));
-    assert_eq!(backoff(2), Duration::from_secs(2));
-    assert_eq!(backoff(20), Duration::from_secs(30));
+#[tokio::test]
+async fn kernel_reads_write_status_only_when_something_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (c, seen) = controller(dir.path(), |_| (StatusCode::OK, lpn(json!([]))));
+    let object: LivePatchNode = serde_json::from_value(lpn(json!([]))).unwrap();
+    let status = c.reconcile(&object, None).await.unwrap();
+    assert_eq!(seen.lock().unwrap().len(), 1);
+    // An idle node: the periodic read finds nothing new and writes nothing.
+    let same = c.observed_status(Some(&status), true).await.unwrap();
+    assert!(same_status(&same, &status));
+    assert_eq!(seen.lock().unwrap().len(), 1, "an idle read must not write");
+
+    // The livepatch directory cannot be read: Ready goes False once, with the reason.
+    let sim = c.engine.patcher().kernel.clone();
+    sim.set_livepatch_unreadable(true);
+    let unready = c.observed_status(Some(&same), true).await.unwrap();
+    let ready = |s: &LivePatchNodeStatus| {
+        let c = s.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+        (c.status.clone(), c.reason.clone())
+    };
+    assert_eq!(ready(&unready), ("False".into(), "KernelUnreadable".into()));
+    assert_eq!(unready.state, status.state, "the rest of the status stays");
+    assert_eq!(seen.lock().unwrap().len(), 2);
+    c.observed_status(Some(&unready), true).await.unwrap();
+    assert_eq!(seen.lock().unwrap().len(), 2, "unchanged: no second write");
+    {
+        let seen = seen.lock().unwrap();
+        let ready = &seen[1].body["status"]["conditions"][0];
+        assert_eq!(ready["reason"], "KernelUnreadable");
+        assert!(
+            ready["message"]
+                .as_str()
+                .unwrap()
+                .contains("/sys/kernel/livepatch"),
+            "{ready}"
+        );
+    }
+
+    // Readable again: Ready True again, written once.
+    sim.set_livepatch_unreadable(false);
+    let back = c.observed_status(Some(&unready), true).await.unwrap();
+    assert_eq!(ready(&back), ("True".into(), "AgentRunning".into()));
+    assert_eq!(seen.lock().unwrap().len(), 3);
 }

@@ -72,7 +72,7 @@ impl<K: Kernel + Clone + 'static> NodeController<K> {
     async fn policy(&self, desired: &DesiredPatch) -> Result<LivePatchPolicy, Failure> {
         let release = desired.release.as_ref().map_or("", |r| r.id.as_str());
         let name = &desired.policy;
-        match retry("reading the LivePatchPolicy", 4, || {
+        match retry("reading the LivePatchPolicy", 3, || {
             self.policies.get_opt(name)
         })
         .await
@@ -119,6 +119,7 @@ impl<K: Kernel + Clone + 'static> NodeController<K> {
             }),
             timings: None,
             notes: Vec::new(),
+            drift: Vec::new(),
         };
         let status = self.engine.status(&report, generation, prior).await?;
         if prior.is_none_or(|p| !same_status(p, &status)) {

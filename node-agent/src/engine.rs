@@ -8,7 +8,9 @@ use kpersist_crds::{DesiredPatch, LivePatchNodeStatus, NodePatchState, parse_dur
 use kpersist_kmod::kernel::Kernel;
 
 use crate::apply::{Action, Patcher, Progress, Request};
+use crate::drift::{find_drift, merge};
 use crate::error::AgentError;
+use crate::liveness::Liveness;
 use crate::metrics::Metrics;
 use crate::plan::{NodeView, Plan, hold_after_failure, plan};
 use crate::status::{HostRecords, Observation, Report, build_status, live_release};
@@ -23,6 +25,8 @@ pub struct Engine<K> {
     /// When the agent started, and whether an apply has ended Applied since.
     started: std::time::Instant,
     applied_since_start: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// What the agent's kernel reads and watch saw last, for `/healthz` and `Ready`.
+    liveness: Liveness,
 }
 
 /// The transition timeout used when `spec.desired.transitionTimeout` cannot be parsed.
@@ -33,13 +37,20 @@ const FALLBACK_PROBATION: Duration = Duration::from_secs(3600);
 impl<K: Kernel + Clone + 'static> Engine<K> {
     /// An engine over `patcher`, recording into `metrics`.
     pub fn new(patcher: Patcher<K>, metrics: Metrics) -> Engine<K> {
+        let started = std::time::Instant::now();
         Engine {
             patcher,
             metrics,
             extra_kpersist: Vec::new(),
-            started: std::time::Instant::now(),
+            started,
             applied_since_start: Default::default(),
+            liveness: Liveness::new(started),
         }
+    }
+
+    /// The liveness record every kernel read of [`Engine::observe`] updates.
+    pub fn liveness(&self) -> &Liveness {
+        &self.liveness
     }
 
     /// Also treats these module names as kpersist's (local mode: every name in the index).
@@ -75,8 +86,16 @@ impl<K: Kernel + Clone + 'static> Engine<K> {
         &self.patcher
     }
 
-    /// Reads what the kernel shows now.
+    /// Reads what the kernel shows now, and records in the liveness record whether that
+    /// worked.
     pub async fn observe(&self) -> Result<Observation, AgentError> {
+        let observation = self.read_kernel().await;
+        let error = observation.as_ref().err().map(ToString::to_string);
+        self.liveness.observed(std::time::Instant::now(), error);
+        observation
+    }
+
+    async fn read_kernel(&self) -> Result<Observation, AgentError> {
         let p = &self.patcher;
         let identity = p.call(|k| k.identity()).await.ok();
         let supported = p.call(|k| Ok(k.livepatch_supported())).await?;
@@ -88,6 +107,47 @@ impl<K: Kernel + Clone + 'static> Engine<K> {
             boot_id,
             loaded,
         })
+    }
+
+    /// What changed in the kernel behind the agent's back since `prior` (the status written
+    /// last): `None` when nothing did, else the report to write, which keeps `prior`'s and
+    /// adds the drift found. Drift that took the release away makes the node `Failed`
+    /// (reason `ForeignLivepatch` when another tool's patch replaced it, `HostError`
+    /// otherwise), which stands for this generation and boot: the agent does not fight
+    /// whoever disabled or replaced its patch, the next spec or a reboot applies it again.
+    pub async fn drift(&self, prior: &LivePatchNodeStatus) -> Result<Option<Report>, AgentError> {
+        let obs = self.observe().await?;
+        let record = self.patcher.state_dir().applied()?;
+        let known: Vec<String> = record
+            .known_modules
+            .iter()
+            .chain(&self.extra_kpersist)
+            .cloned()
+            .collect();
+        let found = find_drift(prior, &obs.boot_id, &obs.loaded, &known);
+        if found.is_empty() {
+            return Ok(None);
+        }
+        let mut report = Report::from_status(prior);
+        for d in &found {
+            tracing::warn!(kind = d.kind.as_str(), message = %d.message, "drift");
+            self.metrics.observe_drift(d.kind);
+        }
+        let foreign_enabled = obs
+            .loaded
+            .iter()
+            .any(|p| p.enabled && !known.contains(&p.name));
+        let release = prior
+            .applied
+            .as_ref()
+            .map(|a| a.id.clone())
+            .unwrap_or_default();
+        if let Some(lost) = found.iter().find(|d| d.kind.loses_the_release()) {
+            report.state = NodePatchState::Failed;
+            report.error = Some(lost.failure(&release, foreign_enabled, &now()));
+        }
+        report.drift = merge(&report.drift, found);
+        Ok(Some(report))
     }
 
     /// Handles a crash marker left from before this start; see [`Patcher::recover`].
@@ -239,7 +299,17 @@ impl<K: Kernel + Clone + 'static> Engine<K> {
             refused,
             probation_until,
         };
-        let status = build_status(&obs, &host, report, observed_generation, prior, &now());
+        let not_live = self.liveness.check(std::time::Instant::now()).err();
+        let status = build_status(
+            &obs,
+            &host,
+            report,
+            observed_generation,
+            prior,
+            not_live.as_ref(),
+            &now(),
+        );
+        self.metrics.set_drift(&report.drift);
         let kernel = status.kernel_release.clone().unwrap_or_default();
         let applied = status
             .applied

@@ -12,6 +12,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::StreamExt;
 use kpersist_crds::{NodeErrorReason, PatchRelease};
 use kpersist_kmod::kernel::{KernelError, ModuleImage};
@@ -27,48 +28,39 @@ use crate::trust::{PolicyTrust, SignedIndex};
 mod client;
 pub use client::RepositoryAccess;
 
-/// Waits between attempts of a download that failed on the way (connection refused or
-/// reset, timeout, HTTP 5xx, 408, 429): about two minutes in all, so a repository that
-/// restarts or flaps does not fail a wave, while one that stays down still does. Answers
-/// that will not change (404, a refused redirect, a bad certificate) are not retried.
-pub const DOWNLOAD_RETRY_DELAYS: [Duration; 7] = [
-    Duration::from_secs(1),
-    Duration::from_secs(2),
-    Duration::from_secs(4),
-    Duration::from_secs(8),
-    Duration::from_secs(16),
-    Duration::from_secs(30),
-    Duration::from_secs(60),
-];
-
 /// Fetches modules over HTTP(S) or from local files.
 #[derive(Clone, Debug)]
 pub struct Fetcher {
     /// One client per repository access settings, built on first HTTP use, so local mode
     /// on a bare host (no CA store, no network) never needs a TLS client.
     clients: Arc<Mutex<HashMap<RepositoryAccess, reqwest::Client>>>,
-    /// Waits before each further attempt of a download that failed on the way.
-    retry_delays: Vec<Duration>,
+    /// The waits before each further attempt of a download that failed on the way
+    /// (connection refused or reset, timeout, HTTP 5xx, 408, 429), so a repository that
+    /// restarts or flaps does not fail a wave, while one that stays down still does.
+    /// Answers that will not change (404, a refused redirect, a bad certificate) are not
+    /// retried.
+    retry: ExponentialBuilder,
 }
 
 impl Default for Fetcher {
     fn default() -> Self {
-        Fetcher::with_retry_delays(DOWNLOAD_RETRY_DELAYS.to_vec())
+        Fetcher::with_retry(crate::backoff::download())
     }
 }
 
 impl Fetcher {
     /// A fetcher; each download says which CAs it trusts and where it may be redirected.
-    /// Downloads that fail on the way are retried after [`DOWNLOAD_RETRY_DELAYS`].
+    /// Downloads that fail on the way are retried with [`crate::backoff::download`].
     pub fn new() -> Fetcher {
         Fetcher::default()
     }
 
-    /// A fetcher that retries a download that failed on the way after each of `delays`.
-    pub fn with_retry_delays(delays: Vec<Duration>) -> Fetcher {
+    /// A fetcher that retries a download that failed on the way after each wait `retry`
+    /// gives.
+    pub fn with_retry(retry: ExponentialBuilder) -> Fetcher {
         Fetcher {
             clients: Arc::default(),
-            retry_delays: delays,
+            retry,
         }
     }
 
@@ -154,24 +146,27 @@ impl Fetcher {
         size: u64,
         access: &RepositoryAccess,
     ) -> Result<(), Failure> {
-        let mut delays = self.retry_delays.iter();
+        let mut delays = self.retry.build();
+        let mut attempts = 1;
+        let mut waited = Duration::ZERO;
         loop {
             match self.download_once(url, part, size, access).await {
                 Ok(()) => return Ok(()),
                 Err(Attempt::Passing(failure)) => match delays.next() {
                     Some(delay) => {
                         tracing::warn!(%url, message = %failure.message, ?delay, "download failed; retrying");
-                        tokio::time::sleep(*delay).await;
+                        tokio::time::sleep(delay).await;
+                        attempts += 1;
+                        waited += delay;
                     }
-                    None if self.retry_delays.is_empty() => return Err(failure),
+                    None if attempts == 1 => return Err(failure),
                     None => {
                         return Err(Failure {
                             message: format!(
-                                "{} (after {} attempts over {}s; check that the repository \
-                                 serves this module)",
+                                "{} (after {attempts} attempts over {}s; check that the \
+                                 repository serves this module)",
                                 failure.message,
-                                self.retry_delays.len() + 1,
-                                self.retry_delays.iter().sum::<Duration>().as_secs()
+                                waited.as_secs()
                             ),
                             ..failure
                         });

@@ -24,12 +24,19 @@ pub(crate) fn release_for(bytes: &[u8], url: String) -> PatchRelease {
 
 /// A fetcher that tries each download once, so each failure can be looked at.
 fn fetcher() -> Fetcher {
-    retrying(Vec::new())
+    retrying(0, 1)
 }
 
-fn retrying(delays: Vec<std::time::Duration>) -> Fetcher {
+/// A fetcher that retries `times` times, waiting about `ms` milliseconds each time.
+fn retrying(times: usize, ms: u64) -> Fetcher {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    Fetcher::with_retry_delays(delays)
+    let wait = std::time::Duration::from_millis(ms);
+    Fetcher::with_retry(
+        backon::ExponentialBuilder::new()
+            .with_min_delay(wait)
+            .with_max_delay(wait)
+            .with_max_times(times),
+    )
 }
 
 #[tokio::test]
@@ -210,8 +217,7 @@ async fn a_download_cut_short_is_retried_from_where_it_stopped() {
     let body: Vec<u8> = (0..5000u32).map(|i| (i % 199) as u8).collect();
     let (url, requests) = flaky_server(body.clone(), 1500).await;
     let release = release_for(&body, url);
-    let delays = vec![std::time::Duration::from_millis(10); 2];
-    let image = retrying(delays)
+    let image = retrying(2, 10)
         .ensure_cached(&state, &release, &RepositoryAccess::default())
         .await
         .unwrap();
@@ -251,9 +257,8 @@ async fn answering(status: &'static str) -> (String, Arc<Mutex<usize>>) {
 async fn server_errors_are_retried_and_a_missing_module_is_not() {
     let dir = tempfile::tempdir().unwrap();
     let state = StateDir::open(dir.path()).unwrap();
-    let delays = vec![std::time::Duration::from_millis(10); 3];
     let (url, count) = answering("503 Service Unavailable").await;
-    let failure = retrying(delays.clone())
+    let failure = retrying(3, 10)
         .ensure_cached(
             &state,
             &release_for(b"x", url),
@@ -271,7 +276,7 @@ async fn server_errors_are_retried_and_a_missing_module_is_not() {
     assert_eq!(*count.lock().unwrap(), 4, "one attempt and three retries");
 
     let (url, count) = answering("404 Not Found").await;
-    let failure = retrying(delays)
+    let failure = retrying(3, 10)
         .ensure_cached(
             &state,
             &release_for(b"y", url),
@@ -309,8 +314,7 @@ async fn a_refused_connection_is_retried_until_the_server_is_back() {
     });
     let dir = tempfile::tempdir().unwrap();
     let state = StateDir::open(dir.path()).unwrap();
-    let delays = vec![std::time::Duration::from_millis(200); 5];
-    let image = retrying(delays)
+    let image = retrying(5, 200)
         .ensure_cached(&state, &release, &RepositoryAccess::default())
         .await
         .unwrap();

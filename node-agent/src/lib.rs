@@ -6,14 +6,17 @@
 //! [`local`] drive the [`engine`] from the Kubernetes API or from the command line.
 
 pub mod apply;
+pub mod backoff;
 pub mod checks;
 pub mod cli;
 pub mod coexist;
 pub mod controller;
+pub mod drift;
 pub mod engine;
 pub mod error;
 pub mod fetch;
 pub mod findings;
+pub mod liveness;
 pub mod local;
 pub mod metrics;
 pub mod plan;

@@ -6,6 +6,7 @@ use prometheus::{
 };
 
 use crate::apply::Outcome;
+use crate::drift::{Drift, DriftKind};
 
 /// Every metric the agent exports.
 #[derive(Clone)]
@@ -17,6 +18,8 @@ pub struct Metrics {
     info: IntGaugeVec,
     findings: IntCounterVec,
     start_to_applied: prometheus::Gauge,
+    drift: IntGaugeVec,
+    drift_found: IntCounterVec,
 }
 
 impl Metrics {
@@ -74,6 +77,27 @@ impl Metrics {
         )?;
         registry.register(Box::new(findings.clone()))?;
         registry.register(Box::new(start_to_applied.clone()))?;
+        let drift = IntGaugeVec::new(
+            Opts::new(
+                "kpersist_agent_drift",
+                "1 while the Drift condition reports this kind of change made behind the \
+                 agent's back (PatchDisabled, PatchReplaced, ForeignPatchAppeared)",
+            ),
+            &["kind"],
+        )?;
+        let drift_found = IntCounterVec::new(
+            Opts::new(
+                "kpersist_agent_drift_found_total",
+                "Changes made behind the agent's back found by re-reading sysfs, by kind",
+            ),
+            &["kind"],
+        )?;
+        registry.register(Box::new(drift.clone()))?;
+        registry.register(Box::new(drift_found.clone()))?;
+        for kind in DriftKind::ALL {
+            drift.with_label_values(&[kind.as_str()]).set(0);
+            drift_found.with_label_values(&[kind.as_str()]);
+        }
         Ok(Metrics {
             registry,
             apply_duration,
@@ -82,7 +106,24 @@ impl Metrics {
             info,
             findings,
             start_to_applied,
+            drift,
+            drift_found,
         })
+    }
+
+    /// Counts a change made behind the agent's back.
+    pub fn observe_drift(&self, kind: DriftKind) {
+        self.drift_found.with_label_values(&[kind.as_str()]).inc();
+    }
+
+    /// Sets the drift gauge to the changes the status reports.
+    pub fn set_drift(&self, drift: &[Drift]) {
+        for kind in DriftKind::ALL {
+            let on = drift.iter().any(|d| d.kind == kind);
+            self.drift
+                .with_label_values(&[kind.as_str()])
+                .set(i64::from(on));
+        }
     }
 
     /// Records the time from the agent's start to its first apply that ended Applied.
@@ -187,6 +228,30 @@ mod tests {
         assert!(
             text.contains("kpersist_agent_transition_duration_seconds_count"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn drift_is_counted_and_shown_by_kind() {
+        let m = Metrics::new().unwrap();
+        m.observe_drift(DriftKind::PatchDisabled);
+        m.set_drift(&[Drift {
+            kind: DriftKind::PatchDisabled,
+            message: "m".into(),
+        }]);
+        let text = m.render();
+        for line in [
+            r#"kpersist_agent_drift{kind="PatchDisabled"} 1"#,
+            r#"kpersist_agent_drift{kind="PatchReplaced"} 0"#,
+            r#"kpersist_agent_drift_found_total{kind="PatchDisabled"} 1"#,
+            r#"kpersist_agent_drift_found_total{kind="ForeignPatchAppeared"} 0"#,
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+        m.set_drift(&[]);
+        assert!(
+            m.render()
+                .contains(r#"kpersist_agent_drift{kind="PatchDisabled"} 0"#)
         );
     }
 }

@@ -133,7 +133,11 @@ async fn agent<K: Kernel + Clone + 'static>(
         flag: "--node-name",
         reason: "required (or NODE_NAME); set it from the downward API spec.nodeName".into(),
     })?;
-    let server = tokio::spawn(crate::server::serve(cli.agent.metrics_addr, metrics));
+    let server = tokio::spawn(crate::server::serve(
+        cli.agent.metrics_addr,
+        metrics,
+        engine.liveness().clone(),
+    ));
     let client = kube::Client::try_default().await?;
     tracing::info!(node = %node_name, simulate = cli.host.simulate, "kpersist-agent starting");
     let patcher = engine.patcher().clone();

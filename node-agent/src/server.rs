@@ -1,17 +1,35 @@
-//! `/metrics` (Prometheus text format) and `/healthz` on the metrics address.
+//! `/metrics` (Prometheus text format) and `/healthz` on the metrics address. `/healthz`
+//! answers 200 `ok` while the agent is live (see [`crate::liveness`]) and 503 with the
+//! reason otherwise, so the kubelet restarts an agent whose kernel reads or watch are stuck.
 
 use std::net::SocketAddr;
 
 use axum::Router;
+use axum::http::StatusCode;
 use axum::routing::get;
 
 use crate::error::AgentError;
+use crate::liveness::Liveness;
 use crate::metrics::Metrics;
 
 /// The routes of the metrics server.
-pub fn router(metrics: Metrics) -> Router {
+pub fn router(metrics: Metrics, liveness: Liveness) -> Router {
     Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/healthz",
+            get(move || {
+                let verdict = liveness.check(std::time::Instant::now());
+                async move {
+                    match verdict {
+                        Ok(()) => (StatusCode::OK, "ok\n".to_string()),
+                        Err(e) => (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("{}: {}\n", e.reason, e.message),
+                        ),
+                    }
+                }
+            }),
+        )
         .route(
             "/metrics",
             get(move || {
@@ -22,7 +40,11 @@ pub fn router(metrics: Metrics) -> Router {
 }
 
 /// Binds `addr` and serves the routes until the task is dropped.
-pub async fn serve(addr: SocketAddr, metrics: Metrics) -> Result<(), AgentError> {
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Metrics,
+    liveness: Liveness,
+) -> Result<(), AgentError> {
     let server_error = |source| AgentError::Server {
         addr: addr.to_string(),
         source,
@@ -30,7 +52,7 @@ pub async fn serve(addr: SocketAddr, metrics: Metrics) -> Result<(), AgentError>
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(server_error)?;
-    axum::serve(listener, router(metrics))
+    axum::serve(listener, router(metrics, liveness))
         .await
         .map_err(server_error)
 }
@@ -49,13 +71,20 @@ mod tests {
         out
     }
 
-    #[tokio::test]
-    async fn serves_health_and_metrics() {
+    async fn serving(liveness: Liveness) -> SocketAddr {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let metrics = Metrics::new().unwrap();
         metrics.set_applied(Some(("kpersist_v1", "k/v1")), "k");
-        tokio::spawn(async move { axum::serve(listener, router(metrics)).await });
+        tokio::spawn(async move { axum::serve(listener, router(metrics, liveness)).await });
+        addr
+    }
+
+    #[tokio::test]
+    async fn serves_health_and_metrics() {
+        let liveness = Liveness::new(std::time::Instant::now());
+        liveness.observed(std::time::Instant::now(), None);
+        let addr = serving(liveness).await;
         let health = get_path(addr, "/healthz").await;
         assert!(
             health.starts_with("HTTP/1.1 200") && health.ends_with("ok\n"),
@@ -63,5 +92,23 @@ mod tests {
         );
         let text = get_path(addr, "/metrics").await;
         assert!(text.contains("kpersist_agent_applied_info"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn health_is_503_with_the_reason_when_not_live() {
+        let now = std::time::Instant::now();
+        let liveness = Liveness::new(now);
+        liveness.observed(now, Some("EIO reading /sys/kernel/livepatch".into()));
+        let addr = serving(liveness.clone()).await;
+        let health = get_path(addr, "/healthz").await;
+        assert!(
+            health.starts_with("HTTP/1.1 503")
+                && health.contains("KernelUnreadable: ")
+                && health.contains("EIO"),
+            "{health}"
+        );
+        liveness.observed(std::time::Instant::now(), None);
+        let health = get_path(addr, "/healthz").await;
+        assert!(health.starts_with("HTTP/1.1 200"), "{health}");
     }
 }

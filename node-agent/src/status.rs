@@ -8,6 +8,8 @@ use kpersist_crds::{
 use kpersist_kmod::kernel::{KernelIdentity, PatchState};
 
 use crate::apply::Outcome;
+use crate::drift::Drift;
+use crate::liveness::NotLive;
 use crate::state::AppliedRecord;
 
 /// What the kernel shows now.
@@ -34,6 +36,8 @@ pub struct Report {
     pub timings: Option<PatchTimings>,
     /// Kernel findings of the last run that are not the release's fault.
     pub notes: Vec<String>,
+    /// Changes made behind the agent's back since the last run.
+    pub drift: Vec<Drift>,
 }
 
 impl Report {
@@ -44,6 +48,7 @@ impl Report {
             error: None,
             timings: None,
             notes: Vec::new(),
+            drift: Vec::new(),
         }
     }
 
@@ -59,6 +64,7 @@ impl Report {
             }),
             timings: Some(outcome.timings),
             notes: outcome.notes,
+            drift: Vec::new(),
         }
     }
 
@@ -73,6 +79,12 @@ impl Report {
                 .iter()
                 .find(|c| c.type_ == KERNEL_FINDINGS && c.status == "True")
                 .map(|c| c.message.lines().map(str::to_string).collect())
+                .unwrap_or_default(),
+            drift: status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == DRIFT && c.status == "True")
+                .map(|c| c.message.lines().filter_map(Drift::from_line).collect())
                 .unwrap_or_default(),
         }
     }
@@ -102,13 +114,14 @@ pub fn live_release<'a>(
         .then_some(current)
 }
 
-/// The status to write.
+/// The status to write; `not_live` says why the agent is not live, if it is not.
 pub fn build_status(
     obs: &Observation,
     host: &HostRecords<'_>,
     report: &Report,
     observed_generation: Option<i64>,
     prior: Option<&LivePatchNodeStatus>,
+    not_live: Option<&NotLive>,
     now: &str,
 ) -> LivePatchNodeStatus {
     let record = host.applied;
@@ -130,14 +143,7 @@ pub fn build_status(
     };
     let prior_conditions = prior.map(|p| p.conditions.as_slice()).unwrap_or_default();
     let conditions = vec![
-        condition(
-            prior_conditions,
-            "Ready",
-            true,
-            "AgentRunning",
-            String::new(),
-            now,
-        ),
+        ready_condition(not_live, prior_conditions, now),
         condition(
             prior_conditions,
             "Healthy",
@@ -148,6 +154,7 @@ pub fn build_status(
         ),
         support_condition(obs, prior_conditions, now),
         findings_condition(&report.notes, prior_conditions, now),
+        drift_condition(&report.drift, prior_conditions, now),
     ];
     LivePatchNodeStatus {
         state: Some(report.state),
@@ -172,6 +179,60 @@ pub fn build_status(
         observed_generation,
         conditions,
         agent_version: Some(env!("CARGO_PKG_VERSION").to_string()),
+    }
+}
+
+/// The condition type of the agent's liveness.
+pub const READY: &str = "Ready";
+
+/// The condition type of changes made behind the agent's back.
+pub const DRIFT: &str = "Drift";
+
+/// `Ready`: True while the agent reads the kernel and watches its object, else why not
+/// (`KernelUnreadable`, `KernelObservationStale`, `WatchFailing`).
+fn ready_condition(
+    not_live: Option<&NotLive>,
+    prior: &[NodeCondition],
+    now: &str,
+) -> NodeCondition {
+    match not_live {
+        None => condition(prior, READY, true, "AgentRunning", String::new(), now),
+        Some(e) => condition(prior, READY, false, e.reason, e.message.clone(), now),
+    }
+}
+
+/// `status` with its `Ready` condition set from `not_live`, the rest as it was: what can
+/// still be said when the kernel cannot be read.
+pub fn with_ready(
+    status: &LivePatchNodeStatus,
+    not_live: Option<&NotLive>,
+    now: &str,
+) -> LivePatchNodeStatus {
+    let mut status = status.clone();
+    let ready = ready_condition(not_live, &status.conditions, now);
+    match status.conditions.iter_mut().find(|c| c.type_ == READY) {
+        Some(c) => *c = ready,
+        None => status.conditions.insert(0, ready),
+    }
+    status
+}
+
+/// `Drift`: True with the kind of the first change as its reason (`PatchDisabled`,
+/// `PatchReplaced`, `ForeignPatchAppeared`) and one line per change, until the next run.
+fn drift_condition(drift: &[Drift], prior: &[NodeCondition], now: &str) -> NodeCondition {
+    match drift.first() {
+        None => condition(prior, DRIFT, false, "NoDrift", String::new(), now),
+        Some(first) => {
+            let lines: Vec<String> = drift.iter().map(Drift::line).collect();
+            condition(
+                prior,
+                DRIFT,
+                true,
+                first.kind.as_str(),
+                lines.join("\n"),
+                now,
+            )
+        }
     }
 }
 
@@ -295,6 +356,7 @@ mod tests {
             &report,
             Some(4),
             None,
+            None,
             "t0",
         );
         let applied = s.applied.unwrap();
@@ -305,6 +367,7 @@ mod tests {
             &obs(vec![]),
             &host(&record("kpersist_v2")),
             &report,
+            None,
             None,
             None,
             "t0",
@@ -322,6 +385,7 @@ mod tests {
                 o,
                 &host(&AppliedRecord::default()),
                 &report,
+                None,
                 None,
                 None,
                 "t0",
@@ -370,6 +434,7 @@ mod tests {
             &report,
             None,
             None,
+            None,
             "t1",
         );
         let healthy = &first.conditions[1];
@@ -387,6 +452,7 @@ mod tests {
             &report,
             None,
             Some(&first),
+            None,
             "t2",
         );
         assert_eq!(

@@ -80,6 +80,8 @@ pub(super) struct SimState {
     replace_attribute: bool,
     /// Where the kernel's state is saved after every change, if anywhere.
     pub(super) store: Option<std::path::PathBuf>,
+    /// Reading `/sys/kernel/livepatch` fails (a fault; not saved with the state).
+    unreadable: bool,
 }
 
 /// A simulated kernel. Clones share one state, so a test keeps a handle to look inside
@@ -110,6 +112,7 @@ impl SimKernel {
                 unload_log: Vec::new(),
                 replace_attribute: false,
                 store: None,
+                unreadable: false,
             })),
         }
     }
@@ -156,6 +159,12 @@ impl SimKernel {
         s.modules.insert(name);
         s.taint |= TAINT_LIVEPATCH | TAINT_OOT_MODULE;
         s.save_quietly();
+    }
+
+    /// Makes reading the livepatches in sysfs fail with `EIO` (`true`) or work again, as a
+    /// wedged or unmounted `/sys` would.
+    pub fn set_livepatch_unreadable(&self, unreadable: bool) {
+        self.lock().unreadable = unreadable;
     }
 
     /// Turns livepatch support on or off.
@@ -398,6 +407,12 @@ impl Kernel for SimKernel {
 
     fn loaded_patches(&self) -> Result<Vec<PatchState>, KernelError> {
         let mut s = self.lock();
+        if s.unreadable {
+            return Err(KernelError::io(
+                "/sys/kernel/livepatch",
+                std::io::Error::from_raw_os_error(libc::EIO),
+            ));
+        }
         s.poll();
         s.save()?;
         let mut patches: Vec<PatchState> = s.patches.iter().map(SimPatch::state).collect();

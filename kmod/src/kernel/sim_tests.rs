@@ -282,3 +282,14 @@ fn user_space_kmsg_lines_are_not_the_kernels() {
     let from_kernel: Vec<bool> = lines.iter().map(|l| l.from_kernel()).collect();
     assert_eq!(from_kernel, vec![false, true]);
 }
+
+#[test]
+fn an_unreadable_livepatch_directory_fails_reads_until_it_is_back() {
+    let kernel = sim();
+    kernel.add_foreign_patch("kpatch_x", true);
+    kernel.set_livepatch_unreadable(true);
+    let err = kernel.loaded_patches().unwrap_err();
+    assert!(err.to_string().contains("/sys/kernel/livepatch"), "{err}");
+    kernel.set_livepatch_unreadable(false);
+    assert_eq!(kernel.loaded_patches().unwrap().len(), 1);
+}
