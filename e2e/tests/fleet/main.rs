@@ -14,6 +14,7 @@
 mod api;
 mod controls;
 mod faults;
+mod node_life;
 mod rollout;
 mod schema;
 mod support;

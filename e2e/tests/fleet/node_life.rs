@@ -1,0 +1,393 @@
+//! Node life on the real API server: a node's own trouble (a download that fails on a
+//! joiner, a NotReady blip, a reboot into another kernel, an agent gone silent) never
+//! counts against a release, and nodes selected by two policies are left alone by both,
+//! without their specs flipping back and forth.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use kpersist_crds::{
+    LivePatchNode, LivePatchPolicy, LivePatchPolicyStatus, NodeErrorReason, PatchAction,
+    PolicyPhase, Wave,
+};
+use kpersist_e2e::monitor::Object;
+use kpersist_e2e::sim_fleet::{SimFleet, SimNode};
+use kpersist_e2e::wait::{Check, wait_until};
+use kube::Api;
+
+use crate::support::{
+    K1, K2, ROLLOUT, all_applied, describe, describe_policy, expected_releases, fail, fleet_on_v1,
+    id, k1_nodes, publish_k1_v2, publish_v1, serial, start_v1, three_waves, wait_applied,
+    wait_policy_status,
+};
+
+/// Long enough for the operator to act on what it saw (a revert would be written at once).
+const SETTLE: Duration = Duration::from_secs(8);
+
+#[tokio::test]
+async fn a_joiner_failing_its_download_does_not_revert_the_fleet() {
+    let _turn = serial().await;
+    let mut fleet = SimFleet::start(k1_nodes(3)).await.expect("fleet");
+    fleet_on_v1(&mut fleet, "1s", 2).await;
+    wait_policy_status(&mut fleet, "to end the v1 rollout", |s| {
+        settled(s) && s.last_rollout_end.is_some()
+    })
+    .await;
+
+    // The joiner cannot download v1's module; the fleet already runs v1.
+    fleet.repo.update_faults(|f| f.missing_modules = true);
+    let joined = fleet.add_node(SimNode::new("joiner", K1.0, K1.1)).await;
+    joined.unwrap_or_else(|e| fail(&mut fleet, e));
+    wait_error(&mut fleet, "joiner", NodeErrorReason::DownloadFailed).await;
+    wait_policy_status(&mut fleet, "to count the joiner as a node problem", |s| {
+        s.nodes.node_problems == 1 && degraded(s).0 == "NodeProblems"
+    })
+    .await;
+    tokio::time::sleep(SETTLE).await;
+
+    let status = policy_status(&fleet, "fleet").await;
+    assert_blameless(&status);
+    assert!(settled(&status), "{status:?}");
+    assert!(
+        degraded(&status).1.contains("joiner (DownloadFailed)"),
+        "Degraded names the joiner and why: {:?}",
+        degraded(&status)
+    );
+    let v1 = id(K1, 1);
+    let nodes = fleet.watch.current();
+    for name in ["node-1", "node-2", "node-3"] {
+        assert_eq!(
+            asked(&nodes[name]),
+            Some((PatchAction::Apply, v1.clone())),
+            "{name} keeps v1:{}",
+            describe(&nodes)
+        );
+    }
+    assert_eq!(reverts_seen(&fleet), Vec::<String>::new());
+    wait_applied(&mut fleet, 1, "the fleet still on v1").await;
+
+    // The joiner leaves: it is no one's problem any more.
+    fleet
+        .remove_node("joiner")
+        .await
+        .expect("remove the joiner");
+    wait_policy_status(&mut fleet, "to forget the joiner", |s| {
+        s.nodes.node_problems == 0 && s.nodes.total == 3 && degraded(s).0 == "Healthy"
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_not_ready_blip_during_a_bake_marks_nothing_bad() {
+    let _turn = serial().await;
+    let mut fleet = SimFleet::start(k1_nodes(3)).await.expect("fleet");
+    let mut policy = fleet.policy("fleet", canary_then_all("20s"), 2);
+    policy.spec.health.not_ready_grace = "10s".into();
+    start_v1(&mut fleet, &policy).await;
+    let canary = wait_canary_baking(&mut fleet, &id(K1, 1)).await;
+
+    // NotReady for half the grace, in the middle of the canary's bake.
+    let blip = fleet.set_not_ready(&canary, jiff::Timestamp::now()).await;
+    blip.unwrap_or_else(|e| fail(&mut fleet, e));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let during = policy_status(&fleet, "fleet").await;
+    fleet.set_ready(&canary).await.expect("Ready again");
+    assert_eq!(during.phase, Some(PolicyPhase::Baking), "{during:?}");
+    assert_eq!(during.nodes.node_problems, 0, "{during:?}");
+
+    wait_applied(&mut fleet, 1, "every node to apply v1").await;
+    wait_policy_status(&mut fleet, "to complete with no node problem", |s| {
+        settled(s) && s.nodes.node_problems == 0
+    })
+    .await;
+    assert_blameless(&policy_status(&fleet, "fleet").await);
+    assert_eq!(reverts_seen(&fleet), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn a_node_rebooting_into_another_kernel_mid_rollout_follows_its_new_build() {
+    let _turn = serial().await;
+    let mut fleet = SimFleet::start(k1_nodes(3)).await.expect("fleet");
+    let policy = fleet.policy("fleet", canary_then_all("15s"), 2);
+    start_v1(&mut fleet, &policy).await;
+    let canary = wait_canary_baking(&mut fleet, &id(K1, 1)).await;
+
+    // The canary reboots into K2 while its bake runs.
+    let rebooted = fleet.reboot_node(&canary, K2.0, K2.1).await;
+    rebooted.unwrap_or_else(|e| fail(&mut fleet, e));
+    wait_applied(
+        &mut fleet,
+        1,
+        "the rebooted canary to run K2's v1 and the others K1's v1",
+    )
+    .await;
+    wait_policy_status(&mut fleet, "to complete", settled).await;
+    let status = policy_status(&fleet, "fleet").await;
+    assert_blameless(&status);
+    assert_eq!(status.nodes.node_problems, 0, "{status:?}");
+    assert_eq!(status.nodes.patched, 3, "{status:?}");
+    assert_eq!(
+        fleet
+            .watch
+            .ever_desired(&id(K2, 1))
+            .into_iter()
+            .collect::<Vec<_>>(),
+        vec![canary],
+        "only the rebooted canary runs K2"
+    );
+    assert_eq!(reverts_seen(&fleet), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn overlapping_policies_conflict_and_never_flip_flop() {
+    let _turn = serial().await;
+    let mut fleet = SimFleet::start(k1_nodes(3)).await.expect("fleet");
+    fleet_on_v1(&mut fleet, "1s", 2).await;
+    let other = fleet.policy("other", three_waves("1s"), 2);
+    fleet.create_policy(&other).await.expect("second policy");
+    for name in ["fleet", "other"] {
+        wait_conflict(&mut fleet, name).await;
+    }
+
+    // A newer release tempts both policies; neither may write a node.
+    publish_k1_v2(&fleet);
+    let before = generations(&fleet).await;
+    let start = Instant::now();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    assert_eq!(
+        desired_changes_since(&fleet, start),
+        Vec::<String>::new(),
+        "spec.desired changed under two policies"
+    );
+    assert_eq!(generations(&fleet).await, before, "a node spec was written");
+    assert!(fleet.watch.ever_desired(&id(K1, 2)).is_empty());
+    for name in ["fleet", "other"] {
+        wait_conflict(&mut fleet, name).await;
+    }
+}
+
+#[tokio::test]
+async fn a_silent_agent_is_resolved_by_the_node_deadline() {
+    const DEADLINE: Duration = Duration::from_secs(20);
+    let _turn = serial().await;
+    let mut fleet = SimFleet::start(k1_nodes(4)).await.expect("fleet");
+    let silent = "node-2";
+    publish_v1(&fleet);
+    fleet.start_agents().expect("agents");
+    wait_kernels_reported(&mut fleet).await;
+    fleet.silence_agent(silent).await.expect("silence");
+    fleet.start_operator().expect("operator");
+    let mut policy = fleet.policy("fleet", three_waves("1s"), 2);
+    policy.spec.health.node_deadline = Some("20s".into());
+    fleet.create_policy(&policy).await.expect("policy");
+
+    let v1 = id(K1, 1);
+    let asked = wait_asked(&mut fleet, silent, &v1).await;
+    let note = format!("{silent} (AgentSilent)");
+    wait_policy_status(&mut fleet, "to give up on the silent node", |s| {
+        s.nodes.node_problems == 1 && degraded(s).1.contains(&note)
+    })
+    .await;
+    let waited = asked.elapsed();
+    assert!(
+        waited <= DEADLINE + Duration::from_secs(15),
+        "the silent node was resolved {waited:?} after it was asked; the deadline is {DEADLINE:?}"
+    );
+
+    // The waves went on without it.
+    let mut others = expected_releases(&fleet, 1);
+    others.remove(silent);
+    let done = fleet
+        .wait_nodes("every other node to apply v1", ROLLOUT, |nodes| {
+            all_applied(nodes, &others)
+        })
+        .await;
+    done.unwrap_or_else(|e| fail(&mut fleet, e));
+    wait_policy_status(&mut fleet, "to complete with one node problem", |s| {
+        settled(s) && s.nodes.node_problems == 1
+    })
+    .await;
+    assert_blameless(&policy_status(&fleet, "fleet").await);
+}
+
+/// A canary of one node baking `bake`, then every other node.
+fn canary_then_all(bake: &str) -> Vec<Wave> {
+    let mut waves = three_waves(bake);
+    waves.remove(1);
+    waves[1].bake = "1s".into();
+    waves
+}
+
+/// Whether the policy is done with its rollout.
+fn settled(status: &LivePatchPolicyStatus) -> bool {
+    matches!(
+        status.phase,
+        Some(PolicyPhase::Complete | PolicyPhase::Idle)
+    )
+}
+
+/// Asserts the policy holds no release at fault: nothing bad, no late failure, no node
+/// failed.
+fn assert_blameless(status: &LivePatchPolicyStatus) {
+    assert!(status.bad_releases.is_empty(), "{status:?}");
+    assert!(status.late_failures.is_empty(), "{status:?}");
+    assert_eq!(status.nodes.failed, 0, "{status:?}");
+}
+
+/// The Degraded condition's reason and message.
+fn degraded(status: &LivePatchPolicyStatus) -> (String, String) {
+    status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Degraded")
+        .map(|c| (c.reason.clone(), c.message.clone()))
+        .unwrap_or_default()
+}
+
+/// The status of policy `name`, read from the API server.
+async fn policy_status(fleet: &SimFleet, name: &str) -> LivePatchPolicyStatus {
+    Api::<LivePatchPolicy>::all(fleet.cluster.admin.clone())
+        .get(name)
+        .await
+        .expect("read the policy")
+        .status
+        .unwrap_or_default()
+}
+
+/// What this node's `spec.desired` asks: the action and the release id.
+fn asked(node: &LivePatchNode) -> Option<(PatchAction, String)> {
+    let desired = node.spec.desired.as_ref()?;
+    let release = desired.release.as_ref().map(|r| r.id.clone());
+    Some((desired.action, release.unwrap_or_default()))
+}
+
+/// Every node the watch ever saw asked to revert.
+fn reverts_seen(fleet: &SimFleet) -> Vec<String> {
+    let mut nodes: Vec<String> = fleet
+        .watch
+        .log()
+        .into_iter()
+        .filter_map(|seen| match seen.object {
+            Object::Node(node) if asked(&node).is_some_and(|a| a.0 == PatchAction::Revert) => {
+                node.metadata.name
+            }
+            _ => None,
+        })
+        .collect();
+    nodes.dedup();
+    nodes
+}
+
+/// Each node whose `spec.desired` the watch saw change after `start`, once per change.
+fn desired_changes_since(fleet: &SimFleet, start: Instant) -> Vec<String> {
+    let mut last = BTreeMap::new();
+    let mut changed = Vec::new();
+    for seen in fleet.watch.log() {
+        let (Object::Node(node), false) = (seen.object, seen.deleted) else {
+            continue;
+        };
+        let name = node.metadata.name.clone().unwrap_or_default();
+        let previous = last.insert(name.clone(), node.spec.desired.clone());
+        if seen.at >= start && previous.is_some_and(|p| p != node.spec.desired) {
+            changed.push(name);
+        }
+    }
+    changed
+}
+
+/// `metadata.generation` of every LivePatchNode: it moves with every spec write.
+async fn generations(fleet: &SimFleet) -> BTreeMap<String, Option<i64>> {
+    Api::<LivePatchNode>::all(fleet.cluster.admin.clone())
+        .list(&Default::default())
+        .await
+        .expect("list LivePatchNodes")
+        .items
+        .into_iter()
+        .map(|n| (n.metadata.name.unwrap_or_default(), n.metadata.generation))
+        .collect()
+}
+
+/// Waits until policy `name` says Ready=False/Conflict and Degraded=ConflictingPolicies.
+async fn wait_conflict(fleet: &mut SimFleet, name: &str) {
+    let waited = fleet
+        .wait_policy(name, "Ready=False/Conflict", ROLLOUT, |p| {
+            let status = p.status.clone().unwrap_or_default();
+            let ready = status.conditions.iter().find(|c| c.type_ == "Ready");
+            let conflict = ready.is_some_and(|c| c.status == "False" && c.reason == "Conflict");
+            if conflict && degraded(&status).0 == "ConflictingPolicies" {
+                Check::Done(())
+            } else {
+                Check::NotYet(describe_policy(p))
+            }
+        })
+        .await;
+    waited.unwrap_or_else(|e| fail(fleet, e))
+}
+
+/// Waits until the canary wave of `release` bakes; returns the canary, the one node that
+/// runs it.
+async fn wait_canary_baking(fleet: &mut SimFleet, release: &str) -> String {
+    wait_policy_status(fleet, "to bake the canary wave", |s| {
+        s.phase == Some(PolicyPhase::Baking) && s.rollout.as_ref().is_some_and(|r| r.wave == 1)
+    })
+    .await;
+    let applied: Vec<String> = fleet.watch.ever_applied(release).into_iter().collect();
+    assert_eq!(applied.len(), 1, "one canary runs {release}: {applied:?}");
+    applied[0].clone()
+}
+
+/// Waits until `node`'s agent reports an error with `reason`.
+async fn wait_error(fleet: &mut SimFleet, node: &str, reason: NodeErrorReason) {
+    let what = format!("{node} to report {reason:?}");
+    wait_nodes_hold(fleet, &what, |nodes| {
+        let status = nodes.get(node).and_then(|n| n.status.as_ref());
+        status
+            .and_then(|s| s.last_error.as_ref())
+            .is_some_and(|e| e.reason == reason)
+    })
+    .await;
+}
+
+/// Waits until every agent has reported its kernel in its LivePatchNode.
+async fn wait_kernels_reported(fleet: &mut SimFleet) {
+    let count = fleet.nodes().len();
+    wait_nodes_hold(fleet, "every agent to report its kernel", |nodes| {
+        let reported = nodes.values().filter_map(|n| n.status.as_ref());
+        reported.filter(|s| s.kernel_release.is_some()).count() == count
+    })
+    .await;
+}
+
+/// Waits until `holds` is true of the LivePatchNodes; fails the test with them otherwise.
+async fn wait_nodes_hold(
+    fleet: &mut SimFleet,
+    what: &str,
+    holds: impl Fn(&BTreeMap<String, LivePatchNode>) -> bool,
+) {
+    let waited = fleet
+        .wait_nodes(what, ROLLOUT, |nodes| {
+            if holds(nodes) {
+                Check::Done(())
+            } else {
+                Check::NotYet(describe(nodes))
+            }
+        })
+        .await;
+    waited.unwrap_or_else(|e| fail(fleet, e))
+}
+
+/// Waits until the watch sees `node` asked for `release`; returns when it first did.
+async fn wait_asked(fleet: &mut SimFleet, node: &str, release: &str) -> Instant {
+    let what = format!("{node} to be asked for {release}");
+    let waited = wait_until(&what, ROLLOUT, || {
+        let order = fleet.watch.desired_order(release);
+        async move {
+            Ok(match order.into_iter().find(|(n, _)| n == node) {
+                Some((_, at)) => Check::Done(at),
+                None => Check::NotYet("not yet asked".into()),
+            })
+        }
+    })
+    .await;
+    waited.unwrap_or_else(|e| fail(fleet, e))
+}
