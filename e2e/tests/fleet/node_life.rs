@@ -35,6 +35,7 @@ async fn a_joiner_failing_its_download_does_not_revert_the_fleet() {
     .await;
 
     // The joiner cannot download v1's module; the fleet already runs v1.
+    let on_v1 = expected_releases(&fleet, 1);
     fleet.repo.update_faults(|f| f.missing_modules = true);
     let joined = fleet.add_node(SimNode::new("joiner", K1.0, K1.1)).await;
     joined.unwrap_or_else(|e| fail(&mut fleet, e));
@@ -64,7 +65,11 @@ async fn a_joiner_failing_its_download_does_not_revert_the_fleet() {
         );
     }
     assert_eq!(reverts_seen(&fleet), Vec::<String>::new());
-    wait_applied(&mut fleet, 1, "the fleet still on v1").await;
+    assert!(
+        matches!(all_applied(&nodes, &on_v1), Check::Done(())),
+        "the fleet still runs v1:{}",
+        describe(&nodes)
+    );
 
     // The joiner leaves: it is no one's problem any more.
     fleet
