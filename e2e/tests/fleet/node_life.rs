@@ -86,10 +86,7 @@ async fn a_joiner_failing_its_download_does_not_revert_the_fleet() {
 async fn a_not_ready_blip_during_a_bake_marks_nothing_bad() {
     let _turn = serial().await;
     let mut fleet = SimFleet::start(k1_nodes(3)).await.expect("fleet");
-    let mut policy = fleet.policy("fleet", canary_then_all("20s"), 2);
-    policy.spec.health.not_ready_grace = "10s".into();
-    start_v1(&mut fleet, &policy).await;
-    let canary = wait_canary_baking(&mut fleet, &id(K1, 1)).await;
+    let canary = canary_baking_with_grace(&mut fleet, "10s").await;
 
     // NotReady for half the grace, in the middle of the canary's bake.
     let blip = fleet.set_not_ready(&canary, jiff::Timestamp::now()).await;
@@ -107,6 +104,64 @@ async fn a_not_ready_blip_during_a_bake_marks_nothing_bad() {
     .await;
     assert_blameless(&policy_status(&fleet, "fleet").await);
     assert_eq!(reverts_seen(&fleet), Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn not_ready_past_the_grace_is_a_node_problem_and_the_rollout_goes_on() {
+    let _turn = serial().await;
+    let mut fleet = SimFleet::start(k1_nodes(3)).await.expect("fleet");
+    let canary = canary_baking_with_grace(&mut fleet, "10s").await;
+
+    // The canary has been NotReady for a minute already: past the grace at once.
+    let since = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(60);
+    let down = fleet.set_not_ready(&canary, since).await;
+    down.unwrap_or_else(|e| fail(&mut fleet, e));
+    let note = format!("{canary} (NodeNotReady)");
+    wait_policy_status(&mut fleet, "to count the canary as a node problem", |s| {
+        s.nodes.node_problems == 1 && degraded(s).1.contains(&note)
+    })
+    .await;
+
+    // The other nodes get v1 without waiting for it, and nothing is blamed.
+    wait_applied_except(&mut fleet, &canary, "every other node to apply v1").await;
+    wait_policy_status(&mut fleet, "to complete", settled).await;
+    assert_blameless(&policy_status(&fleet, "fleet").await);
+    assert_eq!(reverts_seen(&fleet), Vec::<String>::new());
+
+    // Ready again: the node problem is over.
+    fleet.set_ready(&canary).await.expect("Ready again");
+    wait_policy_status(&mut fleet, "to clear the node problem", |s| {
+        s.nodes.node_problems == 0 && s.nodes.patched == 3
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_cordoned_node_is_handed_nothing_until_uncordoned() {
+    let _turn = serial().await;
+    let mut fleet = SimFleet::start(k1_nodes(3)).await.expect("fleet");
+    let cordoned = "node-3";
+    let v1 = id(K1, 1);
+    fleet.cordon(cordoned, true).await.expect("cordon");
+    let policy = fleet.policy("fleet", three_waves("1s"), 2);
+    start_v1(&mut fleet, &policy).await;
+    wait_applied_except(&mut fleet, cordoned, "every uncordoned node to apply v1").await;
+    wait_policy_status(
+        &mut fleet,
+        "to complete with the cordoned node pending",
+        |s| settled(s) && s.nodes.pending == 1,
+    )
+    .await;
+    assert!(
+        !fleet.watch.ever_desired(&v1).contains(cordoned),
+        "the cordoned node was asked for v1"
+    );
+    let status = policy_status(&fleet, "fleet").await;
+    assert_blameless(&status);
+    assert_eq!(status.nodes.node_problems, 0, "{status:?}");
+
+    fleet.cordon(cordoned, false).await.expect("uncordon");
+    wait_applied(&mut fleet, 1, "the uncordoned node to apply v1 too").await;
 }
 
 #[tokio::test]
@@ -200,14 +255,7 @@ async fn a_silent_agent_is_resolved_by_the_node_deadline() {
     );
 
     // The waves went on without it.
-    let mut others = expected_releases(&fleet, 1);
-    others.remove(silent);
-    let done = fleet
-        .wait_nodes("every other node to apply v1", ROLLOUT, |nodes| {
-            all_applied(nodes, &others)
-        })
-        .await;
-    done.unwrap_or_else(|e| fail(&mut fleet, e));
+    wait_applied_except(&mut fleet, silent, "every other node to apply v1").await;
     wait_policy_status(&mut fleet, "to complete with one node problem", |s| {
         settled(s) && s.nodes.node_problems == 1
     })
@@ -329,6 +377,15 @@ async fn wait_conflict(fleet: &mut SimFleet, name: &str) {
     waited.unwrap_or_else(|e| fail(fleet, e))
 }
 
+/// Starts a v1 rollout whose one-node canary bakes 20 s, with `health.notReadyGrace` =
+/// `grace`, and waits until the canary bakes; returns the canary.
+async fn canary_baking_with_grace(fleet: &mut SimFleet, grace: &str) -> String {
+    let mut policy = fleet.policy("fleet", canary_then_all("20s"), 2);
+    policy.spec.health.not_ready_grace = grace.into();
+    start_v1(fleet, &policy).await;
+    wait_canary_baking(fleet, &id(K1, 1)).await
+}
+
 /// Waits until the canary wave of `release` bakes; returns the canary, the one node that
 /// runs it.
 async fn wait_canary_baking(fleet: &mut SimFleet, release: &str) -> String {
@@ -361,6 +418,16 @@ async fn wait_kernels_reported(fleet: &mut SimFleet) {
         reported.filter(|s| s.kernel_release.is_some()).count() == count
     })
     .await;
+}
+
+/// Waits until every supported node but `except` runs K1 (or K2) at v1.
+async fn wait_applied_except(fleet: &mut SimFleet, except: &str, what: &str) {
+    let mut expected = expected_releases(fleet, 1);
+    expected.remove(except);
+    let done = fleet
+        .wait_nodes(what, ROLLOUT, |nodes| all_applied(nodes, &expected))
+        .await;
+    done.unwrap_or_else(|e| fail(fleet, e))
 }
 
 /// Waits until `holds` is true of the LivePatchNodes; fails the test with them otherwise.
