@@ -2,7 +2,7 @@
 //! `kpersist-repo` writes: files read from disk on every request (so publishing a release
 //! is just rewriting the directory), strong ETags with `If-None-Match`, and switches for
 //! the faults the suites inject: down (refused or 503), a wrong index signature,
-//! corrupted module bytes, slow answers.
+//! corrupted or missing module files, slow answers.
 
 use std::net::SocketAddr;
 use std::path::{Component, Path, PathBuf};
@@ -31,6 +31,10 @@ pub struct Faults {
     pub wrong_signature: bool,
     /// Serve every `.ko` with one byte flipped in the middle: same size, other SHA-256.
     pub corrupt_modules: bool,
+    /// Answer every `.ko` with 404 Not Found, as a repository whose module files were
+    /// removed or never uploaded: agents fail the download at once (DownloadFailed), while
+    /// the index still verifies.
+    pub missing_modules: bool,
     /// Wait this long before answering.
     pub delay: Duration,
 }
@@ -175,6 +179,8 @@ async fn answer(State(shared): State<Arc<Shared>>, uri: Uri, headers: HeaderMap)
             StatusCode::SERVICE_UNAVAILABLE,
             "repository unavailable (injected fault)",
         )
+    } else if faults.missing_modules && path.ends_with(".ko") {
+        plain(StatusCode::NOT_FOUND, "module missing (injected fault)")
     } else {
         file_response(&shared.root, &path, &headers, &faults).await
     };

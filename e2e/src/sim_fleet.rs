@@ -24,6 +24,9 @@ use crate::repo_server::RepoServer;
 use crate::wait::{Check, wait_until};
 use crate::{Error, Result};
 
+#[path = "sim_fleet_life.rs"]
+mod life;
+
 /// Label every simulated node carries, and the policies select on. Its value names the
 /// fleet (`true` for a fleet with a control plane of its own), so several fleets can share
 /// one control plane without selecting each other's nodes. They run one after the other:
@@ -44,6 +47,9 @@ pub struct SimNode {
     pub build_id: String,
     /// `--sim-fail-release` values: `<release id>=<fault>`.
     pub faults: Vec<String>,
+    /// Boot id the agent starts its simulated kernel with; `None` keeps the one saved in
+    /// the node's state (a new node gets a fresh one). [`SimFleet::reboot_node`] sets it.
+    pub boot_id: Option<String>,
 }
 
 impl SimNode {
@@ -54,6 +60,7 @@ impl SimNode {
             kernel_release: kernel_release.into(),
             build_id: build_id.into(),
             faults: Vec::new(),
+            boot_id: None,
         }
     }
 }
@@ -163,10 +170,7 @@ impl SimFleet {
             .iter()
             .find(|n| n.name == name)
             .cloned()
-            .ok_or_else(|| Error::Malformed {
-                path: self.logs_dir(),
-                problem: format!("no simulated node named {name}"),
-            })?;
+            .ok_or_else(|| self.no_such_node(name))?;
         let state_dir = self.scratch.path().join("agents").join(name);
         std::fs::create_dir_all(&state_dir).map_err(|e| Error::io(&state_dir, e))?;
         let mut args = vec![
@@ -186,6 +190,10 @@ impl SimFleet {
             args.push("--sim-fail-release".into());
             args.push(fault.clone());
         }
+        if let Some(boot_id) = &node.boot_id {
+            args.push("--sim-boot-id".into());
+            args.push(boot_id.clone());
+        }
         let process = Process::spawn(
             &format!("agent {name}"),
             &workspace_binary("kpersist-agent")?,
@@ -195,6 +203,14 @@ impl SimFleet {
         )?;
         self.agents.insert(name.to_string(), process);
         Ok(())
+    }
+
+    /// The error for a node name this fleet does not have.
+    fn no_such_node(&self, name: &str) -> Error {
+        Error::Malformed {
+            path: self.logs_dir(),
+            problem: format!("no simulated node named {name}"),
+        }
     }
 
     /// The agent process of a node, to kill or inspect.

@@ -14,6 +14,8 @@
 mod api;
 mod controls;
 mod faults;
+mod node_life;
+mod node_life_checks;
 mod rollout;
 mod schema;
 mod support;

@@ -189,12 +189,24 @@ pub fn expected_releases(fleet: &SimFleet, k1_version: u64) -> BTreeMap<String, 
 /// three waves of `bake` and `max_in_flight`, and waits until every supported node runs
 /// v1.
 pub async fn fleet_on_v1(fleet: &mut SimFleet, bake: &str, max_in_flight: u32) {
+    let policy = fleet.policy("fleet", three_waves(bake), max_in_flight);
+    start_v1(fleet, &policy).await;
+    wait_applied(fleet, 1, "every supported node to apply v1").await;
+}
+
+/// Publishes v1 for K1 and K2, starts agents and operator, and creates `policy`.
+pub async fn start_v1(fleet: &mut SimFleet, policy: &LivePatchPolicy) {
     publish_v1(fleet);
     fleet.start_agents().expect("agents");
     fleet.start_operator().expect("operator");
-    let policy = fleet.policy("fleet", three_waves(bake), max_in_flight);
-    fleet.create_policy(&policy).await.expect("policy");
-    wait_applied(fleet, 1, "every supported node to apply v1").await;
+    fleet.create_policy(policy).await.expect("policy");
+}
+
+/// `count` nodes, `node-1` on, all on K1.
+pub fn k1_nodes(count: usize) -> Vec<SimNode> {
+    (1..=count)
+        .map(|i| SimNode::new(&format!("node-{i}"), K1.0, K1.1))
+        .collect()
 }
 
 /// CVEs fixed by v1 of every kernel, and by v2 of K1.
