@@ -353,3 +353,26 @@ fn each_kernel_builds_release_has_its_own_canary() {
         assert_eq!(node.applied_id(), Some(id(i % 2, 2)));
     }
 }
+
+#[test]
+fn nodes_running_a_pruned_release_keep_ready_false_with_the_reason() {
+    let mut spec = policy_spec();
+    spec.rollout.waves = waves(&[(Some(1), None, "0s"), (None, Some(100), "0s")]);
+    let nodes = (0..2)
+        .map(|i| SimNode::new(&format!("node-{i:02}"), 0, Some(1)))
+        .collect();
+    // v1, which the nodes run, was pruned from the index.
+    let mut sim = Sim::new(spec, nodes, vec![release(0, 2, start_time())]);
+    for _ in 0..3 {
+        assert!(sim.step(60).desired.is_empty());
+    }
+    let status = sim.policy.status.as_ref().unwrap();
+    let ready = condition(status, "Ready");
+    assert_eq!(ready.status, "False");
+    assert_eq!(ready.reason, "RunningReleasePruned");
+    assert!(
+        ready
+            .message
+            .contains("2 run a release that is no longer in the index")
+    );
+}

@@ -55,8 +55,10 @@ pub(crate) enum Standing {
     Troubled(String),
     /// Busy with work that is not part of the current rollout.
     InFlight,
-    /// Should get its target; `startable` when it can be handed it now.
-    Needing { startable: bool },
+    /// Should get its target; `startable` when it can be handed it now. `pruned` when it
+    /// cannot because the release it runs is no longer in the index (a revert would have
+    /// nowhere to go).
+    Needing { startable: bool, pruned: bool },
 }
 
 /// One selected node with what the engine worked out about it.
@@ -399,6 +401,7 @@ fn needing(
         .is_none_or(|a| targets.has_release(&a.id));
     Standing::Needing {
         startable: view.ready && !view.leaving && target.release.is_some() && previous_known,
+        pruned: !previous_known,
     }
 }
 

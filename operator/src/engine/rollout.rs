@@ -419,7 +419,15 @@ fn startable_in_order(facts: &[NodeFacts<'_>]) -> Vec<usize> {
     let mut keyed: Vec<(u64, usize)> = facts
         .iter()
         .enumerate()
-        .filter(|(_, f)| matches!(f.standing, Standing::Needing { startable: true }))
+        .filter(|(_, f)| {
+            matches!(
+                f.standing,
+                Standing::Needing {
+                    startable: true,
+                    ..
+                }
+            )
+        })
         .map(|(i, f)| (f.order, i))
         .collect();
     keyed.sort_unstable_by(|&(a, i), &(b, j)| {

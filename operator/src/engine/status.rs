@@ -97,6 +97,18 @@ pub(crate) fn conditions(
                 conflicted(input)
             ),
         ),
+        PolicyPhase::Idle | PolicyPhase::Complete if pruned(input) > 0 => (
+            "False",
+            "RunningReleasePruned",
+            format!(
+                "{} of {} node(s) run their target; {} run a release that is no longer in the \
+                 index and are not moved on, since a revert would have nowhere to go: publish \
+                 that release again",
+                input.counts.patched,
+                input.counts.total,
+                pruned(input)
+            ),
+        ),
         PolicyPhase::Idle | PolicyPhase::Complete => (
             "True",
             "UpToDate",
@@ -242,6 +254,14 @@ fn degraded(input: &ConditionInput<'_>) -> (&'static str, &'static str, String) 
     } else {
         ("False", "Healthy", String::new())
     }
+}
+
+fn pruned(input: &ConditionInput<'_>) -> usize {
+    input
+        .facts
+        .iter()
+        .filter(|f| matches!(f.standing, Standing::Needing { pruned: true, .. }))
+        .count()
 }
 
 fn conflicted(input: &ConditionInput<'_>) -> usize {
