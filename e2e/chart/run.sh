@@ -223,14 +223,15 @@ apply_to_controlplane() {
   # ValidatingAdmissionPolicy closes it on 1.30+); asserted so that a change shows.
   for a in "create livepatchnodes" "get livepatchnodes" "watch livepatchnodes" \
     "patch livepatchnodes --subresource=status" "patch livepatchnodes/node-b --subresource=status" \
-    "get nodes"; do
+    "get nodes" "get livepatchpolicies"; do
     can yes "${agent[@]}" -- $a
   done
-  # Never another node's spec (nor its own), never a policy, never a Secret, never a Node.
+  # Never another node's spec (nor its own), never a policy beyond reading one by name (to
+  # verify a request against its signed index), never a Secret, never a Node.
   for a in "delete livepatchnodes" "update livepatchnodes" "patch livepatchnodes" \
     "update livepatchnodes/node-b" "patch livepatchnodes/node-b" "delete livepatchnodes/node-b" \
     "deletecollection livepatchnodes" "update livepatchnodes --subresource=status" \
-    "get livepatchpolicies" "list livepatchpolicies" "create livepatchpolicies" \
+    "list livepatchpolicies" "watch livepatchpolicies" "create livepatchpolicies" \
     "update livepatchpolicies" "patch livepatchpolicies" "delete livepatchpolicies" \
     "patch livepatchpolicies --subresource=status" "update livepatchpolicies --subresource=status" \
     "get secrets -n kpersist" "list secrets -n kpersist" "watch secrets -n kpersist" \
@@ -257,11 +258,14 @@ apply_to_controlplane() {
   if "$KUBECTL" "${agent[@]}" -n security get secret keys -o name >/dev/null 2>&1; then
     say "  the agent read a Secret"; ok=1
   fi
-  # And for real: the operator reads the sample policy; the agent cannot.
+  # And for real: the operator and the agent read the sample policy by name; the agent
+  # cannot list policies.
   "$KUBECTL" "${operator[@]}" get livepatchpolicy workers -o name >/dev/null \
     || { say "  the operator could not read the sample policy"; ok=1; }
-  if "$KUBECTL" "${agent[@]}" get livepatchpolicy workers -o name >/dev/null 2>&1; then
-    say "  the agent read a LivePatchPolicy"; ok=1
+  "$KUBECTL" "${agent[@]}" get livepatchpolicy workers -o name >/dev/null \
+    || { say "  the agent could not read the sample policy by name"; ok=1; }
+  if "$KUBECTL" "${agent[@]}" get livepatchpolicies -o name >/dev/null 2>&1; then
+    say "  the agent listed LivePatchPolicies"; ok=1
   fi
   return $ok
 }
