@@ -29,9 +29,16 @@ impl<K: Kernel + Clone + 'static> NodeController<K> {
             return Ok(trusted.clone());
         }
         let trust = PolicyTrust::of_policy(&self.policy(desired).await?)?;
-        let signed = match self.fetcher.fetch_signed_index(&trust).await {
+        // A revert that can load its cached module does not wait out a repository outage.
+        let from_cache = self.revert_from_cache(desired);
+        let fetched = if from_cache {
+            self.fetcher.fetch_signed_index_once(&trust).await
+        } else {
+            self.fetcher.fetch_signed_index(&trust).await
+        };
+        let signed = match fetched {
             Ok(signed) => signed,
-            Err(failure) if self.revert_from_cache(desired) => {
+            Err(failure) if from_cache => {
                 // A revert must work while the repository is down. Only verified modules
                 // enter the host cache, and the engine checks the cached bytes against the
                 // release's hash and module name before loading them.

@@ -76,9 +76,27 @@ impl Fetcher {
     }
 
     /// The `index.json` and `index.json.sig` of the policy's repository, each read against
-    /// its size cap through a client with the policy's CAs and redirect hosts. One attempt:
-    /// a failure is reported and the next change of the node's object tries again.
+    /// its size cap through a client with the policy's CAs and redirect hosts. A fetch that
+    /// fails on the way is retried as a download is, so a flapping repository does not
+    /// fail a node.
     pub async fn fetch_signed_index(&self, trust: &PolicyTrust) -> Result<SignedIndex, Failure> {
+        self.signed_index(trust, self.retry.build()).await
+    }
+
+    /// [`Fetcher::fetch_signed_index`] in one attempt, for a caller that has something
+    /// else to fall back on (a revert to a cached module) rather than wait.
+    pub async fn fetch_signed_index_once(
+        &self,
+        trust: &PolicyTrust,
+    ) -> Result<SignedIndex, Failure> {
+        self.signed_index(trust, std::iter::empty()).await
+    }
+
+    async fn signed_index(
+        &self,
+        trust: &PolicyTrust,
+        delays: impl Iterator<Item = Duration>,
+    ) -> Result<SignedIndex, Failure> {
         let client = self.client(&trust.access).map_err(|e| {
             Failure::new(
                 NodeErrorReason::DownloadFailed,
@@ -88,10 +106,14 @@ impl Fetcher {
                 ),
             )
         })?;
-        let index = get_capped(&client, &trust.file_url(INDEX_FILE), MAX_INDEX_SIZE).await?;
-        let signature =
-            get_capped(&client, &trust.file_url(SIGNATURE_FILE), MAX_SIGNATURE_SIZE).await?;
-        Ok(SignedIndex { index, signature })
+        let index_url = trust.file_url(INDEX_FILE);
+        let signature_url = trust.file_url(SIGNATURE_FILE);
+        let both = || async {
+            let index = get_capped(&client, &index_url, MAX_INDEX_SIZE).await?;
+            let signature = get_capped(&client, &signature_url, MAX_SIGNATURE_SIZE).await?;
+            Ok(SignedIndex { index, signature })
+        };
+        attempts(&index_url, "its signed index", delays, both).await
     }
 
     /// `release`'s module, read once from the cache and verified against the signed index,
@@ -146,35 +168,8 @@ impl Fetcher {
         size: u64,
         access: &RepositoryAccess,
     ) -> Result<(), Failure> {
-        let mut delays = self.retry.build();
-        let mut attempts = 1;
-        let mut waited = Duration::ZERO;
-        loop {
-            match self.download_once(url, part, size, access).await {
-                Ok(()) => return Ok(()),
-                Err(Attempt::Passing(failure)) => match delays.next() {
-                    Some(delay) => {
-                        tracing::warn!(%url, message = %failure.message, ?delay, "download failed; retrying");
-                        tokio::time::sleep(delay).await;
-                        attempts += 1;
-                        waited += delay;
-                    }
-                    None if attempts == 1 => return Err(failure),
-                    None => {
-                        return Err(Failure {
-                            message: format!(
-                                "{} (after {attempts} attempts over {}s; check that the \
-                                 repository serves this module)",
-                                failure.message,
-                                waited.as_secs()
-                            ),
-                            ..failure
-                        });
-                    }
-                },
-                Err(Attempt::Final(failure)) => return Err(failure),
-            }
-        }
+        let once = || self.download_once(url, part, size, access);
+        attempts(url, "this module", self.retry.build(), once).await
     }
 
     async fn download_once(
@@ -199,26 +194,10 @@ impl Fetcher {
         if resume {
             request = request.header(reqwest::header::RANGE, format!("bytes={have}-"));
         }
-        let response = request.send().await.map_err(|e| {
-            let mut message = client::error_chain(&e);
-            let certificate = message.contains("certificate");
-            if certificate {
-                message.push_str(
-                    "; if the repository's certificate comes from a private CA, put that CA \
-                     in the policy's repository.caBundle",
-                );
-            }
-            let passing = (e.is_connect() || e.is_timeout() || e.is_request() || e.is_body())
-                && !e.is_redirect()
-                && !certificate;
-            Attempt::of(fail(message), passing)
-        })?;
+        let response = request.send().await.map_err(|e| send_failed(&e, fail))?;
         let status = response.status();
         if !status.is_success() {
-            let passing = status.is_server_error()
-                || status == reqwest::StatusCode::REQUEST_TIMEOUT
-                || status == reqwest::StatusCode::TOO_MANY_REQUESTS;
-            return Err(Attempt::of(fail(format!("HTTP status {status}")), passing));
+            return Err(status_failed(status, fail));
         }
         let append = resume && status == reqwest::StatusCode::PARTIAL_CONTENT;
         let mut file = std::fs::OpenOptions::new()
@@ -266,8 +245,76 @@ impl Fetcher {
     }
 }
 
+/// Runs `attempt` until it succeeds or fails for good, waiting each of `delays` before
+/// trying again; the failure after several attempts says how many and over how long.
+async fn attempts<T, F, Fut>(
+    url: &str,
+    what: &str,
+    mut delays: impl Iterator<Item = Duration>,
+    mut attempt: F,
+) -> Result<T, Failure>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Attempt>>,
+{
+    let mut tries = 1;
+    let mut waited = Duration::ZERO;
+    loop {
+        match attempt().await {
+            Ok(done) => return Ok(done),
+            Err(Attempt::Passing(failure)) => match delays.next() {
+                Some(delay) => {
+                    tracing::warn!(%url, message = %failure.message, ?delay, "download failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    tries += 1;
+                    waited += delay;
+                }
+                None if tries == 1 => return Err(failure),
+                None => {
+                    return Err(Failure {
+                        message: format!(
+                            "{} (after {tries} attempts over {}s; check that the repository \
+                             serves {what})",
+                            failure.message,
+                            waited.as_secs()
+                        ),
+                        ..failure
+                    });
+                }
+            },
+            Err(Attempt::Final(failure)) => return Err(failure),
+        }
+    }
+}
+
+/// A request that got no answer, worth another attempt when the connection failed or
+/// timed out, never when TLS or a redirect refused it.
+fn send_failed(e: &reqwest::Error, fail: impl Fn(String) -> Failure) -> Attempt {
+    let mut message = client::error_chain(e);
+    let certificate = message.contains("certificate");
+    if certificate {
+        message.push_str(
+            "; if the repository's certificate comes from a private CA, put that CA \
+             in the policy's repository.caBundle",
+        );
+    }
+    let passing = (e.is_connect() || e.is_timeout() || e.is_request() || e.is_body())
+        && !e.is_redirect()
+        && !certificate;
+    Attempt::of(fail(message), passing)
+}
+
+/// An answer other than success, worth another attempt when the server may recover
+/// (5xx, 408, 429), never for one that will not change (404, 403).
+fn status_failed(status: reqwest::StatusCode, fail: impl Fn(String) -> Failure) -> Attempt {
+    let passing = status.is_server_error()
+        || status == reqwest::StatusCode::REQUEST_TIMEOUT
+        || status == reqwest::StatusCode::TOO_MANY_REQUESTS;
+    Attempt::of(fail(format!("HTTP status {status}")), passing)
+}
+
 /// GETs `url` and reads at most `limit` bytes of the body.
-async fn get_capped(client: &reqwest::Client, url: &str, limit: u64) -> Result<Vec<u8>, Failure> {
+async fn get_capped(client: &reqwest::Client, url: &str, limit: u64) -> Result<Vec<u8>, Attempt> {
     let fail = |problem: String| {
         Failure::new(
             NodeErrorReason::DownloadFailed,
@@ -280,22 +327,22 @@ async fn get_capped(client: &reqwest::Client, url: &str, limit: u64) -> Result<V
         .get(url)
         .send()
         .await
-        .map_err(|e| fail(client::error_chain(&e)))?;
+        .map_err(|e| send_failed(&e, fail))?;
     let status = response.status();
     if !status.is_success() {
-        return Err(fail(format!("HTTP status {status}")));
+        return Err(status_failed(status, fail));
     }
     let mut body = Vec::new();
     let mut stream = response.bytes_stream();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| fail(client::error_chain(&e)))?;
+        let chunk = chunk.map_err(|e| Attempt::Passing(fail(client::error_chain(&e))))?;
         if (body.len() + chunk.len()) as u64 > limit {
-            return Err(Failure::new(
+            return Err(Attempt::Final(Failure::new(
                 NodeErrorReason::UntrustedRelease,
                 format!(
                     "{url} is larger than {limit} bytes; this is not a kpersist repository file"
                 ),
-            ));
+            )));
         }
         body.extend_from_slice(&chunk);
     }

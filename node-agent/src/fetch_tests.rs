@@ -320,3 +320,69 @@ async fn a_refused_connection_is_retried_until_the_server_is_back() {
         .unwrap();
     assert_eq!(image.bytes(), body);
 }
+
+/// Answers the first `failures` requests with 503, then every request with `body`.
+async fn recovering(failures: usize, body: &'static [u8]) -> (String, Arc<Mutex<usize>>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = Arc::new(Mutex::new(0));
+    let seen = count.clone();
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let mut buf = vec![0u8; 4096];
+            let _ = sock.read(&mut buf).await;
+            let n = {
+                let mut n = seen.lock().unwrap();
+                *n += 1;
+                *n
+            };
+            let head = if n <= failures {
+                "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n".to_string()
+            } else {
+                format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n", body.len())
+            };
+            let _ = sock.write_all(head.as_bytes()).await;
+            let _ = sock.write_all(b"Connection: close\r\n\r\n").await;
+            if n > failures {
+                let _ = sock.write_all(body).await;
+            }
+            let _ = sock.shutdown().await;
+        }
+    });
+    (format!("http://{addr}/repo/"), count)
+}
+
+fn trust_of(url: &str) -> PolicyTrust {
+    PolicyTrust {
+        policy: "fleet".into(),
+        repository_url: url.parse().unwrap(),
+        access: RepositoryAccess::default(),
+        keys: Vec::new(),
+        accepted_serial: 0,
+    }
+}
+
+#[tokio::test]
+async fn the_signed_index_outlasts_a_repository_that_flaps() {
+    let (url, count) = recovering(2, b"signed").await;
+    let signed = retrying(3, 10)
+        .fetch_signed_index(&trust_of(&url))
+        .await
+        .unwrap();
+    assert_eq!(signed.index, b"signed");
+    assert_eq!(signed.signature, b"signed");
+    assert_eq!(
+        *count.lock().unwrap(),
+        4,
+        "two refused, then index and signature"
+    );
+
+    let (url, count) = recovering(1, b"signed").await;
+    let failure = retrying(3, 10)
+        .fetch_signed_index_once(&trust_of(&url))
+        .await
+        .unwrap_err();
+    assert_eq!(failure.reason, NodeErrorReason::DownloadFailed);
+    assert!(failure.message.contains("503"), "{}", failure.message);
+    assert_eq!(*count.lock().unwrap(), 1, "one attempt only");
+}

@@ -8,7 +8,9 @@
 
 use std::collections::BTreeMap;
 
-use kpersist_crds::{LivePatchNode, LivePatchPolicy, NodePatchState, PatchAction, PolicyPhase};
+use kpersist_crds::{
+    Blame, LivePatchNode, LivePatchPolicy, NodePatchState, PatchAction, PolicyPhase,
+};
 
 use super::{Object, Observed, in_flight};
 
@@ -117,11 +119,31 @@ fn done(node: &LivePatchNode) -> bool {
         && status.applied.as_ref().map(|a| &a.id) == asked.map(|r| &r.id)
 }
 
+/// Whether `node` failed through the release's fault: only those count against
+/// `maxFailures`.
 fn failed(node: &LivePatchNode) -> bool {
-    matches!(
-        node.status.as_ref().and_then(|s| s.state),
-        Some(NodePatchState::Failed | NodePatchState::CrashSuspected)
-    )
+    ended_in(node, Blame::Release)
+}
+
+/// Whether `node` failed with a problem of its own (a download, the host): its wave goes
+/// on without it and the release is not blamed.
+fn troubled(node: &LivePatchNode) -> bool {
+    ended_in(node, Blame::Node)
+}
+
+fn ended_in(node: &LivePatchNode, blame: Blame) -> bool {
+    let Some(status) = node.status.as_ref() else {
+        return false;
+    };
+    let found = match status.state {
+        Some(NodePatchState::CrashSuspected) => Blame::Release,
+        Some(NodePatchState::Failed) => status
+            .last_error
+            .as_ref()
+            .map_or(Blame::Release, |e| e.reason.blame()),
+        _ => return false,
+    };
+    found == blame
 }
 
 /// Replays the recorded history in etcd order.
@@ -258,7 +280,7 @@ impl Replay {
             .collect();
         let unfinished: Vec<String> = earlier
             .iter()
-            .filter(|n| !done(n) && !failed(n))
+            .filter(|n| !done(n) && !failed(n) && !troubled(n))
             .map(|n| name_of(n))
             .collect();
         let failures = earlier.iter().filter(|n| failed(n)).count() as u32;

@@ -188,6 +188,32 @@ fn wave_two_before_the_canary_applied_breaks_wave_order() {
 }
 
 #[test]
+fn a_canary_in_trouble_of_its_own_lets_the_next_wave_go() {
+    let mut troubled = lpn("a", Some(("Apply", V1, Some(1), None)), ("Failed", None));
+    if let Some(status) = troubled.status.as_mut() {
+        status.last_error = serde_json::from_value(json!({
+            "reason": "DownloadFailed", "message": "connection refused",
+        }))
+        .ok();
+    }
+    let objects = vec![
+        node(troubled),
+        node(lpn(
+            "b",
+            Some(("Apply", V1, Some(2), None)),
+            ("Applied", Some(V1)),
+        )),
+        Object::Policy(policy("Complete", &[])),
+    ];
+    let ends = &[("a", None), ("b", Some(V1))];
+    let exp = expect(ends, &[PolicyPhase::Complete]);
+    assert_eq!(
+        check(&history(objects.clone()), &exp, &final_of(&objects)),
+        vec![]
+    );
+}
+
+#[test]
 fn a_failed_canary_holds_the_next_wave_unless_max_failures_allows_it() {
     let objects = vec![
         node(lpn(
