@@ -7,7 +7,7 @@
 # /e2e/env (written by run.sh) sets:
 #   EXPECT_RELEASE   the kernel release the repository was signed for
 #   EXPECT_BUILD_ID  the kernel build id computed on the host from vmlinuz
-#   V_V1 V_V2 V_BAD V_FAIL V_STALL  repository versions of the test modules
+#   V_V1 V_V2 V_BAD V_FAIL V_STALL V_STACK  repository versions of the test modules
 
 export PATH=/bin
 mount -t proc proc /proc
@@ -68,6 +68,13 @@ cmdline() { cat /proc/cmdline; }
 loaded() { lsmod | awk '{print $1}' | grep -qx "$1"; }
 # shellcheck disable=SC2012 # livepatch names are module names: no blanks or newlines
 patches() { ls "$LP" | tr '\n' ' '; }
+enabled() { [ "$(cat "$LP/$1/enabled" 2>/dev/null)" = 1 ]; }
+# settled NAME: waits up to 10 s until livepatch NAME has no transition under way.
+settled() {
+	n=100
+	while [ "$(cat "$LP/$1/transition" 2>/dev/null)" != 0 ] && [ $n -gt 0 ]; do sleep 0.1; n=$((n - 1)); done
+	[ "$(cat "$LP/$1/transition" 2>/dev/null)" = 0 ]
+}
 
 echo "KERNEL-E2E-GUEST: start"
 ORIG_CMDLINE=$(cmdline)
@@ -201,6 +208,57 @@ else
 fi
 revert >/dev/null 2>&1
 rmmod kpersist_stall_helper
+
+# --- a module built without atomic replace -------------------------------------------------
+# v1 is live; kpersist_stack (.replace = false) stacks on it. 6.1 shows no replace flag in
+# sysfs, so the agent sees v1 still enabled after the transition, takes the new patch back
+# out (disable, unload) and fails the apply: v1 stays live, as it was.
+if ! apply "$V_V1"; then
+	fail not-cumulative "applying v1 first exited $RC"; show
+elif apply "$V_STACK"; then
+	fail not-cumulative "apply of a module built without .replace succeeded: $(patches)"; show
+elif ! grep -q 'reason=NotCumulative' "$OUT"; then
+	fail not-cumulative "refused, but not as NotCumulative"; show
+elif [ -d "$LP/kpersist_stack" ] || loaded kpersist_stack; then
+	fail not-cumulative "kpersist_stack still registered or loaded: $(patches)"; show
+elif ! enabled kpersist_v1 || [ "$(cmdline)" != "kpersist v1" ]; then
+	fail not-cumulative "v1 not live after the undo: /proc/cmdline '$(cmdline)', livepatches: $(patches)"; show
+elif ! "$AGENT" local status --state-dir "$STATE" >"$OUT" 2>&1 ||
+	! grep -q "^state=Applied release=$EXPECT_RELEASE/v$V_V1\b" "$OUT"; then
+	fail not-cumulative "undone, but local status does not read v1 back as applied"; show
+else
+	ok not-cumulative "stacked on kpersist_v1, undone; v1 still live"
+fi
+
+# --- another tool's livepatch ---------------------------------------------------------------
+# foreign_patch, in no kpersist repository, is loaded by hand beside v1 (.replace = false),
+# as a vendor's livepatch service would. v2's atomic replace would disable it, so the agent
+# must refuse before loading anything.
+insmod /e2e/modules/foreign_patch.ko
+if ! enabled foreign_patch || ! settled foreign_patch || ! grep -q '^foreign_patch' /proc/loadavg; then
+	fail foreign-refused "foreign_patch did not go live beside v1: $(patches); /proc/loadavg '$(cat /proc/loadavg)'"
+elif apply "$V_V2"; then
+	fail foreign-refused "apply of v2 over another tool's livepatch succeeded: $(patches)"; show
+elif ! grep -q 'reason=ForeignLivepatch' "$OUT"; then
+	fail foreign-refused "refused, but not as ForeignLivepatch"; show
+elif ! grep 'reason=ForeignLivepatch' "$OUT" | grep -q foreign_patch; then
+	fail foreign-refused "ForeignLivepatch does not name foreign_patch"; show
+elif [ -d "$LP/kpersist_v2" ] || loaded kpersist_v2; then
+	fail foreign-refused "refused, yet kpersist_v2 is loaded: $(patches)"
+elif ! enabled foreign_patch || ! grep -q '^foreign_patch' /proc/loadavg; then
+	fail foreign-refused "foreign_patch no longer live: $(patches)"
+elif ! enabled kpersist_v1 || [ "$(cmdline)" != "kpersist v1" ]; then
+	fail foreign-refused "v1 no longer live: /proc/cmdline '$(cmdline)', livepatches: $(patches)"
+else
+	ok foreign-refused "nothing loaded; foreign_patch and kpersist_v1 still live"
+fi
+# Take the other tool's patch out by hand, then every kpersist patch.
+echo 0 >"$LP/foreign_patch/enabled" 2>/dev/null
+n=100
+while [ -d "$LP/foreign_patch" ] && [ $n -gt 0 ]; do sleep 0.1; n=$((n - 1)); done
+n=20
+until rmmod foreign_patch 2>/dev/null || [ $n -eq 0 ]; do sleep 0.1; n=$((n - 1)); done
+revert >/dev/null 2>&1
 
 # --- a crash marker from an earlier boot ----------------------------------------------------
 # A marker the agent would have left had this node gone down while loading v2 on an

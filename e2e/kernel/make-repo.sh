@@ -3,9 +3,13 @@
 #   version 1  kpersist_v1            version 3  kpersist_fail (cannot be enabled)
 #   version 2  kpersist_v2            version 4  kpersist_stall_patch
 #   version 5  kpersist_badvermagic   (module claims another kernel release)
+#   version 6  kpersist_stack         (built without .replace: stacks, NotCumulative)
 # `kpersist-repo add` rightly refuses a module whose vermagic names another release, so
 # version 5 is written into index.json directly, the way a publisher who bypassed the
 # tool would, and only then is the index signed: the agent must refuse it on its own.
+# Version 6 is a livepatch like any other to the tool (nothing in its modinfo says it
+# would stack): only the kernel shows it, after the load. foreign_patch is in no release:
+# it is another tool's.
 #
 # usage: make-repo.sh KPERSIST_REPO MODULES_DIR WORK_DIR KERNEL_RELEASE BUILD_ID
 # writes WORK_DIR/repo (signed) and WORK_DIR/repo.pub.
@@ -42,6 +46,7 @@ with open(path, "w") as f:
     json.dump(index, f, indent=2)
     f.write("\n")
 PY
+add 6 kpersist_stack
 
 "$tool" sign --repo "$repo" --key "$keys/kpersist.key"
 cp "$keys/kpersist.pub" "$work/repo.pub"

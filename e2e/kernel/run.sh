@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Real-kernel end-to-end suite: boots Debian's 6.1 kernel in qemu (TCG, no network) and
 # drives kpersist-agent's one-shot local mode through apply, atomic replace, revert,
-# disable, refusals, a stalled transition and a crash marker, against the real livepatch
-# interface. Every step prints "KERNEL-E2E: <step>: ok|FAIL <why>"; the last line is
-# "KERNEL-E2E: PASS" or "KERNEL-E2E: FAIL" and the exit status matches.
+# disable, refusals, a stalled transition, a module that would stack, another tool's
+# livepatch and a crash marker, against the real livepatch interface. Every step prints
+# "KERNEL-E2E: <step>: ok|FAIL <why>"; the last line is "KERNEL-E2E: PASS" or
+# "KERNEL-E2E: FAIL" and the exit status matches.
 #
 # Slow things are cached under ${KPERSIST_CACHE:-/var/cache/kpersist}/kernel (kernel image
 # by release and package version, modules by source hash) and target-static (the static
@@ -22,9 +23,9 @@ VM_TIMEOUT=${KPERSIST_VM_TIMEOUT:-300}
 START=$SECONDS
 
 # Repository versions of the test modules; the guest maps them back the same way.
-V_V1=1 V_V2=2 V_FAIL=3 V_STALL=4 V_BAD=5
+V_V1=1 V_V2=2 V_FAIL=3 V_STALL=4 V_BAD=5 V_STACK=6
 GUEST_STEPS="boot build-id apply-v1 apply-v2 status revert-v1 disable bad-vermagic enable-fails
-stall-reversed stall-applied crash-suspected kernel-log"
+stall-reversed stall-applied not-cumulative foreign-refused crash-suspected kernel-log"
 
 say() { printf 'kernel-e2e: [%3ds] %s\n' $((SECONDS - START)) "$*"; }
 ok() { echo "KERNEL-E2E: $1: ok${2:+ ($2)}"; }
@@ -193,7 +194,7 @@ chmod 0755 "$R/init"
 cat >"$R/e2e/env" <<EOF
 EXPECT_RELEASE=$KREL
 EXPECT_BUILD_ID=$BUILD_ID
-V_V1=$V_V1 V_V2=$V_V2 V_BAD=$V_BAD V_FAIL=$V_FAIL V_STALL=$V_STALL
+V_V1=$V_V1 V_V2=$V_V2 V_BAD=$V_BAD V_FAIL=$V_FAIL V_STALL=$V_STALL V_STACK=$V_STACK
 EOF
 (cd "$R" && find . | cpio -o -H newc --quiet) >"$WORK/initramfs.cpio"
 ok initramfs "$(du -h "$WORK/initramfs.cpio" | cut -f1)"
