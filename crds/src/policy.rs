@@ -26,7 +26,8 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "camelCase")]
 pub struct LivePatchPolicySpec {
     /// Nodes this policy patches, by Node labels. An empty selector selects every node.
-    /// A node selected by two policies is patched by neither, and both report it.
+    /// A node selected by two policies is patched by the older one; the newer reports the
+    /// conflict (Ready=False, reason Conflict) and leaves the node alone.
     #[serde(default)]
     pub node_selector: LabelSelector,
     /// Where releases come from and which ones to trust.

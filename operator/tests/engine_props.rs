@@ -584,7 +584,7 @@ fn check_fleet(
     let applying = sim
         .nodes
         .iter()
-        .filter(|n| !memory.freed.contains(&n.view.name))
+        .filter(|n| !memory.freed.contains(&n.view.name) && !n.resumed)
         .filter(|n| {
             n.desired().is_some_and(|d| d.action == PatchAction::Apply)
                 && (!n.settled()
@@ -636,12 +636,18 @@ fn note_settled(sim: &Sim, memory: &mut Memory) {
         }
     }
     for (nodes, since) in memory.waves.values_mut() {
+        // A node of a settled wave that crashed and took its request up again by itself
+        // does not reopen the wave: the rollout had moved on, and the reboot is the node's.
+        let was_settled = since.is_some();
         let all = nodes.iter().all(|n| {
             sim.nodes
                 .iter()
                 .find(|s| &s.view.name == n)
                 .is_none_or(|node| {
-                    idle_or_silent(node) || past_grace(node, sim) || overdue(node, sim)
+                    idle_or_silent(node)
+                        || past_grace(node, sim)
+                        || overdue(node, sim)
+                        || (was_settled && node.resumed)
                 })
         });
         *since = match (all, *since) {

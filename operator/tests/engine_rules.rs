@@ -284,7 +284,7 @@ fn nodes_selected_twice_are_left_alone_and_reported() {
     let degraded = condition(&status, "Degraded");
     assert_eq!(degraded.reason, "ConflictingPolicies");
     assert!(
-        degraded.message.contains("node-01 (also gpu)"),
+        degraded.message.contains("node-01 (owned by gpu)"),
         "{}",
         degraded.message
     );

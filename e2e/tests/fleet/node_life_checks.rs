@@ -1,7 +1,7 @@
 //! Helpers of the node-life scenarios: the waits and checks they share, read from the API
 //! objects and the fleet's watch.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use kpersist_crds::{
@@ -103,15 +103,17 @@ pub fn desired_changes_since(fleet: &SimFleet, start: Instant) -> Vec<String> {
     changed
 }
 
-/// `metadata.generation` of every LivePatchNode: it moves with every spec write.
-pub async fn generations(fleet: &SimFleet) -> BTreeMap<String, Option<i64>> {
-    Api::<LivePatchNode>::all(fleet.cluster.admin.clone())
-        .list(&Default::default())
-        .await
-        .expect("list LivePatchNodes")
-        .items
+/// The policies any node's `spec.desired` named after `start`, as the watch saw them.
+pub fn asking_policies_since(fleet: &SimFleet, start: Instant) -> BTreeSet<String> {
+    fleet
+        .watch
+        .log()
         .into_iter()
-        .map(|n| (n.metadata.name.unwrap_or_default(), n.metadata.generation))
+        .filter(|seen| seen.at >= start && !seen.deleted)
+        .filter_map(|seen| match seen.object {
+            Object::Node(node) => node.spec.desired.map(|d| d.policy),
+            Object::Policy(_) => None,
+        })
         .collect()
 }
 

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Node, NodeCondition, NodeSpec, NodeStatus, NodeSystemInfo};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kpersist_crds::{LivePatchNode, LivePatchPolicy, NodePatchState, PatchAction};
 use kube::ResourceExt;
 use kube::core::{Selector, SelectorExt};
@@ -22,6 +23,20 @@ pub fn selector_of(policy: &LivePatchPolicy) -> Option<Selector> {
 pub fn selects(policy: &LivePatchPolicy, labels: &BTreeMap<String, String>) -> bool {
     policy.metadata.deletion_timestamp.is_none()
         && selector_of(policy).is_some_and(|s| s.matches(labels))
+}
+
+/// Whether `a` owns a node that `b` selects too: the older policy does (the name decides
+/// between two created in the same second). Every replica and every reconcile reads the
+/// same order, so ownership never flips while both policies stand.
+pub fn outranks(a: &LivePatchPolicy, b: &LivePatchPolicy) -> bool {
+    rank(a) < rank(b)
+}
+
+fn rank(policy: &LivePatchPolicy) -> (Option<Time>, String) {
+    (
+        policy.metadata.creation_timestamp.clone(),
+        policy.name_any(),
+    )
 }
 
 /// Whether the Node's `Ready` condition is True.
@@ -58,7 +73,7 @@ pub fn node_leaving(node: &Node) -> bool {
 }
 
 /// The engine's view of every node `policy` selects, sorted by name. `policies` is every
-/// policy, used to tell the engine which nodes another policy also selects.
+/// policy, used to tell the engine which nodes an older policy also selects (and so owns).
 pub fn node_views(
     policy: &LivePatchPolicy,
     nodes: &[std::sync::Arc<Node>],
@@ -69,9 +84,14 @@ pub fn node_views(
         return Vec::new();
     };
     let name = policy.name_any();
-    let others: Vec<_> = policies
+    let mut older: Vec<_> = policies
         .iter()
         .filter(|p| p.name_any() != name && p.metadata.deletion_timestamp.is_none())
+        .filter(|p| outranks(p, policy))
+        .collect();
+    older.sort_by_key(|p| rank(p));
+    let others: Vec<_> = older
+        .into_iter()
         .filter_map(|p| Some((p.name_any(), selector_of(p)?)))
         .collect();
     let mut views: Vec<NodeView> = nodes

@@ -2,6 +2,7 @@ use std::sync::Arc;
 
 use super::*;
 use crate::fixtures::{node, store_of};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use serde_json::json;
 
 pub(crate) fn policy(name: &str, match_labels: serde_json::Value) -> LivePatchPolicy {
@@ -83,6 +84,34 @@ fn views_cover_selected_nodes_and_name_overlapping_policies() {
     assert!(views[0].lpn.is_some() && views[1].lpn.is_none());
     assert_eq!(views[0].other_policies, ["all"]);
     assert_eq!(views[0].kernel_release.as_deref(), Some("6.1.0-56-amd64"));
+}
+
+#[test]
+fn the_older_of_two_overlapping_policies_owns_their_nodes() {
+    let created = |name: &str, at: &str| {
+        let mut p = policy(name, json!({}));
+        p.metadata.creation_timestamp = Some(Time(at.parse().unwrap()));
+        Arc::new(p)
+    };
+    let old = created("zeta", "2026-01-01T00:00:00Z");
+    let young = created("alpha", "2026-02-01T00:00:00Z");
+    let twin = created("beta", "2026-02-01T00:00:00Z");
+    let nodes = vec![Arc::new(node("n1", json!({}), true))];
+    let lpns = store_of(vec![]);
+    let policies = vec![young.clone(), old.clone(), twin.clone()];
+    let others = |p: &LivePatchPolicy| {
+        node_views(p, &nodes, &lpns, &policies)[0]
+            .other_policies
+            .clone()
+    };
+    assert!(others(&old).is_empty(), "the oldest policy owns the node");
+    assert_eq!(others(&young), ["zeta"]);
+    assert_eq!(
+        others(&twin),
+        ["zeta", "alpha"],
+        "oldest first; same second: by name"
+    );
+    assert!(outranks(&old, &young) && !outranks(&young, &old));
 }
 
 #[test]

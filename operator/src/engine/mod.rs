@@ -57,8 +57,9 @@
 //!   go on outside them. `paused` stops handing out releases and moving to the next wave.
 //!   `dryRun` writes nothing to any node and fills `plannedWaves` (a count per wave and
 //!   the first ten names).
-//! - **Nodes selected by two policies** are patched by neither, counted in `total` only and
-//!   named in the Degraded condition.
+//! - **Nodes selected by two policies** are patched by the older policy (the controller
+//!   tells the newer one, through `other_policies`); the newer counts them in `total` only
+//!   and names them in its Degraded condition.
 //! - **Nodes joining and leaving.** A node that joins and needs its target takes its place
 //!   in the order; one that leaves is forgotten. A wave left with no node (all left, or
 //!   rounding gave it none) is done at once, without a bake. Only nodes with a
@@ -147,8 +148,8 @@ pub struct NodeView {
     /// Shared with the controller's store, so building the views of a large fleet on every
     /// reconcile copies no LivePatchNode.
     pub lpn: Option<std::sync::Arc<LivePatchNode>>,
-    /// Other policies whose selector also matches this node. A node selected twice is
-    /// patched by neither policy.
+    /// Older policies whose selector also matches this node, oldest first. The oldest
+    /// policy selecting a node owns it; the others leave it alone and report the conflict.
     pub other_policies: Vec<String>,
 }
 

@@ -90,8 +90,8 @@ pub(crate) fn conditions(
             "False",
             "Conflict",
             format!(
-                "{} of {} node(s) run their target; {} selected by another policy too are \
-                 patched by neither (see Degraded)",
+                "{} of {} node(s) run their target; {} selected by an older policy too are \
+                 left to it (see Degraded)",
                 input.counts.patched,
                 input.counts.total,
                 conflicted(input)
@@ -182,9 +182,9 @@ fn degraded(input: &ConditionInput<'_>) -> (&'static str, &'static str, String) 
         .take(5)
         .map(|f| {
             format!(
-                "{} (also {})",
+                "{} (owned by {})",
                 f.view.name,
-                f.view.other_policies.join(", ")
+                f.view.other_policies.first().map_or("", String::as_str)
             )
         })
         .collect();
@@ -226,7 +226,7 @@ fn degraded(input: &ConditionInput<'_>) -> (&'static str, &'static str, String) 
             "True",
             "ConflictingPolicies",
             format!(
-                "node(s) selected by another policy too are patched by neither: {}",
+                "node(s) selected by an older policy too are patched by it, not this one: {}",
                 conflicted.join(", ")
             ),
         )

@@ -137,6 +137,9 @@ pub struct SimNode {
     pub silent: bool,
     /// The node rebooted since it started (its livepatches are gone).
     pub rebooted: bool,
+    /// The agent took its request up again by itself after a crash: work no write of the
+    /// engine started, so neither its in-flight limit nor its waves answer for it.
+    pub resumed: bool,
     work: Option<(Option<PatchRelease>, PatchAction, u32)>,
 }
 
@@ -174,6 +177,7 @@ impl SimNode {
             work_ticks: 1,
             silent: false,
             rebooted: false,
+            resumed: false,
             work: None,
         }
     }
@@ -243,6 +247,7 @@ impl SimNode {
         if lpn.spec.desired != desired {
             lpn.spec.desired = desired;
             lpn.metadata.generation = Some(lpn.metadata.generation.unwrap_or(0) + 1);
+            self.resumed = false;
         }
     }
 
@@ -302,6 +307,7 @@ impl SimNode {
             .filter(|d| d.action == PatchAction::Apply)
             .and_then(|d| d.release.clone())
             .filter(|r| r.id != release);
+        self.resumed = pending.is_some();
         self.work = pending.map(|r| (Some(r), PatchAction::Apply, self.work_ticks));
         let Some(status) = self.status_mut() else {
             return;
