@@ -4,9 +4,12 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 
-# Slow builds are cached outside the checkout so a fresh clone reuses them.
+# Slow builds are cached outside the checkout so a fresh clone reuses them: one target
+# directory per checkout path, because test binaries embed the path of their sources
+# (env!("CARGO_MANIFEST_DIR")) and cargo would reuse one built in another checkout.
 export KPERSIST_CACHE="${KPERSIST_CACHE:-/var/cache/kpersist}"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$KPERSIST_CACHE/target}"
+checkout=$(pwd -P | sha256sum | cut -c1-12)
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$KPERSIST_CACHE/target-$checkout}"
 mkdir -p "$KPERSIST_CACHE"
 
 step() { printf '\n==> %s\n' "$*"; }

@@ -376,3 +376,50 @@ fn nodes_running_a_pruned_release_keep_ready_false_with_the_reason() {
             .contains("2 run a release that is no longer in the index")
     );
 }
+
+fn publish_v3(sim: &mut Sim) {
+    let t = sim.now;
+    if let Some(repo) = sim.repository.as_mut() {
+        repo.index.releases.push(release(0, 3, t));
+    }
+}
+
+/// The first node handed v3 in a fleet of `n` that all run v2.
+fn v3_canary(n: usize) -> String {
+    let mut sim = canary_fleet(n, "0s");
+    run_until(&mut sim, &[PolicyPhase::Complete], 30);
+    publish_v3(&mut sim);
+    sim.step(30).desired[0].0.clone()
+}
+
+#[test]
+fn each_release_has_its_own_canaries() {
+    let mut sim = canary_fleet(40, "0s");
+    let mut canaries = std::collections::BTreeSet::new();
+    canaries.insert(sim.step(30).desired[0].0.clone());
+    run_until(&mut sim, &[PolicyPhase::Complete], 30);
+    publish_v3(&mut sim);
+    canaries.insert(sim.step(30).desired[0].0.clone());
+    assert_eq!(canaries.len(), 2, "v2 and v3 went to the same canary first");
+}
+
+#[test]
+fn a_node_with_a_problem_of_its_own_today_is_nobodys_canary() {
+    let ailing = v3_canary(6);
+    let mut sim = canary_fleet(6, "0s");
+    sim.node_mut(&ailing)
+        .faults
+        .insert(id(0, 2), Fault::Download);
+    run_until(&mut sim, &[PolicyPhase::Complete], 30);
+    assert_eq!(sim.policy.status.as_ref().unwrap().nodes.node_problems, 1);
+    sim.node_mut(&ailing).faults.clear();
+    publish_v3(&mut sim);
+    let first = sim.step(30).desired;
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert_ne!(
+        first[0].0, ailing,
+        "the node that failed its download went first"
+    );
+    run_until(&mut sim, &[PolicyPhase::Complete], 30);
+    assert_eq!(sim.node(&ailing).applied_id(), Some(id(0, 3)));
+}

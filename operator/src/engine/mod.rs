@@ -36,7 +36,8 @@
 //!   starts, plus those that join later. After wave *k* has started, `quota(k)` of them have
 //!   been handed their release: `nodes`, or `percent` of them rounded up, cumulative and never
 //!   decreasing; a final wave takes whatever the last wave left. Nodes are taken in a fixed
-//!   order (a hash of policy and node name), skipping nodes that are NotReady. A node is done
+//!   order (a hash of policy, target release and node name; nodes that reported a problem
+//!   of their own within a day go last), skipping nodes that are NotReady. A node is done
 //!   when its agent reports `Applied` with the asked release for the current generation. A
 //!   wave is done when every node of it is done or failed (failures within `maxFailures`)
 //!   and `bake` has passed since the last of them settled (`bakeStartedAt`), with a passing

@@ -65,7 +65,10 @@ pub(crate) enum Standing {
 #[derive(Clone, Debug)]
 pub(crate) struct NodeFacts<'a> {
     pub view: &'a NodeView,
-    pub order: u64,
+    /// The node's place in the order its target is handed out in (see `order.rs`); a node
+    /// that reported a problem of its own within a day comes after all others, so it is
+    /// nobody's canary while it may still be ailing.
+    pub order: (bool, u64),
     pub standing: Standing,
     pub target: Option<NodeTarget<'a>>,
     /// This policy's request on the node, if any.
@@ -233,7 +236,7 @@ pub(crate) fn classify<'a>(
 ) -> NodeFacts<'a> {
     let mut facts = NodeFacts {
         view,
-        order: rollout_order(ctx.policy, &view.name),
+        order: (false, 0),
         standing: Standing::Unknown,
         target: None,
         ours: None,
@@ -343,7 +346,7 @@ pub(crate) fn classify<'a>(
     if let (Some(desired), Some(asked)) = (applying, asked.filter(|a| *a == target.id)) {
         facts.standing = match judge(&mut facts, desired, observed, asked, ctx) {
             Progress::Troubled(_) if retry_due(&mut facts, status, ctx) => {
-                needing(view, &target, status, targets)
+                needing(&mut facts, &target, status, targets, ctx)
             }
             Progress::Troubled(reason) => Standing::Troubled(reason),
             _ if !settled => Standing::InFlight,
@@ -370,7 +373,7 @@ pub(crate) fn classify<'a>(
         Some(applied) => applied.version < target.version,
     };
     facts.standing = if needs {
-        needing(view, &target, status, targets)
+        needing(&mut facts, &target, status, targets, ctx)
     } else {
         Standing::OnTarget
     };
@@ -388,13 +391,20 @@ fn conflicted_or(view: &NodeView, fallback: Standing) -> Standing {
 }
 
 /// A node that should get `target`: startable when it is Ready, not leaving, and the
-/// release it runs is known (so a revert has somewhere to go).
+/// release it runs is known (so a revert has somewhere to go). Sets its place in the
+/// order `target` is handed out in.
 fn needing(
-    view: &NodeView,
+    facts: &mut NodeFacts<'_>,
     target: &NodeTarget<'_>,
     status: &LivePatchNodeStatus,
     targets: &Targets<'_>,
+    ctx: &Context<'_>,
 ) -> Standing {
+    let view = facts.view;
+    facts.order = (
+        troubled_lately(status, ctx.now),
+        rollout_order(ctx.policy, &target.id, &view.name),
+    );
     let previous_known = status
         .applied
         .as_ref()
@@ -403,6 +413,20 @@ fn needing(
         startable: view.ready && !view.leaving && target.release.is_some() && previous_known,
         pruned: !previous_known,
     }
+}
+
+/// Whether the node reported a problem of its own (a failed download, a host error, ...)
+/// within the last day.
+fn troubled_lately(status: &LivePatchNodeStatus, now: Timestamp) -> bool {
+    const LATELY: Duration = Duration::from_secs(24 * 3600);
+    status
+        .last_error
+        .as_ref()
+        .filter(|e| e.reason.blame() == Blame::Node)
+        .and_then(|e| e.at.as_deref())
+        .and_then(|t| t.parse::<Timestamp>().ok())
+        .and_then(|at| at.checked_add(LATELY).ok())
+        .is_some_and(|until| now < until)
 }
 
 /// How far a node has got with `asked` (this policy's `desired`), with the node's own

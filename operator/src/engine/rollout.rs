@@ -416,7 +416,7 @@ fn wave_offset(previous: &LivePatchPolicyStatus, facts: &[NodeFacts<'_>]) -> u32
 /// Sorted by their order key held inline, so the sort does not reach into the facts for
 /// every comparison; names only break the (unlikely) ties of two equal keys.
 fn startable_in_order(facts: &[NodeFacts<'_>]) -> Vec<usize> {
-    let mut keyed: Vec<(u64, usize)> = facts
+    let mut keyed: Vec<((bool, u64), usize)> = facts
         .iter()
         .enumerate()
         .filter(|(_, f)| {
