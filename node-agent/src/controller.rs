@@ -79,6 +79,11 @@ impl<K: Kernel + Clone + 'static> NodeController<K> {
         }
     }
 
+    /// The same controller fetching signed indexes with `fetcher` (its retries, for one).
+    pub fn with_fetcher(self, fetcher: Fetcher) -> NodeController<K> {
+        NodeController { fetcher, ..self }
+    }
+
     /// Creates the `LivePatchNode` if it is missing and makes sure it is owned by the Node.
     ///
     /// This uses create and a merge patch rather than a server-side apply: before 1.22 the

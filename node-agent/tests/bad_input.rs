@@ -420,6 +420,7 @@ async fn an_unreachable_index_stops_applies_but_not_reverts_to_a_cached_module()
         "release 6.1.0-56-amd64/v3",
         "index.json",
         "cannot be verified",
+        "after 3 attempts",
     ] {
         assert!(error.message.contains(word), "{word}: {}", error.message);
     }

@@ -16,6 +16,7 @@ use axum::routing::get;
 use http::{Request, Response, StatusCode};
 use kpersist_agent::controller::NodeController;
 use kpersist_agent::engine::Engine;
+use kpersist_agent::fetch::Fetcher;
 use kpersist_crds::{DesiredPatch, LivePatchNode, LivePatchNodeStatus, PatchAction, PatchRelease};
 use kpersist_kmod::kernel::SimKernel;
 use kpersist_kmod::repository::{Index, Release, sha256_hex};
@@ -189,7 +190,13 @@ pub fn controller(
         }
     });
     let client = kube::Client::new(service, "default");
-    (NodeController::new(client, "node-a".into(), engine), writes)
+    // Two quick retries of a failed index fetch, where the agent waits up to two minutes.
+    let quick = backon::ExponentialBuilder::new()
+        .with_min_delay(std::time::Duration::from_millis(10))
+        .with_max_times(2);
+    let controller = NodeController::new(client, "node-a".into(), engine)
+        .with_fetcher(Fetcher::with_retry(quick));
+    (controller, writes)
 }
 
 fn not_found() -> Value {
