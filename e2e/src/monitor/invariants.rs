@@ -5,14 +5,23 @@
 //! Wave membership comes from the nodes' own specs (`desired.release`, `desired.wave`) as
 //! they changed, never from the policy status, so these checks hold whatever the status
 //! carries.
+//!
+//! Node life (docs/DESIGN.md, "Node life"): a node whose request the engine resolved as a
+//! node problem (named so by the policy's Degraded condition right before or right after
+//! the event), a node whose last error is its own trouble and a node that rebooted into
+//! another kernel build have freed their slot: they count neither in flight nor as an
+//! unfinished or failed member of their wave. Only a node failing with a release's fault
+//! counts as failed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-use kpersist_crds::{
-    Blame, LivePatchNode, LivePatchPolicy, NodePatchState, PatchAction, PolicyPhase,
-};
+use kpersist_crds::{LivePatchNode, LivePatchPolicy, NodePatchState, PatchAction, PolicyPhase};
 
 use super::{Object, Observed, in_flight};
+
+#[path = "node_life.rs"]
+pub mod node_life;
+use node_life::{moved_kernel, named_troubled, node_blamed, release_fault};
 
 /// One invariant of the rollout engine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -29,13 +38,17 @@ pub enum Invariant {
     FinalState,
     /// No node is left downloading, applying or reverting.
     StuckTransition,
-    /// No LivePatchNode is deleted, recreated, duplicated or missing.
+    /// No LivePatchNode is deleted, recreated, duplicated or missing (a node that left
+    /// takes its LivePatchNode with it).
     LostOrDuplicated,
+    /// A release is marked bad only after a node reported a fault of that release: node
+    /// problems (NotReady, a silent agent, a failed download, another kernel) never are.
+    BlamelessBadRelease,
 }
 
 impl Invariant {
     /// Every invariant, in the order reports list them.
-    pub const ALL: [Invariant; 7] = [
+    pub const ALL: [Invariant; 8] = [
         Invariant::MaxInFlight,
         Invariant::WaveOrder,
         Invariant::BadReleaseHandedOut,
@@ -43,6 +56,7 @@ impl Invariant {
         Invariant::FinalState,
         Invariant::StuckTransition,
         Invariant::LostOrDuplicated,
+        Invariant::BlamelessBadRelease,
     ];
 }
 
@@ -79,6 +93,9 @@ pub struct Expectations {
     pub signed: Vec<SignedRelease>,
     /// Per node of the scenario: the releases it may run at the end (`None`: none).
     pub end_applied: BTreeMap<String, Vec<Option<String>>>,
+    /// Nodes that left the cluster during the scenario: their LivePatchNode went with
+    /// them, and they are not looked for at the end.
+    pub left: BTreeSet<String>,
     /// Phases the policy may end in; empty: the policy must be gone, and no node may still
     /// name it in `spec.desired`.
     pub end_phases: Vec<PolicyPhase>,
@@ -119,31 +136,13 @@ fn done(node: &LivePatchNode) -> bool {
         && status.applied.as_ref().map(|a| &a.id) == asked.map(|r| &r.id)
 }
 
-/// Whether `node` failed through the release's fault: only those count against
-/// `maxFailures`.
+/// Whether the node failed with a release's fault (a failure that is the node's own
+/// trouble does not count against a wave).
 fn failed(node: &LivePatchNode) -> bool {
-    ended_in(node, Blame::Release)
-}
-
-/// Whether `node` failed with a problem of its own (a download, the host): its wave goes
-/// on without it and the release is not blamed.
-fn troubled(node: &LivePatchNode) -> bool {
-    ended_in(node, Blame::Node)
-}
-
-fn ended_in(node: &LivePatchNode, blame: Blame) -> bool {
-    let Some(status) = node.status.as_ref() else {
-        return false;
-    };
-    let found = match status.state {
-        Some(NodePatchState::CrashSuspected) => Blame::Release,
-        Some(NodePatchState::Failed) => status
-            .last_error
-            .as_ref()
-            .map_or(Blame::Release, |e| e.reason.blame()),
-        _ => return false,
-    };
-    found == blame
+    matches!(
+        node.status.as_ref().and_then(|s| s.state),
+        Some(NodePatchState::Failed | NodePatchState::CrashSuspected)
+    ) && !node_blamed(node)
 }
 
 /// Replays the recorded history in etcd order.
@@ -158,6 +157,15 @@ struct Replay {
     epoch_max_wave: u32,
     /// Each release marked bad, with the index of the event that first showed it.
     bad: BTreeMap<String, usize>,
+    /// Releases some node reported a fault of.
+    faulted: BTreeSet<String>,
+    /// Nodes named as node problems by the latest policy status.
+    troubled: BTreeSet<String>,
+    /// Per event, the nodes named as node problems by the next policy status after it (the
+    /// engine writes node specs first, then the status of the same decision).
+    troubled_next: Vec<BTreeSet<String>>,
+    /// Nodes resolved as node problems since they were last handed a release.
+    freed: BTreeSet<String>,
     over_limit: bool,
     violations: Vec<Violation>,
 }
@@ -167,10 +175,35 @@ impl Replay {
         self.violations.push(Violation { invariant, detail });
     }
 
-    fn policy(&mut self, i: usize, policy: &LivePatchPolicy) {
+    fn policy(&mut self, i: usize, revision: u64, policy: &LivePatchPolicy) {
         for bad in policy.status.iter().flat_map(|s| &s.bad_releases) {
+            let new = !self.bad.contains_key(&bad.release);
+            if new && !self.faulted.contains(&bad.release) {
+                let detail = format!(
+                    "{} was marked bad at revision {revision} ({}), but no node had \
+                     reported a fault of it",
+                    bad.release, bad.reason
+                );
+                self.violate(Invariant::BlamelessBadRelease, detail);
+            }
             self.bad.entry(bad.release.clone()).or_insert(i);
         }
+        self.troubled = named_troubled(policy);
+    }
+
+    /// Marks the nodes named as node problems around event `i` as having freed their slot.
+    fn free_troubled(&mut self, i: usize) {
+        let next = self.troubled_next.get(i).cloned().unwrap_or_default();
+        for name in self.troubled.iter().chain(&next) {
+            if self.handed_at.contains_key(name) {
+                self.freed.insert(name.clone());
+            }
+        }
+    }
+
+    /// Whether `node` gave its slot up to a node problem or a reboot into another kernel.
+    fn excused(&self, name: &str, node: &LivePatchNode) -> bool {
+        self.freed.contains(name) || node_blamed(node) || moved_kernel(node)
     }
 
     fn node(&mut self, i: usize, revision: u64, node: &LivePatchNode, exp: &Expectations) {
@@ -184,6 +217,9 @@ impl Replay {
             _ => {}
         }
         self.uids.insert(name.clone(), uid);
+        if let Some(release) = release_fault(node) {
+            self.faulted.insert(release);
+        }
         let desired = node.spec.desired.as_ref();
         if let Some(d) = desired.filter(|d| d.action == PatchAction::Revert)
             && let Some(from) = d.previous.as_ref()
@@ -202,7 +238,7 @@ impl Replay {
         let busy: Vec<&String> = self
             .nodes
             .iter()
-            .filter(|(_, n)| in_flight(n))
+            .filter(|(name, n)| in_flight(n) && !self.excused(name, n))
             .map(|(n, _)| n)
             .collect();
         let over = busy.len() as u32 > exp.max_in_flight;
@@ -258,12 +294,13 @@ impl Replay {
             self.wave_order(revision, name, wave, exp);
         }
         self.handed_at.insert(name.to_string(), i);
+        self.freed.remove(name);
     }
 
     /// Every node handed wave `wave - 1` in this rollout must be done (or failed within
-    /// `maxFailures`) before a node is handed wave `wave`.
+    /// `maxFailures`, or excused by node life) before a node is handed wave `wave`.
     fn wave_order(&mut self, revision: u64, name: &str, wave: u32, exp: &Expectations) {
-        let earlier: Vec<&LivePatchNode> = self
+        let earlier: Vec<(&String, &LivePatchNode)> = self
             .nodes
             .iter()
             .filter(|(n, node)| {
@@ -276,14 +313,13 @@ impl Replay {
                         d.action == PatchAction::Apply && d.wave == Some(wave.saturating_sub(1))
                     })
             })
-            .map(|(_, node)| node)
             .collect();
         let unfinished: Vec<String> = earlier
             .iter()
-            .filter(|n| !done(n) && !failed(n) && !troubled(n))
-            .map(|n| name_of(n))
+            .filter(|(n, node)| !done(node) && !failed(node) && !self.excused(n, node))
+            .map(|(n, _)| n.to_string())
             .collect();
-        let failures = earlier.iter().filter(|n| failed(n)).count() as u32;
+        let failures = earlier.iter().filter(|(_, node)| failed(node)).count() as u32;
         if !unfinished.is_empty() || failures > exp.max_failures {
             let detail = format!(
                 "{name} was handed wave {wave} at revision {revision} while wave {} had \
@@ -301,23 +337,32 @@ pub fn check(log: &[Observed], exp: &Expectations, end: &Final) -> Vec<Violation
     let mut events: Vec<&Observed> = log
         .iter()
         .filter(|o| match &o.object {
-            Object::Node(n) => exp.end_applied.contains_key(&name_of(n)),
+            Object::Node(n) => {
+                let name = name_of(n);
+                exp.end_applied.contains_key(&name) || exp.left.contains(&name)
+            }
             Object::Policy(p) => p.metadata.name.as_deref() == Some(exp.policy.as_str()),
         })
         .collect();
     events.sort_by_key(|o| o.revision);
-    let mut replay = Replay::default();
+    let mut replay = Replay {
+        troubled_next: troubled_next(&events),
+        ..Replay::default()
+    };
     for (i, observed) in events.iter().enumerate() {
+        replay.free_troubled(i);
         match (&observed.object, observed.deleted) {
-            (Object::Policy(policy), false) => replay.policy(i, policy),
+            (Object::Policy(policy), false) => replay.policy(i, observed.revision, policy),
             (Object::Policy(_), true) => {}
             (Object::Node(node), false) => replay.node(i, observed.revision, node, exp),
             (Object::Node(node), true) => {
                 let name = name_of(node);
-                replay.violate(
-                    Invariant::LostOrDuplicated,
-                    format!("{name} was deleted at revision {}", observed.revision),
-                );
+                if !exp.left.contains(&name) {
+                    replay.violate(
+                        Invariant::LostOrDuplicated,
+                        format!("{name} was deleted at revision {}", observed.revision),
+                    );
+                }
                 replay.nodes.remove(&name);
             }
         }
@@ -326,7 +371,26 @@ pub fn check(log: &[Observed], exp: &Expectations, end: &Final) -> Vec<Violation
     replay.violations
 }
 
+/// Per event, the nodes the first policy status recorded after it names as node problems.
+fn troubled_next(events: &[&Observed]) -> Vec<BTreeSet<String>> {
+    let mut next = BTreeSet::new();
+    let mut out: Vec<BTreeSet<String>> = events
+        .iter()
+        .rev()
+        .map(|o| {
+            let ahead = next.clone();
+            if let (Object::Policy(p), false) = (&o.object, o.deleted) {
+                next = named_troubled(p);
+            }
+            ahead
+        })
+        .collect();
+    out.reverse();
+    out
+}
+
 fn check_end(replay: &mut Replay, exp: &Expectations, end: &Final) {
+    let troubled = end.policy.as_ref().map(named_troubled).unwrap_or_default();
     for (name, expected) in &exp.end_applied {
         let found: Vec<&LivePatchNode> = end.nodes.iter().filter(|n| name_of(n) == *name).collect();
         let node = match found.as_slice() {
@@ -360,7 +424,8 @@ fn check_end(replay: &mut Replay, exp: &Expectations, end: &Final) {
                 NodePatchState::Downloading | NodePatchState::Applying | NodePatchState::Reverting
             )
         );
-        if transient || in_flight(node) {
+        // A node resolved as a node problem (an agent gone for good) may stay unfinished.
+        if (transient || in_flight(node)) && !troubled.contains(name) {
             replay.violate(
                 Invariant::StuckTransition,
                 format!("{name} ends {:?} with an unfinished apply", status.state),

@@ -1,6 +1,6 @@
 //! Each invariant fails on a hand-made history that breaks it, and a clean rollout passes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Instant;
 
 use serde_json::{Value, json};
@@ -98,6 +98,7 @@ fn expect(end: &[(&str, Option<&str>)], phases: &[PolicyPhase]) -> Expectations 
             .map(|(n, r)| (n.to_string(), vec![r.map(String::from)]))
             .collect::<BTreeMap<_, _>>(),
         end_phases: phases.to_vec(),
+        left: BTreeSet::new(),
     }
 }
 
@@ -185,32 +186,6 @@ fn wave_two_before_the_canary_applied_breaks_wave_order() {
     exp.max_in_flight = 2;
     let found = check(&history(objects.clone()), &exp, &final_of(&objects));
     assert_eq!(invariants(&found), vec![Invariant::WaveOrder], "{found:?}");
-}
-
-#[test]
-fn a_canary_in_trouble_of_its_own_lets_the_next_wave_go() {
-    let mut troubled = lpn("a", Some(("Apply", V1, Some(1), None)), ("Failed", None));
-    if let Some(status) = troubled.status.as_mut() {
-        status.last_error = serde_json::from_value(json!({
-            "reason": "DownloadFailed", "message": "connection refused",
-        }))
-        .ok();
-    }
-    let objects = vec![
-        node(troubled),
-        node(lpn(
-            "b",
-            Some(("Apply", V1, Some(2), None)),
-            ("Applied", Some(V1)),
-        )),
-        Object::Policy(policy("Complete", &[])),
-    ];
-    let ends = &[("a", None), ("b", Some(V1))];
-    let exp = expect(ends, &[PolicyPhase::Complete]);
-    assert_eq!(
-        check(&history(objects.clone()), &exp, &final_of(&objects)),
-        vec![]
-    );
 }
 
 #[test]
@@ -406,4 +381,188 @@ fn a_node_deleted_recreated_or_missing_is_caught() {
         vec![Invariant::LostOrDuplicated],
         "{found:?}"
     );
+}
+
+/// `node` with a last error of `reason` about `release`.
+fn with_error(mut node: LivePatchNode, reason: &str, release: &str) -> LivePatchNode {
+    let error = json!({"reason": reason, "message": "seen", "release": release});
+    let status = node.status.get_or_insert_with(Default::default);
+    status.last_error = Some(serde_json::from_value(error).expect("a valid NodeError"));
+    node
+}
+
+/// `node` reporting kernel build `build` (the releases of these tests are built for `ab`).
+fn on_build(mut node: LivePatchNode, build: &str) -> LivePatchNode {
+    node.status.get_or_insert_with(Default::default).build_id = Some(build.into());
+    node
+}
+
+/// `policy` whose Degraded condition names `troubled` as node problems, as the engine
+/// writes it.
+fn naming_troubled(mut policy: LivePatchPolicy, troubled: &[&str]) -> LivePatchPolicy {
+    let list: Vec<String> = troubled
+        .iter()
+        .map(|n| format!("{n} (NodeNotReady)"))
+        .collect();
+    let condition = json!({
+        "type": "Degraded", "status": "True", "reason": "NodeProblems",
+        "message": format!(
+            "{} node(s) could not take part (not the release's fault; retried): {}",
+            troubled.len(),
+            list.join(", ")
+        ),
+    });
+    let status = policy.status.get_or_insert_with(Default::default);
+    status.conditions = vec![serde_json::from_value(condition).expect("a valid condition")];
+    policy
+}
+
+/// The canary `a` is handed v1 and never finishes; `b` is handed wave 2 meanwhile, then
+/// the policy status of that decision (`troubled` named as node problems) follows.
+fn canary_left_behind(troubled: &[&str]) -> Vec<Object> {
+    vec![
+        node(lpn("a", None, ("Idle", None))),
+        node(lpn("b", None, ("Idle", None))),
+        node(lpn(
+            "a",
+            Some(("Apply", V1, Some(1), None)),
+            ("Downloading", None),
+        )),
+        node(lpn("b", Some(("Apply", V1, Some(2), None)), ("Idle", None))),
+        Object::Policy(naming_troubled(policy("Progressing", &[]), troubled)),
+        node(lpn(
+            "b",
+            Some(("Apply", V1, Some(2), None)),
+            ("Applied", Some(V1)),
+        )),
+        Object::Policy(naming_troubled(policy("Complete", &[]), troubled)),
+    ]
+}
+
+#[test]
+fn a_node_problem_frees_the_slot_and_holds_no_wave_but_an_unexplained_straggler_does() {
+    let ends = &[("a", None), ("b", Some(V1))];
+    let exp = expect(ends, &[PolicyPhase::Complete]);
+    let objects = canary_left_behind(&["a"]);
+    let found = check(&history(objects.clone()), &exp, &final_of(&objects));
+    assert_eq!(found, vec![], "a was resolved as a node problem");
+
+    // The same history with no node problem named: the canary was simply overtaken.
+    let objects = canary_left_behind(&[]);
+    let found = check(&history(objects.clone()), &exp, &final_of(&objects));
+    assert_eq!(
+        invariants(&found),
+        vec![
+            Invariant::WaveOrder,
+            Invariant::MaxInFlight,
+            Invariant::StuckTransition
+        ],
+        "{found:?}"
+    );
+}
+
+#[test]
+fn a_failure_that_is_the_nodes_trouble_does_not_count_against_the_wave() {
+    let history_with = |reason: &str| {
+        vec![
+            node(with_error(
+                lpn("a", Some(("Apply", V1, Some(1), None)), ("Failed", None)),
+                reason,
+                V1,
+            )),
+            node(lpn(
+                "b",
+                Some(("Apply", V1, Some(2), None)),
+                ("Applied", Some(V1)),
+            )),
+            Object::Policy(policy("Complete", &[])),
+        ]
+    };
+    let ends = &[("a", None), ("b", Some(V1))];
+    let exp = expect(ends, &[PolicyPhase::Complete]);
+    let objects = history_with("DownloadFailed");
+    assert_eq!(
+        check(&history(objects.clone()), &exp, &final_of(&objects)),
+        vec![]
+    );
+    let objects = history_with("LoadRefused");
+    let found = check(&history(objects.clone()), &exp, &final_of(&objects));
+    assert_eq!(invariants(&found), vec![Invariant::WaveOrder], "{found:?}");
+}
+
+#[test]
+fn a_release_marked_bad_with_only_node_problems_seen_is_caught() {
+    let marked_after = |reason: &str| {
+        vec![
+            node(with_error(
+                lpn("a", Some(("Apply", V1, Some(1), None)), ("Failed", None)),
+                reason,
+                V1,
+            )),
+            Object::Policy(policy("Failed", &[V1])),
+        ]
+    };
+    let exp = expect(&[("a", None)], &[PolicyPhase::Failed]);
+    let objects = marked_after("KernelMismatch");
+    let found = check(&history(objects.clone()), &exp, &final_of(&objects));
+    assert!(
+        invariants(&found).contains(&Invariant::BlamelessBadRelease),
+        "{found:?}"
+    );
+    // (Neither history reverts the node, so both also end asking for the bad release.)
+    let objects = marked_after("TransitionStalled");
+    let found = check(&history(objects.clone()), &exp, &final_of(&objects));
+    assert!(
+        !invariants(&found).contains(&Invariant::BlamelessBadRelease),
+        "{found:?}"
+    );
+}
+
+#[test]
+fn a_node_rebooted_into_another_kernel_is_not_held_to_its_old_release() {
+    let rebooted_canary = |build: &str| {
+        vec![
+            node(lpn("a", Some(("Apply", V1, Some(1), None)), ("Idle", None))),
+            node(on_build(
+                lpn("a", Some(("Apply", V1, Some(1), None)), ("Idle", None)),
+                build,
+            )),
+            node(lpn(
+                "b",
+                Some(("Apply", V1, Some(2), None)),
+                ("Applied", Some(V1)),
+            )),
+            Object::Policy(policy("Complete", &[])),
+        ]
+    };
+    let ends = &[("a", None), ("b", Some(V1))];
+    let mut exp = expect(ends, &[PolicyPhase::Complete]);
+    exp.max_in_flight = 2;
+    // `a` came back on build `cd` and reports nothing of v1 yet: it was not overtaken.
+    let objects = rebooted_canary("cd");
+    let found = check(&history(objects.clone()), &exp, &final_of(&objects));
+    assert_eq!(invariants(&found), vec![Invariant::StuckTransition]);
+    // Still on the build v1 is for: wave 2 overtook it.
+    let objects = rebooted_canary("ab");
+    let found = check(&history(objects.clone()), &exp, &final_of(&objects));
+    assert_eq!(
+        invariants(&found),
+        vec![Invariant::WaveOrder, Invariant::StuckTransition],
+        "{found:?}"
+    );
+}
+
+#[test]
+fn a_node_that_left_takes_its_live_patch_node_with_it() {
+    let objects = clean_rollout();
+    let mut log = history(objects.clone());
+    let mut gone = log[1].clone();
+    gone.revision = 100;
+    gone.deleted = true;
+    log.push(gone);
+    let mut exp = expect(&[("a", Some(V1))], &[PolicyPhase::Complete]);
+    exp.left.insert("b".into());
+    let mut end = final_of(&objects);
+    end.nodes.retain(|n| name_of(n) != "b");
+    assert_eq!(check(&log, &exp, &end), vec![]);
 }

@@ -50,6 +50,19 @@ pub enum Action {
     StopEtcd,
     /// The repository refuses connections, then accepts them, several times.
     FlapRepository,
+    /// The Node at the point turns NotReady (since well past the grace), then Ready again.
+    NodeNotReady,
+    /// The agent of the node at the point is gone until the operator resolves the node as a
+    /// node problem (the policy's node deadline), then it starts again.
+    AgentGone,
+    /// A new node joins the fleet.
+    NodeJoins,
+    /// The node at the point leaves the cluster: agent stopped, Node and LivePatchNode
+    /// deleted.
+    NodeLeaves,
+    /// The node at the point reboots into another kernel build, one no release is
+    /// published for.
+    KernelChanged,
 }
 
 /// How the policy and the nodes end.
@@ -85,6 +98,9 @@ pub struct Fault {
     pub max_in_flight: u32,
     /// Delay of every repository answer, in milliseconds (slow downloads widen windows).
     pub repo_delay_ms: u64,
+    /// The policy's `health.nodeDeadline`, when the fault needs one shorter than the
+    /// default.
+    pub node_deadline: Option<&'static str>,
     /// How it ends.
     pub end: End,
 }
@@ -100,8 +116,14 @@ impl Fault {
             failure_policy: FailurePolicy::Revert,
             max_in_flight: 2,
             repo_delay_ms: 300,
+            node_deadline: None,
             end: End::AllOnNewest,
         }
+    }
+
+    /// A fault of a node's life mid-wave; the rollout goes on and ends on the newest release.
+    const fn node_life(name: &'static str, what: &'static str, action: Action) -> Self {
+        Self::operator_kill(name, what, Point::Wave2Assigned).action(action)
     }
 
     const fn failing(mut self, end: End) -> Self {
@@ -150,6 +172,12 @@ pub fn faults() -> Vec<Fault> {
     )
     .action(Action::KillAgent);
     downloading.repo_delay_ms = 2000;
+    let mut agent_gone = Fault::node_life(
+        "agent-gone",
+        "the agent of a wave-2 node gone past the node deadline (10 s), then back",
+        Action::AgentGone,
+    );
+    agent_gone.node_deadline = Some("10s");
     vec![
         op(
             "operator-first-status",
@@ -229,6 +257,23 @@ pub fn faults() -> Vec<Fault> {
             CanaryAssigned,
         )
         .action(Action::FlapRepository),
+        Fault::node_life(
+            "node-not-ready",
+            "a node of wave 2 NotReady past the grace for 5 s, then Ready",
+            Action::NodeNotReady,
+        ),
+        agent_gone,
+        Fault::node_life("node-joins", "a node joins mid-wave", Action::NodeJoins),
+        Fault::node_life(
+            "node-leaves",
+            "a node of wave 2 leaves the cluster mid-wave",
+            Action::NodeLeaves,
+        ),
+        Fault::node_life(
+            "kernel-changed",
+            "a node of wave 2 reboots into a kernel build no release is published for",
+            Action::KernelChanged,
+        ),
         // Last: it may leave replica 1 holding the Lease, which the next run's replica 0
         // would have to wait out.
         op(

@@ -2,7 +2,7 @@
 //! plane, the rollout of v1 in three waves, the fault at its point, the recovery, the end
 //! of the rollout, and the invariant check over everything recorded.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,6 +19,10 @@ use crate::inject;
 
 /// The simulated kernel of every node.
 pub const KERNEL: (&str, &str) = ("6.1.0-56-amd64", "a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1a1");
+/// The kernel build a node reboots into when its kernel changes; no release is published
+/// for it.
+pub const OTHER_KERNEL: (&str, &str) =
+    ("6.1.0-57-amd64", "b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2");
 /// Nodes per run: a canary, two in wave 2 (50%), two in wave 3.
 const NODES: usize = 5;
 /// How long the rollout may take to end after the fault.
@@ -92,10 +96,13 @@ pub async fn run(cluster: Arc<Cluster>, fault: &Fault, run: u32) -> Outcome {
     if let Err(e) = start(&mut fleet, fault, &label, &mut published).await {
         return missed(e);
     }
+    let before: BTreeSet<String> = fleet.nodes().iter().map(|n| n.name.clone()).collect();
     let t0 = Instant::now();
     let missed_point = inject::strike(&mut fleet, fault, &label, &mut published)
         .await
         .err();
+    let mut left = before;
+    left.retain(|name| fleet.nodes().iter().all(|n| n.name != *name));
     let struck = t0.elapsed();
     fleet.repo.update_faults(|f| f.delay = Duration::ZERO);
 
@@ -118,6 +125,7 @@ pub async fn run(cluster: Arc<Cluster>, fault: &Fault, run: u32) -> Outcome {
         max_failures: 0,
         signed: published.signed.clone(),
         end_applied: accepted,
+        left,
         end_phases: fault.end_phases(),
     };
     let violations = check(&fleet.watch.log(), &expectations, &end);
@@ -165,6 +173,7 @@ async fn start(
     ];
     let mut policy = fleet.policy(label, waves, fault.max_in_flight);
     policy.spec.rollout.failure_policy = fault.failure_policy;
+    policy.spec.health.node_deadline = fault.node_deadline.map(String::from);
     fleet
         .create_policy(&policy)
         .await
@@ -182,10 +191,18 @@ fn accepted_end(
         End::Reverted | End::Paused => vec![None],
         End::PolicyGone => vec![None, Some(release_id(1))],
     };
+    // A node rebooted into a kernel build no release is published for runs nothing.
     fleet
         .nodes()
         .iter()
-        .map(|n| (n.name.clone(), accepted.clone()))
+        .map(|n| {
+            let own = if n.kernel_release == KERNEL.0 {
+                accepted.clone()
+            } else {
+                vec![None]
+            };
+            (n.name.clone(), own)
+        })
         .collect()
 }
 

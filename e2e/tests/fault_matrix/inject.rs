@@ -8,12 +8,13 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kpersist_crds::{LivePatchNode, LivePatchPolicy, NodePatchState, PatchAction, PolicyPhase};
 use kpersist_e2e::controlplane::{Part, Stop};
 use kpersist_e2e::fleet::NAMESPACE;
-use kpersist_e2e::sim_fleet::{OPERATOR_LEASE, SimFleet};
+use kpersist_e2e::monitor::invariants::node_life::named_troubled;
+use kpersist_e2e::sim_fleet::{OPERATOR_LEASE, SimFleet, SimNode};
 use kube::Api;
 use kube::api::DeleteParams;
 
 use crate::catalog::{Action, Fault, Point};
-use crate::harness::{Published, until};
+use crate::harness::{KERNEL, OTHER_KERNEL, Published, until};
 
 /// How long a point may take to come.
 const POINT_TIMEOUT: Duration = Duration::from_secs(90);
@@ -22,6 +23,8 @@ const ETCD_OUTAGE: Duration = Duration::from_secs(4);
 /// Refuse/accept cycles of the flapping repository, and the length of each half.
 const FLAPS: u32 = 5;
 const FLAP: Duration = Duration::from_secs(1);
+/// How long a node stays NotReady.
+const NOT_READY_FOR: Duration = Duration::from_secs(5);
 
 /// Waits for the fault's point, strikes, and starts again what was stopped. An error says
 /// why the fault could not be injected as meant.
@@ -118,6 +121,50 @@ pub async fn strike(
             }
             Ok(())
         }
+        Action::NodeNotReady => {
+            let since = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(600);
+            fleet
+                .set_not_ready(&at, since)
+                .await
+                .map_err(|e| format!("{at} NotReady: {e}"))?;
+            tokio::time::sleep(NOT_READY_FOR).await;
+            fleet
+                .set_ready(&at)
+                .await
+                .map_err(|e| format!("{at} Ready again: {e}"))
+        }
+        Action::AgentGone => {
+            fleet
+                .silence_agent(&at)
+                .await
+                .map_err(|e| format!("silencing {at}: {e}"))?;
+            until(
+                fleet,
+                label,
+                &format!("{at} resolved as a node problem"),
+                POINT_TIMEOUT,
+                |_, policy| policy.map(named_troubled)?.contains(&at).then_some(()),
+            )
+            .await?;
+            fleet
+                .start_agent(&at)
+                .map_err(|e| format!("restarting agent {at}: {e}"))
+        }
+        Action::NodeJoins => {
+            let node = SimNode::new(&format!("{label}-joiner"), KERNEL.0, KERNEL.1);
+            fleet
+                .add_node(node)
+                .await
+                .map_err(|e| format!("adding a node: {e}"))
+        }
+        Action::NodeLeaves => fleet
+            .remove_node(&at)
+            .await
+            .map_err(|e| format!("removing {at}: {e}")),
+        Action::KernelChanged => fleet
+            .reboot_node(&at, OTHER_KERNEL.0, OTHER_KERNEL.1)
+            .await
+            .map_err(|e| format!("rebooting {at}: {e}")),
     }
 }
 
