@@ -235,6 +235,15 @@ async fn a_download_cut_short_is_retried_from_where_it_stopped() {
 
 /// Answers every request with `status` and counts them.
 async fn answering(status: &'static str) -> (String, Arc<Mutex<usize>>) {
+    let (addr, count) = counting(move |_| (status.to_string(), Vec::new())).await;
+    (format!("http://{addr}/m.ko"), count)
+}
+
+/// A loopback server that answers request `n` (from 1) with the status and body
+/// `reply(n)` gives, and counts the requests.
+async fn counting(
+    reply: impl Fn(usize) -> (String, Vec<u8>) + Send + 'static,
+) -> (std::net::SocketAddr, Arc<Mutex<usize>>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let count = Arc::new(Mutex::new(0));
@@ -243,14 +252,22 @@ async fn answering(status: &'static str) -> (String, Arc<Mutex<usize>>) {
         while let Ok((mut sock, _)) = listener.accept().await {
             let mut buf = vec![0u8; 4096];
             let _ = sock.read(&mut buf).await;
-            *seen.lock().unwrap() += 1;
-            let reply =
-                format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-            let _ = sock.write_all(reply.as_bytes()).await;
+            let n = {
+                let mut n = seen.lock().unwrap();
+                *n += 1;
+                *n
+            };
+            let (status, body) = reply(n);
+            let head = format!(
+                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = sock.write_all(head.as_bytes()).await;
+            let _ = sock.write_all(&body).await;
             let _ = sock.shutdown().await;
         }
     });
-    (format!("http://{addr}/m.ko"), count)
+    (addr, count)
 }
 
 #[tokio::test]
@@ -323,32 +340,14 @@ async fn a_refused_connection_is_retried_until_the_server_is_back() {
 
 /// Answers the first `failures` requests with 503, then every request with `body`.
 async fn recovering(failures: usize, body: &'static [u8]) -> (String, Arc<Mutex<usize>>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let count = Arc::new(Mutex::new(0));
-    let seen = count.clone();
-    tokio::spawn(async move {
-        while let Ok((mut sock, _)) = listener.accept().await {
-            let mut buf = vec![0u8; 4096];
-            let _ = sock.read(&mut buf).await;
-            let n = {
-                let mut n = seen.lock().unwrap();
-                *n += 1;
-                *n
-            };
-            let head = if n <= failures {
-                "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n".to_string()
-            } else {
-                format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n", body.len())
-            };
-            let _ = sock.write_all(head.as_bytes()).await;
-            let _ = sock.write_all(b"Connection: close\r\n\r\n").await;
-            if n > failures {
-                let _ = sock.write_all(body).await;
-            }
-            let _ = sock.shutdown().await;
+    let (addr, count) = counting(move |n| {
+        if n <= failures {
+            ("503 Service Unavailable".to_string(), Vec::new())
+        } else {
+            ("200 OK".to_string(), body.to_vec())
         }
-    });
+    })
+    .await;
     (format!("http://{addr}/repo/"), count)
 }
 
