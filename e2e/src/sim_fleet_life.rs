@@ -1,5 +1,5 @@
 //! Node life in a simulated fleet: nodes join and leave, reboot (into the same or another
-//! kernel), go NotReady, are cordoned, and agents fall silent. No kubelet runs, so the
+//! kernel), go NotReady, are cordoned or relabelled, and agents fall silent. No kubelet runs, so the
 //! fleet owns the Node objects and writes what a kubelet, a node controller or an admin
 //! would.
 
@@ -99,6 +99,17 @@ impl SimFleet {
         let nodes: Api<Node> = Api::all(self.cluster.admin.clone());
         nodes
             .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+            .await?;
+        Ok(())
+    }
+
+    /// Moves the Node to another fleet's label value, as relabelling a node into another
+    /// pool does: this fleet's policies no longer select it. Its agent keeps running.
+    pub async fn relabel(&self, name: &str, fleet: &str) -> Result<()> {
+        let patch = serde_json::json!({ "metadata": { "labels": { FLEET_LABEL: fleet } } });
+        let nodes: Api<Node> = Api::all(self.cluster.admin.clone());
+        nodes
+            .patch(name, &PatchParams::default(), &Patch::Merge(&patch))
             .await?;
         Ok(())
     }

@@ -235,6 +235,33 @@ async fn overlapping_policies_leave_each_node_to_the_older_one_without_flip_flop
 }
 
 #[tokio::test]
+async fn a_node_leaving_the_selector_keeps_its_patch_and_loses_the_request() {
+    let _turn = serial().await;
+    let mut fleet = SimFleet::start(k1_nodes(3)).await.expect("fleet");
+    fleet_on_v1(&mut fleet, "1s", 2).await;
+    fleet.relabel("node-3", "elsewhere").await.expect("relabel");
+    let v1 = id(K1, 1);
+    let waited = fleet
+        .wait_nodes(
+            "node-3's request cleared",
+            SETTLE * 4,
+            |nodes| match nodes.get("node-3") {
+                Some(n) if n.spec.desired.is_none() => Check::Done(n.clone()),
+                _ => Check::NotYet(describe(nodes)),
+            },
+        )
+        .await;
+    let left = waited.unwrap_or_else(|e| fail(&mut fleet, e));
+    let applied = left.status.and_then(|s| s.applied).map(|a| a.id);
+    assert_eq!(applied, Some(v1), "the patch stays loaded");
+    wait_policy_status(&mut fleet, "two selected nodes counted", |status| {
+        status.nodes.total == 2
+    })
+    .await;
+    assert_eq!(reverts_seen(&fleet), Vec::<String>::new());
+}
+
+#[tokio::test]
 async fn a_silent_agent_is_resolved_by_the_node_deadline() {
     const DEADLINE: Duration = Duration::from_secs(20);
     let _turn = serial().await;

@@ -128,7 +128,19 @@ async fn apply(policy: Arc<LivePatchPolicy>, ctx: Arc<Context>) -> Result<Action
 
     // Only nodes with a LivePatchNode are written: the agent creates it (owned by the
     // Node, so it goes with the Node); a spec written before that would orphan it.
-    let writes = spec_writes(decision.desired, &views, &ctx.lpns);
+    let mut writes = spec_writes(decision.desired, &views, &ctx.lpns);
+    if !policy.spec.rollout.dry_run && select::selector_of(&policy).is_some() {
+        let selected = |node: &str| {
+            let node = ctx.nodes.get(&ObjectRef::new(node))?;
+            Some(select::selects(&policy, node.labels()))
+        };
+        let bad = new_status
+            .bad_releases
+            .iter()
+            .map(|b| b.release.as_str())
+            .collect();
+        writes.extend(select::departed(&ctx.lpns.state(), &name, selected, &bad));
+    }
     let status_changed = policy.status.as_ref() != Some(&new_status);
     let status = status_changed.then_some(&new_status);
     if let Some(stop) = write_decision(&ctx, &policy, status, status_first, &writes).await? {

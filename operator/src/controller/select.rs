@@ -176,6 +176,50 @@ pub fn pending_reverts(lpns: &[std::sync::Arc<LivePatchNode>], policy: &str) -> 
     u32::try_from(pending).unwrap_or(u32::MAX)
 }
 
+/// The LivePatchNodes that left `policy`: their `spec.desired` names it, but `selected`
+/// says their Node is no longer selected (its labels changed, or the selector did);
+/// `selected` answers `None` for a Node it does not know, which is never taken as gone.
+/// Each one whose agent has finished with the request gets it cleared, so nothing more
+/// happens to it on this policy's behalf; its loaded patch stays. A request still in
+/// flight (a revert too) is left to finish first, and a node asked to apply one of `bad`
+/// keeps the request, so the release is not forgotten on it.
+pub fn departed(
+    lpns: &[std::sync::Arc<LivePatchNode>],
+    policy: &str,
+    selected: impl Fn(&str) -> Option<bool>,
+    bad: &std::collections::HashSet<&str>,
+) -> Vec<super::write::SpecWrite> {
+    lpns.iter()
+        .filter(|lpn| selected(&lpn.name_any()) == Some(false))
+        .filter(|lpn| {
+            lpn.spec.desired.as_ref().is_some_and(|d| {
+                d.policy == policy
+                    && !d.release.as_ref().is_some_and(|r| {
+                        d.action == PatchAction::Apply && bad.contains(r.id.as_str())
+                    })
+            })
+        })
+        .filter(|lpn| {
+            lpn.status.as_ref().is_some_and(|s| {
+                s.observed_generation == lpn.metadata.generation
+                    && !matches!(
+                        s.state,
+                        Some(
+                            NodePatchState::Downloading
+                                | NodePatchState::Applying
+                                | NodePatchState::Reverting
+                        )
+                    )
+            })
+        })
+        .map(|lpn| super::write::SpecWrite {
+            node: lpn.name_any(),
+            desired: None,
+            resource_version: lpn.resource_version(),
+        })
+        .collect()
+}
+
 /// Drops what the controller never reads from a Node: at 10,000 nodes the images list and
 /// managed fields alone are hundreds of megabytes. Kept: name, labels, deletion time,
 /// whether it is cordoned, the Ready condition with its last transition, and the kernel

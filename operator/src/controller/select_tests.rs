@@ -311,3 +311,44 @@ fn a_cordoned_or_deleting_node_is_leaving_and_not_ready_since_comes_from_its_con
     }
     assert_eq!(node_not_ready_since(&n), Some(since));
 }
+
+#[test]
+fn a_node_that_left_the_selector_has_its_settled_request_cleared_and_nothing_else() {
+    let with = |name: &str, state: &str, release: Option<&str>| {
+        let mut l = lpn(name, Some("web"));
+        l.metadata.generation = Some(2);
+        l.metadata.resource_version = Some(format!("rv-{name}"));
+        if let (Some(d), Some(id)) = (l.spec.desired.as_mut(), release) {
+            d.release = serde_json::from_value(json!({
+                "id": id, "version": 1, "kernelRelease": "k", "buildId": "b",
+                "moduleName": "m", "moduleUrl": "http://r/m.ko", "sha256": "00", "size": 1,
+            }))
+            .ok();
+        }
+        l.status = serde_json::from_value(json!({"state": state, "observedGeneration": 2})).ok();
+        Arc::new(l)
+    };
+    let lpns = vec![
+        with("left-done", "Applied", Some("k/v1")),
+        with("left-busy", "Applying", Some("k/v1")),
+        with("left-on-bad", "Failed", Some("k/v9")),
+        with("still-in", "Applied", Some("k/v1")),
+        with("unknown", "Applied", Some("k/v1")),
+        Arc::new(lpn("left-other", Some("db"))),
+    ];
+    let selected = |node: &str| match node {
+        "still-in" => Some(true),
+        "unknown" => None,
+        _ => Some(false),
+    };
+    let bad = std::collections::HashSet::from(["k/v9"]);
+    let writes = departed(&lpns, "web", selected, &bad);
+    assert_eq!(
+        writes,
+        vec![crate::controller::write::SpecWrite {
+            node: "left-done".into(),
+            desired: None,
+            resource_version: Some("rv-left-done".into()),
+        }]
+    );
+}
