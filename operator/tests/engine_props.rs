@@ -381,6 +381,7 @@ fn check_decision(
         );
     }
     first_exposures_within_the_canary(sim, memory, decision)?;
+    reverts_stay_in_the_running_rollout(sim, memory, decision)?;
     for (name, desired) in &decision.desired {
         prop_assert!(
             allowed.contains(name.as_str()),
@@ -452,6 +453,58 @@ fn check_decision(
         entry.1 = None;
         let previous = sim.node(name).applied_id();
         memory.last_apply.insert(name.clone(), (release, previous));
+    }
+    Ok(())
+}
+
+/// Automatic revert protects the running rollout, not history: a decision that marks a
+/// release bad never sends back a node that has been running it since an earlier rollout
+/// (the release was proven there; under the default `lateFailurePolicy: Pause` such a
+/// failure is a person's call). Nodes of earlier rollouts still working on it are part of
+/// the running attempt, and a failed Prometheus gate takes the wave's releases back
+/// everywhere.
+fn reverts_stay_in_the_running_rollout(
+    sim: &Sim,
+    memory: &Memory,
+    decision: &Decision,
+) -> Result<(), TestCaseError> {
+    let newly_bad = decision
+        .status
+        .bad_releases
+        .iter()
+        .any(|b| !memory.bad.contains(&b.release));
+    // A failed Prometheus gate is the fleet's verdict on every release of the wave, not a
+    // node's: it takes them back wherever they run.
+    let gate_failed = matches!(sim.gate, Some(GateVerdict::Fail(_)));
+    if !newly_bad || gate_failed {
+        return Ok(());
+    }
+    let previous = sim.policy.status.clone().unwrap_or_default();
+    for (name, desired) in &decision.desired {
+        if desired
+            .as_ref()
+            .is_none_or(|d| d.action != PatchAction::Revert)
+        {
+            continue;
+        }
+        let node = sim.node(name);
+        let Some(asked) = node.desired().filter(|d| d.action == PatchAction::Apply) else {
+            continue;
+        };
+        let release = asked.release.as_ref().map(|r| r.id.as_str()).unwrap_or("");
+        let wave = asked.wave.unwrap_or(0);
+        // Without a rollout in the status, a wave past every recorded one was handed out
+        // by the decision that started the running rollout, whose status write was lost.
+        let earlier = match &previous.rollout {
+            Some(r) => wave <= r.wave_offset,
+            None => wave <= previous.last_wave,
+        };
+        prop_assert!(
+            !(earlier && node.applied_id().as_deref() == Some(release)),
+            "{} sent back from {}, which it has run since an earlier rollout",
+            name,
+            release
+        );
     }
     Ok(())
 }
@@ -976,5 +1029,61 @@ fn the_checker_refuses_a_first_exposure_past_the_canary() {
     assert!(
         refused.is_err_and(|e| e.to_string().contains("more than the canary's 1")),
         "the checker accepted a release handed to every node at once"
+    );
+}
+
+/// The automatic-revert invariant fails on a mutant decision that marks a release bad and
+/// sends back a node an earlier, finished rollout gave it.
+#[test]
+fn the_checker_refuses_a_revert_outside_the_running_rollout() {
+    let mut s = one_node();
+    s.publish_at = Some(0);
+    let mut sim = build(&s);
+    for _ in 0..40 {
+        sim.step(20);
+    }
+    assert_eq!(sim.phase(), Some(PolicyPhase::Complete));
+    let running = sim.nodes[0].applied_id().expect("the node runs a release");
+    let honest = sim.decide();
+    let mut memory = Memory::default();
+    memory.bad = recorded_bad(&sim);
+    assert!(check_decision(&sim, &mut memory, &honest).is_ok());
+    let mut mutant = honest.clone();
+    mutant.status.bad_releases.push(kpersist_crds::BadRelease {
+        release: running.clone(),
+        reason: "a late crash".into(),
+        marked_at: sim.now.to_string(),
+    });
+    let mut revert = sim.nodes[0].desired().cloned().expect("the node's request");
+    revert.action = PatchAction::Revert;
+    mutant.desired = vec![(sim.nodes[0].view.name.clone(), Some(revert))];
+    let refused = reverts_stay_in_the_running_rollout(&sim, &memory, &mutant);
+    assert!(
+        refused.is_err_and(|e| e.to_string().contains("since an earlier rollout")),
+        "the checker accepted a revert of {running} outside the running rollout"
+    );
+}
+
+/// The overlap invariant fails on a mutant decision that writes to a node another policy
+/// selects too (a spec that would flip between the two policies).
+#[test]
+fn the_checker_refuses_a_write_to_a_node_of_two_policies() {
+    let mut s = one_node();
+    s.nodes[0].conflicted = true;
+    s.nodes.push(one_node().nodes[0].clone());
+    let sim = build(&s);
+    let honest = sim.decide();
+    assert!(check_decision(&sim, &mut Memory::default(), &honest).is_ok());
+    let template = honest
+        .desired
+        .iter()
+        .find_map(|(_, d)| d.clone())
+        .expect("the other node is handed a release");
+    let mut mutant = honest.clone();
+    mutant.desired = vec![("node-00".into(), Some(template))];
+    let refused = check_decision(&sim, &mut Memory::default(), &mutant);
+    assert!(
+        refused.is_err_and(|e| e.to_string().contains("not this policy's alone")),
+        "the checker accepted a write to a node of two policies"
     );
 }
