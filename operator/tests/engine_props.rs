@@ -1045,8 +1045,10 @@ fn the_checker_refuses_a_revert_outside_the_running_rollout() {
     assert_eq!(sim.phase(), Some(PolicyPhase::Complete));
     let running = sim.nodes[0].applied_id().expect("the node runs a release");
     let honest = sim.decide();
-    let mut memory = Memory::default();
-    memory.bad = recorded_bad(&sim);
+    let mut memory = Memory {
+        bad: recorded_bad(&sim),
+        ..Memory::default()
+    };
     assert!(check_decision(&sim, &mut memory, &honest).is_ok());
     let mut mutant = honest.clone();
     mutant.status.bad_releases.push(kpersist_crds::BadRelease {
