@@ -381,7 +381,7 @@ fn check_decision(
         );
     }
     first_exposures_within_the_canary(sim, memory, decision)?;
-    reverts_stay_in_the_running_rollout(sim, memory, decision)?;
+    overdue_nodes_are_resolved(sim, decision)?;
     for (name, desired) in &decision.desired {
         prop_assert!(
             allowed.contains(name.as_str()),
@@ -457,55 +457,29 @@ fn check_decision(
     Ok(())
 }
 
-/// Automatic revert protects the running rollout, not history: a decision that marks a
-/// release bad never sends back a node that has been running it since an earlier rollout
-/// (the release was proven there; under the default `lateFailurePolicy: Pause` such a
-/// failure is a person's call). Nodes of earlier rollouts still working on it are part of
-/// the running attempt, and a failed Prometheus gate takes the wave's releases back
-/// everywhere.
-fn reverts_stay_in_the_running_rollout(
-    sim: &Sim,
-    memory: &Memory,
-    decision: &Decision,
-) -> Result<(), TestCaseError> {
-    let newly_bad = decision
-        .status
-        .bad_releases
+/// No wave waits forever: every node of this policy alone whose request is unfinished past
+/// the node deadline (a silent or stuck agent) is resolved as a node problem, unless the
+/// decision asks it something new (a revert), which starts a new deadline.
+fn overdue_nodes_are_resolved(sim: &Sim, decision: &Decision) -> Result<(), TestCaseError> {
+    let late = sim
+        .nodes
         .iter()
-        .any(|b| !memory.bad.contains(&b.release));
-    // A failed Prometheus gate is the fleet's verdict on every release of the wave, not a
-    // node's: it takes them back wherever they run.
-    let gate_failed = matches!(sim.gate, Some(GateVerdict::Fail(_)));
-    if !newly_bad || gate_failed {
-        return Ok(());
-    }
-    let previous = sim.policy.status.clone().unwrap_or_default();
-    for (name, desired) in &decision.desired {
-        if desired
-            .as_ref()
-            .is_none_or(|d| d.action != PatchAction::Revert)
-        {
-            continue;
-        }
-        let node = sim.node(name);
-        let Some(asked) = node.desired().filter(|d| d.action == PatchAction::Apply) else {
-            continue;
-        };
-        let release = asked.release.as_ref().map(|r| r.id.as_str()).unwrap_or("");
-        let wave = asked.wave.unwrap_or(0);
-        // Without a rollout in the status, a wave past every recorded one was handed out
-        // by the decision that started the running rollout, whose status write was lost.
-        let earlier = match &previous.rollout {
-            Some(r) => wave <= r.wave_offset,
-            None => wave <= previous.last_wave,
-        };
-        prop_assert!(
-            !(earlier && node.applied_id().as_deref() == Some(release)),
-            "{} sent back from {}, which it has run since an earlier rollout",
-            name,
-            release
-        );
-    }
+        .filter(|n| !n.unselected && n.view.other_policies.is_empty())
+        .filter(|n| overdue(n, sim))
+        .filter(|n| {
+            !decision
+                .desired
+                .iter()
+                .any(|(name, _)| *name == n.view.name)
+        })
+        .count();
+    let resolved = decision.status.nodes.node_problems as usize;
+    prop_assert!(
+        resolved >= late,
+        "{} node(s) past the node deadline, {} resolved as node problems",
+        late,
+        resolved
+    );
     Ok(())
 }
 
@@ -1032,40 +1006,6 @@ fn the_checker_refuses_a_first_exposure_past_the_canary() {
     );
 }
 
-/// The automatic-revert invariant fails on a mutant decision that marks a release bad and
-/// sends back a node an earlier, finished rollout gave it.
-#[test]
-fn the_checker_refuses_a_revert_outside_the_running_rollout() {
-    let mut s = one_node();
-    s.publish_at = Some(0);
-    let mut sim = build(&s);
-    for _ in 0..40 {
-        sim.step(20);
-    }
-    assert_eq!(sim.phase(), Some(PolicyPhase::Complete));
-    let running = sim.nodes[0].applied_id().expect("the node runs a release");
-    let honest = sim.decide();
-    let mut memory = Memory {
-        bad: recorded_bad(&sim),
-        ..Memory::default()
-    };
-    assert!(check_decision(&sim, &mut memory, &honest).is_ok());
-    let mut mutant = honest.clone();
-    mutant.status.bad_releases.push(kpersist_crds::BadRelease {
-        release: running.clone(),
-        reason: "a late crash".into(),
-        marked_at: sim.now.to_string(),
-    });
-    let mut revert = sim.nodes[0].desired().cloned().expect("the node's request");
-    revert.action = PatchAction::Revert;
-    mutant.desired = vec![(sim.nodes[0].view.name.clone(), Some(revert))];
-    let refused = reverts_stay_in_the_running_rollout(&sim, &memory, &mutant);
-    assert!(
-        refused.is_err_and(|e| e.to_string().contains("since an earlier rollout")),
-        "the checker accepted a revert of {running} outside the running rollout"
-    );
-}
-
 /// The overlap invariant fails on a mutant decision that writes to a node another policy
 /// selects too (a spec that would flip between the two policies).
 #[test]
@@ -1087,5 +1027,32 @@ fn the_checker_refuses_a_write_to_a_node_of_two_policies() {
     assert!(
         refused.is_err_and(|e| e.to_string().contains("not this policy's alone")),
         "the checker accepted a write to a node of two policies"
+    );
+}
+
+/// The deadline invariant fails on a mutant decision that leaves a silent node's request
+/// unresolved past the node deadline.
+#[test]
+fn the_checker_refuses_a_silent_node_left_in_flight_past_the_deadline() {
+    let mut s = one_node();
+    s.publish_at = Some(0);
+    let mut sim = build(&s);
+    sim.step(20);
+    sim.nodes[0].silent = true;
+    for _ in 0..30 {
+        sim.step(20);
+    }
+    assert!(
+        overdue(&sim.nodes[0], &sim),
+        "the silent node is past the deadline"
+    );
+    let honest = sim.decide();
+    assert!(overdue_nodes_are_resolved(&sim, &honest).is_ok());
+    let mut mutant = honest.clone();
+    mutant.status.nodes.node_problems = 0;
+    let refused = overdue_nodes_are_resolved(&sim, &mutant);
+    assert!(
+        refused.is_err_and(|e| e.to_string().contains("past the node deadline")),
+        "the checker accepted a silent node left in flight"
     );
 }
