@@ -12,7 +12,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use kpersist_crds::{DesiredPatch, LivePatchNode, NodePatchState, PatchAction, PatchRelease};
+use kpersist_crds::{
+    DesiredPatch, LivePatchNode, LivePatchPolicy, NodePatchState, PatchAction, PatchRelease,
+};
 use kpersist_e2e::controlplane::Identity;
 use kpersist_e2e::fleet::Cluster;
 use kpersist_e2e::patch_repo::{FIXTURE_KERNEL, Publisher};
@@ -128,6 +130,22 @@ async fn run(args: &Args) -> Result<()> {
     let idle_after = started.elapsed();
     let mut state = "Idle, no release";
     if !args.no_apply {
+        // The agent checks a request against the signed index of the policy it names.
+        let policy = serde_json::json!({
+            "apiVersion": "kpersist.io/v1alpha1", "kind": "LivePatchPolicy",
+            "metadata": {"name": "bench"},
+            "spec": {
+                "nodeSelector": {"matchLabels": {"kpersist.io/bench": "no-node"}},
+                "repository": {"url": repo.url(), "trustedKeys": [publisher.public_key()]},
+            },
+        });
+        Api::<LivePatchPolicy>::all(cluster.admin.clone())
+            .patch(
+                "bench",
+                &PatchParams::apply("bench"),
+                &Patch::Apply(&policy),
+            )
+            .await?;
         let desired = DesiredPatch {
             policy: "bench".into(),
             action: PatchAction::Apply,
