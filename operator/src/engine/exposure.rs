@@ -62,19 +62,22 @@ impl<'a> Exposure<'a> {
             if let Some(applied) = running {
                 let entry = releases.entry(applied.id.as_str()).or_default();
                 entry.holders += 1;
-                // An agent that did not say when it applied ran it before this rule.
-                match applied
-                    .applied_at
-                    .as_deref()
-                    .and_then(|t| t.parse::<Timestamp>().ok())
-                {
-                    None => entry.baked = true,
-                    Some(at) => {
-                        let end = at.checked_add(bake).unwrap_or(at);
-                        if end <= now {
-                            entry.baked = true;
-                        } else {
-                            entry.baked_at = Some(entry.baked_at.map_or(end, |e| e.min(end)));
+                // An agent that did not say when it applied ran it before this rule. Once
+                // one holder has run it for the bake, the others' times do not matter.
+                if !entry.baked {
+                    match applied
+                        .applied_at
+                        .as_deref()
+                        .and_then(|t| t.parse::<Timestamp>().ok())
+                    {
+                        None => entry.baked = true,
+                        Some(at) => {
+                            let end = at.checked_add(bake).unwrap_or(at);
+                            if end <= now {
+                                entry.baked = true;
+                            } else {
+                                entry.baked_at = Some(entry.baked_at.map_or(end, |e| e.min(end)));
+                            }
                         }
                     }
                 }

@@ -48,22 +48,25 @@ pub(crate) fn judge(
         .last_rollout_end
         .as_deref()
         .and_then(|t| t.parse::<Timestamp>().ok());
-    let proven: HashSet<String> = match ended {
-        Some(_) => facts
-            .iter()
-            .filter(|f| !matches!(f.standing, Standing::Member { .. }))
-            .filter_map(|f| {
-                let asked = asked_release(f)?;
-                let runs = f
-                    .status
-                    .and_then(|s| s.applied.as_ref())
-                    .is_some_and(|a| a.id == asked);
-                runs.then(|| asked.to_string())
-            })
-            .filter(|id| !bad.contains(id))
-            .collect(),
-        None => HashSet::new(),
-    };
+    // Most of a fleet runs the same few releases: each is copied into the set once.
+    let mut proven: HashSet<String> = HashSet::new();
+    if ended.is_some() {
+        for f in facts {
+            if matches!(f.standing, Standing::Member { .. }) {
+                continue;
+            }
+            let Some(asked) = asked_release(f) else {
+                continue;
+            };
+            let runs = f
+                .status
+                .and_then(|s| s.applied.as_ref())
+                .is_some_and(|a| a.id == asked);
+            if runs && !bad.contains(asked) && !proven.contains(asked) {
+                proven.insert(asked.to_string());
+            }
+        }
+    }
     let mut found = Vec::new();
     for f in facts {
         let Some((release, evidence)) = late_evidence(f, &proven, ended, bad) else {
