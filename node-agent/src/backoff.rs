@@ -23,6 +23,16 @@ pub fn download() -> ExponentialBuilder {
         .with_total_delay(Some(DOWNLOAD_RETRY_BUDGET))
 }
 
+/// The most the fetch of a policy's signed index waits in all before it gives up: it
+/// comes before the download, within the room the node deadline leaves for checks.
+pub const INDEX_RETRY_BUDGET: Duration = Duration::from_secs(30);
+
+/// Retries of the signed index's fetch: the download's steps, until the next wait would
+/// pass [`INDEX_RETRY_BUDGET`].
+pub fn index() -> ExponentialBuilder {
+    download().with_total_delay(Some(INDEX_RETRY_BUDGET))
+}
+
 /// Retries of one API call (a status write, a read of the node's objects): 0.5 s doubling
 /// up to 30 s, each up to twice that with jitter, `retries` times at most.
 pub fn api_call(retries: usize) -> ExponentialBuilder {
@@ -87,6 +97,17 @@ mod tests {
             assert!(
                 waits.iter().all(|w| *w <= Duration::from_secs(30)),
                 "{waits:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn index_fetch_waits_stay_within_its_budget() {
+        for _ in 0..20 {
+            let total: Duration = delays(index()).sum();
+            assert!(
+                total >= Duration::from_secs(15) && total <= INDEX_RETRY_BUDGET,
+                "{total:?}"
             );
         }
     }

@@ -40,11 +40,16 @@ pub struct Fetcher {
     /// Answers that will not change (404, a refused redirect, a bad certificate) are not
     /// retried.
     retry: ExponentialBuilder,
+    /// The same for the fetch of a policy's signed index, within a shorter budget.
+    index_retry: ExponentialBuilder,
 }
 
 impl Default for Fetcher {
     fn default() -> Self {
-        Fetcher::with_retry(crate::backoff::download())
+        Fetcher {
+            index_retry: crate::backoff::index(),
+            ..Fetcher::with_retry(crate::backoff::download())
+        }
     }
 }
 
@@ -55,11 +60,12 @@ impl Fetcher {
         Fetcher::default()
     }
 
-    /// A fetcher that retries a download that failed on the way after each wait `retry`
-    /// gives.
+    /// A fetcher that retries a download, or a signed index's fetch, that failed on the
+    /// way after each wait `retry` gives.
     pub fn with_retry(retry: ExponentialBuilder) -> Fetcher {
         Fetcher {
             clients: Arc::default(),
+            index_retry: retry,
             retry,
         }
     }
@@ -77,10 +83,10 @@ impl Fetcher {
 
     /// The `index.json` and `index.json.sig` of the policy's repository, each read against
     /// its size cap through a client with the policy's CAs and redirect hosts. A fetch that
-    /// fails on the way is retried as a download is, so a flapping repository does not
-    /// fail a node.
+    /// fails on the way is retried as a download is, for up to about 30 s, so a flapping
+    /// repository does not fail a node.
     pub async fn fetch_signed_index(&self, trust: &PolicyTrust) -> Result<SignedIndex, Failure> {
-        self.signed_index(trust, self.retry.build()).await
+        self.signed_index(trust, self.index_retry.build()).await
     }
 
     /// [`Fetcher::fetch_signed_index`] in one attempt, for a caller that has something
@@ -113,7 +119,7 @@ impl Fetcher {
             let signature = get_capped(&client, &signature_url, MAX_SIGNATURE_SIZE).await?;
             Ok(SignedIndex { index, signature })
         };
-        attempts(&index_url, "its signed index", delays, both).await
+        with_retries(&index_url, "its signed index", delays, both).await
     }
 
     /// `release`'s module, read once from the cache and verified against the signed index,
@@ -169,7 +175,7 @@ impl Fetcher {
         access: &RepositoryAccess,
     ) -> Result<(), Failure> {
         let once = || self.download_once(url, part, size, access);
-        attempts(url, "this module", self.retry.build(), once).await
+        with_retries(url, "this module", self.retry.build(), once).await
     }
 
     async fn download_once(
@@ -247,7 +253,7 @@ impl Fetcher {
 
 /// Runs `attempt` until it succeeds or fails for good, waiting each of `delays` before
 /// trying again; the failure after several attempts says how many and over how long.
-async fn attempts<T, F, Fut>(
+async fn with_retries<T, F, Fut>(
     url: &str,
     what: &str,
     mut delays: impl Iterator<Item = Duration>,
@@ -264,7 +270,7 @@ where
             Ok(done) => return Ok(done),
             Err(Attempt::Passing(failure)) => match delays.next() {
                 Some(delay) => {
-                    tracing::warn!(%url, message = %failure.message, ?delay, "download failed; retrying");
+                    tracing::warn!(%url, message = %failure.message, ?delay, "fetch failed; retrying");
                     tokio::time::sleep(delay).await;
                     tries += 1;
                     waited += delay;

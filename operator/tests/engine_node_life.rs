@@ -423,3 +423,30 @@ fn a_node_with_a_problem_of_its_own_today_is_nobodys_canary() {
     run_until(&mut sim, &[PolicyPhase::Complete], 30);
     assert_eq!(sim.node(&ailing).applied_id(), Some(id(0, 3)));
 }
+
+#[test]
+fn the_owner_waits_for_a_request_of_another_policy_the_agent_has_not_seen() {
+    let mut sim = canary_fleet(1, "0s");
+    run_until(&mut sim, &[PolicyPhase::Complete], 30);
+    // A newer policy selecting node-00 too asked it to go back, just before it lost the
+    // node to this (older) policy; the agent has not seen the request yet.
+    let mut theirs = sim.node("node-00").desired().cloned().expect("a request");
+    theirs.policy = "newer".into();
+    theirs.action = PatchAction::Revert;
+    theirs.asked_at = Some(sim.now.to_string());
+    sim.node_mut("node-00").write_desired(Some(theirs.clone()));
+    let t = sim.now;
+    if let Some(repo) = sim.repository.as_mut() {
+        repo.index.releases.push(release(0, 3, t));
+    }
+    for _ in 0..3 {
+        let d = sim.decide();
+        assert!(
+            d.desired.iter().all(|(n, _)| n != "node-00"),
+            "the owner wrote over a request the agent had not seen: {:?}",
+            d.desired
+        );
+        sim.apply(&d);
+    }
+    assert_eq!(sim.node("node-00").desired(), Some(&theirs));
+}

@@ -7,7 +7,9 @@ use std::collections::BTreeSet;
 use kpersist_crds::{Blame, LivePatchNode, LivePatchPolicy, NodePatchState};
 
 /// The nodes a policy status names as node problems: its Degraded condition with reason
-/// `NodeProblems` lists them as `<node> (<reason>)` after the last `): `.
+/// `NodeProblems` lists them as `<node> (<reason>)` after the last `): `. Limits: the
+/// condition names at most five nodes, and only when no weightier reason (failed nodes,
+/// conflicting policies) takes the condition; the matrix's runs stay within both.
 pub fn named_troubled(policy: &LivePatchPolicy) -> BTreeSet<String> {
     policy
         .status

@@ -357,8 +357,12 @@ pub(crate) fn classify<'a>(
         facts.target = Some(target);
         return facts;
     }
-    if busy || (applying.is_some() && !observed) {
-        facts.standing = match applying {
+    // A request the agent has not seen yet is waited for, another policy's too (a newer
+    // overlapping policy's revert, or one of a policy the node just left): writing over it
+    // would drop it. The deadline bounds the wait.
+    let unseen = lpn.spec.desired.as_ref().filter(|_| !observed);
+    if busy || unseen.is_some() {
+        facts.standing = match applying.or(unseen) {
             Some(desired) if overdue(&mut facts, desired, ctx) => {
                 Standing::Troubled(silent_or_stuck(observed))
             }
@@ -416,7 +420,7 @@ fn needing(
 }
 
 /// Whether the node reported a problem of its own (a failed download, a host error, ...)
-/// within the last day.
+/// within the last day, and has not succeeded since (a success clears the error).
 fn troubled_lately(status: &LivePatchNodeStatus, now: Timestamp) -> bool {
     const LATELY: Duration = Duration::from_secs(24 * 3600);
     status
