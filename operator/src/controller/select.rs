@@ -189,8 +189,8 @@ pub fn departed(
     selected: impl Fn(&str) -> Option<bool>,
     bad: &std::collections::HashSet<&str>,
 ) -> Vec<super::write::SpecWrite> {
+    // Cheapest first: this runs on every reconcile over every LivePatchNode.
     lpns.iter()
-        .filter(|lpn| selected(&lpn.name_any()) == Some(false))
         .filter(|lpn| {
             lpn.spec.desired.as_ref().is_some_and(|d| {
                 d.policy == policy
@@ -199,6 +199,7 @@ pub fn departed(
                     })
             })
         })
+        .filter(|lpn| selected(lpn.metadata.name.as_deref().unwrap_or_default()) == Some(false))
         .filter(|lpn| {
             lpn.status.as_ref().is_some_and(|s| {
                 s.observed_generation == lpn.metadata.generation
