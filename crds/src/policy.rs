@@ -456,6 +456,12 @@ pub struct RolloutProgress {
     /// When every node of the current wave had applied, so its bake began (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bake_started_at: Option<String>,
+    /// How many of the rollout's nodes are handed a release by the end of the current
+    /// wave, fixed when the wave starts (and again when the policy is edited): nodes that
+    /// join the fleet later wait for a later wave, or in the last wave for the next rollout,
+    /// so a joiner never restarts a bake.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wave_quota: Option<u32>,
     /// How many nodes have been given a release of this rollout. Which nodes they are is
     /// recorded on each node instead (its LivePatchNode's `spec.desired`: release and
     /// wave), so this status stays the same size however large the fleet.

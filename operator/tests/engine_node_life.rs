@@ -450,3 +450,50 @@ fn the_owner_waits_for_a_request_of_another_policy_the_agent_has_not_seen() {
     }
     assert_eq!(sim.node("node-00").desired(), Some(&theirs));
 }
+
+#[test]
+fn a_node_joining_during_a_bake_waits_for_the_next_wave_and_restarts_nothing() {
+    // Three waves: a one-node canary, then half, then everyone, each baking ten minutes.
+    let mut sim = fleet(
+        4,
+        &[
+            (Some(1), None, "10m"),
+            (None, Some(50), "10m"),
+            (None, Some(100), "10m"),
+        ],
+    );
+    step_until(&mut sim, 20, 30, |sim| {
+        sim.phase() == Some(PolicyPhase::Baking)
+    });
+    let bake_of = |sim: &Sim| {
+        sim.policy
+            .status
+            .as_ref()
+            .and_then(|s| s.rollout.as_ref())
+            .map(|r| (r.wave, r.bake_started_at.clone()))
+    };
+    let baking = bake_of(&sim);
+    sim.nodes.push(SimNode::new("joiner", 0, Some(1)));
+    let d = sim.step(60);
+    assert!(
+        d.desired.is_empty(),
+        "nobody joins a wave that bakes: {:?}",
+        d.desired
+    );
+    assert_eq!(bake_of(&sim), baking, "the canary's bake goes on");
+
+    // The percentage wave is sized when it starts (half of five); nodes that join while it
+    // bakes, which would make its half larger, wait for the last wave.
+    step_until(&mut sim, 40, 60, |sim| {
+        sim.phase() == Some(PolicyPhase::Baking) && bake_of(sim).is_some_and(|(w, _)| w == 2)
+    });
+    let second = bake_of(&sim);
+    for name in ["late-1", "late-2"] {
+        sim.nodes.push(SimNode::new(name, 0, Some(1)));
+    }
+    let d = sim.step(60);
+    assert!(d.desired.is_empty(), "{:?}", d.desired);
+    assert_eq!(bake_of(&sim), second, "wave 2's bake goes on");
+    run_until(&mut sim, &[PolicyPhase::Complete], 60);
+    assert!(sim.nodes.iter().all(|n| n.applied_id() == Some(id(0, 2))));
+}

@@ -382,6 +382,7 @@ fn check_decision(
     }
     first_exposures_within_the_canary(sim, memory, decision)?;
     overdue_nodes_are_resolved(sim, decision)?;
+    no_node_joins_a_baking_wave(sim, decision)?;
     for (name, desired) in &decision.desired {
         prop_assert!(
             allowed.contains(name.as_str()),
@@ -483,7 +484,33 @@ fn overdue_nodes_are_resolved(sim: &Sim, decision: &Decision) -> Result<(), Test
     Ok(())
 }
 
-/// The bad releases the policy status holds.
+/// No bake is restarted by a newcomer: once the recorded status says the current wave's
+/// bake began, no decision hands a node into that wave (a joiner, or a node rebooted into
+/// another kernel, waits for a later wave).
+fn no_node_joins_a_baking_wave(sim: &Sim, decision: &Decision) -> Result<(), TestCaseError> {
+    let Some(rollout) = sim.policy.status.as_ref().and_then(|s| s.rollout.as_ref()) else {
+        return Ok(());
+    };
+    let Some(since) = &rollout.bake_started_at else {
+        return Ok(());
+    };
+    let baking = rollout.wave_offset.saturating_add(rollout.wave);
+    for (name, desired) in &decision.desired {
+        let wave = desired
+            .as_ref()
+            .filter(|d| d.action == PatchAction::Apply)
+            .and_then(|d| d.wave);
+        prop_assert!(
+            wave != Some(baking),
+            "{} handed into wave {}, whose bake began at {}",
+            name,
+            rollout.wave,
+            since
+        );
+    }
+    Ok(())
+}
+
 /// No release runs for the first time on more nodes than the canary wave has: a decision
 /// that hands a release out while no node has run it for the canary wave's bake leaves at
 /// most the canary wave's size of nodes applying or running it (counted over every selected node, an
@@ -1054,5 +1081,44 @@ fn the_checker_refuses_a_silent_node_left_in_flight_past_the_deadline() {
     assert!(
         refused.is_err_and(|e| e.to_string().contains("past the node deadline")),
         "the checker accepted a silent node left in flight"
+    );
+}
+
+/// The bake invariant fails on a mutant decision that hands a node into the wave whose bake
+/// has begun (as an engine that let a joiner into the running wave would).
+#[test]
+fn the_checker_refuses_a_node_handed_into_a_baking_wave() {
+    let mut s = one_node();
+    let node = s.nodes[0].clone();
+    s.nodes = vec![node; 3];
+    s.waves = vec![(false, 0, 10), (true, 100, 0)];
+    s.max_in_flight = 3;
+    let mut sim = build(&s);
+    for _ in 0..10 {
+        sim.step(20);
+        if sim.phase() == Some(PolicyPhase::Baking) {
+            break;
+        }
+    }
+    assert_eq!(sim.phase(), Some(PolicyPhase::Baking), "the canary bakes");
+    let honest = sim.decide();
+    assert!(no_node_joins_a_baking_wave(&sim, &honest).is_ok());
+    let canary = sim
+        .nodes
+        .iter()
+        .find_map(|n| n.desired().cloned())
+        .expect("the canary's request");
+    let waiting = sim
+        .nodes
+        .iter()
+        .find(|n| n.desired().is_none())
+        .map(|n| n.view.name.clone())
+        .expect("a node waits for wave 2");
+    let mut mutant = honest.clone();
+    mutant.desired = vec![(waiting, Some(canary))];
+    let refused = no_node_joins_a_baking_wave(&sim, &mutant);
+    assert!(
+        refused.is_err_and(|e| e.to_string().contains("whose bake began")),
+        "the checker accepted a node handed into a baking wave"
     );
 }

@@ -204,6 +204,10 @@ pub(crate) fn run(step: &Step<'_>, facts: &mut [NodeFacts<'_>]) -> Outcome {
     adopt_unsettled(facts, &r.releases, r.wave_offset);
     population = members(facts) + needing;
 
+    if step.generation != step.previous.observed_generation {
+        // An edit may have resized the waves: the current one is sized again.
+        r.wave_quota = None;
+    }
     if r.failed_wave.is_some() {
         if step.generation != step.previous.observed_generation {
             // The policy was edited: look at the wave again.
@@ -273,8 +277,13 @@ pub(crate) fn run(step: &Step<'_>, facts: &mut [NodeFacts<'_>]) -> Outcome {
         }
 
         let mut assigned = members(facts);
-        let wanted = quota(rules, wave, population);
-        if blocked.is_none() && assigned < wanted {
+        // A wave's size is fixed when it starts, and once its bake has begun nobody joins
+        // it: a node that joins the fleet meanwhile waits for a later wave.
+        let wanted =
+            *r.wave_quota
+                .get_or_insert_with(|| count(quota(rules, wave, population))) as usize;
+        let baking = r.bake_started_at.is_some();
+        if blocked.is_none() && assigned < wanted && !baking {
             let room = settings.max_in_flight.saturating_sub(in_flight);
             let take = (wanted - assigned).min(room).min(startable.len() - next);
             let wave_had_nodes = facts
@@ -299,7 +308,7 @@ pub(crate) fn run(step: &Step<'_>, facts: &mut [NodeFacts<'_>]) -> Outcome {
             in_flight += take;
             assigned += take;
         }
-        let fully_assigned = assigned >= wanted || (next >= startable.len() && held == 0);
+        let fully_assigned = baking || assigned >= wanted || (next >= startable.len() && held == 0);
         let mut wave_nodes = facts.iter().filter_map(|f| match &f.standing {
             Standing::Member { wave: w, progress } if *w == wave => Some(progress),
             _ => None,
@@ -361,6 +370,7 @@ pub(crate) fn run(step: &Step<'_>, facts: &mut [NodeFacts<'_>]) -> Outcome {
         r.wave += 1;
         r.wave_started_at = step.now.to_string();
         r.bake_started_at = None;
+        r.wave_quota = None;
     }
     finish(
         step,
