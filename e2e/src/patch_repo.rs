@@ -126,6 +126,15 @@ impl Publisher {
         self.repo.sign(&self.key)?;
         Ok(release)
     }
+
+    /// Prunes `version` of a kernel build (its index entry and module), as a publisher
+    /// drops superseded cumulative releases, and signs the index again.
+    pub fn prune(&self, kernel_release: &str, version: u64) -> Result<Release> {
+        let id = format!("{kernel_release}/v{version}");
+        let removed = self.repo.remove(&id, jiff::Timestamp::now())?;
+        self.repo.sign(&self.key)?;
+        Ok(removed)
+    }
 }
 
 #[cfg(test)]

@@ -47,13 +47,31 @@ impl SimFleet {
         kernel_release: &str,
         build_id: &str,
     ) -> Result<()> {
+        let boot_id = format!("{name}-{}", jiff::Timestamp::now().as_nanosecond());
+        self.restart_agent_with(name, |node| {
+            node.kernel_release = kernel_release.to_string();
+            node.build_id = build_id.to_string();
+            node.boot_id = Some(boot_id);
+        })
+        .await
+    }
+
+    /// The node's simulated kernel fails these releases from now on (`<release id>=<fault>`
+    /// each): its agent is restarted on the same boot, so what it loaded stays loaded.
+    pub async fn set_faults(&mut self, name: &str, faults: Vec<String>) -> Result<()> {
+        self.restart_agent_with(name, |node| node.faults = faults)
+            .await
+    }
+
+    /// Stops the agent of `name`, applies `change` to its node and starts it again.
+    async fn restart_agent_with(
+        &mut self,
+        name: &str,
+        change: impl FnOnce(&mut SimNode),
+    ) -> Result<()> {
         self.silence_agent(name).await?;
         self.agents.remove(name);
-        let boot_id = format!("{name}-{}", jiff::Timestamp::now().as_nanosecond());
-        let node = self.node_mut(name)?;
-        node.kernel_release = kernel_release.to_string();
-        node.build_id = build_id.to_string();
-        node.boot_id = Some(boot_id);
+        change(self.node_mut(name)?);
         self.start_agent(name)
     }
 

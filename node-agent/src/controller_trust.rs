@@ -36,29 +36,38 @@ impl<K: Kernel + Clone + 'static> NodeController<K> {
         } else {
             self.fetcher.fetch_signed_index(&trust).await
         };
-        let signed = match fetched {
-            Ok(signed) => signed,
-            Err(failure) if from_cache => {
-                // A revert must work while the repository is down. Only verified modules
-                // enter the host cache, and the engine checks the cached bytes against the
-                // release's hash and module name before loading them.
-                tracing::warn!(message = %failure.message, "signed index unreachable; reverting to the cached module");
-                return Ok(DesiredPatch {
-                    repository: Some(trust.access.clone()),
-                    ..desired.clone()
-                });
-            }
+        let unreachable = fetched.is_err();
+        let checked = match fetched {
+            Ok(signed) => trusted_desired(desired, &trust, &signed),
             Err(failure) => {
                 let id = desired.release.as_ref().map_or("", |r| r.id.as_str());
-                return Err(Failure {
+                Err(Failure {
                     message: format!("release {id}: {}", failure.message),
                     ..failure
-                });
+                })
             }
         };
-        let trusted = trusted_desired(desired, &trust, &signed)?;
-        *self.lock_verified() = Some((desired.clone(), trusted.clone()));
-        Ok(trusted)
+        match checked {
+            Ok(trusted) => {
+                *self.lock_verified() = Some((desired.clone(), trusted.clone()));
+                Ok(trusted)
+            }
+            // A revert must work while the repository is down, and after it pruned the
+            // release the node goes back to. Only verified modules enter the host cache,
+            // and the engine checks the cached bytes against the release's hash and module
+            // name before loading them.
+            Err(failure)
+                if from_cache
+                    && (unreachable || failure.reason == NodeErrorReason::RevertFailed) =>
+            {
+                tracing::warn!(message = %failure.message, "reverting to the cached module");
+                Ok(DesiredPatch {
+                    repository: Some(trust.access.clone()),
+                    ..desired.clone()
+                })
+            }
+            Err(failure) => Err(failure),
+        }
     }
 
     /// Whether `desired` is a revert to a release whose module is in the host cache.

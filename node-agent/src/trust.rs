@@ -5,7 +5,7 @@
 //! caller reads the policy and fetches the index.
 
 use kpersist_crds::{
-    DesiredPatch, LivePatchPolicy, NodeErrorReason, PatchRelease, RepositoryAccess,
+    DesiredPatch, LivePatchPolicy, NodeErrorReason, PatchAction, PatchRelease, RepositoryAccess,
 };
 use kpersist_kmod::repository::{Index, Release, verify_index};
 use kpersist_kmod::signing::PublicKey;
@@ -187,8 +187,27 @@ pub fn trusted_desired(
                 release.id, trust.policy
             ))
         })?;
+    if desired.action == PatchAction::Revert && index.release(&release.id).is_none() {
+        return Err(pruned_revert(release, trust));
+    }
     trusted.release = Some(matching_release(release, &index, trust)?);
     Ok(trusted)
+}
+
+/// Why a revert to a release the signed index no longer lists (a repository that prunes
+/// superseded releases) cannot go on from the repository. The caller loads the module
+/// from the host cache instead when it holds it: only verified modules enter the cache,
+/// and their bytes are checked against the release's hash before loading.
+fn pruned_revert(release: &PatchRelease, trust: &PolicyTrust) -> Failure {
+    Failure::new(
+        NodeErrorReason::RevertFailed,
+        format!(
+            "release {}, which this revert goes back to, is no longer in policy {}'s signed \
+             index and this node has no cached module of it, so the node cannot go back to \
+             it and keeps what it runs; publish {} again to let the revert finish",
+            release.id, trust.policy, release.id
+        ),
+    )
 }
 
 /// The index's entry for `release`, as the API carries it, when every field that decides

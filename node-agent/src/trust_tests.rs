@@ -228,3 +228,34 @@ fn reverting_to_no_release_loads_nothing_and_needs_no_index_entry() {
     assert!(trusted.release.is_none());
     assert_eq!(trusted.action, PatchAction::Revert);
 }
+
+#[test]
+fn a_revert_to_a_release_the_index_pruned_says_so_while_an_apply_of_it_is_refused() {
+    let key = PrivateKey::generate();
+    let pruned = operator_release(3);
+    let mut revert = desired(pruned.clone());
+    revert.action = PatchAction::Revert;
+    let failure = trusted_desired(&revert, &trust(&key), &signed_index(&key, 10)).unwrap_err();
+    assert_eq!(failure.reason, NodeErrorReason::RevertFailed);
+    for word in [
+        "6.1.0-56-amd64/v3",
+        "no longer in policy web's signed index",
+        "no cached module",
+        "publish 6.1.0-56-amd64/v3 again",
+    ] {
+        assert!(
+            failure.message.contains(word),
+            "{word}: {}",
+            failure.message
+        );
+    }
+    let message = refusal(trusted_desired(
+        &desired(pruned),
+        &trust(&key),
+        &signed_index(&key, 10),
+    ));
+    assert!(
+        message.contains("not in policy web's signed index"),
+        "{message}"
+    );
+}

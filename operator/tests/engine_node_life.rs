@@ -377,6 +377,38 @@ fn nodes_running_a_pruned_release_keep_ready_false_with_the_reason() {
     );
 }
 
+#[test]
+fn nodes_whose_release_was_pruned_move_on_and_go_back_to_the_record_their_request_holds() {
+    let mut sim = canary_fleet(3, "0s");
+    run_until(&mut sim, &[PolicyPhase::Complete], 30);
+    // The repository prunes v2, which every node runs at this policy's request, and
+    // publishes v3, which fails on every node but the first to get it.
+    if let Some(repo) = sim.repository.as_mut() {
+        repo.index.releases.retain(|r| r.version != 2);
+    }
+    publish_v3(&mut sim);
+    let canary = sim.step(30).desired[0].0.clone();
+    let previous = sim.node(&canary).desired().and_then(|d| d.previous.clone());
+    assert_eq!(
+        previous.map(|p| p.id),
+        Some(id(0, 2)),
+        "the pruned release is recorded as the one to go back to"
+    );
+    for node in sim.nodes.iter_mut().filter(|n| n.view.name != canary) {
+        node.faults.insert(id(0, 3), Fault::Stall);
+    }
+    run_until(&mut sim, &[PolicyPhase::Failed], 30);
+    assert_eq!(bad_releases(&sim), vec![id(0, 3)]);
+    let revert = sim
+        .node(&canary)
+        .desired()
+        .cloned()
+        .expect("the canary's revert");
+    assert_eq!(revert.action, PatchAction::Revert);
+    assert_eq!(revert.release.map(|r| r.id), Some(id(0, 2)));
+    assert!(sim.nodes.iter().all(|n| n.applied_id() == Some(id(0, 2))));
+}
+
 fn publish_v3(sim: &mut Sim) {
     let t = sim.now;
     if let Some(repo) = sim.repository.as_mut() {

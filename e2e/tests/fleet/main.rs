@@ -16,6 +16,7 @@ mod controls;
 mod faults;
 mod node_life;
 mod node_life_checks;
+mod reverts;
 mod rollout;
 mod schema;
 mod support;

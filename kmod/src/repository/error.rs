@@ -69,6 +69,16 @@ pub enum RepositoryError {
         /// The version this code reads.
         supported: u32,
     },
+    /// A release asked for by id is not in the index.
+    #[error(
+        "no release {id} in the index ({count} release(s)); `kpersist-repo list` shows their ids"
+    )]
+    NoSuchRelease {
+        /// The id asked for.
+        id: String,
+        /// How many releases the index has.
+        count: usize,
+    },
     /// A field of the index itself is malformed.
     #[error("index field {field}: {problem}")]
     InvalidIndex {

@@ -167,6 +167,31 @@ impl LocalRepository {
         Ok(release)
     }
 
+    /// Removes release `id` from the index, as a publisher prunes a superseded cumulative
+    /// release, and deletes its module file unless another release shares it. Rewrites the
+    /// index as generated at `now` and removes the signature it invalidates. Nodes running
+    /// the release keep it: their agents hold its module in their cache.
+    pub fn remove(&self, id: &str, now: Timestamp) -> Result<Release, RepositoryError> {
+        let mut index = self.load_index()?;
+        let position = index
+            .releases
+            .iter()
+            .position(|r| r.id() == id)
+            .ok_or_else(|| RepositoryError::NoSuchRelease {
+                id: id.to_string(),
+                count: index.releases.len(),
+            })?;
+        let removed = index.releases.remove(position);
+        index.generated_at = now.to_string();
+        write_atomically(&self.index_path(), &index.to_json_bytes())?;
+        remove_signature(&self.root)?;
+        if !index.releases.iter().any(|r| r.module == removed.module) {
+            let module = self.root.join(&removed.module);
+            std::fs::remove_file(&module).map_err(RepositoryError::io(&module))?;
+        }
+        Ok(removed)
+    }
+
     /// Stamps the index for a new signing at `now` (see [`Index::refresh`]: a higher
     /// serial, and an expiry `valid_for` from now) and rewrites it, removing the signature it
     /// invalidates; [`LocalRepository::sign`] comes next. Returns the stamped index.

@@ -407,10 +407,11 @@ fn node_writes(
         let Some(release) = f.target.as_ref().and_then(|t| t.release.clone()) else {
             continue;
         };
-        let previous = f
-            .status
-            .and_then(|s| s.applied.as_ref())
-            .and_then(|a| targets.release_by_id(&a.id));
+        let previous = f.status.and_then(|s| s.applied.as_ref()).and_then(|a| {
+            targets
+                .release_by_id(&a.id)
+                .or_else(|| nodes::recorded_release(f.view, &a.id).cloned())
+        });
         writes.push((
             f,
             DesiredPatch {

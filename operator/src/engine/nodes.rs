@@ -8,6 +8,7 @@ use std::time::Duration;
 use jiff::Timestamp;
 use kpersist_crds::{
     Blame, DesiredPatch, LivePatchNodeStatus, NodeErrorReason, NodePatchState, PatchAction,
+    PatchRelease,
 };
 
 use super::NodeView;
@@ -56,8 +57,9 @@ pub(crate) enum Standing {
     /// Busy with work that is not part of the current rollout.
     InFlight,
     /// Should get its target; `startable` when it can be handed it now. `pruned` when it
-    /// cannot because the release it runs is no longer in the index (a revert would have
-    /// nowhere to go).
+    /// cannot because the release it runs is no longer in the index and its LivePatchNode
+    /// holds no record of it (patched outside this operator): a revert would have nowhere
+    /// to go.
     Needing { startable: bool, pruned: bool },
 }
 
@@ -412,11 +414,23 @@ fn needing(
     let previous_known = status
         .applied
         .as_ref()
-        .is_none_or(|a| targets.has_release(&a.id));
+        .is_none_or(|a| targets.has_release(&a.id) || recorded_release(view, &a.id).is_some());
     Standing::Needing {
         startable: view.ready && !view.leaving && target.release.is_some() && previous_known,
         pruned: !previous_known,
     }
+}
+
+/// The signed record of release `id` the node's LivePatchNode still holds: the release of
+/// its request or the one it ran before (each written from the index when it was asked
+/// for). A node whose running release was pruned from the index is moved on with this
+/// record as the release a revert goes back to; the agent then loads it from its cache.
+pub(crate) fn recorded_release<'a>(view: &'a NodeView, id: &str) -> Option<&'a PatchRelease> {
+    let desired = view.lpn.as_ref()?.spec.desired.as_ref()?;
+    [desired.release.as_ref(), desired.previous.as_ref()]
+        .into_iter()
+        .flatten()
+        .find(|r| r.id == id)
 }
 
 /// Whether the node reported a problem of its own (a failed download, a host error, ...)

@@ -102,8 +102,9 @@ pub(crate) fn conditions(
             "RunningReleasePruned",
             format!(
                 "{} of {} node(s) run their target; {} run a release that is no longer in the \
-                 index and are not moved on, since a revert would have nowhere to go: publish \
-                 that release again",
+                 index and that no request of this operator recorded (it was loaded by hand), \
+                 so a revert would have nowhere to go and they are not moved on: publish that \
+                 release again",
                 input.counts.patched,
                 input.counts.total,
                 pruned(input)

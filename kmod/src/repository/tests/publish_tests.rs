@@ -224,3 +224,42 @@ fn refresh_stamps_the_index_for_signing_and_drops_the_old_signature() {
         "a refused refresh writes nothing"
     );
 }
+
+#[test]
+fn remove_prunes_a_release_and_its_module_and_refuses_an_unknown_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("repo");
+    let repo = LocalRepository::init(&root, now()).unwrap();
+    let mut added = Vec::new();
+    for version in [1, 2] {
+        let name = format!("kpersist_v{version}");
+        let ko = write_module(dir.path(), "m.ko", &livepatch_module(&name, KERNEL));
+        added.push(repo.add(&ko, new_release(version), now()).unwrap());
+    }
+    let key = PrivateKey::generate();
+    repo.sign(&key).unwrap();
+
+    let removed = repo.remove(&added[0].id(), now()).unwrap();
+    assert_eq!(removed, added[0]);
+    assert!(!root.join(&removed.module).exists(), "its module is gone");
+    assert!(root.join(&added[1].module).is_file());
+    assert!(
+        !root.join(SIGNATURE_FILE).exists(),
+        "the stale signature is removed"
+    );
+    repo.sign(&key).unwrap();
+    let left = repo.verify(&[key.public_key()]).unwrap();
+    assert_eq!(left.releases, [added[1].clone()]);
+
+    let err = repo.remove(&added[0].id(), now()).unwrap_err();
+    assert!(
+        matches!(err, RepositoryError::NoSuchRelease { count: 1, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains(&added[0].id()), "{err}");
+    assert_eq!(
+        repo.load_index().unwrap().releases.len(),
+        1,
+        "nothing changed"
+    );
+}
