@@ -17,8 +17,8 @@ pub use node::{
 pub use policy::{
     BadRelease, ComparisonOperator, FailurePolicy, HealthSpec, KernelTarget, LateFailure,
     LivePatchPolicy, LivePatchPolicySpec, LivePatchPolicyStatus, MaintenanceWindow, NodeCounts,
-    PlannedWave, PolicyCondition, PolicyPhase, PrometheusGate, RepositorySpec, RolloutProgress,
-    RolloutSpec, SecretKeysRef, Wave, Weekday,
+    PlannedWave, PolicyCondition, PolicyPhase, PrometheusGate, RepositorySpec, RetriedRelease,
+    RolloutProgress, RolloutSpec, SecretKeysRef, Wave, Weekday,
 };
 pub use release::PatchRelease;
 

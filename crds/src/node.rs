@@ -99,6 +99,22 @@ pub struct RepositoryAccess {
     pub allowed_redirect_hosts: Vec<String>,
 }
 
+impl DesiredPatch {
+    /// The request that takes this one back: revert from its release to the one the node
+    /// ran before (none: unload every kpersist livepatch), with the same settings, asked
+    /// at `asked_at`.
+    pub fn revert(&self, asked_at: String) -> DesiredPatch {
+        DesiredPatch {
+            action: PatchAction::Revert,
+            release: self.previous.clone(),
+            previous: self.release.clone(),
+            wave: None,
+            asked_at: Some(asked_at),
+            ..self.clone()
+        }
+    }
+}
+
 /// What the agent is asked to do.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
 pub enum PatchAction {

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
     printcolumn = r#"{"name":"Target","type":"string","jsonPath":".status.targetSummary"}"#,
     printcolumn = r#"{"name":"Patched","type":"string","jsonPath":".status.patchedSummary"}"#,
     printcolumn = r#"{"name":"Wave","type":"string","jsonPath":".status.waveSummary"}"#,
+    printcolumn = r#"{"name":"Bad","type":"string","jsonPath":".status.badReleases[*].release"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -135,6 +136,15 @@ pub struct RolloutSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 64))]
     pub acknowledged: Option<String>,
+    /// Releases marked bad (`status.badReleases`) that a person has cleared to roll out
+    /// again, by id (`<kernelRelease>/v<version>`). Each listed release is taken off
+    /// `status.badReleases` once, when it is first seen here (`status.retriedReleases`
+    /// remembers when); the nodes sent back from it before then no longer count against it,
+    /// and a new failure marks it bad again. To clear a later mark, remove the entry and add
+    /// it back.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub retry_releases: Vec<String>,
     /// When present, new nodes start applying only inside one of these windows. Work that
     /// has started (a bake, a revert) goes on outside them.
     #[serde(default)]
@@ -156,6 +166,7 @@ impl Default for RolloutSpec {
             failure_policy: FailurePolicy::default(),
             late_failure_policy: default_late_failure_policy(),
             acknowledged: None,
+            retry_releases: Vec::new(),
             maintenance_windows: Vec::new(),
             paused: false,
             dry_run: false,
@@ -355,6 +366,11 @@ pub struct LivePatchPolicyStatus {
     /// Releases that failed a wave and are never offered again by this policy.
     #[serde(default)]
     pub bad_releases: Vec<BadRelease>,
+    /// The entries of `spec.rollout.retryReleases` acted on, with when: a listed release was
+    /// taken off `badReleases` then, and reverts from it asked before then do not mark it
+    /// bad again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub retried_releases: Vec<RetriedRelease>,
     /// The highest wave number this policy's rollouts have reserved for nodes'
     /// `spec.desired.wave`: a new rollout numbers its waves after it (`rollout.waveOffset`),
     /// so the nodes it gives a release are told apart from those of earlier rollouts.
@@ -539,6 +555,16 @@ pub struct BadRelease {
     pub reason: String,
     /// When (RFC 3339).
     pub marked_at: String,
+}
+
+/// A release a person cleared to roll out again (`spec.rollout.retryReleases`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RetriedRelease {
+    /// Release id.
+    pub release: String,
+    /// When the entry was first acted on (RFC 3339).
+    pub at: String,
 }
 
 /// A release's fault reported outside the rollout that judged the release.

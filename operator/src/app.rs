@@ -92,6 +92,7 @@ pub async fn run(cli: Cli) -> Result<(), StartupError> {
             identity: identity.clone(),
             ready,
             leading: leading_rx,
+            namespace: cli.lease_namespace.clone(),
         },
     ));
 

@@ -38,7 +38,8 @@ pub struct Cli {
     #[arg(long, env = "KPERSIST_LEASE_NAME", default_value = "kpersist-operator")]
     pub lease_name: String,
 
-    /// Namespace of the Lease; in a pod, set POD_NAMESPACE from the downward API.
+    /// The operator's own namespace, holding its Lease and the ConfigMap that keeps the bad
+    /// releases of deleted policies; in a pod, set POD_NAMESPACE from the downward API.
     #[arg(long, env = "POD_NAMESPACE", default_value = "kpersist")]
     pub lease_namespace: String,
 

@@ -26,6 +26,18 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    /// Reading or writing the bad releases kept for deleted policies failed.
+    #[error(
+        "ConfigMap {namespace}/{}, which keeps the bad releases of deleted policies: {source}",
+        crate::controller::kept::CONFIG_MAP
+    )]
+    KeptBadReleases {
+        /// The operator's namespace.
+        namespace: String,
+        /// The client's error.
+        #[source]
+        source: kube::Error,
+    },
     /// Adding or removing the finalizer failed.
     #[error("finalizer of LivePatchPolicy: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
@@ -41,6 +53,7 @@ impl Error {
         match self {
             Self::NodeApply { .. } => "node_apply",
             Self::StatusApply { .. } => "status_apply",
+            Self::KeptBadReleases { .. } => "kept_bad_releases",
             Self::Finalizer(inner) => match inner.as_ref() {
                 F::ApplyFailed(e) | F::CleanupFailed(e) => e.metric_label(),
                 F::AddFinalizer(_) | F::RemoveFinalizer(_) => "finalizer",

@@ -114,6 +114,7 @@ pub fn context_leading(
         http: reqwest::Client::new(),
         metrics: crate::metrics::Metrics::new(),
         leading,
+        namespace: "kpersist".into(),
     })
 }
 

@@ -529,3 +529,40 @@ fn a_node_joining_during_a_bake_waits_for_the_next_wave_and_restarts_nothing() {
     run_until(&mut sim, &[PolicyPhase::Complete], 60);
     assert!(sim.nodes.iter().all(|n| n.applied_id() == Some(id(0, 2))));
 }
+
+#[test]
+fn a_bad_release_listed_in_retry_releases_rolls_out_again_once() {
+    let mut sim = canary_fleet(3, "0s");
+    for node in &mut sim.nodes {
+        node.faults.insert(id(0, 2), Fault::Stall);
+    }
+    run_until(&mut sim, &[PolicyPhase::Failed], 30);
+    assert_eq!(bad_releases(&sim), vec![id(0, 2)]);
+
+    // A person clears it; it still stalls, so it is marked bad again, and the entry left in
+    // the spec does not clear the new mark.
+    sim.policy.spec.rollout.retry_releases = vec![id(0, 2)];
+    sim.policy.metadata.generation = Some(2);
+    let d = sim.step(30);
+    assert!(
+        reasons(&d.events).contains(&"BadReleaseCleared"),
+        "{:?}",
+        reasons(&d.events)
+    );
+    assert!(bad_releases(&sim).is_empty(), "cleared");
+    run_until(&mut sim, &[PolicyPhase::Failed], 30);
+    assert_eq!(bad_releases(&sim), vec![id(0, 2)], "marked bad again");
+    run_for(&mut sim, 5, 30);
+    assert_eq!(bad_releases(&sim), vec![id(0, 2)], "and it stays bad");
+
+    // Fixed on the nodes, removed from the list and added back: it rolls out.
+    for node in &mut sim.nodes {
+        node.faults.clear();
+    }
+    sim.policy.spec.rollout.retry_releases.clear();
+    sim.step(30);
+    sim.policy.spec.rollout.retry_releases = vec![id(0, 2)];
+    run_until(&mut sim, &[PolicyPhase::Complete], 30);
+    assert!(bad_releases(&sim).is_empty());
+    assert!(sim.nodes.iter().all(|n| n.applied_id() == Some(id(0, 2))));
+}

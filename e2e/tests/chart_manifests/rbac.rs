@@ -117,6 +117,24 @@ fn operator_gets_what_it_reconciles_with() {
             );
         }
     }
+    let kept: Role = find(&m, "Role", "-bad-releases")
+        .typed()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let rules = kept.rules.unwrap_or_default();
+    assert_eq!(
+        grants(&rules),
+        triples(&[("", "configmaps", &["create", "get", "patch"])])
+    );
+    for r in rules
+        .iter()
+        .filter(|r| r.verbs.iter().any(|v| v != "create"))
+    {
+        assert_eq!(
+            r.resource_names.as_deref(),
+            Some(&["kpersist-bad-releases".to_string()][..]),
+            "configmap rule {r:?} is not limited to the kept bad releases"
+        );
+    }
 }
 
 #[test]

@@ -12,6 +12,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod api;
+mod bad_releases;
 mod controls;
 mod faults;
 mod node_life;

@@ -4,6 +4,7 @@
 //! holds the leader Lease runs reconciles.
 
 pub mod events;
+pub mod kept;
 pub mod reconcile;
 pub mod select;
 pub mod status;
@@ -47,6 +48,8 @@ pub struct Context {
     pub metrics: Metrics,
     /// `true` while this replica leads.
     pub leading: watch::Receiver<bool>,
+    /// The operator's own namespace (its Lease, the bad releases of deleted policies).
+    pub namespace: String,
 }
 
 impl Context {
@@ -67,6 +70,8 @@ pub struct Settings {
     pub ready: Arc<AtomicBool>,
     /// Whether this replica leads.
     pub leading: watch::Receiver<bool>,
+    /// The operator's own namespace.
+    pub namespace: String,
 }
 
 /// Runs the controller until the watches end (they do not, short of the process ending).
@@ -116,6 +121,7 @@ pub async fn run(client: Client, metrics: Metrics, settings: Settings) {
             .unwrap_or_default(),
         metrics,
         leading: settings.leading,
+        namespace: settings.namespace,
     });
 
     let (policies_for_nodes, lpns_for_nodes) = (policy_reader.clone(), lpn_reader.clone());

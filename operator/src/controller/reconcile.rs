@@ -18,7 +18,7 @@ use kube::{Api, ResourceExt};
 use tokio::time::Instant;
 
 use super::Context;
-use super::{select, status, write};
+use super::{kept, select, status, write};
 use crate::engine::{self, EngineInput, GateVerdict, RolloutEvent};
 use crate::error::Error;
 use crate::gate;
@@ -100,6 +100,9 @@ async fn apply(policy: Arc<LivePatchPolicy>, ctx: Arc<Context>) -> Result<Action
 
     let (verdict, next_gate) = evaluate_gate(&policy, &ctx, now).await;
 
+    let policy = kept::recalled(&ctx, policy)
+        .await
+        .map_err(|source| kept_error(&ctx, source))?;
     let nodes = ctx.nodes.state();
     let policies = ctx.policies.state();
     let views = select::node_views(&policy, &nodes, &ctx.lpns, &policies);
@@ -139,7 +142,8 @@ async fn apply(policy: Arc<LivePatchPolicy>, ctx: Arc<Context>) -> Result<Action
             .iter()
             .map(|b| b.release.as_str())
             .collect();
-        writes.extend(select::departed(&ctx.lpns.state(), &name, selected, &bad));
+        let departed = select::departed(&ctx.lpns.state(), &name, selected, &bad, now);
+        writes.extend(departed);
     }
     let status_changed = policy.status.as_ref() != Some(&new_status);
     let status = status_changed.then_some(&new_status);
@@ -355,6 +359,10 @@ async fn evaluate_gate(
 async fn cleanup(policy: Arc<LivePatchPolicy>, ctx: Arc<Context>) -> Result<Action, Error> {
     let name = policy.name_any();
     finish_reverts(&ctx, &policy).await;
+    ctx.wait_until_leading().await;
+    kept::keep(&ctx, &policy, jiff::Timestamp::now())
+        .await
+        .map_err(|source| kept_error(&ctx, source))?;
     let cleared = clear_all(&ctx, &name).await?;
     tracing::info!(
         cleared,
@@ -364,6 +372,13 @@ async fn cleanup(policy: Arc<LivePatchPolicy>, ctx: Arc<Context>) -> Result<Acti
     ctx.gates.forget(&name);
     ctx.metrics.forget_policy(&name);
     Ok(Action::await_change())
+}
+
+fn kept_error(ctx: &Context, source: kube::Error) -> Error {
+    Error::KeptBadReleases {
+        namespace: ctx.namespace.clone(),
+        source,
+    }
 }
 
 /// How long deleting a policy waits for the reverts it asked for: past it, a node that has

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use super::*;
 use crate::fixtures::{
-    ApiHandle, SeenRequest, answer_with, context, context_leading, mock_client, node,
+    ApiHandle, SeenRequest, answer_with, context, context_leading, mock_client, node, status_body,
 };
 
 /// The finalizer list of a policy that already has it.
@@ -65,6 +65,9 @@ fn api_server(mut handle: ApiHandle, policy: Value) -> tokio::task::JoinHandle<V
         while let Some(request) = answer_with(&mut handle, |r: &SeenRequest| {
             if r.uri.contains("/livepatchpolicies/") {
                 (StatusCode::OK, policy.clone())
+            } else if r.uri.contains("/configmaps/") {
+                // No policy of this name was deleted with bad releases.
+                (StatusCode::NOT_FOUND, status_body(404, "NotFound"))
             } else if let Some(name) = r.uri.split("/livepatchnodes/").nth(1) {
                 let name = name.split('?').next().unwrap_or_default();
                 let reply = json!({"apiVersion": "kpersist.io/v1alpha1", "kind": "LivePatchNode",

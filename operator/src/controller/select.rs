@@ -179,46 +179,62 @@ pub fn pending_reverts(lpns: &[std::sync::Arc<LivePatchNode>], policy: &str) -> 
 /// The LivePatchNodes that left `policy`: their `spec.desired` names it, but `selected`
 /// says their Node is no longer selected (its labels changed, or the selector did);
 /// `selected` answers `None` for a Node it does not know, which is never taken as gone.
-/// Each one whose agent has finished with the request gets it cleared, so nothing more
-/// happens to it on this policy's behalf; its loaded patch stays. A request still in
-/// flight (a revert too) is left to finish first, and a node asked to apply one of `bad`
-/// keeps the request, so the release is not forgotten on it.
+/// A node asked to apply one of `bad` is sent back from it first (asked at `now`), as any
+/// holder of a bad release is. Then, once its agent has finished with the request (a
+/// revert too), the request is cleared, so nothing more happens to it on this policy's
+/// behalf; its loaded patch stays.
 pub fn departed(
     lpns: &[std::sync::Arc<LivePatchNode>],
     policy: &str,
     selected: impl Fn(&str) -> Option<bool>,
     bad: &std::collections::HashSet<&str>,
+    now: jiff::Timestamp,
 ) -> Vec<super::write::SpecWrite> {
     // Cheapest first: this runs on every reconcile over every LivePatchNode.
     lpns.iter()
         .filter(|lpn| {
-            lpn.spec.desired.as_ref().is_some_and(|d| {
-                d.policy == policy
-                    && !d.release.as_ref().is_some_and(|r| {
-                        d.action == PatchAction::Apply && bad.contains(r.id.as_str())
-                    })
-            })
+            lpn.spec
+                .desired
+                .as_ref()
+                .is_some_and(|d| d.policy == policy)
         })
         .filter(|lpn| selected(lpn.metadata.name.as_deref().unwrap_or_default()) == Some(false))
-        .filter(|lpn| {
-            lpn.status.as_ref().is_some_and(|s| {
-                s.observed_generation == lpn.metadata.generation
-                    && !matches!(
-                        s.state,
-                        Some(
-                            NodePatchState::Downloading
-                                | NodePatchState::Applying
-                                | NodePatchState::Reverting
-                        )
-                    )
+        .filter_map(|lpn| {
+            let desired = lpn.spec.desired.as_ref()?;
+            let on_bad = desired.action == PatchAction::Apply
+                && desired
+                    .release
+                    .as_ref()
+                    .is_some_and(|r| bad.contains(r.id.as_str()));
+            let next = if on_bad {
+                Some(desired.revert(now.to_string()))
+            } else if finished(lpn) {
+                None
+            } else {
+                return None;
+            };
+            Some(super::write::SpecWrite {
+                node: lpn.name_any(),
+                desired: next,
+                resource_version: lpn.resource_version(),
             })
         })
-        .map(|lpn| super::write::SpecWrite {
-            node: lpn.name_any(),
-            desired: None,
-            resource_version: lpn.resource_version(),
-        })
         .collect()
+}
+
+/// Whether the node's agent has finished with its request.
+fn finished(lpn: &LivePatchNode) -> bool {
+    lpn.status.as_ref().is_some_and(|s| {
+        s.observed_generation == lpn.metadata.generation
+            && !matches!(
+                s.state,
+                Some(
+                    NodePatchState::Downloading
+                        | NodePatchState::Applying
+                        | NodePatchState::Reverting
+                )
+            )
+    })
 }
 
 /// Drops what the controller never reads from a Node: at 10,000 nodes the images list and

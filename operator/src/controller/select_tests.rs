@@ -313,7 +313,7 @@ fn a_cordoned_or_deleting_node_is_leaving_and_not_ready_since_comes_from_its_con
 }
 
 #[test]
-fn a_node_that_left_the_selector_has_its_settled_request_cleared_and_nothing_else() {
+fn a_node_that_left_the_selector_is_sent_back_from_a_bad_release_and_then_cleared() {
     let with = |name: &str, state: &str, release: Option<&str>| {
         let mut l = lpn(name, Some("web"));
         l.metadata.generation = Some(2);
@@ -342,13 +342,39 @@ fn a_node_that_left_the_selector_has_its_settled_request_cleared_and_nothing_els
         _ => Some(false),
     };
     let bad = std::collections::HashSet::from(["k/v9"]);
-    let writes = departed(&lpns, "web", selected, &bad);
+    let now = jiff::Timestamp::from_second(1_700_000_000).unwrap();
+    let writes = departed(&lpns, "web", selected, &bad, now);
+    let revert = lpns[2]
+        .spec
+        .desired
+        .as_ref()
+        .map(|d| d.revert(now.to_string()));
+    assert_eq!(
+        revert
+            .as_ref()
+            .map(|d| (d.action, d.previous.as_ref().map(|r| r.id.as_str()))),
+        Some((PatchAction::Revert, Some("k/v9")))
+    );
     assert_eq!(
         writes,
-        vec![crate::controller::write::SpecWrite {
-            node: "left-done".into(),
-            desired: None,
-            resource_version: Some("rv-left-done".into()),
-        }]
+        vec![
+            crate::controller::write::SpecWrite {
+                node: "left-done".into(),
+                desired: None,
+                resource_version: Some("rv-left-done".into()),
+            },
+            crate::controller::write::SpecWrite {
+                node: "left-on-bad".into(),
+                desired: revert.clone(),
+                resource_version: Some("rv-left-on-bad".into()),
+            },
+        ]
     );
+
+    // Once its agent has finished the revert, its request is cleared like any other.
+    let mut reverted = (*lpns[2]).clone();
+    reverted.spec.desired = revert;
+    let writes = departed(&[Arc::new(reverted)], "web", selected, &bad, now);
+    assert_eq!(writes.len(), 1);
+    assert_eq!(writes[0].desired, None);
 }

@@ -33,6 +33,8 @@ pub enum RolloutEvent {
     /// The policy is being deleted and waits for the reverts it asked for to finish before
     /// it lets go of its nodes.
     DeletionWaitsForReverts { nodes: u32 },
+    /// A person cleared a bad release to roll out again (`spec.rollout.retryReleases`).
+    BadReleaseCleared { release: String },
     /// A node reported a release's fault outside the rollout that judged the release.
     LateFailure {
         node: String,
@@ -58,6 +60,7 @@ impl RolloutEvent {
             Self::PolicyInvalid { .. } => "InvalidPolicy",
             Self::LateFailure { .. } => "LateFailure",
             Self::DeletionWaitsForReverts { .. } => "DeletionWaitsForReverts",
+            Self::BadReleaseCleared { .. } => "BadReleaseCleared",
         }
     }
 
@@ -113,6 +116,10 @@ impl RolloutEvent {
             Self::DeletionWaitsForReverts { nodes } => format!(
                 "deleting: waiting for {nodes} node(s) to finish going back from a bad \
                  release before clearing this policy's requests (loaded patches stay)"
+            ),
+            Self::BadReleaseCleared { release } => format!(
+                "release {release} is no longer marked bad (spec.rollout.retryReleases) and \
+                 may be rolled out again; a new failure marks it bad again"
             ),
             Self::LateFailure {
                 node,

@@ -10,6 +10,7 @@ use kpersist_crds::{BadRelease, DesiredPatch, PatchAction};
 use super::NodeView;
 
 use super::nodes::{NodeFacts, Progress, Standing};
+use super::retry::Retries;
 use super::settings::Settings;
 
 /// A node of the current wave that counts as failed, and why.
@@ -109,38 +110,38 @@ pub(crate) fn revert_of(
     now: jiff::Timestamp,
 ) -> DesiredPatch {
     DesiredPatch {
-        policy: applied.policy.clone(),
-        action: PatchAction::Revert,
-        release: applied.previous.clone(),
-        previous: applied.release.clone(),
-        wave: None,
         transition_timeout: settings.transition_timeout.clone(),
         kmsg_checks: settings.kmsg_checks,
         probation: settings.probation.clone(),
         replace_foreign: settings.replace_foreign,
-        asked_at: Some(now.to_string()),
         repository: settings.repository.clone(),
+        ..applied.revert(now.to_string())
     }
 }
 
 /// Releases this policy reverted nodes from that the status does not list as bad: the
-/// status write that recorded them was lost, while the node writes landed.
+/// status write that recorded them was lost, while the node writes landed. Reverts asked
+/// before a person cleared the release (`retries`) are not counted.
 pub(crate) fn bad_releases_on_nodes(
     policy: &str,
     nodes: &[NodeView],
     listed: &[BadRelease],
+    retries: &Retries,
     now: Timestamp,
 ) -> Vec<BadRelease> {
     let mut found: Vec<BadRelease> = Vec::new();
     for node in nodes {
         let desired = node.lpn.as_ref().and_then(|l| l.spec.desired.as_ref());
-        let Some(from) = desired
-            .filter(|d| d.policy == policy && d.action == PatchAction::Revert)
-            .and_then(|d| d.previous.as_ref())
+        let Some(revert) =
+            desired.filter(|d| d.policy == policy && d.action == PatchAction::Revert)
         else {
             continue;
         };
-        let known = listed.iter().chain(&found).any(|b| b.release == from.id);
+        let Some(from) = revert.previous.as_ref() else {
+            continue;
+        };
+        let known = listed.iter().chain(&found).any(|b| b.release == from.id)
+            || retries.forgives(&from.id, revert.asked_at.as_deref());
         if !known {
             found.push(BadRelease {
                 release: from.id.clone(),

@@ -95,6 +95,7 @@ mod failure;
 mod late;
 mod nodes;
 mod order;
+mod retry;
 mod rollout;
 mod settings;
 mod status;
@@ -219,13 +220,21 @@ pub fn decide(input: &EngineInput) -> Decision {
         Ok(settings) => settings,
         Err(errors) => return invalid(input, previous, &errors),
     };
-    let mut bad_releases = previous.bad_releases.clone();
-    bad_releases.extend(failure::bad_releases_on_nodes(
-        name,
-        input.nodes,
+    let retries = retry::retries(
+        &policy.spec.rollout.retry_releases,
+        &previous.retried_releases,
         &previous.bad_releases,
         input.now,
-    ));
+    );
+    let mut bad_releases: Vec<_> = previous
+        .bad_releases
+        .iter()
+        .filter(|b| !retries.cleared.contains(&b.release))
+        .cloned()
+        .collect();
+    let on_nodes =
+        failure::bad_releases_on_nodes(name, input.nodes, &bad_releases, &retries, input.now);
+    bad_releases.extend(on_nodes);
     let bad: HashSet<String> = bad_releases.iter().map(|b| b.release.clone()).collect();
     let targets = Targets::new(
         input.repository,
@@ -296,6 +305,11 @@ pub fn decide(input: &EngineInput) -> Decision {
             node: l.node.clone(),
             release: l.release.clone(),
             evidence: l.evidence.clone(),
+        });
+    }
+    for release in &retries.cleared {
+        outcome.events.push(RolloutEvent::BadReleaseCleared {
+            release: release.clone(),
         });
     }
     for (release, reason, nodes) in revoked {
@@ -375,6 +389,7 @@ pub fn decide(input: &EngineInput) -> Decision {
         target_summary: status::target_summary(kernel_targets.iter().map(|t| t.version)),
         targets: kernel_targets,
         bad_releases,
+        retried_releases: retries.record,
         last_wave: outcome.last_wave,
         last_rollout_end,
         late_failures: late.listed,
