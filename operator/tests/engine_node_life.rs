@@ -566,3 +566,36 @@ fn a_bad_release_listed_in_retry_releases_rolls_out_again_once() {
     assert!(bad_releases(&sim).is_empty());
     assert!(sim.nodes.iter().all(|n| n.applied_id() == Some(id(0, 2))));
 }
+
+#[test]
+fn a_failing_gate_while_a_proven_release_catches_up_a_joiner_pauses_and_takes_nothing_back() {
+    let mut sim = canary_fleet(3, "10m");
+    run_until(&mut sim, &[PolicyPhase::Complete], 60);
+    sim.nodes.push(SimNode::new("joiner", 0, Some(1)));
+    step_until(&mut sim, 20, 30, |sim| {
+        sim.phase() == Some(PolicyPhase::Baking)
+            && sim.node("joiner").applied_id() == Some(id(0, 2))
+    });
+    sim.gate = Some(kpersist_operator::engine::GateVerdict::Fail(
+        "error rate 5% >= 1%".into(),
+    ));
+    run_for(&mut sim, 3, 30);
+    assert_eq!(sim.phase(), Some(PolicyPhase::Paused));
+    assert!(
+        bad_releases(&sim).is_empty(),
+        "a proven release is not marked bad"
+    );
+    assert!(
+        sim.nodes
+            .iter()
+            .all(|n| n.desired().is_none_or(|d| d.action == PatchAction::Apply)),
+        "nothing is taken back"
+    );
+    let status = sim.policy.status.as_ref().unwrap();
+    let ready = condition(status, "Progressing");
+    assert!(
+        ready.message.contains("proven by an earlier rollout"),
+        "{}",
+        ready.message
+    );
+}

@@ -334,6 +334,10 @@ struct Memory {
     /// since their last request: one that comes back finishes its apply above
     /// maxInFlight.
     freed: BTreeSet<String>,
+    /// (node, release) handed out since the last rollout ended, as recorded in the status:
+    /// the nodes an automatic revert may take a release from.
+    handed: BTreeSet<(String, String)>,
+    rollout_end: Option<String>,
 }
 
 fn bake_of(sim: &Sim, wave: u32) -> Duration {
@@ -348,6 +352,15 @@ fn check_decision(
     memory: &mut Memory,
     decision: &Decision,
 ) -> Result<(), TestCaseError> {
+    // A rollout that ends now takes its hand-outs with it; one this decision starts keeps
+    // the nodes it hands out below.
+    if decision.status.last_rollout_end != memory.rollout_end {
+        memory
+            .rollout_end
+            .clone_from(&decision.status.last_rollout_end);
+        memory.handed.clear();
+    }
+    reverts_stay_in_the_running_rollout(sim, memory, decision)?;
     let allowed: BTreeSet<&str> = sim
         .nodes
         .iter()
@@ -422,12 +435,15 @@ fn check_decision(
             memory.rollout = Some(rollout.started_at.clone());
             memory.waves.clear();
         }
+        // A node handed a release again (it rebooted into another kernel) leaves the wave
+        // it was in.
+        for (nodes, _) in memory.waves.values_mut() {
+            nodes.remove(name);
+        }
         for (&earlier, (nodes, settled_since)) in memory.waves.range(..wave) {
-            // A wave whose nodes all left the cluster has nothing left to bake.
-            if !nodes
-                .iter()
-                .any(|n| sim.nodes.iter().any(|s| &s.view.name == n))
-            {
+            // A wave whose nodes all left it (the cluster, or the kernel their release was
+            // for) has nothing left to bake.
+            if !nodes.iter().any(|n| still_in_wave(sim, memory, n)) {
                 continue;
             }
             let Some(since) = settled_since else {
@@ -443,12 +459,8 @@ fn check_decision(
                 earlier
             );
         }
-        // A node handed a release again (it rebooted into another kernel) leaves the wave
-        // it was in.
-        for (nodes, _) in memory.waves.values_mut() {
-            nodes.remove(name);
-        }
         memory.freed.remove(name);
+        memory.handed.insert((name.clone(), release.clone()));
         let entry = memory.waves.entry(wave).or_default();
         entry.0.insert(name.clone());
         entry.1 = None;
@@ -456,6 +468,66 @@ fn check_decision(
         memory.last_apply.insert(name.clone(), (release, previous));
     }
     Ok(())
+}
+
+/// Whether node `name` is still in the cluster, on the kernel of the release it was
+/// last handed.
+fn still_in_wave(sim: &Sim, memory: &Memory, name: &str) -> bool {
+    let Some(node) = sim.nodes.iter().find(|s| s.view.name == name) else {
+        return false;
+    };
+    let kernel = node.view.kernel_release.as_deref().unwrap_or_default();
+    memory
+        .last_apply
+        .get(name)
+        .is_none_or(|(release, _)| release.starts_with(&format!("{kernel}/")))
+}
+
+/// Automatic revert protects the rollout that is running, not history: a decision sends a
+/// node back from a release it runs only when the node was handed that release since the
+/// last rollout ended, or the release was already recorded bad (a revert repeated after a
+/// lost write), or the policy asks for late failures to be revoked.
+fn reverts_stay_in_the_running_rollout(
+    sim: &Sim,
+    memory: &Memory,
+    decision: &Decision,
+) -> Result<(), TestCaseError> {
+    if sim.policy.spec.rollout.late_failure_policy == FailurePolicy::Revert {
+        return Ok(());
+    }
+    for (name, desired) in &decision.desired {
+        let Some(from) = desired
+            .as_ref()
+            .filter(|d| d.action == PatchAction::Revert)
+            .and_then(|d| d.previous.as_ref())
+        else {
+            continue;
+        };
+        let node = sim.node(name);
+        let runs = node.applied_id().as_deref() == Some(from.id.as_str());
+        let ours = memory.handed.contains(&(name.clone(), from.id.clone()))
+            || in_recorded_rollout(sim, node, &from.id);
+        prop_assert!(
+            !runs || ours || memory.bad.contains(&from.id),
+            "{} sent back from {}, which it runs since an earlier rollout",
+            name,
+            from.id
+        );
+    }
+    Ok(())
+}
+
+/// Whether `node` holds an Apply of `release` numbered in a wave of the rollout the
+/// recorded status says is running.
+fn in_recorded_rollout(sim: &Sim, node: &SimNode, release: &str) -> bool {
+    let Some(rollout) = sim.policy.status.as_ref().and_then(|s| s.rollout.as_ref()) else {
+        return false;
+    };
+    node.desired()
+        .filter(|d| d.action == PatchAction::Apply)
+        .filter(|d| d.release.as_ref().is_some_and(|r| r.id == release))
+        .and_then(|d| d.wave)
+        .is_some_and(|w| w > rollout.wave_offset && w <= rollout.wave_offset + rollout.waves)
 }
 
 /// No wave waits forever: every node of this policy alone whose request is unfinished past
@@ -1120,5 +1192,37 @@ fn the_checker_refuses_a_node_handed_into_a_baking_wave() {
     assert!(
         refused.is_err_and(|e| e.to_string().contains("whose bake began")),
         "the checker accepted a node handed into a baking wave"
+    );
+}
+
+/// The revert invariant fails on a mutant decision that sends back a node running a
+/// release an earlier, finished rollout gave it (as an engine that revoked a proven
+/// release on a later failure would).
+#[test]
+fn the_checker_refuses_a_revert_of_a_node_outside_the_running_rollout() {
+    let s = one_node();
+    let mut sim = build(&s);
+    let mut memory = Memory::default();
+    for _ in 0..10 {
+        let decision = sim.decide();
+        check_decision(&sim, &mut memory, &decision).expect("the honest rollout passes");
+        sim.apply(&decision);
+        sim.agents();
+        sim.advance(20);
+    }
+    assert_eq!(
+        sim.phase(),
+        Some(PolicyPhase::Complete),
+        "the rollout ended"
+    );
+    let honest = sim.decide();
+    assert!(check_decision(&sim, &mut memory, &honest).is_ok());
+    let applied = sim.nodes[0].desired().cloned().expect("the node's request");
+    let mut mutant = honest.clone();
+    mutant.desired = vec![("node-00".into(), Some(applied.revert(sim.now.to_string())))];
+    let refused = check_decision(&sim, &mut memory, &mutant);
+    assert!(
+        refused.is_err_and(|e| e.to_string().contains("since an earlier rollout")),
+        "the checker accepted a revert of a node outside the running rollout"
     );
 }

@@ -82,17 +82,23 @@ pub(crate) fn describe(
 }
 
 /// The releases a failed wave is blamed on: those its failed nodes were given, or with a
-/// failed gate every release the wave's nodes were given.
+/// failed gate every release the wave's nodes were given but those an earlier rollout
+/// proved (the gate cannot tell which release hurt, and revoking a proven release is a
+/// person's decision).
 pub(crate) fn failing_releases(
     facts: &[NodeFacts<'_>],
     wave: u32,
     failures: &[NodeFailure<'_>],
     gate_failed: bool,
+    proven: &HashSet<String>,
 ) -> BTreeSet<String> {
     facts
         .iter()
         .filter(|f| matches!(f.standing, Standing::Member { wave: w, .. } if w == wave))
-        .filter(|f| gate_failed || failures.iter().any(|x| x.node == f.view.name))
+        .filter(|f| {
+            failures.iter().any(|x| x.node == f.view.name)
+                || (gate_failed && !asked_proven(f, proven))
+        })
         .filter_map(|f| {
             f.ours
                 .and_then(|d| d.release.as_ref())

@@ -251,21 +251,31 @@ pub(crate) fn run(step: &Step<'_>, facts: &mut [NodeFacts<'_>]) -> Outcome {
         };
         if failures.len() > settings.max_failures || gate_failure.is_some() {
             let reason = describe(&failures, gate_failure, settings.max_failures);
-            let blamed = failing_releases(facts, wave, &failures, gate_failure.is_some());
+            let blamed =
+                failing_releases(facts, wave, &failures, gate_failure.is_some(), step.proven);
             out.events.push(RolloutEvent::WaveFailed {
                 wave,
                 reason: reason.clone(),
             });
             match settings.failure_policy {
-                FailurePolicy::Revert => {
+                FailurePolicy::Revert if !blamed.is_empty() => {
                     revert(step, facts, &mut out, wave, &reason, blamed);
                     return out;
                 }
-                FailurePolicy::Pause => {
-                    let why = format!(
-                        "wave {wave} failed: {reason}; edit the policy to continue \
-                         (for example raise maxFailures or set failurePolicy: Revert)"
-                    );
+                _ => {
+                    let why = if blamed.is_empty() {
+                        format!(
+                            "wave {wave} failed: {reason}; its releases were proven by an \
+                             earlier rollout, so none is taken back automatically (revoking \
+                             a proven release is a person's decision); edit the policy to \
+                             look at the wave again"
+                        )
+                    } else {
+                        format!(
+                            "wave {wave} failed: {reason}; edit the policy to continue \
+                             (for example raise maxFailures or set failurePolicy: Revert)"
+                        )
+                    };
                     r.failed_wave = Some(wave);
                     r.paused_reason = Some(why.clone());
                     out.phase = PolicyPhase::Paused;
