@@ -9,7 +9,7 @@
 mod engine_support;
 
 use engine_support::*;
-use kpersist_crds::{FailurePolicy, PatchAction, PolicyPhase};
+use kpersist_crds::{FailurePolicy, NodeErrorReason, PatchAction, PolicyPhase};
 
 /// Two waves: a one-node canary baking `bake`, then everyone.
 fn canary_fleet(n: usize, bake: &str) -> Sim {
@@ -115,7 +115,7 @@ fn a_failed_download_is_the_nodes_trouble_and_is_asked_again_later() {
     let canary = sim.step(30).desired[0].0.clone();
     sim.node_mut(&canary)
         .faults
-        .insert(id(0, 2), Fault::Download);
+        .insert(id(0, 2), Fault::Trouble(NodeErrorReason::DownloadFailed));
     run_until(&mut sim, &[PolicyPhase::Complete], 30);
     assert!(bad_releases(&sim).is_empty());
     let status = sim.policy.status.as_ref().unwrap();
@@ -441,7 +441,7 @@ fn a_node_with_a_problem_of_its_own_today_is_nobodys_canary() {
     let mut sim = canary_fleet(6, "0s");
     sim.node_mut(&ailing)
         .faults
-        .insert(id(0, 2), Fault::Download);
+        .insert(id(0, 2), Fault::Trouble(NodeErrorReason::DownloadFailed));
     run_until(&mut sim, &[PolicyPhase::Complete], 30);
     assert_eq!(sim.policy.status.as_ref().unwrap().nodes.node_problems, 1);
     sim.node_mut(&ailing).faults.clear();

@@ -1,10 +1,11 @@
 //! Property tests of the rollout engine: random fleets (kernels, supported or not, agents
 //! or not, nodes joining, leaving and flapping NotReady shorter and longer than the grace),
-//! node life (reboots into another kernel, silent agents, cordons, failed downloads, crashes
-//! on probation after a rollout), random wave specs, and fault schedules (releases that
-//! stall, taint or crash on some nodes, a failing Prometheus gate, a release published
-//! mid-rollout), run in a loop with simulated agents. Every step checks the rollout's
-//! invariants, and every run must end in a terminal phase.
+//! node life (reboots into the same or another kernel, silent agents, cordons, node
+//! problems of every reason an agent reports, crashes on probation after a rollout), random
+//! wave specs, and fault schedules (releases that stall, taint or crash on some nodes, a
+//! failing Prometheus gate, a release published mid-rollout), run in a loop with simulated
+//! agents. Every step checks the rollout's invariants, and every run must end in a terminal
+//! phase.
 //!
 //! The number of cases comes from `PROPTEST_CASES` (default 10,000 for this file).
 
@@ -20,8 +21,8 @@ use std::time::Duration;
 use engine_support::*;
 use jiff::Timestamp;
 use kpersist_crds::{
-    Blame, ComparisonOperator, FailurePolicy, MaintenanceWindow, NodePatchState, PatchAction,
-    PolicyPhase, PrometheusGate, parse_duration,
+    Blame, ComparisonOperator, FailurePolicy, MaintenanceWindow, NodeErrorReason, NodePatchState,
+    PatchAction, PolicyPhase, PrometheusGate, parse_duration,
 };
 use kpersist_operator::engine::{Decision, GateVerdict};
 use proptest::prelude::*;
@@ -58,10 +59,11 @@ enum Life {
     Silent,
     /// It is cordoned.
     Cordon,
-    /// Its downloads fail for ten steps (the repository is unreachable from it).
-    DownloadFails,
-    /// Its downloads work again.
-    DownloadsHeal,
+    /// It has trouble of its own with this reason for ten steps (the repository is
+    /// unreachable from it, a host error, lockdown, another tool's livepatch, ...).
+    Trouble(NodeErrorReason),
+    /// Its trouble is over.
+    Heals,
     /// It goes down on probation with the release it runs.
     Crash,
 }
@@ -71,12 +73,22 @@ fn life(kernels: usize) -> impl Strategy<Value = Life> {
         (0..kernels).prop_map(Life::RebootInto),
         Just(Life::Silent),
         Just(Life::Cordon),
-        Just(Life::DownloadFails),
+        prop::sample::select(NODE_TROUBLE.to_vec()).prop_map(Life::Trouble),
         Just(Life::Crash),
     ]
 }
 
 const UNSUPPORTED_KERNEL: usize = 9;
+
+/// Every reason an agent reports for a node's own trouble.
+const NODE_TROUBLE: [NodeErrorReason; 6] = [
+    NodeErrorReason::DownloadFailed,
+    NodeErrorReason::HostError,
+    NodeErrorReason::LockdownRefused,
+    NodeErrorReason::ForeignLivepatch,
+    NodeErrorReason::ModuleNameInUse,
+    NodeErrorReason::UntrustedRelease,
+];
 
 #[derive(Clone, Debug)]
 struct Scenario {
@@ -386,6 +398,7 @@ fn check_decision(
             release
         );
     }
+    every_holder_of_a_bad_release_is_sent_back(sim, decision, &now_bad)?;
     if spec.dry_run {
         prop_assert!(
             decision.desired.is_empty(),
@@ -466,6 +479,43 @@ fn check_decision(
         entry.1 = None;
         let previous = sim.node(name).applied_id();
         memory.last_apply.insert(name.clone(), (release, previous));
+    }
+    Ok(())
+}
+
+/// Every selected node this policy asked to apply a release the decision holds bad is sent
+/// back from it in the same decision: none is left on a bad release, whichever rollout or
+/// wave gave it the release (in a dry run nothing is written at all).
+fn every_holder_of_a_bad_release_is_sent_back(
+    sim: &Sim,
+    decision: &Decision,
+    bad: &BTreeSet<String>,
+) -> Result<(), TestCaseError> {
+    if sim.policy.spec.rollout.dry_run {
+        return Ok(());
+    }
+    for node in sim.nodes.iter().filter(|n| !n.unselected) {
+        let Some(release) = node
+            .desired()
+            .filter(|d| d.policy == POLICY && d.action == PatchAction::Apply)
+            .and_then(|d| d.release.as_ref())
+            .filter(|r| bad.contains(&r.id))
+        else {
+            continue;
+        };
+        let sent_back = decision.desired.iter().any(|(name, d)| {
+            *name == node.view.name
+                && d.as_ref().is_some_and(|d| {
+                    d.action == PatchAction::Revert
+                        && d.previous.as_ref().is_some_and(|p| p.id == release.id)
+                })
+        });
+        prop_assert!(
+            sent_back,
+            "{} holds bad {} and is not sent back",
+            node.view.name,
+            release.id
+        );
     }
     Ok(())
 }
@@ -806,12 +856,12 @@ fn schedule(s: &Scenario, sim: &mut Sim, step: usize) -> bool {
             }
         }
         let heal = match plan.life {
-            Some((at, Life::DownloadFails)) => Some(at + 10),
+            Some((at, Life::Trouble(_))) => Some(at + 10),
             _ => None,
         };
         let happening = match plan.life {
             Some((at, life)) if at == step => Some(life),
-            _ if heal == Some(step) => Some(Life::DownloadsHeal),
+            _ if heal == Some(step) => Some(Life::Heals),
             _ => None,
         };
         if let Some(life) = happening
@@ -852,14 +902,14 @@ fn live(node: &mut SimNode, life: Life, now: Timestamp) {
         }
         Life::Silent => node.silent = true,
         Life::Cordon => node.view.leaving = true,
-        Life::DownloadFails => {
+        Life::Trouble(reason) => {
             for k in 0..=UNSUPPORTED_KERNEL {
                 for v in 1..=4 {
-                    node.faults.insert(id(k, v), Fault::Download);
+                    node.faults.insert(id(k, v), Fault::Trouble(reason));
                 }
             }
         }
-        Life::DownloadsHeal => node.faults.retain(|_, f| *f != Fault::Download),
+        Life::Heals => node.faults.retain(|_, f| !matches!(f, Fault::Trouble(_))),
         Life::Crash => node.crash_on_probation(now),
     }
 }
@@ -1056,7 +1106,9 @@ fn a_lost_status_write_then_the_failed_node_leaving_forgets_no_recorded_bad_rele
 fn the_checker_refuses_a_release_marked_bad_without_release_evidence() {
     let s = one_node();
     let mut sim = build(&s);
-    sim.nodes[0].faults.insert(id(0, 3), Fault::Download);
+    sim.nodes[0]
+        .faults
+        .insert(id(0, 3), Fault::Trouble(NodeErrorReason::DownloadFailed));
     for _ in 0..4 {
         sim.step(20);
     }
@@ -1224,5 +1276,42 @@ fn the_checker_refuses_a_revert_of_a_node_outside_the_running_rollout() {
     assert!(
         refused.is_err_and(|e| e.to_string().contains("since an earlier rollout")),
         "the checker accepted a revert of a node outside the running rollout"
+    );
+}
+
+/// The bad-release invariant fails on a mutant decision that marks a release bad and leaves
+/// one of the nodes holding it where it is.
+#[test]
+fn the_checker_refuses_a_holder_of_a_bad_release_left_on_it() {
+    let mut s = one_node();
+    let node = s.nodes[0].clone();
+    s.nodes = vec![node.clone(), node];
+    s.nodes[1].vulnerable = true;
+    s.broken = Some((3, Fault::Stall));
+    s.waves = vec![(false, 1, 0)];
+    let mut sim = build(&s);
+    let decision = loop {
+        let decision = sim.decide();
+        if !decision.status.bad_releases.is_empty() {
+            break decision;
+        }
+        assert!(
+            sim.now < at("2026-03-03T00:00:00Z"),
+            "v3 is never marked bad"
+        );
+        sim.apply(&decision);
+        sim.agents();
+        sim.advance(20);
+    };
+    let bad: BTreeSet<String> = [id(0, 3)].into();
+    assert!(every_holder_of_a_bad_release_is_sent_back(&sim, &decision, &bad).is_ok());
+    let mut mutant = decision.clone();
+    mutant
+        .desired
+        .retain(|(_, d)| d.as_ref().is_none_or(|d| d.action != PatchAction::Revert));
+    let refused = every_holder_of_a_bad_release_is_sent_back(&sim, &mutant, &bad);
+    assert!(
+        refused.is_err_and(|e| e.to_string().contains("is not sent back")),
+        "the checker accepted a holder of a bad release left on it"
     );
 }

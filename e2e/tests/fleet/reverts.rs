@@ -2,8 +2,6 @@
 //! moved on, and sent back to it from their agents' cache; a policy deleted while it rolls
 //! back waits for its reverts before it clears its requests.
 
-use std::time::Duration;
-
 use k8s_openapi::api::events::v1::Event;
 use kpersist_crds::{LivePatchPolicy, NodeErrorReason, PatchAction, PolicyPhase};
 use kpersist_e2e::sim_fleet::SimFleet;

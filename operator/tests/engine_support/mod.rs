@@ -119,8 +119,9 @@ pub enum Fault {
     Taint,
     /// The node goes down while applying; it comes back CrashSuspected and refuses it.
     Crash,
-    /// The download fails (a node problem: the repository is unreachable from the node).
-    Download,
+    /// The node's own trouble with this reason (a failed download, a host error, lockdown,
+    /// another tool's livepatch, ...): the agent reports it and loads nothing.
+    Trouble(NodeErrorReason),
 }
 
 /// One node of the simulated fleet with its agent.
@@ -403,9 +404,9 @@ impl SimNode {
                 status.state = Some(NodePatchState::Failed);
                 status.last_error = Some(error(NodeErrorReason::NewTaint, &release));
             }
-            (PatchAction::Apply, Some(Fault::Download)) => {
+            (PatchAction::Apply, Some(Fault::Trouble(reason))) => {
                 status.state = Some(NodePatchState::Failed);
-                status.last_error = Some(error(NodeErrorReason::DownloadFailed, &release));
+                status.last_error = Some(error(reason, &release));
             }
             (PatchAction::Apply, Some(Fault::Crash)) => {
                 // The node rebooted: nothing is loaded any more.
