@@ -63,98 +63,27 @@ trap 'exit 130' INT TERM
 # --- packages -------------------------------------------------------------------------------
 [ "$(id -u)" = 0 ] || fatal packages "run as root: it installs Debian packages and creates device nodes"
 
-pick_release() {
-	if [ -n "${KPERSIST_KERNEL_RELEASE:-}" ]; then
-		echo "$KPERSIST_KERNEL_RELEASE"
-		return
-	fi
-	local rel
-	for rel in $(apt-cache pkgnames linux-headers-6.1.0- |
-		sed -n 's/^linux-headers-\(6\.1\.0-[0-9]*-amd64\)$/\1/p' | sort -V -r); do
-		if apt-cache show --no-all-versions "linux-image-$rel" >/dev/null 2>&1; then
-			echo "$rel"
-			return
-		fi
-	done
-}
-
-install_missing() {
-	local want=() pkg
-	command -v qemu-system-x86_64 >/dev/null || want+=(qemu-system-x86)
-	dpkg-query -W -f '${Status}' busybox-static 2>/dev/null | grep -q 'ok installed' || want+=(busybox-static)
-	command -v cpio >/dev/null || want+=(cpio)
-	command -v xz >/dev/null || want+=(xz-utils)
-	command -v readelf >/dev/null && command -v objcopy >/dev/null || want+=(binutils)
-	command -v gcc >/dev/null || want+=(gcc)
-	command -v make >/dev/null || want+=(make)
-	command -v python3 >/dev/null || want+=(python3)
-	[ -f "/usr/src/linux-headers-$KREL/include/generated/utsrelease.h" ] || want+=("linux-headers-$KREL")
-	[ ${#want[@]} -eq 0 ] && return 0
-	say "installing ${want[*]}"
-	if ! DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${want[@]}" >"$WORK/apt.log" 2>&1; then
-		say "apt-get install failed; updating package lists and retrying"
-		apt-get update >>"$WORK/apt.log" 2>&1 || true
-		DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${want[@]}" >>"$WORK/apt.log" 2>&1 ||
-			fatal packages "apt-get install ${want[*]} failed: $(tail -n 3 "$WORK/apt.log" | tr '\n' ' ')"
-	fi
-	for pkg in "${want[@]}"; do say "installed $pkg"; done
-}
+# shellcheck source=e2e/kernel/lib.sh
+. "$HERE/lib.sh"
 
 say "choosing the kernel"
-KREL=$(pick_release)
-if [ -z "$KREL" ]; then
-	say "no 6.1 kernel packages in apt's lists; running apt-get update"
-	apt-get update >"$WORK/apt-update.log" 2>&1 || true
-	KREL=$(pick_release)
-fi
-[ -n "$KREL" ] || fatal packages "no linux-headers-6.1.0-N-amd64 with a matching linux-image in apt's lists (see apt-get update)"
-install_missing
+kernel_pick_or_update KREL 6.1.0- '6\.1\.0-[0-9]+-amd64' "${KPERSIST_KERNEL_RELEASE:-}"
+install_missing "$KREL"
 KDIR=/usr/src/linux-headers-$KREL
 ok packages "kernel $KREL, qemu, busybox-static, cpio, headers"
 
 # --- kernel image and build id --------------------------------------------------------------
-KVER=$(apt-cache show --no-all-versions "linux-image-$KREL" 2>/dev/null | sed -n 's/^Version: //p' | head -n 1)
-IMAGE_DIR=$KCACHE/image-$KREL-${KVER:-unknown}
-if [ ! -s "$IMAGE_DIR/vmlinuz" ] || [ ! -s "$IMAGE_DIR/build-id" ]; then
-	say "downloading linux-image-$KREL ${KVER}"
-	mkdir -p "$WORK/deb" "$IMAGE_DIR"
-	(cd "$WORK/deb" && apt-get download "linux-image-$KREL" >"$WORK/download.log" 2>&1) ||
-		fatal kernel-image "apt-get download linux-image-$KREL failed: $(tail -n 2 "$WORK/download.log" | tr '\n' ' ')"
-	dpkg-deb --fsys-tarfile "$WORK"/deb/linux-image-*.deb |
-		tar -x -O "./boot/vmlinuz-$KREL" >"$IMAGE_DIR/vmlinuz.part"
-	mv "$IMAGE_DIR/vmlinuz.part" "$IMAGE_DIR/vmlinuz"
-	rm -rf "$WORK/deb"
-	say "computing the kernel's build id from vmlinuz"
-	"$HERE/vmlinuz-build-id.sh" "$IMAGE_DIR/vmlinuz" >"$IMAGE_DIR/build-id.part" ||
-		fatal build-id "cannot read the build id from $IMAGE_DIR/vmlinuz"
-	mv "$IMAGE_DIR/build-id.part" "$IMAGE_DIR/build-id"
-fi
+kernel_image IMAGE_DIR "$KREL"
 VMLINUZ=$IMAGE_DIR/vmlinuz
 BUILD_ID=$(cat "$IMAGE_DIR/build-id")
 ok kernel-image "$VMLINUZ, build id $BUILD_ID"
 
 # --- livepatch modules ----------------------------------------------------------------------
-SRC_HASH=$( (cd "$ROOT/kmod/livepatch" && cat Kbuild Makefile ./*.c; echo "$KREL") | sha256sum | cut -c1-16)
-MOD_DIR=$KCACHE/modules-$KREL-$SRC_HASH
-if [ ! -f "$MOD_DIR/done" ]; then
-	say "building the livepatch modules against $KDIR"
-	rm -rf "$MOD_DIR"
-	make -C "$ROOT/kmod/livepatch" KDIR="$KDIR" BUILD="$MOD_DIR/build" >"$WORK/kbuild.log" 2>&1 ||
-		fatal modules "make -C kmod/livepatch failed: $(grep -m 3 -i 'error' "$WORK/kbuild.log" | tr '\n' ' ')"
-	touch "$MOD_DIR/done"
-fi
-MODS=$MOD_DIR/build
+livepatch_modules MODS "$KREL"
 ok modules "$MODS"
 
 # --- static agent and repository tool -------------------------------------------------------
-# Static (glibc, crt-static) so both run in the bare initramfs; release without debug info
-# keeps the initramfs small. The target dir is cached, so later runs rebuild only our crates.
-static_build() {
-	(cd "$ROOT" && CARGO_TARGET_DIR="$CACHE/target-static" CARGO_PROFILE_RELEASE_DEBUG=false \
-		RUSTFLAGS="-C target-feature=+crt-static" \
-		cargo build --release --target x86_64-unknown-linux-gnu "$@")
-}
-BIN=$CACHE/target-static/x86_64-unknown-linux-gnu/release
+BIN=$STATIC_BIN
 AGENT=$BIN/kpersist-agent
 REPO_TOOL=$BIN/kpersist-repo
 say "building kpersist-repo (cargo output follows)"
@@ -178,13 +107,8 @@ ok repository "signed with a fresh key, verified with kpersist-repo verify"
 # --- initramfs ------------------------------------------------------------------------------
 say "packing the initramfs"
 R=$WORK/root
-mkdir -p "$R/bin" "$R/dev" "$R/proc" "$R/sys" "$R/tmp" "$R/e2e/modules"
-cp /bin/busybox "$R/bin/busybox"
-for applet in $("$R/bin/busybox" --list); do
-	[ "$applet" = busybox ] || ln -s busybox "$R/bin/$applet"
-done
-mknod "$R/dev/console" c 5 1
-mknod "$R/dev/null" c 1 3
+busybox_root "$R"
+mkdir -p "$R/e2e/modules"
 strip -o "$R/bin/kpersist-agent" "$AGENT"
 cp "$MODS"/*.ko "$R/e2e/modules/"
 cp -r "$WORK/repo" "$R/e2e/repo"

@@ -12,6 +12,7 @@ pub mod patch_repo;
 pub mod process;
 pub mod repo_server;
 pub mod sim_fleet;
+pub mod vm;
 pub mod wait;
 
 pub use error::Error;

@@ -110,9 +110,23 @@ impl Publisher {
         let module = module_for(kernel_release, version)?;
         let path = self.scratch.join(format!("{kernel_release}-v{version}.ko"));
         std::fs::write(&path, &module).map_err(|e| Error::io(&path, e))?;
+        self.publish_module(&path, kernel_release, build_id, version, cves, channels)
+    }
+
+    /// Publishes the module at `path` (built for the kernel build) as cumulative `version`
+    /// in `channels` and signs the index.
+    pub fn publish_module(
+        &self,
+        path: &Path,
+        kernel_release: &str,
+        build_id: &str,
+        version: u64,
+        cves: &[&str],
+        channels: &[&str],
+    ) -> Result<Release> {
         let now = jiff::Timestamp::now();
         let release = self.repo.add(
-            &path,
+            path,
             NewRelease {
                 kernel_release: kernel_release.to_string(),
                 build_id: build_id.to_string(),

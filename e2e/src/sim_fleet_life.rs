@@ -17,11 +17,17 @@ impl SimFleet {
     /// A node joins: its Ready Node object is created with this fleet's label and its
     /// agent started. Its name must be new to the control plane.
     pub async fn add_node(&mut self, node: SimNode) -> Result<()> {
-        let labels = BTreeMap::from([(FLEET_LABEL.to_string(), self.label.clone())]);
-        self.cluster.create_node(&node.name, &labels).await?;
+        self.create_node_object(&node.name).await?;
         let name = node.name.clone();
         self.nodes.push(node);
         self.start_agent(&name)
+    }
+
+    /// Creates a Ready Node object named `name` with this fleet's label, for an agent the
+    /// fleet does not run (a VM's).
+    pub async fn create_node_object(&self, name: &str) -> Result<()> {
+        let labels = BTreeMap::from([(FLEET_LABEL.to_string(), self.label.clone())]);
+        self.cluster.create_node(name, &labels).await
     }
 
     /// A node leaves: its agent is stopped and its Node deleted, with its LivePatchNode

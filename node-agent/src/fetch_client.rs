@@ -9,32 +9,57 @@ use reqwest::{Certificate, Client};
 /// operator copies them into the node's `spec.desired.repository`.
 pub use kpersist_crds::RepositoryAccess;
 
-/// A client for `access`. There is no way to turn certificate verification off.
+/// A client for `access`. There is no way to turn certificate verification off. A host
+/// with no CA store of its own (a minimal image) trusts only the policy's CA bundle, which
+/// is all a plain-http repository or one with `repository.caBundle` needs.
 pub(super) fn build_client(access: &RepositoryAccess) -> Result<Client, String> {
-    let policy = redirect_policy(access.allowed_redirect_hosts.clone());
-    let mut builder = Client::builder()
-        .user_agent(concat!("kpersist-agent/", env!("CARGO_PKG_VERSION")))
-        .redirect(policy)
-        .connect_timeout(std::time::Duration::from_secs(10))
-        .timeout(std::time::Duration::from_secs(300));
-    if let Some(pem) = access.ca_bundle.as_deref().filter(|p| !p.trim().is_empty()) {
-        let certs = Certificate::from_pem_bundle(pem.as_bytes()).map_err(|e| {
-            format!(
-                "repository.caBundle is not a PEM certificate bundle ({}); paste the CA \
-                 certificates in PEM form",
-                error_chain(&e)
-            )
-        })?;
-        if certs.is_empty() {
-            return Err(
-                "repository.caBundle holds no certificate; paste the CA certificates \
-                        in PEM form"
-                    .to_string(),
+    let bundle = ca_bundle(access)?;
+    match builder(access).tls_certs_merge(bundle.clone()).build() {
+        Ok(client) => Ok(client),
+        Err(e) if error_chain(&e).contains(NO_SYSTEM_ROOTS) => {
+            tracing::warn!(
+                "this host has no CA certificates of its own; only repository.caBundle is \
+                 trusted for https repositories"
             );
+            builder(access)
+                .tls_certs_only(bundle)
+                .build()
+                .map_err(|e| error_chain(&e))
         }
-        builder = builder.tls_certs_merge(certs);
+        Err(e) => Err(error_chain(&e)),
     }
-    builder.build().map_err(|e| error_chain(&e))
+}
+
+/// What the platform verifier says when the host has no CA store.
+const NO_SYSTEM_ROOTS: &str = "No CA certificates were loaded from the system";
+
+fn builder(access: &RepositoryAccess) -> reqwest::ClientBuilder {
+    Client::builder()
+        .user_agent(concat!("kpersist-agent/", env!("CARGO_PKG_VERSION")))
+        .redirect(redirect_policy(access.allowed_redirect_hosts.clone()))
+        .connect_timeout(std::time::Duration::from_secs(10))
+        .timeout(std::time::Duration::from_secs(300))
+}
+
+/// The certificates of `repository.caBundle` (none when it is not set).
+fn ca_bundle(access: &RepositoryAccess) -> Result<Vec<Certificate>, String> {
+    let Some(pem) = access.ca_bundle.as_deref().filter(|p| !p.trim().is_empty()) else {
+        return Ok(Vec::new());
+    };
+    let certs = Certificate::from_pem_bundle(pem.as_bytes()).map_err(|e| {
+        format!(
+            "repository.caBundle is not a PEM certificate bundle ({}); paste the CA \
+             certificates in PEM form",
+            error_chain(&e)
+        )
+    })?;
+    if certs.is_empty() {
+        return Err(
+            "repository.caBundle holds no certificate; paste the CA certificates in PEM form"
+                .to_string(),
+        );
+    }
+    Ok(certs)
 }
 
 /// The error and its causes on one line: reqwest's own message ("error sending request")

@@ -1,0 +1,49 @@
+//! The real-kernel fleet: the operator rolls real livepatch modules out through a real
+//! API server to kpersist-agent in node mode on qemu VMs running Debian's 6.1 and 6.12
+//! kernels. Run by `e2e/kernel-fleet/run.sh`, which prepares the kernels, modules and
+//! initramfs and passes them in `KPERSIST_KERNEL_FLEET_*` variables.
+//!
+//! Each step prints `KERNEL-FLEET-E2E: <step>: ok|FAIL <why>`; checks read API objects
+//! and each guest's own /sys/kernel/livepatch and /proc/cmdline.
+
+// Test code: a failed unwrap, expect or panic is the test's report. clippy.toml exempts
+// #[test] functions only, not the helpers of an integration test crate.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod fleet;
+
+use std::time::Instant;
+
+use fleet::{KernelFleet, report};
+
+/// A one-node canary per release, then everyone, two at a time.
+const MAX_IN_FLIGHT: u32 = 2;
+
+#[tokio::test]
+async fn the_operator_drives_real_livepatches_on_vms_of_two_kernel_lines() {
+    let started = Instant::now();
+    let mut fleet = KernelFleet::start().await;
+    report("boot", Ok(fleet.boot_note()));
+
+    // 1. v1 to every VM: each kernel build's release has its own canary.
+    fleet.publish(1);
+    fleet.create_policy(MAX_IN_FLIGHT).await;
+    fleet.wait_all_applied(1).await;
+    report("v1-rollout", fleet.canary_per_release(1));
+    report("v1-kernels", fleet.kernels_run(1).await);
+
+    // 2. v2: an atomic replace everywhere, v1 gone from every kernel.
+    fleet.publish(2);
+    fleet.wait_all_applied(2).await;
+    report("v2-rollout", fleet.canary_per_release(2));
+    report("v2-atomic-replace", fleet.kernels_run(2).await);
+
+    for (what, took) in fleet.figures() {
+        println!("kernel-fleet: figure: {what}: {:.1} s", took.as_secs_f64());
+    }
+    println!(
+        "kernel-fleet: figure: harness wall time: {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    fleet.stop().await;
+}
