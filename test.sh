@@ -45,6 +45,9 @@ e2e/chart/run.sh
 step "real-kernel suite: the agent live-patches Debian's 6.1 kernel in qemu"
 e2e/kernel/run.sh
 
+step "real-kernel fleet: the operator drives livepatches on VMs of Debian's 6.1 and 6.12 kernels"
+e2e/kernel-fleet/run.sh
+
 step "fleet suite: operator and simulated agents on a real kube-apiserver"
 # Builds kube-apiserver from Debian's source on the first run only (cached, ~8-13 min).
 e2e/controlplane/build.sh

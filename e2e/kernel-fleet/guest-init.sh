@@ -21,7 +21,10 @@
 #   kill-agent    SIGKILL the agent (the kernel keeps its patches)
 #   start-agent   start it again
 #   load-foreign  insmod the foreign (non-kpersist) livepatch
+#   load-helper   insmod the stall helper, whose kthread holds a stall patch's transition
 #   reboot        stop the agent cleanly, unmount, reboot
+#   poweroff      the same, then power off (the harness boots it again, maybe on another
+#                 kernel)
 #   crash         panic the kernel at once (sysrq c)
 
 export PATH=/bin
@@ -95,13 +98,14 @@ while read -r line <&3; do
 		;;
 	start-agent) start_agent ;;
 	load-foreign) insmod "/e2e/modules/$KREL/foreign_patch.ko" || answer "error insmod failed" ;;
-	reboot)
+	load-helper) insmod "/e2e/modules/$KREL/kpersist_stall_helper.ko" || answer "error insmod failed" ;;
+	reboot | poweroff)
 		kill -TERM "$AGENT_PID" 2>/dev/null
 		wait "$AGENT_PID" 2>/dev/null
 		sync
 		umount /var/lib/kpersist /persist
 		answer "done $line"
-		reboot -f
+		"$command" -f
 		;;
 	crash)
 		answer "done $line"

@@ -186,8 +186,31 @@ impl Vm {
         let stream = connect(&socket).await?;
         let (read, write) = stream.into_split();
         self.control = Some((BufReader::new(read), write));
-        // The init answers once it serves commands (the agent has started by then). What
-        // is sent before the guest opens its serial port is lost, so ask until it answers.
+        self.wait_answering().await
+    }
+
+    /// Reboots the guest cleanly (the agent stopped first, the disk unmounted) and returns
+    /// once its init answers again.
+    pub async fn reboot(&mut self) -> Result<()> {
+        self.command("reboot").await?;
+        self.wait_answering().await
+    }
+
+    /// Shuts the guest down cleanly (the agent stopped first, the disk unmounted) and boots
+    /// it on `kernel`.
+    pub async fn boot_into(&mut self, kernel: Kernel) -> Result<()> {
+        self.command("poweroff").await?;
+        // The guest powers off once its answer is out; qemu then exits.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        self.stop().await;
+        self.kernel = kernel;
+        self.boot().await
+    }
+
+    /// Returns once the init answers, after a boot: it does once it serves commands (the
+    /// agent has started by then). What is sent before the guest opens its serial port
+    /// is lost, so ask until it answers.
+    async fn wait_answering(&mut self) -> Result<()> {
         let mut last = None;
         for _ in 0..BOOT.as_secs() / 5 {
             match self.command_within("status", Duration::from_secs(5)).await {

@@ -13,7 +13,7 @@ use kpersist_e2e::vm::{Kernel, Vm};
 use kpersist_e2e::wait::Check;
 
 /// How long a rollout over the VMs may take (TCG is slow).
-const ROLLOUT: Duration = Duration::from_secs(600);
+pub(crate) const ROLLOUT: Duration = Duration::from_secs(600);
 /// How long the VMs may take to boot and their agents to report.
 const BOOT: Duration = Duration::from_secs(180);
 
@@ -57,10 +57,10 @@ pub fn report(step: &str, result: Result<String, String>) {
 
 /// The running fleet.
 pub struct KernelFleet {
-    sim: SimFleet,
-    vms: Vec<Vm>,
-    kernels: BTreeMap<&'static str, Kernel>,
-    figures: BTreeMap<String, Duration>,
+    pub(crate) sim: SimFleet,
+    pub(crate) vms: Vec<Vm>,
+    pub(crate) kernels: BTreeMap<&'static str, Kernel>,
+    pub(crate) figures: BTreeMap<String, Duration>,
     _scratch: tempfile::TempDir,
 }
 
@@ -191,8 +191,13 @@ impl KernelFleet {
 
     /// Publishes the test patch at `version` for each kernel line, built against it.
     pub fn publish(&self, version: u64) {
+        self.publish_module(&format!("kpersist_v{version}"), version);
+    }
+
+    /// Publishes test module `name` as `version` for each kernel line.
+    pub(crate) fn publish_module(&self, name: &str, version: u64) {
         for kernel in self.kernels.values() {
-            let module = kernel.modules.join(format!("kpersist_v{version}.ko"));
+            let module = kernel.modules.join(format!("{name}.ko"));
             let cves: Vec<String> = (1..=version).map(|v| format!("CVE-2026-1000{v}")).collect();
             let cves: Vec<&str> = cves.iter().map(String::as_str).collect();
             self.sim
@@ -230,7 +235,7 @@ impl KernelFleet {
     }
 
     /// The release id of `version` for a VM's kernel.
-    fn release_of(vm: &Vm, version: u64) -> String {
+    pub(crate) fn release_of(vm: &Vm, version: u64) -> String {
         format!("{}/v{version}", vm.kernel.release)
     }
 
@@ -333,6 +338,14 @@ impl KernelFleet {
         Ok(format!("{} VMs run {patch}", self.vms.len()))
     }
 
+    /// The VM named `name`.
+    pub(crate) fn vm(&mut self, name: &str) -> &mut Vm {
+        self.vms
+            .iter_mut()
+            .find(|vm| vm.name() == name)
+            .unwrap_or_else(|| panic!("no VM {name}"))
+    }
+
     /// The figures measured so far.
     pub fn figures(&self) -> &BTreeMap<String, Duration> {
         &self.figures
@@ -347,7 +360,7 @@ impl KernelFleet {
 }
 
 /// Whether the node's agent reports running `release`, applied and settled.
-fn runs(node: Option<&LivePatchNode>, release: &str) -> bool {
+pub(crate) fn runs(node: Option<&LivePatchNode>, release: &str) -> bool {
     let Some(node) = node else { return false };
     let Some(status) = &node.status else {
         return false;

@@ -11,6 +11,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod fleet;
+mod scenarios;
 
 use std::time::Instant;
 
@@ -18,6 +19,12 @@ use fleet::{KernelFleet, report};
 
 /// A one-node canary per release, then everyone, two at a time.
 const MAX_IN_FLIGHT: u32 = 2;
+/// The VM whose agent is killed during the v2 rollout.
+const KILLED: &str = "vm-61-b";
+/// The VM rebooted cleanly.
+const REBOOTED: &str = "vm-612-a";
+/// The VM rebooted into the other kernel line.
+const MOVED: &str = "vm-61-b";
 
 #[tokio::test]
 async fn the_operator_drives_real_livepatches_on_vms_of_two_kernel_lines() {
@@ -32,11 +39,26 @@ async fn the_operator_drives_real_livepatches_on_vms_of_two_kernel_lines() {
     report("v1-rollout", fleet.canary_per_release(1));
     report("v1-kernels", fleet.kernels_run(1).await);
 
-    // 2. v2: an atomic replace everywhere, v1 gone from every kernel.
+    // 2. v2: an atomic replace everywhere, v1 gone from every kernel. One agent is killed
+    //    as v2 is published: its kernel keeps v1, and once it is back it takes v2.
     fleet.publish(2);
+    report(
+        "agent-killed",
+        fleet.kill_agent_until_asked(KILLED, 2).await,
+    );
     fleet.wait_all_applied(2).await;
     report("v2-rollout", fleet.canary_per_release(2));
     report("v2-atomic-replace", fleet.kernels_run(2).await);
+
+    // 5. A clean reboot: the agent applies the release again on its own.
+    report("clean-reboot", fleet.reboot_reapplies(REBOOTED, 2).await);
+
+    // 6. A reboot into the other kernel line: the node follows its new build.
+    report("other-kernel", fleet.reboot_into_other_line(MOVED, 2).await);
+
+    // 3. A release whose transition stalls on its canary: reversed, marked bad, loaded by
+    //    no other VM.
+    report("stall", fleet.stalled_release_is_contained(3).await);
 
     for (what, took) in fleet.figures() {
         println!("kernel-fleet: figure: {what}: {:.1} s", took.as_secs_f64());
