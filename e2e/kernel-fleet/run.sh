@@ -22,36 +22,10 @@ CACHE=${KPERSIST_CACHE:-/var/cache/kpersist}
 KCACHE=$CACHE/kernel
 START=$SECONDS
 
-say() { printf 'kernel-fleet: [%3ds] %s\n' $((SECONDS - START)) "$*"; }
-ok() { echo "KERNEL-FLEET-E2E: $1: ok${2:+ ($2)}"; }
-VERDICT=
-fatal() {
-	echo "KERNEL-FLEET-E2E: $1: FAIL $2"
-	VERDICT=FAIL
-	echo "KERNEL-FLEET-E2E: FAIL"
-	exit 1
-}
-
-mkdir -p "$KCACHE"
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/kpersist-kernel-fleet.XXXXXX")
-ERR_LINE=
-cleanup() {
-	local rc=$?
-	rm -rf "$WORK"
-	if [ -z "$VERDICT" ]; then
-		echo "KERNEL-FLEET-E2E: run.sh: FAIL stopped unexpectedly (status $rc${ERR_LINE:+, at line $ERR_LINE})"
-		echo "KERNEL-FLEET-E2E: FAIL"
-		[ "$rc" != 0 ] || rc=1
-	fi
-	exit "$rc"
-}
-trap cleanup EXIT
-trap 'ERR_LINE=$LINENO' ERR
-trap 'exit 130' INT TERM
-
-[ "$(id -u)" = 0 ] || fatal packages "run as root: it installs Debian packages and creates device nodes"
 # shellcheck source=e2e/kernel/lib.sh
 . "$ROOT/e2e/kernel/lib.sh"
+suite_frame KERNEL-FLEET-E2E kernel-fleet
+[ "$(id -u)" = 0 ] || fatal packages "run as root: it installs Debian packages and creates device nodes"
 
 # --- kernels --------------------------------------------------------------------------------
 say "choosing the kernels"

@@ -1,10 +1,45 @@
-# Shared by the real-kernel suites (e2e/kernel/run.sh, e2e/kernel-fleet/run.sh): Debian's
-# kernel images and headers from apt, the livepatch modules built against them, and the
-# static agent. Everything slow is cached under $KCACHE (kernel images by release and
-# package version, modules by source hash) and $CACHE/target-static.
+# Shared by the real-kernel suites (e2e/kernel/run.sh, e2e/kernel-fleet/run.sh): their
+# frame (verdict lines, scratch directory, traps), Debian's kernel images and headers from
+# apt, the livepatch modules built against them, and the static agent. Everything slow is
+# cached under $KCACHE (kernel images by release and package version, modules by source
+# hash) and $CACHE/target-static.
 #
-# The caller sets ROOT (checkout), CACHE, KCACHE, WORK (scratch) and defines say() and
-# fatal STEP MESSAGE (which must not return).
+# The caller sets ROOT (checkout), CACHE, KCACHE and START ($SECONDS at its start), then
+# calls suite_frame.
+
+# Starts a suite whose verdict lines begin with $1 (e.g. KERNEL-E2E) and whose progress
+# lines with $2: say, ok and fatal print them, $WORK is a fresh scratch directory, and a
+# run that stops anywhere else (a failed command under set -e, a signal) still ends with
+# the FAIL line. A `stop_vms` function the caller defines runs first.
+suite_frame() {
+	SUITE=$1 SUITE_LOG=$2
+	VERDICT= ERR_LINE=
+	mkdir -p "$KCACHE"
+	WORK=$(mktemp -d "${TMPDIR:-/tmp}/kpersist-$SUITE_LOG.XXXXXX")
+	trap suite_cleanup EXIT
+	trap 'ERR_LINE=$LINENO' ERR
+	trap 'exit 130' INT TERM
+}
+say() { printf '%s: [%3ds] %s\n' "$SUITE_LOG" $((SECONDS - START)) "$*"; }
+ok() { echo "$SUITE: $1: ok${2:+ ($2)}"; }
+# A host step failed: nothing after it can run.
+fatal() {
+	echo "$SUITE: $1: FAIL $2"
+	VERDICT=FAIL
+	echo "$SUITE: FAIL"
+	exit 1
+}
+suite_cleanup() {
+	local rc=$?
+	if declare -F stop_vms >/dev/null; then stop_vms; fi
+	rm -rf "$WORK"
+	if [ -z "$VERDICT" ]; then
+		echo "$SUITE: run.sh: FAIL stopped unexpectedly (status $rc${ERR_LINE:+, at line $ERR_LINE})"
+		echo "$SUITE: FAIL"
+		[ "$rc" != 0 ] || rc=1
+	fi
+	exit "$rc"
+}
 
 # The newest kernel release matching the extended regex $2 (e.g. `6\.1\.0-[0-9]+-amd64`),
 # among the linux-headers-$1* packages, whose headers and image are both in apt's lists;

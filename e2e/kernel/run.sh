@@ -27,44 +27,14 @@ V_V1=1 V_V2=2 V_FAIL=3 V_STALL=4 V_BAD=5 V_STACK=6
 GUEST_STEPS="boot build-id apply-v1 apply-v2 status revert-v1 disable bad-vermagic enable-fails
 stall-reversed stall-applied not-cumulative foreign-refused crash-suspected kernel-log"
 
-say() { printf 'kernel-e2e: [%3ds] %s\n' $((SECONDS - START)) "$*"; }
-ok() { echo "KERNEL-E2E: $1: ok${2:+ ($2)}"; }
-# Set once the last line (PASS or FAIL) is out.
-VERDICT=
-# A host step failed: nothing after it can run.
-fatal() {
-	echo "KERNEL-E2E: $1: FAIL $2"
-	VERDICT=FAIL
-	echo "KERNEL-E2E: FAIL"
-	exit 1
-}
-
-mkdir -p "$KCACHE"
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/kpersist-kernel-e2e.XXXXXX")
+# shellcheck source=e2e/kernel/lib.sh
+. "$HERE/lib.sh"
+suite_frame KERNEL-E2E kernel-e2e
 QEMU_PID=
-ERR_LINE=
-# Stops the VM, removes the scratch dir, and makes sure a run that stops anywhere else
-# (a failed command under set -e, a signal) still ends with the FAIL line.
-cleanup() {
-	local rc=$?
-	if [ -n "$QEMU_PID" ]; then kill "$QEMU_PID" 2>/dev/null || true; fi
-	rm -rf "$WORK"
-	if [ -z "$VERDICT" ]; then
-		echo "KERNEL-E2E: run.sh: FAIL stopped unexpectedly (status $rc${ERR_LINE:+, at line $ERR_LINE})"
-		echo "KERNEL-E2E: FAIL"
-		[ "$rc" != 0 ] || rc=1
-	fi
-	exit "$rc"
-}
-trap cleanup EXIT
-trap 'ERR_LINE=$LINENO' ERR
-trap 'exit 130' INT TERM
+stop_vms() { if [ -n "$QEMU_PID" ]; then kill "$QEMU_PID" 2>/dev/null || true; fi; }
 
 # --- packages -------------------------------------------------------------------------------
 [ "$(id -u)" = 0 ] || fatal packages "run as root: it installs Debian packages and creates device nodes"
-
-# shellcheck source=e2e/kernel/lib.sh
-. "$HERE/lib.sh"
 
 say "choosing the kernel"
 kernel_pick_or_update KREL 6.1.0- '6\.1\.0-[0-9]+-amd64' "${KPERSIST_KERNEL_RELEASE:-}"
