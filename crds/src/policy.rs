@@ -366,9 +366,8 @@ pub struct LivePatchPolicyStatus {
     /// Releases that failed a wave and are never offered again by this policy.
     #[serde(default)]
     pub bad_releases: Vec<BadRelease>,
-    /// The entries of `spec.rollout.retryReleases` acted on, with when: a listed release was
-    /// taken off `badReleases` then, and reverts from it asked before then do not mark it
-    /// bad again.
+    /// The releases `spec.rollout.retryReleases` cleared, with when: reverts from one asked
+    /// before then never mark it bad again, whether its entry is still listed or not.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub retried_releases: Vec<RetriedRelease>,
     /// The highest wave number this policy's rollouts have reserved for nodes'
@@ -563,8 +562,17 @@ pub struct BadRelease {
 pub struct RetriedRelease {
     /// Release id.
     pub release: String,
-    /// When the entry was first acted on (RFC 3339).
+    /// When it was last cleared (RFC 3339): reverts from it asked before then are not
+    /// evidence against it, listed or not.
     pub at: String,
+    /// Whether `spec.rollout.retryReleases` lists it now. A record whose entry was removed
+    /// is kept; listing the release again clears it again.
+    #[serde(default = "listed")]
+    pub listed: bool,
+}
+
+fn listed() -> bool {
+    true
 }
 
 /// A release's fault reported outside the rollout that judged the release.

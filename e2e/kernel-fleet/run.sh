@@ -53,9 +53,10 @@ guest_drivers() {
 		while read -r line; do
 			module=$(basename "$line")
 			case "$module" in
-			*.xz) xz -dc "$line" >"$dir/${module%.xz}" && module=${module%.xz} ;;
+			*.xz) module=${module%.xz} && xz -dc "$line" >"$dir/$module" ;;
+			*.zst) module=${module%.zst} && zstd -dcq "$line" >"$dir/$module" ;;
 			*) cp "$line" "$dir/$module" ;;
-			esac
+			esac || fatal drivers "cannot unpack $line"
 			echo "$module" >>"$dir/order.part"
 		done <"$WORK/drivers.list"
 		mv "$dir/order.part" "$dir/order"

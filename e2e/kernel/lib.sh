@@ -14,10 +14,12 @@
 suite_frame() {
 	SUITE=$1 SUITE_LOG=$2
 	VERDICT= ERR_LINE=
+	# Failures inside functions (most steps) report their line too.
+	set -o errtrace
 	mkdir -p "$KCACHE"
 	WORK=$(mktemp -d "${TMPDIR:-/tmp}/kpersist-$SUITE_LOG.XXXXXX")
 	trap suite_cleanup EXIT
-	trap 'ERR_LINE=$LINENO' ERR
+	trap 'ERR_LINE="${BASH_SOURCE[0]##*/}:$LINENO"' ERR
 	trap 'exit 130' INT TERM
 }
 say() { printf '%s: [%3ds] %s\n' "$SUITE_LOG" $((SECONDS - START)) "$*"; }

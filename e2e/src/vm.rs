@@ -14,7 +14,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 
@@ -71,7 +71,9 @@ pub struct Vm {
     initramfs: PathBuf,
     ports: Vec<u16>,
     qemu: Option<Process>,
-    control: Option<(BufReader<OwnedReadHalf>, OwnedWriteHalf)>,
+    /// The guest's answers, line by line (`next_line` loses nothing when a wait for it
+    /// times out), and the way to send commands.
+    control: Option<(Lines<BufReader<OwnedReadHalf>>, OwnedWriteHalf)>,
     /// Commands sent so far, to tag the next one.
     sent: u64,
     /// The kernel it runs now.
@@ -185,7 +187,7 @@ impl Vm {
         self.qemu = Some(qemu);
         let stream = connect(&socket).await?;
         let (read, write) = stream.into_split();
-        self.control = Some((BufReader::new(read), write));
+        self.control = Some((BufReader::new(read).lines(), write));
         self.wait_answering().await
     }
 
@@ -244,13 +246,11 @@ impl Vm {
         let done = format!("CTL: done {line}");
         let mut lines = Vec::new();
         let answered = tokio::time::timeout(within, async {
-            let mut line = String::new();
             loop {
-                line.clear();
-                if read.read_line(&mut line).await? == 0 {
+                let Some(line) = read.next_line().await? else {
                     return Ok::<bool, std::io::Error>(false);
-                }
-                let text = line.trim_end_matches(['\r', '\n']);
+                };
+                let text = line.trim_end_matches('\r');
                 if text == done {
                     return Ok(true);
                 }

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::ConfigMap;
-use kpersist_crds::{BadRelease, LivePatchPolicy, LivePatchPolicyStatus};
+use kpersist_crds::{BadRelease, LivePatchPolicy, LivePatchPolicyStatus, RetriedRelease};
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde::{Deserialize, Serialize};
@@ -26,33 +26,35 @@ struct Kept {
     repository: String,
     deleted_at: String,
     bad_releases: Vec<BadRelease>,
+    /// The clearings of `retryReleases`, so that an entry still in the recreated policy's
+    /// spec does not clear a release marked bad again since.
+    #[serde(default)]
+    retried_releases: Vec<RetriedRelease>,
 }
 
 /// Records the bad releases of `policy`, which is being deleted (or forgets an earlier
-/// record of its name when it has none). A ConfigMap the operator may not write (a chart
-/// from before this record) is reported and skipped: deletion must not hang on it.
+/// record of its name when it has none). A policy deleted before its first status write
+/// leaves an earlier record as it is. A ConfigMap the operator may not write (a chart from
+/// before this record) is reported and skipped: deletion must not hang on it.
 pub async fn keep(
     ctx: &Context,
     policy: &LivePatchPolicy,
     now: jiff::Timestamp,
 ) -> kube::Result<()> {
     let name = policy.name_any();
-    let bad = policy
-        .status
-        .as_ref()
-        .map(|s| s.bad_releases.clone())
-        .unwrap_or_default();
-    let value = if bad.is_empty() {
+    let Some(status) = policy.status.as_ref() else {
+        return Ok(());
+    };
+    let value = if status.bad_releases.is_empty() {
         serde_json::Value::Null
     } else {
         let kept = Kept {
             repository: policy.spec.repository.url.clone(),
             deleted_at: now.to_string(),
-            bad_releases: bad,
+            bad_releases: status.bad_releases.clone(),
+            retried_releases: status.retried_releases.clone(),
         };
-        serde_json::to_string(&kept)
-            .map(serde_json::Value::String)
-            .unwrap_or_default()
+        serde_json::Value::String(serde_json::to_string(&kept).map_err(kube::Error::SerdeError)?)
     };
     let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ctx.namespace);
     let mut data = serde_json::Map::new();
@@ -112,33 +114,32 @@ pub async fn recalled(
     let entry = map
         .and_then(|m| m.data)
         .and_then(|mut d| d.remove(&policy.name_any()));
-    let bad = recall(entry.as_deref(), &policy);
-    if bad.is_empty() {
+    let Some(kept) = recall(entry.as_deref(), &policy) else {
         return Ok(policy);
-    }
+    };
     tracing::info!(
-        releases = bad.len(),
+        releases = kept.bad_releases.len(),
         "took back the bad releases of a deleted policy of this name"
     );
     let mut policy = (*policy).clone();
     policy.status = Some(LivePatchPolicyStatus {
-        bad_releases: bad,
+        bad_releases: kept.bad_releases,
+        retried_releases: kept.retried_releases,
         ..Default::default()
     });
     Ok(Arc::new(policy))
 }
 
-/// The bad releases a kept `entry` gives `policy`: none unless it was kept for the same
-/// repository (another repository's release ids may name other modules). Each says where
+/// What a kept `entry` gives `policy`: nothing unless it was kept for the same repository
+/// (another repository's release ids may name other modules). Each bad release says where
 /// it came from.
-fn recall(entry: Option<&str>, policy: &LivePatchPolicy) -> Vec<BadRelease> {
-    let Some(kept) = entry.and_then(|text| serde_json::from_str::<Kept>(text).ok()) else {
-        return Vec::new();
-    };
-    if kept.repository != policy.spec.repository.url {
-        return Vec::new();
+fn recall(entry: Option<&str>, policy: &LivePatchPolicy) -> Option<Kept> {
+    let kept = serde_json::from_str::<Kept>(entry?).ok()?;
+    if kept.repository != policy.spec.repository.url || kept.bad_releases.is_empty() {
+        return None;
     }
-    kept.bad_releases
+    let bad_releases = kept
+        .bad_releases
         .into_iter()
         .map(|b| BadRelease {
             reason: format!(
@@ -149,7 +150,11 @@ fn recall(entry: Option<&str>, policy: &LivePatchPolicy) -> Vec<BadRelease> {
             ),
             ..b
         })
-        .collect()
+        .collect();
+    Some(Kept {
+        bad_releases,
+        ..kept
+    })
 }
 
 #[cfg(test)]
@@ -173,9 +178,17 @@ mod tests {
                 reason: "wave 1 failed: node-1 (TransitionStalled)".into(),
                 marked_at: "2026-11-30T00:00:00Z".into(),
             }],
+            retried_releases: vec![RetriedRelease {
+                release: "k/v3".into(),
+                at: "2026-11-29T00:00:00Z".into(),
+                listed: true,
+            }],
         };
         let text = serde_json::to_string(&kept).unwrap_or_default();
-        let back = recall(Some(&text), &policy("https://repo.example/"));
+        let back = recall(Some(&text), &policy("https://repo.example/"))
+            .unwrap_or_else(|| panic!("nothing recalled from {text}"));
+        assert_eq!(back.retried_releases, kept.retried_releases);
+        let back = back.bad_releases;
         assert_eq!(back.len(), 1);
         assert_eq!(back[0].release, "k/v3");
         assert!(
@@ -185,8 +198,8 @@ mod tests {
             "{}",
             back[0].reason
         );
-        assert!(recall(Some(&text), &policy("https://other.example/")).is_empty());
-        assert!(recall(Some("not json"), &policy("https://repo.example/")).is_empty());
-        assert!(recall(None, &policy("https://repo.example/")).is_empty());
+        assert!(recall(Some(&text), &policy("https://other.example/")).is_none());
+        assert!(recall(Some("not json"), &policy("https://repo.example/")).is_none());
+        assert!(recall(None, &policy("https://repo.example/")).is_none());
     }
 }

@@ -142,7 +142,15 @@ async fn apply(policy: Arc<LivePatchPolicy>, ctx: Arc<Context>) -> Result<Action
             .iter()
             .map(|b| b.release.as_str())
             .collect();
-        let departed = select::departed(&ctx.lpns.state(), &name, selected, &bad, now);
+        let access = engine::repository_access(&policy.spec);
+        let departed = select::departed(
+            &ctx.lpns.state(),
+            &name,
+            selected,
+            &bad,
+            now,
+            access.as_ref(),
+        );
         writes.extend(departed);
     }
     let status_changed = policy.status.as_ref() != Some(&new_status);

@@ -179,8 +179,8 @@ pub fn pending_reverts(lpns: &[std::sync::Arc<LivePatchNode>], policy: &str) -> 
 /// The LivePatchNodes that left `policy`: their `spec.desired` names it, but `selected`
 /// says their Node is no longer selected (its labels changed, or the selector did);
 /// `selected` answers `None` for a Node it does not know, which is never taken as gone.
-/// A node asked to apply one of `bad` is sent back from it first (asked at `now`), as any
-/// holder of a bad release is. Then, once its agent has finished with the request (a
+/// A node asked to apply one of `bad` is sent back from it first (asked at `now`, with
+/// the policy's `repository` access), as any holder of a bad release is. Then, once its agent has finished with the request (a
 /// revert too), the request is cleared, so nothing more happens to it on this policy's
 /// behalf; its loaded patch stays.
 pub fn departed(
@@ -189,6 +189,7 @@ pub fn departed(
     selected: impl Fn(&str) -> Option<bool>,
     bad: &std::collections::HashSet<&str>,
     now: jiff::Timestamp,
+    repository: Option<&kpersist_crds::RepositoryAccess>,
 ) -> Vec<super::write::SpecWrite> {
     // Cheapest first: this runs on every reconcile over every LivePatchNode.
     lpns.iter()
@@ -207,7 +208,11 @@ pub fn departed(
                     .as_ref()
                     .is_some_and(|r| bad.contains(r.id.as_str()));
             let next = if on_bad {
-                Some(desired.revert(now.to_string()))
+                // The store's copy holds the CA bundle's digest, not the bundle.
+                Some(kpersist_crds::DesiredPatch {
+                    repository: repository.cloned(),
+                    ..desired.revert(now.to_string())
+                })
             } else if finished(lpn) {
                 None
             } else {

@@ -343,7 +343,7 @@ fn a_node_that_left_the_selector_is_sent_back_from_a_bad_release_and_then_cleare
     };
     let bad = std::collections::HashSet::from(["k/v9"]);
     let now = jiff::Timestamp::from_second(1_700_000_000).unwrap();
-    let writes = departed(&lpns, "web", selected, &bad, now);
+    let writes = departed(&lpns, "web", selected, &bad, now, None);
     let revert = lpns[2]
         .spec
         .desired
@@ -374,7 +374,7 @@ fn a_node_that_left_the_selector_is_sent_back_from_a_bad_release_and_then_cleare
     // Once its agent has finished the revert, its request is cleared like any other.
     let mut reverted = (*lpns[2]).clone();
     reverted.spec.desired = revert;
-    let writes = departed(&[Arc::new(reverted)], "web", selected, &bad, now);
+    let writes = departed(&[Arc::new(reverted)], "web", selected, &bad, now, None);
     assert_eq!(writes.len(), 1);
     assert_eq!(writes[0].desired, None);
 }

@@ -118,6 +118,7 @@ use nodes::{Context, RunningRollout, Standing, classify, kernel_of};
 pub(crate) use nodes::{digest_ca_bundle, holds_desired};
 use rollout::{Outcome, Step};
 use settings::Settings;
+pub(crate) use settings::repository_access;
 use targets::Targets;
 
 /// The verified repository index a policy reads, with the URL module paths are relative to.

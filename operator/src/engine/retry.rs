@@ -1,8 +1,9 @@
-//! Clearing a bad release: a person lists it in `spec.rollout.retryReleases`. Each entry
-//! acts once, when first seen: the release leaves `status.badReleases`, and reverts from it
-//! asked before then are no longer evidence against it. `status.retriedReleases` remembers
-//! which entries acted and when, so an entry left in the spec does not clear a later mark;
-//! an entry removed from the spec is forgotten, so adding it back clears again.
+//! Clearing a bad release: a person lists it in `spec.rollout.retryReleases`. An entry
+//! acts once, when first seen: the release leaves `status.badReleases`, and reverts from
+//! it asked before then are no longer evidence against it. `status.retriedReleases`
+//! records each release cleared and when, listed or not: an entry left in the spec does
+//! not clear a later mark, an entry removed keeps its record (so the old reverts still
+//! count for nothing), and listing the release again clears it again.
 
 use jiff::Timestamp;
 use kpersist_crds::{BadRelease, RetriedRelease};
@@ -33,8 +34,8 @@ impl Retries {
     }
 }
 
-/// The retries `listed` in the spec, given the entries acted on before (`done`) and the
-/// releases marked bad now (`bad`), at `now`.
+/// The retries `listed` in the spec, given the records of earlier clearings (`done`) and
+/// the releases marked bad now (`bad`), at `now`.
 pub(crate) fn retries(
     listed: &[String],
     done: &[RetriedRelease],
@@ -46,7 +47,7 @@ pub(crate) fn retries(
         if out.record.iter().any(|r| &r.release == release) {
             continue;
         }
-        match done.iter().find(|r| &r.release == release) {
+        match done.iter().find(|r| &r.release == release && r.listed) {
             Some(earlier) => out.record.push(earlier.clone()),
             None => {
                 if bad.iter().any(|b| &b.release == release) {
@@ -55,8 +56,17 @@ pub(crate) fn retries(
                 out.record.push(RetriedRelease {
                     release: release.clone(),
                     at: now.to_string(),
+                    listed: true,
                 });
             }
+        }
+    }
+    for earlier in done {
+        if !out.record.iter().any(|r| r.release == earlier.release) {
+            out.record.push(RetriedRelease {
+                listed: false,
+                ..earlier.clone()
+            });
         }
     }
     out
@@ -92,9 +102,12 @@ mod tests {
         assert!(second.cleared.is_empty());
         assert_eq!(second.record, first.record);
 
-        // Removed from the spec, then added back: cleared again.
+        // Removed from the spec: the record stays (old reverts still count for nothing),
+        // unlisted; added back: cleared again.
         let removed = retries(&[], &second.record, &[bad("k/v3")], later);
-        assert!(removed.record.is_empty());
+        assert_eq!(removed.record.len(), 2);
+        assert!(removed.record.iter().all(|r| !r.listed));
+        assert!(removed.forgives("k/v3", Some("2026-01-15T00:00:00Z")));
         let again = retries(&listed[..1], &removed.record, &[bad("k/v3")], later);
         assert_eq!(again.cleared, ["k/v3"]);
     }

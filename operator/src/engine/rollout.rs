@@ -288,10 +288,11 @@ pub(crate) fn run(step: &Step<'_>, facts: &mut [NodeFacts<'_>]) -> Outcome {
 
         let mut assigned = members(facts);
         // A wave's size is fixed when it starts, and once its bake has begun nobody joins
-        // it: a node that joins the fleet meanwhile waits for a later wave.
-        let wanted =
-            *r.wave_quota
-                .get_or_insert_with(|| count(quota(rules, wave, population))) as usize;
+        // it: a node that joins the fleet meanwhile waits for a later wave. Nodes that
+        // leave shrink it, as they shrink its share of the rollout.
+        let now_wanted = quota(rules, wave, population);
+        let fixed = *r.wave_quota.get_or_insert_with(|| count(now_wanted)) as usize;
+        let wanted = fixed.min(now_wanted);
         let baking = r.bake_started_at.is_some();
         if blocked.is_none() && assigned < wanted && !baking {
             let room = settings.max_in_flight.saturating_sub(in_flight);

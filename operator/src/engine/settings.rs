@@ -47,6 +47,20 @@ pub(crate) struct Settings {
     pub repository: Option<RepositoryAccess>,
 }
 
+/// The repository access the operator copies into each request: the policy's CA bundle
+/// and redirect hosts, or none when it sets neither.
+pub(crate) fn repository_access(spec: &LivePatchPolicySpec) -> Option<RepositoryAccess> {
+    let access = RepositoryAccess {
+        ca_bundle: spec
+            .repository
+            .ca_bundle
+            .clone()
+            .filter(|pem| !pem.trim().is_empty()),
+        allowed_redirect_hosts: spec.repository.allowed_redirect_hosts.clone(),
+    };
+    (access != RepositoryAccess::default()).then_some(access)
+}
+
 impl Settings {
     /// Validates `spec` and reads it, or returns every problem found.
     pub(crate) fn read(spec: &LivePatchPolicySpec) -> Result<Settings, Vec<FieldError>> {
@@ -75,16 +89,8 @@ impl Settings {
                 .filter_map(|w| Window::parse(w).ok())
                 .collect(),
         );
-        let access = RepositoryAccess {
-            ca_bundle: spec
-                .repository
-                .ca_bundle
-                .clone()
-                .filter(|pem| !pem.trim().is_empty()),
-            allowed_redirect_hosts: spec.repository.allowed_redirect_hosts.clone(),
-        };
         Ok(Settings {
-            repository: (access != RepositoryAccess::default()).then_some(access),
+            repository: repository_access(spec),
             channel: spec.repository.channel.clone(),
             delay: spec.repository.delay.as_deref().map(duration),
             pinned_version: spec.repository.pinned_version,

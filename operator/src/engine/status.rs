@@ -102,9 +102,9 @@ pub(crate) fn conditions(
             "RunningReleasePruned",
             format!(
                 "{} of {} node(s) run their target; {} run a release that is no longer in the \
-                 index and that no request of this operator recorded (it was loaded by hand), \
-                 so a revert would have nowhere to go and they are not moved on: publish that \
-                 release again",
+                 index and that their LivePatchNode holds no record of (loaded by hand, or the \
+                 request was cleared), so a revert would have nowhere to go and they are not \
+                 moved on: publish that release again",
                 input.counts.patched,
                 input.counts.total,
                 pruned(input)
