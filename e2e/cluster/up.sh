@@ -226,6 +226,10 @@ evictionHard:
   nodefs.available: 1%
   imagefs.available: 1%
   nodefs.inodesFree: 1%
+# No image garbage collection: the images are imported, no registry can give them back,
+# and on a machine whose disk is shared the kubelet may see it as nearly full.
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
 EOF
 log "starting the kubelet (node $NODE)"
 start kubelet "$BIN/kubelet" \
