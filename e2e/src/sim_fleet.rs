@@ -297,14 +297,7 @@ impl SimFleet {
 
     /// The operator's Prometheus metrics, as text.
     pub async fn operator_metrics(&self) -> Result<String> {
-        crate::install_crypto_provider();
-        let url = format!("http://{}/metrics", self.operator_metrics);
-        let fetched = async { reqwest::get(&url).await?.error_for_status()?.text().await };
-        fetched.await.map_err(|e| Error::Command {
-            command: format!("GET {url}"),
-            status: "failed".into(),
-            detail: e.to_string(),
-        })
+        fetch_metrics(&self.operator_metrics).await
     }
 
     fn kube_env(&self, identity: Identity) -> Vec<(String, String)> {
@@ -472,6 +465,18 @@ fn build_binaries_once() -> Result<()> {
         *built = true;
     }
     Ok(())
+}
+
+/// The Prometheus metrics served at `http://<addr>/metrics`, as text.
+pub async fn fetch_metrics(addr: &str) -> Result<String> {
+    crate::install_crypto_provider();
+    let url = format!("http://{addr}/metrics");
+    let fetched = async { reqwest::get(&url).await?.error_for_status()?.text().await };
+    fetched.await.map_err(|e| Error::Command {
+        command: format!("GET {url}"),
+        status: "failed".into(),
+        detail: e.to_string(),
+    })
 }
 
 /// A loopback port nothing listens on right now.

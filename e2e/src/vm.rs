@@ -9,7 +9,9 @@
 //! `127.0.0.1:<port>`. In the guest a relay listens on `127.0.0.1:<port>` and forwards to
 //! `10.0.2.100:<port>`, so the agent uses the URLs the host uses: the API server's
 //! certificate (SAN IP:127.0.0.1) matches as it does for every other client, and the
-//! repository URL in the policy is the one the operator polls.
+//! repository URL in the policy is the one the operator polls. The other way, qemu
+//! forwards a free host port on `127.0.0.1` to the agent's metrics port (9102) in the
+//! guest; `restrict=on` leaves forwards the harness sets up working.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -21,11 +23,14 @@ use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use crate::Result;
 use crate::error::Error;
 use crate::process::Process;
+use crate::sim_fleet::{fetch_metrics, free_port};
 
 /// How long a command may take to answer.
 const ANSWER: Duration = Duration::from_secs(60);
 /// How long a VM may take to boot to its init's first answer.
 const BOOT: Duration = Duration::from_secs(120);
+/// The agent's metrics port in the guest (`--metrics-addr` in guest-init.sh).
+const AGENT_METRICS_PORT: u16 = 9102;
 
 /// The kernel a VM boots.
 #[derive(Clone, Debug)]
@@ -70,6 +75,8 @@ pub struct Vm {
     dir: PathBuf,
     initramfs: PathBuf,
     ports: Vec<u16>,
+    /// The host port forwarded to the agent's metrics port.
+    metrics_port: u16,
     qemu: Option<Process>,
     /// The guest's answers, line by line (`next_line` loses nothing when a wait for it
     /// times out), and the way to send commands.
@@ -114,6 +121,7 @@ impl Vm {
             dir: dir.to_path_buf(),
             initramfs: initramfs.to_path_buf(),
             ports,
+            metrics_port: free_port()?,
             qemu: None,
             control: None,
             sent: 0,
@@ -141,6 +149,10 @@ impl Vm {
             .ports
             .iter()
             .map(|p| format!("guestfwd=tcp:10.0.2.100:{p}-cmd:busybox nc 127.0.0.1 {p}"))
+            .chain([format!(
+                "hostfwd=tcp:127.0.0.1:{}-:{AGENT_METRICS_PORT}",
+                self.metrics_port
+            )])
             .collect();
         let args: Vec<String> = vec![
             "-accel".into(),
@@ -291,6 +303,23 @@ impl Vm {
             }
         }
         Ok(status)
+    }
+
+    /// The agent's Prometheus metrics, as text.
+    pub async fn agent_metrics(&self) -> Result<String> {
+        fetch_metrics(&format!("127.0.0.1:{}", self.metrics_port)).await
+    }
+
+    /// Reads /proc/version in the guest, which the crash release's patched function
+    /// answers with a panic; returns once the command is sent.
+    pub async fn read_version(&mut self) -> Result<()> {
+        self.command("read-version").await.map(drop)
+    }
+
+    /// Returns once the init answers again after the guest rebooted by itself (a panic
+    /// with `panic=5`): qemu resets the machine and keeps the control channel.
+    pub async fn wait_rebooted(&mut self) -> Result<()> {
+        self.wait_answering().await
     }
 
     /// Stops the VM at once (as pulling the plug would).

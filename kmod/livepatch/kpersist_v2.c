@@ -12,15 +12,27 @@
 #include <linux/seq_file.h>
 #include <linux/utsname.h>
 
+/*
+ * Later releases built from this file set their own marker (kpersist_v5.c), and one a
+ * fatal bug (kpersist_crash.c).
+ */
+#ifndef KPERSIST_MARKER
+#define KPERSIST_MARKER "kpersist v2"
+#define KPERSIST_DESCRIPTION "kpersist test livepatch v2: /proc/cmdline and /proc/version patched"
+#endif
+
 static int kpersist_cmdline_proc_show(struct seq_file *m, void *v)
 {
-	seq_printf(m, "%s\n", "kpersist v2");
+	seq_printf(m, "%s\n", KPERSIST_MARKER);
 	return 0;
 }
 
 static int kpersist_version_proc_show(struct seq_file *m, void *v)
 {
-	seq_printf(m, "kpersist v2 %s version %s %s\n", utsname()->sysname,
+#ifdef KPERSIST_VERSION_PANICS
+	panic("%s: the patched version_proc_show was called", KBUILD_MODNAME);
+#endif
+	seq_printf(m, "%s %s version %s %s\n", KPERSIST_MARKER, utsname()->sysname,
 		   utsname()->release, utsname()->version);
 	return 0;
 }
@@ -63,5 +75,5 @@ static void kpersist_exit(void)
 module_init(kpersist_init);
 module_exit(kpersist_exit);
 MODULE_LICENSE("GPL");
-MODULE_DESCRIPTION("kpersist test livepatch v2: /proc/cmdline and /proc/version patched");
+MODULE_DESCRIPTION(KPERSIST_DESCRIPTION);
 MODULE_INFO(livepatch, "Y");

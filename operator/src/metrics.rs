@@ -235,7 +235,7 @@ pub fn phase_label(phase: PolicyPhase) -> &'static str {
     }
 }
 
-fn node_count_series(counts: &NodeCounts) -> [(&'static str, u32); 9] {
+fn node_count_series(counts: &NodeCounts) -> [(&'static str, u32); 10] {
     [
         ("total", counts.total),
         ("patched", counts.patched),
@@ -245,6 +245,7 @@ fn node_count_series(counts: &NodeCounts) -> [(&'static str, u32); 9] {
         ("failed", counts.failed),
         ("unsupported", counts.unsupported),
         ("crash_suspected", counts.crash_suspected),
+        ("node_problems", counts.node_problems),
         ("unknown", counts.unknown),
     ]
 }
@@ -293,6 +294,30 @@ mod tests {
         metrics.forget_policy("web");
         let text = metrics.render();
         assert!(!text.contains(r#"policy="web""#), "{text}");
+    }
+
+    #[test]
+    fn every_node_count_has_its_state_series() {
+        let value = serde_json::to_value(NodeCounts::default()).expect("serializes");
+        let mut fields: Vec<String> = value
+            .as_object()
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default();
+        let mut states: Vec<String> = node_count_series(&NodeCounts::default())
+            .iter()
+            .map(|(state, _)| {
+                let mut words = state.split('_');
+                let first = words.next().unwrap_or_default().to_string();
+                words.fold(first, |camel, word| {
+                    let mut chars = word.chars();
+                    let head = chars.next().map(|c| c.to_ascii_uppercase());
+                    format!("{camel}{}{}", head.unwrap_or_default(), chars.as_str())
+                })
+            })
+            .collect();
+        states.sort();
+        fields.sort();
+        assert_eq!(states, fields, "a state of status.nodes has no series");
     }
 
     #[test]

@@ -6,16 +6,24 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::ServiceAccount;
 use kpersist_crds::{LivePatchNode, NodePatchState, Wave};
 use kpersist_e2e::controlplane::Identity;
+use kpersist_e2e::fleet::NAMESPACE;
 use kpersist_e2e::sim_fleet::SimFleet;
 use kpersist_e2e::vm::{Kernel, Vm};
 use kpersist_e2e::wait::Check;
+use kube::Api;
+use kube::api::PostParams;
 
 /// How long a rollout over the VMs may take (TCG is slow).
 pub(crate) const ROLLOUT: Duration = Duration::from_secs(600);
 /// How long the VMs may take to boot and their agents to report.
 const BOOT: Duration = Duration::from_secs(180);
+
+/// The service account every agent runs as (the chart's).
+const AGENT_ACCOUNT: &str = "kpersist-agent";
 
 /// The VMs: two on the 6.1 line, so that line's second node follows its canary, and one
 /// on the 6.12 line.
@@ -89,13 +97,60 @@ fn port_of(url: &str) -> u16 {
         .unwrap_or_else(|| panic!("no port in {url}"))
 }
 
+/// A new token of the agents' service account, as the kubelet gets one for each agent
+/// pod (a TokenRequest, signed by the API server, valid for two hours). Creates the
+/// service account the first time, as the chart does.
+async fn agent_token(sim: &SimFleet) -> String {
+    let accounts: Api<ServiceAccount> = Api::namespaced(sim.cluster.admin.clone(), NAMESPACE);
+    if accounts
+        .get_opt(AGENT_ACCOUNT)
+        .await
+        .expect("get")
+        .is_none()
+    {
+        let mut account = ServiceAccount::default();
+        account.metadata.name = Some(AGENT_ACCOUNT.into());
+        accounts
+            .create(&PostParams::default(), &account)
+            .await
+            .expect("agent service account");
+    }
+    let request = TokenRequest {
+        spec: TokenRequestSpec {
+            expiration_seconds: Some(7200),
+            ..TokenRequestSpec::default()
+        },
+        ..TokenRequest::default()
+    };
+    let issued = accounts
+        .create_token_request(AGENT_ACCOUNT, &PostParams::default(), &request)
+        .await
+        .expect("TokenRequest for the agent");
+    issued
+        .status
+        .expect("a TokenRequest answers with a token")
+        .token
+}
+
+/// The shared agent kubeconfig with `token` in place of its token.
+fn own_token(shared: &str, token: &str) -> String {
+    shared
+        .lines()
+        .map(|line| match line.split_once("token: ") {
+            Some((indent, _)) if indent.trim().is_empty() => format!("{indent}token: {token}"),
+            _ => line.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 impl KernelFleet {
     /// Starts the control plane, repository and VMs, and waits until every VM's agent has
     /// reported its kernel. The operator is not started yet.
     pub async fn start() -> KernelFleet {
         let sim = SimFleet::start(Vec::new()).await.expect("control plane");
-        let kubeconfig = sim.cluster.plane.kubeconfig(Identity::Agent);
-        let kubeconfig = std::fs::read_to_string(&kubeconfig).expect("agent kubeconfig");
+        let shared = sim.cluster.plane.kubeconfig(Identity::Agent);
+        let shared = std::fs::read_to_string(&shared).expect("agent kubeconfig");
         let ports = vec![
             port_of(sim.cluster.plane.server()),
             port_of(&sim.repo.url()),
@@ -110,6 +165,7 @@ impl KernelFleet {
         for (name, line) in VMS {
             sim.create_node_object(name).await.expect("Node object");
             let dir = scratch.path().join(name);
+            let kubeconfig = own_token(&shared, &agent_token(&sim).await);
             let vm = Vm::create(
                 &dir,
                 name,
@@ -197,21 +253,26 @@ impl KernelFleet {
     /// Publishes test module `name` as `version` for each kernel line.
     pub(crate) fn publish_module(&self, name: &str, version: u64) {
         for kernel in self.kernels.values() {
-            let module = kernel.modules.join(format!("{name}.ko"));
-            let cves: Vec<String> = (1..=version).map(|v| format!("CVE-2026-1000{v}")).collect();
-            let cves: Vec<&str> = cves.iter().map(String::as_str).collect();
-            self.sim
-                .publisher
-                .publish_module(
-                    &module,
-                    &kernel.release,
-                    &kernel.build_id,
-                    version,
-                    &cves,
-                    &["stable"],
-                )
-                .unwrap_or_else(|e| panic!("publish {}: {e}", module.display()));
+            self.publish_for(kernel, name, version);
         }
+    }
+
+    /// Publishes test module `name` as `version` for `kernel`, built against it.
+    pub(crate) fn publish_for(&self, kernel: &Kernel, name: &str, version: u64) {
+        let module = kernel.modules.join(format!("{name}.ko"));
+        let cves: Vec<String> = (1..=version).map(|v| format!("CVE-2026-1000{v}")).collect();
+        let cves: Vec<&str> = cves.iter().map(String::as_str).collect();
+        self.sim
+            .publisher
+            .publish_module(
+                &module,
+                &kernel.release,
+                &kernel.build_id,
+                version,
+                &cves,
+                &["stable"],
+            )
+            .unwrap_or_else(|e| panic!("publish {}: {e}", module.display()));
     }
 
     /// Creates the policy: a one-node canary baking 5 s, then every other node.
@@ -234,20 +295,48 @@ impl KernelFleet {
         self.sim.create_policy(&policy).await.expect("policy");
     }
 
+    /// Sets the canary wave's bake and the transition timeout of the policy.
+    pub(crate) async fn tune_policy(
+        &self,
+        canary_bake: &str,
+        transition_timeout: &str,
+    ) -> Result<(), String> {
+        let spec = serde_json::json!({
+            "health": {"transitionTimeout": transition_timeout},
+            "rollout": {"waves": [
+                {"nodes": 1, "bake": canary_bake},
+                {"percent": 100, "bake": "0s"},
+            ]},
+        });
+        let patched = self.sim.patch_policy("fleet", spec).await;
+        patched.map_err(|e| e.to_string())
+    }
+
     /// The release id of `version` for a VM's kernel.
     pub(crate) fn release_of(vm: &Vm, version: u64) -> String {
         format!("{}/v{version}", vm.kernel.release)
     }
 
     /// Waits until every VM's LivePatchNode says it runs `version` of its kernel's
-    /// release, and records how long the rollout took.
+    /// release, and records how long the rollout took and each VM's timings.
     pub async fn wait_all_applied(&mut self, version: u64) {
+        let started = Instant::now();
+        if let Err(e) = self.wait_all_run(version).await {
+            report(&format!("v{version}-rollout"), Err(e));
+        }
+        self.figures
+            .insert(format!("rollout of v{version}"), started.elapsed());
+        self.record_timings(version);
+    }
+
+    /// Waits until every VM's LivePatchNode says it runs `version` of its kernel's
+    /// release.
+    pub(crate) async fn wait_all_run(&self, version: u64) -> Result<(), String> {
         let wanted: BTreeMap<String, String> = self
             .vms
             .iter()
             .map(|vm| (vm.name().to_string(), Self::release_of(vm, version)))
             .collect();
-        let started = Instant::now();
         let what = format!("every VM to run v{version}");
         let waited = self
             .sim
@@ -264,11 +353,26 @@ impl KernelFleet {
                 }
             })
             .await;
-        if let Err(e) = waited {
-            report(&format!("v{version}-rollout"), Err(e.to_string()));
+        waited.map_err(|e| e.to_string())
+    }
+
+    /// Records, per VM, the time from the end of the download to Applied (verification,
+    /// the load and the transition) that its agent reported for `version`.
+    fn record_timings(&mut self, version: u64) {
+        let nodes = self.sim.watch.current();
+        for vm in &self.vms {
+            let timings = nodes
+                .get(vm.name())
+                .and_then(|n| n.status.as_ref())
+                .and_then(|s| s.timings.as_ref());
+            if let Some(total) = timings.and_then(|t| t.total_ms) {
+                let download = timings.and_then(|t| t.download_ms).unwrap_or(0);
+                self.figures.insert(
+                    format!("{}: v{version} download end to Applied", vm.name()),
+                    Duration::from_millis(total.saturating_sub(download)),
+                );
+            }
         }
-        self.figures
-            .insert(format!("rollout of v{version}"), started.elapsed());
     }
 
     /// Each release's first node applied it before any other node was asked for it.

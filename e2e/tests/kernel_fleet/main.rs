@@ -10,7 +10,9 @@
 // #[test] functions only, not the helpers of an integration test crate.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod bad_releases;
 mod fleet;
+mod metrics;
 mod scenarios;
 
 use std::time::Instant;
@@ -25,6 +27,8 @@ const KILLED: &str = "vm-61-b";
 const REBOOTED: &str = "vm-612-a";
 /// The VM rebooted into the other kernel line.
 const MOVED: &str = "vm-61-b";
+/// The VM that runs a foreign livepatch when v5 comes.
+const FOREIGN: &str = "vm-612-a";
 
 #[tokio::test]
 async fn the_operator_drives_real_livepatches_on_vms_of_two_kernel_lines() {
@@ -59,6 +63,19 @@ async fn the_operator_drives_real_livepatches_on_vms_of_two_kernel_lines() {
     // 3. A release whose transition stalls on its canary: reversed, marked bad, loaded by
     //    no other VM.
     report("stall", fleet.stalled_release_is_contained(3).await);
+
+    // 4. A release that panics the kernel some time after its transition, on the 6.12
+    //    build's canary: a real crash and reboot, CrashSuspected, marked bad, back to v2.
+    report("crash-on-probation", fleet.crash_on_probation(4).await);
+
+    // 7. A foreign livepatch on one VM before v5 reaches it: refused there, not blamed.
+    report(
+        "foreign-livepatch",
+        fleet.foreign_livepatch_is_left_alone(FOREIGN, 5).await,
+    );
+
+    // 9. The operator's and the agents' metrics agree with the kernels.
+    report("metrics", fleet.metrics_agree(5, &[FOREIGN]).await);
 
     for (what, took) in fleet.figures() {
         println!("kernel-fleet: figure: {what}: {:.1} s", took.as_secs_f64());

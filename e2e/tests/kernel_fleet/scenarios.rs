@@ -1,12 +1,13 @@
 //! The node-life scenarios on real kernels: an agent killed, a clean reboot, a reboot into
-//! the other kernel line, a release whose transition stalls.
+//! the other kernel line, a foreign livepatch.
 
 use std::time::{Duration, Instant};
 
-use kpersist_crds::{LivePatchPolicy, NodeErrorReason, PatchAction};
+use kpersist_crds::{NodeErrorReason, PatchAction};
 use kpersist_e2e::wait::Check;
 
 use crate::fleet::{KernelFleet, ROLLOUT, runs};
+use crate::metrics::sample;
 
 /// How long a rebooted VM may take to load its release again.
 const REAPPLY: Duration = Duration::from_secs(120);
@@ -86,12 +87,35 @@ impl KernelFleet {
             format!("{name}: clean reboot to {patch} loaded again"),
             took,
         );
+        let agent = self.start_to_applied(name).await?;
+        self.figures.insert(
+            format!("{name}: agent start to Applied after the reboot"),
+            Duration::from_secs_f64(agent),
+        );
         self.assert_blameless().await?;
         Ok(format!(
-            "init answering {:.0} s after the reboot, {patch} loaded again after {:.0} s",
+            "init answering {:.0} s after the reboot, {patch} loaded again after {:.0} s \
+             ({agent:.1} s after the agent started)",
             booted.as_secs_f64(),
             took.as_secs_f64()
         ))
+    }
+
+    /// The agent's own figure from its start to its first Applied, once it has one (it
+    /// records it just after the kernel's transition ends).
+    async fn start_to_applied(&mut self, name: &str) -> Result<f64, String> {
+        let series = "kpersist_agent_start_to_applied_seconds";
+        let started = Instant::now();
+        loop {
+            let metrics = self.vm(name).agent_metrics().await;
+            match sample(&metrics.map_err(|e| e.to_string())?, series) {
+                Some(seconds) if seconds > 0.0 => return Ok(seconds),
+                _ if started.elapsed() > Duration::from_secs(30) => {
+                    return Err(format!("{name}'s agent has no {series} 30 s after Applied"));
+                }
+                _ => tokio::time::sleep(Duration::from_millis(500)).await,
+            }
+        }
     }
 
     /// Shuts `name` down and boots it on the other kernel line: its LivePatchNode shows the
@@ -144,75 +168,107 @@ impl KernelFleet {
         ))
     }
 
-    /// Publishes the stall patch as `version` with the stall helper loaded everywhere:
-    /// each build's canary stalls, the agent reverses the transition, the release is
-    /// marked bad, and no other VM is ever asked for it.
-    pub async fn stalled_release_is_contained(&mut self, version: u64) -> Result<String, String> {
-        let timeout = serde_json::json!({"health": {"transitionTimeout": "15s"}});
-        self.sim
-            .patch_policy("fleet", timeout)
+    /// Loads the foreign livepatch on `name`, then publishes v`version` (kpersist_v5)
+    /// everywhere: `name`'s agent refuses it with ForeignLivepatch and the foreign patch
+    /// stays enabled beside the kpersist patch it had; every other VM takes the release,
+    /// which is not held against it.
+    pub async fn foreign_livepatch_is_left_alone(
+        &mut self,
+        name: &str,
+        version: u64,
+    ) -> Result<String, String> {
+        self.tune_policy("5s", "60s").await?;
+        let vm = self.vm(name);
+        let loaded = vm
+            .command("load-foreign")
             .await
             .map_err(|e| e.to_string())?;
-        for vm in &mut self.vms {
-            vm.command("load-helper").await.map_err(|e| e.to_string())?;
+        if let Some(error) = loaded.iter().find(|l| l.starts_with("error")) {
+            return Err(format!("{name}: load-foreign: {error}"));
         }
-        self.publish_module("kpersist_stall_patch", version);
-        let releases: Vec<String> = self
-            .kernels
-            .values()
-            .map(|k| format!("{}/v{version}", k.release))
+        let kept = vm
+            .status()
+            .await
+            .map_err(|e| e.to_string())?
+            .enabled()
+            .join(",");
+        if kept != "kpersist_v2,foreign_patch" && kept != "foreign_patch,kpersist_v2" {
+            return Err(format!(
+                "{name} with the foreign patch loaded: enabled {kept}"
+            ));
+        }
+        self.publish_module(&format!("kpersist_v{version}"), version);
+        let wanted: Vec<(String, String)> = self
+            .vms
+            .iter()
+            .filter(|vm| vm.name() != name)
+            .map(|vm| (vm.name().to_string(), KernelFleet::release_of(vm, version)))
             .collect();
-        let wanted = releases.clone();
         let waited = self
             .sim
-            .wait_policy("fleet", "to mark the stalling releases bad", ROLLOUT, |p| {
-                let bad: Vec<String> = bad_releases(p);
-                if wanted.iter().all(|r| bad.contains(r)) {
-                    Check::Done(())
-                } else {
-                    Check::NotYet(format!("bad so far: {bad:?}"))
-                }
-            })
+            .wait_nodes(
+                &format!("the others to run v{version}, {name} to refuse it"),
+                ROLLOUT,
+                |nodes| {
+                    let refused = nodes
+                        .get(name)
+                        .and_then(|n| n.status.as_ref())
+                        .and_then(|s| s.last_error.as_ref())
+                        .is_some_and(|e| e.reason == NodeErrorReason::ForeignLivepatch);
+                    let behind: Vec<&String> = wanted
+                        .iter()
+                        .filter(|(node, release)| !runs(nodes.get(node), release))
+                        .map(|(node, _)| node)
+                        .collect();
+                    if refused && behind.is_empty() {
+                        Check::Done(())
+                    } else {
+                        Check::NotYet(format!("refused {refused}, behind {behind:?}"))
+                    }
+                },
+            )
             .await;
         waited.map_err(|e| e.to_string())?;
-        let mut notes = Vec::new();
-        for release in &releases {
-            let asked = self.sim.watch.ever_desired(release);
-            if asked.len() != 1 {
-                return Err(format!(
-                    "{release} was asked of {asked:?}, not its canary alone"
-                ));
-            }
-            notes.push(format!("{release} only on {asked:?}"));
+        let suffix = format!("/v{version}");
+        let blamed: Vec<String> = self
+            .sim
+            .watch
+            .policies()
+            .get("fleet")
+            .and_then(|p| p.status.clone())
+            .map(|s| {
+                let bad = s.bad_releases.iter().map(|b| &b.release);
+                let late = s.late_failures.iter().map(|l| &l.release);
+                bad.chain(late)
+                    .filter(|r| r.ends_with(&suffix))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !blamed.is_empty() {
+            return Err(format!("held against the release: {blamed:?}"));
         }
-        let nodes = self.sim.watch.current();
-        for vm in &mut self.vms {
-            let status = vm.status().await.map_err(|e| e.to_string())?;
-            let name = vm.name().to_string();
-            if status.patches.iter().any(|p| p.0 == "kpersist_stall_patch") {
-                return Err(format!("{name}: the stalled patch is still in the kernel"));
-            }
-            if status.enabled() != ["kpersist_v2"] {
-                return Err(format!(
-                    "{name}: enabled {:?}, not [kpersist_v2]",
-                    status.enabled()
-                ));
-            }
-            let stalled = nodes
-                .get(&name)
-                .and_then(|n| n.status.as_ref())
-                .and_then(|s| s.last_error.as_ref())
-                .is_some_and(|e| e.reason == NodeErrorReason::TransitionStalled);
-            if stalled {
-                notes.push(format!("{name} reported TransitionStalled"));
+        let status = self.vm(name).status().await.map_err(|e| e.to_string())?;
+        let enabled = status.enabled();
+        if !enabled.contains(&"foreign_patch") || !enabled.contains(&"kpersist_v2") {
+            return Err(format!("{name} after refusing: enabled {enabled:?}"));
+        }
+        let patch = format!("kpersist_v{version}");
+        for (node, _) in &wanted {
+            let status = self.vm(node).status().await.map_err(|e| e.to_string())?;
+            if status.enabled() != [patch.as_str()] {
+                return Err(format!("{node}: enabled {:?}", status.enabled()));
             }
         }
-        Ok(notes.join("; "))
+        Ok(format!(
+            "{name} refused with ForeignLivepatch and keeps foreign_patch and kpersist_v2; \
+             the others run {patch}; v{version} is held against nothing"
+        ))
     }
 
     /// The policy holds nothing against any release: none bad, no late failure, no node
     /// failed.
-    async fn assert_blameless(&self) -> Result<(), String> {
+    pub(crate) async fn assert_blameless(&self) -> Result<(), String> {
         let blameless = self
             .sim
             .wait_policy("fleet", "to hold nothing against a release", ROLLOUT, |p| {
@@ -232,13 +288,4 @@ impl KernelFleet {
             .await;
         blameless.map_err(|e| e.to_string())
     }
-}
-
-fn bad_releases(policy: &LivePatchPolicy) -> Vec<String> {
-    policy
-        .status
-        .iter()
-        .flat_map(|s| &s.bad_releases)
-        .map(|b| b.release.clone())
-        .collect()
 }

@@ -27,6 +27,7 @@ use crate::fleet::{Cluster, NAMESPACE};
 use crate::patch_repo::{FIXTURE_KERNEL, Publisher};
 use crate::process::{Process, workspace_binary};
 use crate::repo_server::RepoServer;
+use crate::sim_fleet::free_port;
 use crate::wait::{Check, wait_until};
 use crate::{Error, Result};
 
@@ -444,12 +445,6 @@ fn keep_scrapes(before: &str, after: &str) -> Result<()> {
 fn load_average() -> Option<f64> {
     let text = std::fs::read_to_string("/proc/loadavg").ok()?;
     text.split_whitespace().next()?.parse().ok()
-}
-
-/// A loopback port nothing listens on right now.
-fn free_port() -> Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(Error::Listen)?;
-    Ok(listener.local_addr().map_err(Error::Listen)?.port())
 }
 
 #[cfg(test)]
