@@ -59,6 +59,9 @@ step "fault matrix: each fault once, invariants checked on every recorded object
 cargo clippy -p kpersist-e2e --test fault_matrix -- -D warnings
 cargo test -p kpersist-e2e --test fault_matrix -- --nocapture
 
+step "monitoring suite: a real Prometheus gates waves, runs the chart's rules and dashboard queries"
+e2e/monitoring/run.sh
+
 step "benchmark smoke runs on the real API server (operator memory, rollout overhead, idle agent)"
 e2e/bench/operator-memory.sh --quick
 e2e/bench/rollout.sh --quick

@@ -297,7 +297,9 @@ impl Default for HealthSpec {
 }
 
 /// A Prometheus health gate: every sample the query returns must compare true against the
-/// threshold; an empty result passes unless `failOnEmpty` is set.
+/// threshold for a wave to pass its bake. A gate that cannot judge the wave (Prometheus
+/// unreachable or refusing the query three times in a row, or no samples) holds it: phase
+/// Paused with the reason, until the query answers again. Nothing passes unjudged.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PrometheusGate {
@@ -311,7 +313,9 @@ pub struct PrometheusGate {
     pub operator: ComparisonOperator,
     /// The value samples are compared with.
     pub threshold: f64,
-    /// Treat an empty query result as a failure.
+    /// Treat an empty query result as a failure of the wave (its releases are reverted)
+    /// rather than holding it. If no series means healthy, end the query with
+    /// `or vector(0)` instead.
     #[serde(default)]
     pub fail_on_empty: bool,
     /// How often the query is evaluated during a bake.

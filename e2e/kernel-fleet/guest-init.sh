@@ -25,8 +25,8 @@
 #   reboot        stop the agent cleanly, unmount, reboot
 #   poweroff      the same, then power off (the harness boots it again, maybe on another
 #                 kernel)
-#   read-version  answer, then read /proc/version: the crash release's patched
-#                 version_proc_show panics there (panic=5 then reboots the VM)
+#   read-version  read /proc/version a second after answering: the crash release's
+#                 patched version_proc_show panics there (panic=5 then reboots the VM)
 
 export PATH=/bin
 mount -t proc proc /proc
@@ -109,9 +109,8 @@ while read -r line <&3; do
 		"$command" -f
 		;;
 	read-version)
-		answer "done $line"
-		cat /proc/version >/dev/null
-		continue
+		# Read a second later, so the answer has left the serial port before a panic.
+		(sleep 1 && cat /proc/version >/dev/null) &
 		;;
 	"") continue ;;
 	*) answer "error unknown command $command" ;;

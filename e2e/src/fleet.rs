@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Node, NodeCondition, NodeStatus};
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{Node, NodeCondition, NodeStatus, ServiceAccount};
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 
 use crate::controlplane::{ControlPlane, Identity};
@@ -16,6 +17,9 @@ use crate::{Error, Result};
 pub const NAMESPACE: &str = "kpersist";
 /// Helm release name used when rendering the chart's RBAC, so names match the tokens.
 pub const RELEASE: &str = "kpersist";
+
+/// The service account every agent runs as (the chart's DaemonSet's).
+pub const AGENT_ACCOUNT: &str = "kpersist-agent";
 
 /// The repository root (the workspace directory).
 pub fn workspace_root() -> PathBuf {
@@ -46,6 +50,35 @@ impl Cluster {
             .await?;
         cluster.install_rbac().await?;
         Ok(cluster)
+    }
+
+    /// A kubeconfig of the agents' service account with a token of its own, as the
+    /// kubelet gives each agent pod: issued by the API server through a TokenRequest (valid
+    /// for two hours). Creates the service account the first time, as the chart does.
+    pub async fn agent_kubeconfig(&self) -> Result<String> {
+        let accounts: Api<ServiceAccount> = Api::namespaced(self.admin.clone(), NAMESPACE);
+        if accounts.get_opt(AGENT_ACCOUNT).await?.is_none() {
+            let mut account = ServiceAccount::default();
+            account.metadata.name = Some(AGENT_ACCOUNT.into());
+            accounts.create(&PostParams::default(), &account).await?;
+        }
+        let request = TokenRequest {
+            spec: TokenRequestSpec {
+                expiration_seconds: Some(7200),
+                ..TokenRequestSpec::default()
+            },
+            ..TokenRequest::default()
+        };
+        let issued = accounts
+            .create_token_request(AGENT_ACCOUNT, &PostParams::default(), &request)
+            .await?;
+        let path = self.plane.kubeconfig(Identity::Agent);
+        let shared = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        let token = issued.status.map(|s| s.token).unwrap_or_default();
+        with_token(&shared, &token).ok_or_else(|| Error::Malformed {
+            path,
+            problem: "no single `token:` line to put the agent's own token in".into(),
+        })
     }
 
     /// Applies `crds/*.yaml` with kubectl and waits until the API serves them.
@@ -179,3 +212,20 @@ fn find_helm() -> Option<PathBuf> {
 
 /// Default time limit for a cluster-side wait in the suites.
 pub const WAIT: Duration = Duration::from_secs(60);
+
+/// `kubeconfig` with `token` in place of its one user token; `None` unless it has exactly
+/// one `token:` line.
+fn with_token(kubeconfig: &str, token: &str) -> Option<String> {
+    let mut replaced = 0;
+    let lines: Vec<String> = kubeconfig
+        .lines()
+        .map(|line| match line.split_once("token: ") {
+            Some((indent, _)) if indent.trim().is_empty() => {
+                replaced += 1;
+                format!("{indent}token: {token}")
+            }
+            _ => line.to_string(),
+        })
+        .collect();
+    (replaced == 1 && !token.is_empty()).then(|| lines.join("\n"))
+}

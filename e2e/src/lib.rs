@@ -10,8 +10,10 @@ pub mod fleet;
 pub mod monitor;
 pub mod patch_repo;
 pub mod process;
+pub mod prometheus;
 pub mod repo_server;
 pub mod sim_fleet;
+pub mod steps;
 pub mod vm;
 pub mod wait;
 

@@ -83,6 +83,8 @@ pub struct SimFleet {
     nodes: Vec<SimNode>,
     scratch: tempfile::TempDir,
     operator_metrics: String,
+    /// `host:port` of each started agent's /metrics.
+    agent_metrics: BTreeMap<String, String>,
     /// Value of [`FLEET_LABEL`] on this fleet's nodes.
     label: String,
 }
@@ -139,6 +141,7 @@ impl SimFleet {
             nodes,
             scratch,
             operator_metrics,
+            agent_metrics: BTreeMap::new(),
             label: label.to_string(),
         })
     }
@@ -173,6 +176,7 @@ impl SimFleet {
             .ok_or_else(|| self.no_such_node(name))?;
         let state_dir = self.scratch.path().join("agents").join(name);
         std::fs::create_dir_all(&state_dir).map_err(|e| Error::io(&state_dir, e))?;
+        let metrics = format!("127.0.0.1:{}", free_port()?);
         let mut args = vec![
             "--simulate".to_string(),
             "--sim-kernel-release".into(),
@@ -184,7 +188,7 @@ impl SimFleet {
             "--state-dir".into(),
             state_dir.display().to_string(),
             "--metrics-addr".into(),
-            "127.0.0.1:0".into(),
+            metrics.clone(),
         ];
         for fault in &node.faults {
             args.push("--sim-fail-release".into());
@@ -202,7 +206,13 @@ impl SimFleet {
             &self.logs_dir().join(format!("agent-{name}.log")),
         )?;
         self.agents.insert(name.to_string(), process);
+        self.agent_metrics.insert(name.to_string(), metrics);
         Ok(())
+    }
+
+    /// `host:port` of the /metrics of each agent started so far, by node name.
+    pub fn agent_metrics_addrs(&self) -> &BTreeMap<String, String> {
+        &self.agent_metrics
     }
 
     /// The error for a node name this fleet does not have.
@@ -465,6 +475,22 @@ fn build_binaries_once() -> Result<()> {
         *built = true;
     }
     Ok(())
+}
+
+/// The common waves: a one-node canary baking `canary_bake`, then every other node.
+pub fn canary_then_all(canary_bake: &str) -> Vec<Wave> {
+    vec![
+        Wave {
+            nodes: Some(1),
+            percent: None,
+            bake: canary_bake.into(),
+        },
+        Wave {
+            nodes: None,
+            percent: Some(100),
+            bake: "0s".into(),
+        },
+    ]
 }
 
 /// The Prometheus metrics served at `http://<addr>/metrics`, as text.

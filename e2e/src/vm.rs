@@ -24,6 +24,7 @@ use crate::Result;
 use crate::error::Error;
 use crate::process::Process;
 use crate::sim_fleet::{fetch_metrics, free_port};
+use crate::wait::{Check, wait_until};
 
 /// How long a command may take to answer.
 const ANSWER: Duration = Duration::from_secs(60);
@@ -310,15 +311,29 @@ impl Vm {
         fetch_metrics(&format!("127.0.0.1:{}", self.metrics_port)).await
     }
 
-    /// Reads /proc/version in the guest, which the crash release's patched function
-    /// answers with a panic; returns once the command is sent.
+    /// Has the guest read /proc/version a second after it answers (the crash release's
+    /// patched function panics there).
     pub async fn read_version(&mut self) -> Result<()> {
         self.command("read-version").await.map(drop)
     }
 
-    /// Returns once the init answers again after the guest rebooted by itself (a panic
-    /// with `panic=5`): qemu resets the machine and keeps the control channel.
-    pub async fn wait_rebooted(&mut self) -> Result<()> {
+    /// Returns once the console shows `panic` (the kernel's panic message) and then the
+    /// init answers again: with `panic=5` qemu resets the machine and keeps the control
+    /// channel.
+    pub async fn wait_rebooted_after(&mut self, panic: &str) -> Result<()> {
+        let console = self.console();
+        let what = format!("VM {} to panic with {panic:?}", self.name);
+        let shown = wait_until(&what, ANSWER, || {
+            let text = std::fs::read_to_string(&console).unwrap_or_default();
+            async move {
+                Ok(if text.contains(panic) {
+                    Check::Done(())
+                } else {
+                    Check::NotYet("no panic on the console yet".into())
+                })
+            }
+        });
+        shown.await?;
         self.wait_answering().await
     }
 

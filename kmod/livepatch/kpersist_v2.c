@@ -31,10 +31,11 @@ static int kpersist_version_proc_show(struct seq_file *m, void *v)
 {
 #ifdef KPERSIST_VERSION_PANICS
 	panic("%s: the patched version_proc_show was called", KBUILD_MODNAME);
-#endif
+#else
 	seq_printf(m, "%s %s version %s %s\n", KPERSIST_MARKER, utsname()->sysname,
 		   utsname()->release, utsname()->version);
 	return 0;
+#endif
 }
 
 static struct klp_func funcs[] = {

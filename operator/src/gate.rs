@@ -11,9 +11,9 @@ use serde::Deserialize;
 
 use crate::engine::GateVerdict;
 
-/// Consecutive query errors after which the gate fails rather than waiting: a Prometheus
-/// that cannot answer for the whole bake must not let a wave pass unchecked.
-pub const ERRORS_BEFORE_FAILING: u32 = 3;
+/// Consecutive query errors after which the gate is reported inconclusive (the wave holds,
+/// phase Paused) rather than still pending; one error alone is taken as a blip.
+pub const ERRORS_BEFORE_INCONCLUSIVE: u32 = 3;
 
 /// The JSON answer of `/api/v1/query`.
 #[derive(Debug, Deserialize)]
@@ -97,7 +97,11 @@ pub fn verdict(gate: &PrometheusGate, response: &QueryResponse) -> Result<GateVe
                 gate.query
             ))
         } else {
-            GateVerdict::Pass
+            GateVerdict::Inconclusive(format!(
+                "query {:?} returned no samples, so nothing says the wave is healthy; if \
+                 no series means healthy, end the query with `or vector(0)`",
+                gate.query
+            ))
         });
     }
     for (series, text) in samples {
@@ -168,7 +172,9 @@ impl GateState {
     }
 
     /// Records a query's result. A failing verdict stays for the rest of the bake: the
-    /// wave failed, whatever later samples say.
+    /// wave failed, whatever later samples say. A query error takes back an earlier pass
+    /// (the wave is not judged healthy on old news) and, repeated, makes the gate
+    /// inconclusive.
     pub fn record(&mut self, result: Result<GateVerdict, String>, now: jiff::Timestamp) {
         self.evaluated_at = Some(now);
         if matches!(self.verdict, Some(GateVerdict::Fail(_))) {
@@ -182,12 +188,12 @@ impl GateState {
             Err(message) => {
                 self.errors += 1;
                 tracing::warn!(%message, errors = self.errors, "Prometheus gate query failed");
-                if self.errors >= ERRORS_BEFORE_FAILING {
-                    self.verdict = Some(GateVerdict::Fail(format!(
-                        "the Prometheus gate could not be evaluated {} times in a row: {message}",
+                self.verdict = (self.errors >= ERRORS_BEFORE_INCONCLUSIVE).then(|| {
+                    GateVerdict::Inconclusive(format!(
+                        "{} queries in a row failed, the last: {message}",
                         self.errors
-                    )));
-                }
+                    ))
+                });
             }
         }
     }

@@ -34,7 +34,7 @@ fn every_sample_must_hold() {
     let failed = verdict(&g, &vector(&["0.1", "2"])).unwrap();
     match failed {
         GateVerdict::Fail(message) => assert!(message.contains("n1"), "{message}"),
-        GateVerdict::Pass => panic!("a sample above the threshold passed"),
+        other => panic!("a sample above the threshold gave {other:?}"),
     }
 }
 
@@ -49,11 +49,11 @@ fn nan_fails_and_garbage_is_an_error() {
 }
 
 #[test]
-fn empty_results_pass_unless_fail_on_empty() {
-    assert_eq!(
+fn empty_results_are_inconclusive_unless_fail_on_empty() {
+    assert!(matches!(
         verdict(&gate(ComparisonOperator::Equal, 0.0, false), &vector(&[])),
-        Ok(GateVerdict::Pass)
-    );
+        Ok(GateVerdict::Inconclusive(ref why)) if why.contains("or vector(0)")
+    ));
     assert!(matches!(
         verdict(&gate(ComparisonOperator::Equal, 0.0, true), &vector(&[])),
         Ok(GateVerdict::Fail(_))
@@ -85,14 +85,32 @@ fn prometheus_errors_are_reported() {
 }
 
 #[test]
-fn state_fails_after_repeated_errors_and_a_failure_sticks() {
+fn errors_take_a_pass_back_and_repeated_make_the_gate_inconclusive() {
     let now = jiff::Timestamp::UNIX_EPOCH;
     let mut state = GateState::default();
+    state.record(Ok(GateVerdict::Pass), now);
     state.record(Err("refused".into()), now);
+    assert_eq!(
+        state.verdict, None,
+        "a pass is not kept over a failed query"
+    );
     state.record(Err("refused".into()), now);
     assert_eq!(state.verdict, None);
     state.record(Err("refused".into()), now);
-    assert!(matches!(state.verdict, Some(GateVerdict::Fail(_))));
+    assert!(
+        matches!(state.verdict, Some(GateVerdict::Inconclusive(ref why)) if why.contains("refused")),
+        "{:?}",
+        state.verdict
+    );
+    state.record(Ok(GateVerdict::Pass), now);
+    assert_eq!(state.verdict, Some(GateVerdict::Pass), "an answer ends it");
+}
+
+#[test]
+fn a_failure_sticks() {
+    let now = jiff::Timestamp::UNIX_EPOCH;
+    let mut state = GateState::default();
+    state.record(Ok(GateVerdict::Fail("up = 0".into())), now);
     state.record(Ok(GateVerdict::Pass), now);
     assert!(
         matches!(state.verdict, Some(GateVerdict::Fail(_))),

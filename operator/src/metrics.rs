@@ -112,7 +112,7 @@ impl Metrics {
                 r,
                 counter_vec(
                     "kpersist_rollouts_total",
-                    "Rollouts that ended, by result (complete, failed, paused, superseded).",
+                    "Rollouts that ended, by result (complete, failed).",
                     &["policy", "result"],
                 ),
             ),
@@ -180,6 +180,13 @@ impl Metrics {
 
     /// Mirrors a policy's status into the node, wave and phase gauges.
     pub fn record_status(&self, policy: &str, status: &LivePatchPolicyStatus) {
+        // The policy's counters exist at 0 from its first status on: a series born at 1
+        // shows no increase to `increase()` or `rate()`, so an alert on the first revert
+        // would never fire.
+        self.reverts.with_label_values(&[policy]);
+        for result in [ROLLOUT_COMPLETE, ROLLOUT_FAILED] {
+            self.rollouts.with_label_values(&[policy, result]);
+        }
         for (state, count) in node_count_series(&status.nodes) {
             self.nodes
                 .with_label_values(&[policy, state])
@@ -221,6 +228,11 @@ impl Metrics {
         String::from_utf8_lossy(&buffer).into_owned()
     }
 }
+
+/// `kpersist_rollouts_total{result}` of a rollout that finished its last wave.
+pub const ROLLOUT_COMPLETE: &str = "complete";
+/// `kpersist_rollouts_total{result}` of a rollout a failed wave ended.
+pub const ROLLOUT_FAILED: &str = "failed";
 
 /// The phase as it appears in the `phase` label: the API's own spelling.
 pub fn phase_label(phase: PolicyPhase) -> &'static str {
@@ -291,9 +303,17 @@ mod tests {
             "{text}"
         );
 
+        for counter in [
+            r#"kpersist_reverts_total{policy="web"} 0"#,
+            r#"kpersist_rollouts_total{policy="web",result="complete"} 0"#,
+            r#"kpersist_rollouts_total{policy="web",result="failed"} 0"#,
+        ] {
+            assert!(text.contains(counter), "a counter is not born at 0: {text}");
+        }
+
         metrics.forget_policy("web");
         let text = metrics.render();
-        assert!(!text.contains(r#"policy="web""#), "{text}");
+        assert!(!text.contains(r#"kpersist_nodes{policy="web""#), "{text}");
     }
 
     #[test]

@@ -467,7 +467,7 @@ fn invalid_policy_fails_with_the_field_named() {
 }
 
 #[test]
-fn gate_failure_during_bake_fails_the_wave() {
+fn an_inconclusive_gate_holds_the_wave_and_a_failing_one_fails_it() {
     let mut sim = fleet(4, &[(Some(1), None, "10m"), (None, Some(100), "0s")]);
     sim.policy.spec.health.prometheus = Some(kpersist_crds::PrometheusGate {
         url: "http://prometheus:9090".into(),
@@ -483,6 +483,19 @@ fn gate_failure_during_bake_fails_the_wave() {
     // Without a verdict the wave does not pass, even after its bake.
     sim.advance(3600);
     assert_eq!(sim.step(30).status.phase, Some(PolicyPhase::Baking));
+    // A gate that cannot be evaluated holds the wave, visibly, and blames nothing.
+    sim.gate = Some(GateVerdict::Inconclusive("connection refused".into()));
+    let d = sim.step(30);
+    assert_eq!(d.status.phase, Some(PolicyPhase::Paused));
+    assert!(d.status.bad_releases.is_empty());
+    assert!(d.desired.is_empty(), "a held wave hands nothing out");
+    let paused = condition(&d.status, "Ready");
+    assert!(
+        paused
+            .message
+            .contains("cannot be evaluated (connection refused)"),
+        "{paused:?}"
+    );
     sim.gate = Some(GateVerdict::Fail("up = 0 on node-03".into()));
     let d = sim.step(30);
     assert_eq!(d.status.phase, Some(PolicyPhase::RollingBack));

@@ -1,7 +1,7 @@
 //! Releases at fault on real kernels: one whose transition stalls on its canary, one that
 //! panics the kernel some time after its transition.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use kpersist_crds::{LivePatchPolicy, NodeErrorReason, NodePatchState};
 use kpersist_e2e::monitor::Object;
@@ -86,12 +86,46 @@ impl KernelFleet {
         let kernel = self.kernels["612"].clone();
         self.publish_for(&kernel, "kpersist_crash", version);
         let release = format!("{}/v{version}", kernel.release);
+        let canary = self.canary_on_probation(&release).await?;
+        let vm = self.vm(&canary);
+        vm.read_version().await.map_err(|e| e.to_string())?;
+        let crashed = Instant::now();
+        vm.wait_rebooted_after(CRASH_MESSAGE)
+            .await
+            .map_err(|e| e.to_string())?;
+        let back = crashed.elapsed();
+        self.figures
+            .insert(format!("{canary}: panic to init answering again"), back);
+        let bad = self
+            .sim
+            .wait_policy("fleet", &format!("to mark {release} bad"), ROLLOUT, |p| {
+                if bad_releases(p).contains(&release) {
+                    Check::Done(())
+                } else {
+                    Check::NotYet(format!("bad so far: {:?}", bad_releases(p)))
+                }
+            })
+            .await;
+        bad.map_err(|e| e.to_string())?;
+        self.wait_all_run(2).await?;
+        self.crash_reported(&canary, &release)?;
+        self.no_second_crash(&canary).await?;
+        Ok(format!(
+            "{canary} panicked, was back after {:.0} s, reported CrashSuspected, refuses \
+             {release}, which is bad and was asked of no other node; it runs v2 again",
+            back.as_secs_f64()
+        ))
+    }
+
+    /// Waits for the first node to run `release` and checks it is on probation with the
+    /// crash release live in its kernel; returns its name.
+    async fn canary_on_probation(&mut self, release: &str) -> Result<String, String> {
         let canary = self
             .sim
             .wait_nodes(
                 &format!("a canary to run {release}"),
                 ROLLOUT,
-                |nodes| match nodes.iter().find(|(_, n)| runs(Some(n), &release)) {
+                |nodes| match nodes.iter().find(|(_, n)| runs(Some(n), release)) {
                     Some((name, node)) => Check::Done((name.clone(), node.clone())),
                     None => Check::NotYet("no node runs it yet".into()),
                 },
@@ -105,32 +139,21 @@ impl KernelFleet {
         if !on_probation {
             return Err(format!("{canary} runs {release} but reports no probation"));
         }
-        let vm = self.vm(&canary);
-        let status = vm.status().await.map_err(|e| e.to_string())?;
+        let status = self.vm(&canary).status().await.map_err(|e| e.to_string())?;
         if status.enabled() != ["kpersist_crash"] || status.cmdline != "kpersist crash" {
             return Err(format!(
                 "{canary} runs {release}, but its kernel: {status:?}"
             ));
         }
-        vm.read_version().await.map_err(|e| e.to_string())?;
-        let crashed = Instant::now();
-        vm.wait_rebooted().await.map_err(|e| e.to_string())?;
-        let back = crashed.elapsed();
-        let bad = self
-            .sim
-            .wait_policy("fleet", &format!("to mark {release} bad"), ROLLOUT, |p| {
-                if bad_releases(p).contains(&release) {
-                    Check::Done(())
-                } else {
-                    Check::NotYet(format!("bad so far: {:?}", bad_releases(p)))
-                }
-            })
-            .await;
-        bad.map_err(|e| e.to_string())?;
-        self.wait_all_run(2).await?;
+        Ok(canary)
+    }
+
+    /// The canary reported CrashSuspected at some point, refuses `release` now, and no
+    /// other node was ever asked for it.
+    fn crash_reported(&self, canary: &str, release: &str) -> Result<(), String> {
         let reported = self.sim.watch.log().iter().any(|seen| match &seen.object {
             Object::Node(n) => {
-                n.metadata.name.as_deref() == Some(canary.as_str())
+                n.metadata.name.as_deref() == Some(canary)
                     && n.status.as_ref().is_some_and(|s| {
                         s.state == Some(NodePatchState::CrashSuspected)
                             || s.last_error
@@ -143,8 +166,8 @@ impl KernelFleet {
         if !reported {
             return Err(format!("{canary} never reported CrashSuspected"));
         }
-        let asked = self.sim.watch.ever_desired(&release);
-        if asked.len() != 1 || !asked.contains(&canary) {
+        let asked = self.sim.watch.ever_desired(release);
+        if asked.len() != 1 || !asked.contains(canary) {
             return Err(format!(
                 "{release} was asked of {asked:?}, not {canary} alone"
             ));
@@ -153,15 +176,22 @@ impl KernelFleet {
             .sim
             .watch
             .current()
-            .get(&canary)
+            .get(canary)
             .and_then(|n| n.status.as_ref())
-            .is_some_and(|s| s.refused_releases.contains(&release));
+            .is_some_and(|s| s.refused_releases.iter().any(|r| r == release));
         if !refused {
             return Err(format!("{canary} does not list {release} as refused"));
         }
-        // v2 answers /proc/version itself: no second crash.
-        let vm = self.vm(&canary);
+        Ok(())
+    }
+
+    /// The canary runs v2 again, whose `/proc/version` answers without a panic: reading it
+    /// once more leaves the console with the one panic of the crash.
+    async fn no_second_crash(&mut self, canary: &str) -> Result<(), String> {
+        let vm = self.vm(canary);
         vm.read_version().await.map_err(|e| e.to_string())?;
+        // The guest reads a second after answering; a panic would show by then.
+        tokio::time::sleep(Duration::from_secs(3)).await;
         let status = vm.status().await.map_err(|e| e.to_string())?;
         if status.enabled() != ["kpersist_v2"] {
             return Err(format!(
@@ -174,13 +204,7 @@ impl KernelFleet {
         if panics != 1 {
             return Err(format!("{canary}'s console shows {panics} panics, not 1"));
         }
-        self.figures
-            .insert(format!("{canary}: panic to init answering again"), back);
-        Ok(format!(
-            "{canary} panicked, was back after {:.0} s, reported CrashSuspected, refuses \
-             {release}, which is bad and was asked of no other node; it runs v2 again",
-            back.as_secs_f64()
-        ))
+        Ok(())
     }
 }
 

@@ -6,24 +6,15 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::ServiceAccount;
-use kpersist_crds::{LivePatchNode, NodePatchState, Wave};
-use kpersist_e2e::controlplane::Identity;
-use kpersist_e2e::fleet::NAMESPACE;
-use kpersist_e2e::sim_fleet::SimFleet;
+use kpersist_crds::{LivePatchNode, NodePatchState};
+use kpersist_e2e::sim_fleet::{SimFleet, canary_then_all};
 use kpersist_e2e::vm::{Kernel, Vm};
 use kpersist_e2e::wait::Check;
-use kube::Api;
-use kube::api::PostParams;
 
 /// How long a rollout over the VMs may take (TCG is slow).
 pub(crate) const ROLLOUT: Duration = Duration::from_secs(600);
 /// How long the VMs may take to boot and their agents to report.
 const BOOT: Duration = Duration::from_secs(180);
-
-/// The service account every agent runs as (the chart's).
-const AGENT_ACCOUNT: &str = "kpersist-agent";
 
 /// The VMs: two on the 6.1 line, so that line's second node follows its canary, and one
 /// on the 6.12 line.
@@ -53,13 +44,9 @@ impl Line {
 
 /// Prints the verdict of a step; a failure ends the run.
 pub fn report(step: &str, result: Result<String, String>) {
-    match result {
-        Ok(note) if note.is_empty() => println!("KERNEL-FLEET-E2E: {step}: ok"),
-        Ok(note) => println!("KERNEL-FLEET-E2E: {step}: ok ({note})"),
-        Err(why) => {
-            println!("KERNEL-FLEET-E2E: {step}: FAIL {why}");
-            panic!("step {step} failed: {why}");
-        }
+    kpersist_e2e::steps::print_verdict("KERNEL-FLEET-E2E", step, &result);
+    if let Err(why) = result {
+        panic!("step {step} failed: {why}");
     }
 }
 
@@ -97,60 +84,11 @@ fn port_of(url: &str) -> u16 {
         .unwrap_or_else(|| panic!("no port in {url}"))
 }
 
-/// A new token of the agents' service account, as the kubelet gets one for each agent
-/// pod (a TokenRequest, signed by the API server, valid for two hours). Creates the
-/// service account the first time, as the chart does.
-async fn agent_token(sim: &SimFleet) -> String {
-    let accounts: Api<ServiceAccount> = Api::namespaced(sim.cluster.admin.clone(), NAMESPACE);
-    if accounts
-        .get_opt(AGENT_ACCOUNT)
-        .await
-        .expect("get")
-        .is_none()
-    {
-        let mut account = ServiceAccount::default();
-        account.metadata.name = Some(AGENT_ACCOUNT.into());
-        accounts
-            .create(&PostParams::default(), &account)
-            .await
-            .expect("agent service account");
-    }
-    let request = TokenRequest {
-        spec: TokenRequestSpec {
-            expiration_seconds: Some(7200),
-            ..TokenRequestSpec::default()
-        },
-        ..TokenRequest::default()
-    };
-    let issued = accounts
-        .create_token_request(AGENT_ACCOUNT, &PostParams::default(), &request)
-        .await
-        .expect("TokenRequest for the agent");
-    issued
-        .status
-        .expect("a TokenRequest answers with a token")
-        .token
-}
-
-/// The shared agent kubeconfig with `token` in place of its token.
-fn own_token(shared: &str, token: &str) -> String {
-    shared
-        .lines()
-        .map(|line| match line.split_once("token: ") {
-            Some((indent, _)) if indent.trim().is_empty() => format!("{indent}token: {token}"),
-            _ => line.to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
 impl KernelFleet {
     /// Starts the control plane, repository and VMs, and waits until every VM's agent has
     /// reported its kernel. The operator is not started yet.
     pub async fn start() -> KernelFleet {
         let sim = SimFleet::start(Vec::new()).await.expect("control plane");
-        let shared = sim.cluster.plane.kubeconfig(Identity::Agent);
-        let shared = std::fs::read_to_string(&shared).expect("agent kubeconfig");
         let ports = vec![
             port_of(sim.cluster.plane.server()),
             port_of(&sim.repo.url()),
@@ -165,7 +103,7 @@ impl KernelFleet {
         for (name, line) in VMS {
             sim.create_node_object(name).await.expect("Node object");
             let dir = scratch.path().join(name);
-            let kubeconfig = own_token(&shared, &agent_token(&sim).await);
+            let kubeconfig = sim.cluster.agent_kubeconfig().await.expect("agent token");
             let vm = Vm::create(
                 &dir,
                 name,
@@ -277,19 +215,9 @@ impl KernelFleet {
 
     /// Creates the policy: a one-node canary baking 5 s, then every other node.
     pub async fn create_policy(&self, max_in_flight: u32) {
-        let waves = vec![
-            Wave {
-                nodes: Some(1),
-                percent: None,
-                bake: "5s".into(),
-            },
-            Wave {
-                nodes: None,
-                percent: Some(100),
-                bake: "0s".into(),
-            },
-        ];
-        let mut policy = self.sim.policy("fleet", waves, max_in_flight);
+        let mut policy = self
+            .sim
+            .policy("fleet", canary_then_all("5s"), max_in_flight);
         // A transition under TCG takes seconds, not milliseconds.
         policy.spec.health.transition_timeout = "60s".into();
         self.sim.create_policy(&policy).await.expect("policy");
@@ -303,10 +231,7 @@ impl KernelFleet {
     ) -> Result<(), String> {
         let spec = serde_json::json!({
             "health": {"transitionTimeout": transition_timeout},
-            "rollout": {"waves": [
-                {"nodes": 1, "bake": canary_bake},
-                {"percent": 100, "bake": "0s"},
-            ]},
+            "rollout": {"waves": canary_then_all(canary_bake)},
         });
         let patched = self.sim.patch_policy("fleet", spec).await;
         patched.map_err(|e| e.to_string())

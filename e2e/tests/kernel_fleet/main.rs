@@ -54,17 +54,17 @@ async fn the_operator_drives_real_livepatches_on_vms_of_two_kernel_lines() {
     report("v2-rollout", fleet.canary_per_release(2));
     report("v2-atomic-replace", fleet.kernels_run(2).await);
 
-    // 5. A clean reboot: the agent applies the release again on its own.
+    // 3. A clean reboot: the agent applies the release again on its own.
     report("clean-reboot", fleet.reboot_reapplies(REBOOTED, 2).await);
 
-    // 6. A reboot into the other kernel line: the node follows its new build.
+    // 4. A reboot into the other kernel line: the node follows its new build.
     report("other-kernel", fleet.reboot_into_other_line(MOVED, 2).await);
 
-    // 3. A release whose transition stalls on its canary: reversed, marked bad, loaded by
+    // 5. A release whose transition stalls on its canary: reversed, marked bad, loaded by
     //    no other VM.
     report("stall", fleet.stalled_release_is_contained(3).await);
 
-    // 4. A release that panics the kernel some time after its transition, on the 6.12
+    // 6. A release that panics the kernel some time after its transition, on the 6.12
     //    build's canary: a real crash and reboot, CrashSuspected, marked bad, back to v2.
     report("crash-on-probation", fleet.crash_on_probation(4).await);
 
@@ -74,7 +74,7 @@ async fn the_operator_drives_real_livepatches_on_vms_of_two_kernel_lines() {
         fleet.foreign_livepatch_is_left_alone(FOREIGN, 5).await,
     );
 
-    // 9. The operator's and the agents' metrics agree with the kernels.
+    // 8. The operator's and the agents' metrics agree with the kernels.
     report("metrics", fleet.metrics_agree(5, &[FOREIGN]).await);
 
     for (what, took) in fleet.figures() {

@@ -1,8 +1,48 @@
 //! The operator's and the agents' metrics, compared with what the kernels run.
 
+use std::time::Duration;
+
 use kpersist_crds::NodePatchState;
+use kpersist_e2e::wait::{Check, wait_until};
 
 use crate::fleet::KernelFleet;
+
+/// What the operator's `kpersist_nodes{policy="fleet"}` series say.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct NodeCounts {
+    total: usize,
+    patched: usize,
+    node_problems: usize,
+}
+
+impl NodeCounts {
+    /// The counts in the operator's metrics `text`, if its states add up to its total.
+    fn of(text: &str) -> Option<NodeCounts> {
+        let prefix = r#"kpersist_nodes{policy="fleet",state=""#;
+        let mut states = std::collections::BTreeMap::new();
+        for line in text.lines() {
+            let Some((state, value)) = line.strip_prefix(prefix).and_then(|l| l.split_once("\"} "))
+            else {
+                continue;
+            };
+            states.insert(
+                state.to_string(),
+                value.trim().parse::<f64>().ok()? as usize,
+            );
+        }
+        let total = *states.get("total")?;
+        let parts: usize = states
+            .iter()
+            .filter(|(s, _)| *s != "total")
+            .map(|(_, n)| n)
+            .sum();
+        (parts == total).then(|| NodeCounts {
+            total,
+            patched: states.get("patched").copied().unwrap_or(0),
+            node_problems: states.get("node_problems").copied().unwrap_or(0),
+        })
+    }
+}
 
 /// The value of the sample `series` (name and labels as rendered) in the metrics `text`.
 pub fn sample(text: &str, series: &str) -> Option<f64> {
@@ -21,6 +61,20 @@ impl KernelFleet {
         target: u64,
         troubled: &[&str],
     ) -> Result<String, String> {
+        let patched = self.agents_agree(target).await?;
+        self.operator_agrees(&patched, troubled).await?;
+        Ok(format!(
+            "applied_info matches every kernel; the operator counts {} of {} patched \
+             ({patched:?}), {troubled:?} as node problems, every state adding up",
+            patched.len(),
+            self.vms.len()
+        ))
+    }
+
+    /// Each agent's `kpersist_agent_applied_info` is one series naming the module its
+    /// kernel runs and its LivePatchNode's release; returns the VMs whose kernels run the
+    /// `target` version.
+    async fn agents_agree(&mut self, target: u64) -> Result<Vec<String>, String> {
         let nodes = self.sim.watch.current();
         let mut patched = Vec::new();
         for vm in &mut self.vms {
@@ -61,56 +115,36 @@ impl KernelFleet {
                 patched.push(name);
             }
         }
-        let operator = self
-            .sim
-            .operator_metrics()
-            .await
-            .map_err(|e| e.to_string())?;
-        let count = |state: &str| {
-            sample(
-                &operator,
-                &format!(r#"kpersist_nodes{{policy="fleet",state="{state}"}}"#),
-            )
+        Ok(patched)
+    }
+
+    /// The operator's `kpersist_nodes` counts the `patched` VMs as patched, the `troubled`
+    /// ones as node problems, and every VM once.
+    async fn operator_agrees(&self, patched: &[String], troubled: &[&str]) -> Result<(), String> {
+        if patched.len() + troubled.len() != self.vms.len() {
+            return Err(format!(
+                "the kernels of {patched:?} run the target, {troubled:?} are troubled: \
+                 that is not every VM"
+            ));
+        }
+        let wanted = NodeCounts {
+            total: self.vms.len(),
+            patched: patched.len(),
+            node_problems: troubled.len(),
         };
-        let total = self.vms.len() as f64;
-        if count("total") != Some(total) {
-            return Err(format!(
-                "the operator counts {:?} nodes, not {total}",
-                count("total")
-            ));
-        }
-        if count("patched") != Some(patched.len() as f64) {
-            return Err(format!(
-                "the operator counts {:?} patched nodes; the kernels of {patched:?} run their release",
-                count("patched")
-            ));
-        }
-        if count("node_problems") != Some(troubled.len() as f64) {
-            return Err(format!(
-                "the operator counts {:?} nodes with problems of their own, not {troubled:?}",
-                count("node_problems")
-            ));
-        }
-        let states = [
-            "patched",
-            "applying",
-            "reverting",
-            "pending",
-            "failed",
-            "unsupported",
-            "crash_suspected",
-            "node_problems",
-            "unknown",
-        ];
-        let counted: f64 = states.iter().filter_map(|s| count(s)).sum();
-        if counted != total {
-            return Err(format!(
-                "the operator's node states add up to {counted}, not {total}"
-            ));
-        }
-        Ok(format!(
-            "applied_info matches every kernel; the operator counts {} of {total} patched ({patched:?})",
-            patched.len()
-        ))
+        let waited = wait_until(
+            "the operator's kpersist_nodes to count the kernels",
+            Duration::from_secs(60),
+            || async {
+                let text = self.sim.operator_metrics().await?;
+                let counted = NodeCounts::of(&text);
+                Ok(if counted == Some(wanted) {
+                    Check::Done(())
+                } else {
+                    Check::NotYet(format!("counted {counted:?}, want {wanted:?}"))
+                })
+            },
+        );
+        waited.await.map_err(|e| e.to_string())
     }
 }

@@ -4,7 +4,8 @@
 use std::time::{Duration, Instant};
 
 use kpersist_crds::{NodeErrorReason, PatchAction};
-use kpersist_e2e::wait::Check;
+use kpersist_e2e::vm::Vm;
+use kpersist_e2e::wait::{Check, wait_until};
 
 use crate::fleet::{KernelFleet, ROLLOUT, runs};
 use crate::metrics::sample;
@@ -105,17 +106,16 @@ impl KernelFleet {
     /// records it just after the kernel's transition ends).
     async fn start_to_applied(&mut self, name: &str) -> Result<f64, String> {
         let series = "kpersist_agent_start_to_applied_seconds";
-        let started = Instant::now();
-        loop {
-            let metrics = self.vm(name).agent_metrics().await;
-            match sample(&metrics.map_err(|e| e.to_string())?, series) {
-                Some(seconds) if seconds > 0.0 => return Ok(seconds),
-                _ if started.elapsed() > Duration::from_secs(30) => {
-                    return Err(format!("{name}'s agent has no {series} 30 s after Applied"));
-                }
-                _ => tokio::time::sleep(Duration::from_millis(500)).await,
-            }
-        }
+        let vm: &Vm = self.vm(name);
+        let what = format!("{name}'s agent to export {series}");
+        let waited = wait_until(&what, Duration::from_secs(30), || async move {
+            let metrics = vm.agent_metrics().await?;
+            Ok(match sample(&metrics, series) {
+                Some(seconds) if seconds > 0.0 => Check::Done(seconds),
+                other => Check::NotYet(format!("{series} = {other:?}")),
+            })
+        });
+        waited.await.map_err(|e| e.to_string())
     }
 
     /// Shuts `name` down and boots it on the other kernel line: its LivePatchNode shows the
@@ -229,22 +229,28 @@ impl KernelFleet {
             )
             .await;
         waited.map_err(|e| e.to_string())?;
-        let suffix = format!("/v{version}");
-        let blamed: Vec<String> = self
+        let patched = wanted.len() as u32;
+        let settled = self
             .sim
-            .watch
-            .policies()
-            .get("fleet")
-            .and_then(|p| p.status.clone())
-            .map(|s| {
-                let bad = s.bad_releases.iter().map(|b| &b.release);
-                let late = s.late_failures.iter().map(|l| &l.release);
-                bad.chain(late)
-                    .filter(|r| r.ends_with(&suffix))
-                    .cloned()
-                    .collect()
-            })
-            .unwrap_or_default();
+            .wait_policy(
+                "fleet",
+                &format!("to count {patched} patched and {name} as a node problem"),
+                ROLLOUT,
+                |p| {
+                    let status = p.status.clone().unwrap_or_default();
+                    if status.nodes.patched == patched && status.nodes.node_problems == 1 {
+                        Check::Done(status)
+                    } else {
+                        Check::NotYet(format!("{:?}", status.nodes))
+                    }
+                },
+            )
+            .await;
+        let status = settled.map_err(|e| e.to_string())?;
+        let suffix = format!("/v{version}");
+        let bad = status.bad_releases.iter().map(|b| &b.release);
+        let late = status.late_failures.iter().map(|l| &l.release);
+        let blamed: Vec<&String> = bad.chain(late).filter(|r| r.ends_with(&suffix)).collect();
         if !blamed.is_empty() {
             return Err(format!("held against the release: {blamed:?}"));
         }
@@ -268,7 +274,7 @@ impl KernelFleet {
 
     /// The policy holds nothing against any release: none bad, no late failure, no node
     /// failed.
-    pub(crate) async fn assert_blameless(&self) -> Result<(), String> {
+    async fn assert_blameless(&self) -> Result<(), String> {
         let blameless = self
             .sim
             .wait_policy("fleet", "to hold nothing against a release", ROLLOUT, |p| {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use kpersist_crds::{LivePatchPolicyStatus, PolicyCondition, PolicyPhase};
 
 use crate::engine::RolloutEvent;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ROLLOUT_COMPLETE, ROLLOUT_FAILED};
 
 /// How often a policy is looked at when nothing asks sooner, so a lost watch event or a
 /// missed requeue cannot stall a rollout for long.
@@ -71,22 +71,27 @@ pub fn requeue_after(
 pub fn count_events(metrics: &Metrics, policy: &str, events: &[RolloutEvent]) {
     for event in events {
         match event {
-            RolloutEvent::RolloutComplete { .. } => metrics.rollout_ended(policy, "complete"),
-            RolloutEvent::WaveFailed { .. } => metrics.rollout_ended(policy, "failed"),
+            RolloutEvent::RolloutComplete { .. } => metrics.rollout_ended(policy, ROLLOUT_COMPLETE),
+            RolloutEvent::WaveFailed { .. } => metrics.rollout_ended(policy, ROLLOUT_FAILED),
             RolloutEvent::RevertStarted { .. } => metrics.revert_started(policy),
             _ => {}
         }
     }
 }
 
-/// Whether the status says a bake is running, so the Prometheus gate must be evaluated.
+/// Whether the status says a bake is running, so the Prometheus gate must be evaluated:
+/// phase Baking, or Paused with the bake's start kept and no failed wave (a wave an
+/// inconclusive gate holds, which is judged again until the query answers).
 pub fn baking(status: Option<&LivePatchPolicyStatus>) -> Option<String> {
     let status = status?;
-    if status.phase != Some(PolicyPhase::Baking) {
-        return None;
+    let rollout = status.rollout.as_ref()?;
+    let held = status.phase == Some(PolicyPhase::Paused) && rollout.failed_wave.is_none();
+    match status.phase {
+        Some(PolicyPhase::Baking) => {}
+        _ if held => return rollout.bake_started_at.clone(),
+        _ => return None,
     }
     // The bake's start names the bake; without one, the wave start does.
-    let rollout = status.rollout.as_ref()?;
     Some(
         rollout
             .bake_started_at

@@ -126,4 +126,11 @@ fn a_bake_is_named_by_its_start() {
     assert_eq!(baking(Some(&status)).as_deref(), Some("b"));
     status.phase = Some(PolicyPhase::Progressing);
     assert_eq!(baking(Some(&status)), None);
+    // A wave an inconclusive gate holds is still judged; a failed one is not.
+    status.phase = Some(PolicyPhase::Paused);
+    assert_eq!(baking(Some(&status)).as_deref(), Some("b"));
+    if let Some(rollout) = status.rollout.as_mut() {
+        rollout.failed_wave = Some(1);
+    }
+    assert_eq!(baking(Some(&status)), None);
 }

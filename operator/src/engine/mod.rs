@@ -163,6 +163,9 @@ pub enum GateVerdict {
     Pass,
     /// The condition did not hold; the text says which sample and value.
     Fail(String),
+    /// The query could not be evaluated (Prometheus unreachable, an error, no samples):
+    /// the wave neither passes nor fails, it holds until the gate can judge it.
+    Inconclusive(String),
 }
 
 /// Everything one decision is made from.

@@ -342,6 +342,14 @@ pub(crate) fn run(step: &Step<'_>, facts: &mut [NodeFacts<'_>]) -> Outcome {
                 settings.gate_interval.is_some() && !matches!(step.gate, Some(GateVerdict::Pass));
             if step.now < end || gate_pending {
                 out.phase = PolicyPhase::Baking;
+                if let Some(GateVerdict::Inconclusive(why)) = step.gate {
+                    out.phase = PolicyPhase::Paused;
+                    out.note = Some(format!(
+                        "wave {wave} holds: the Prometheus health gate cannot be evaluated \
+                         ({why}); a gate that cannot judge a wave never passes it, and the \
+                         wave goes on once the query answers again"
+                    ));
+                }
                 let left = until(step.now, end);
                 out.requeue = Some(match settings.gate_interval {
                     Some(interval) if !left.is_zero() => left.min(interval),
