@@ -298,15 +298,17 @@ impl Default for HealthSpec {
 
 /// A Prometheus health gate: every sample the query returns must compare true against the
 /// threshold for a wave to pass its bake. A gate that cannot judge the wave (Prometheus
-/// unreachable or refusing the query three times in a row, or no samples) holds it: phase
-/// Paused with the reason, until the query answers again. Nothing passes unjudged.
+/// unreachable or refusing the query three times in a row, or no samples unless
+/// `failOnEmpty`) holds it: phase Paused with the reason, until the query answers again.
+/// Nothing passes unjudged.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PrometheusGate {
     /// Base URL of the Prometheus HTTP API, e.g. `http://prometheus.monitoring:9090`.
     #[schemars(regex(pattern = r"^https?://"))]
     pub url: String,
-    /// PromQL instant query, e.g. `sum(rate(http_errors_total[5m]))`.
+    /// PromQL instant query, e.g. `sum(rate(http_errors_total[5m])) or vector(0)` (the
+    /// `or vector(0)` answers 0 rather than nothing while no error was ever counted).
     #[schemars(length(min = 1))]
     pub query: String,
     /// How each sample is compared with `threshold`.
@@ -499,6 +501,10 @@ pub struct RolloutProgress {
     /// policy is edited (its generation changes), then looks at the wave again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failed_wave: Option<u32>,
+    /// Why the current wave holds in its bake (phase Paused): the Prometheus gate cannot
+    /// be evaluated. The gate keeps being asked; the wave goes on once it answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate_inconclusive: Option<String>,
 }
 
 /// Nodes per state.

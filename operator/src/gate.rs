@@ -173,7 +173,8 @@ impl GateState {
 
     /// Records a query's result. A failing verdict stays for the rest of the bake: the
     /// wave failed, whatever later samples say. A query error takes back an earlier pass
-    /// (the wave is not judged healthy on old news) and, repeated, makes the gate
+    /// (the wave is not judged healthy on old news) but leaves an inconclusive gate so
+    /// (the wave does not flap between held and baking); repeated, it makes the gate
     /// inconclusive.
     pub fn record(&mut self, result: Result<GateVerdict, String>, now: jiff::Timestamp) {
         self.evaluated_at = Some(now);
@@ -188,12 +189,14 @@ impl GateState {
             Err(message) => {
                 self.errors += 1;
                 tracing::warn!(%message, errors = self.errors, "Prometheus gate query failed");
-                self.verdict = (self.errors >= ERRORS_BEFORE_INCONCLUSIVE).then(|| {
-                    GateVerdict::Inconclusive(format!(
-                        "{} queries in a row failed, the last: {message}",
-                        self.errors
-                    ))
-                });
+                if self.errors >= ERRORS_BEFORE_INCONCLUSIVE {
+                    self.verdict = Some(GateVerdict::Inconclusive(format!(
+                        "{ERRORS_BEFORE_INCONCLUSIVE} or more queries in a row failed, the \
+                         last: {message}"
+                    )));
+                } else if self.verdict == Some(GateVerdict::Pass) {
+                    self.verdict = None;
+                }
             }
         }
     }

@@ -102,8 +102,26 @@ fn errors_take_a_pass_back_and_repeated_make_the_gate_inconclusive() {
         "{:?}",
         state.verdict
     );
+    state.record(Err("refused again".into()), now);
+    assert!(
+        matches!(state.verdict, Some(GateVerdict::Inconclusive(_))),
+        "an inconclusive gate stays so through further errors"
+    );
     state.record(Ok(GateVerdict::Pass), now);
     assert_eq!(state.verdict, Some(GateVerdict::Pass), "an answer ends it");
+}
+
+#[test]
+fn one_error_leaves_an_empty_result_inconclusive() {
+    let now = jiff::Timestamp::UNIX_EPOCH;
+    let mut state = GateState::default();
+    state.record(Ok(GateVerdict::Inconclusive("no samples".into())), now);
+    state.record(Err("refused".into()), now);
+    assert_eq!(
+        state.verdict,
+        Some(GateVerdict::Inconclusive("no samples".into())),
+        "the held wave does not flap back to baking"
+    );
 }
 
 #[test]

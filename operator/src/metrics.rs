@@ -204,8 +204,8 @@ impl Metrics {
         }
     }
 
-    /// Drops the gauges of a deleted policy. Counters stay: they are totals over the
-    /// process's life and Prometheus handles their disappearance on restart anyway.
+    /// Drops the gauges of a deleted policy. Its counters stay for the process's life:
+    /// they are totals, and Prometheus handles their disappearance on restart anyway.
     pub fn forget_policy(&self, policy: &str) {
         for (state, _) in node_count_series(&NodeCounts::default()) {
             let _ = self.nodes.remove_label_values(&[policy, state]);
@@ -313,7 +313,21 @@ mod tests {
 
         metrics.forget_policy("web");
         let text = metrics.render();
-        assert!(!text.contains(r#"kpersist_nodes{policy="web""#), "{text}");
+        for gauge in [
+            "kpersist_nodes",
+            "kpersist_rollout_wave",
+            "kpersist_rollout_phase",
+        ] {
+            assert!(
+                !text.contains(&format!(r#"{gauge}{{policy="web""#))
+                    && !text.contains(&format!(r#"{gauge}{{phase"#)),
+                "{gauge} of a forgotten policy: {text}"
+            );
+        }
+        assert!(
+            text.contains(r#"kpersist_reverts_total{policy="web"} 0"#),
+            "counters stay: {text}"
+        );
     }
 
     #[test]

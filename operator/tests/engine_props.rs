@@ -24,7 +24,7 @@ use kpersist_crds::{
     Blame, ComparisonOperator, FailurePolicy, MaintenanceWindow, NodeErrorReason, NodePatchState,
     PatchAction, PolicyPhase, PrometheusGate, parse_duration,
 };
-use kpersist_operator::engine::{Decision, GateVerdict};
+use kpersist_operator::engine::{Decision, GateVerdict, RolloutEvent};
 use proptest::prelude::*;
 
 /// Steps after the last scheduled event within which the rollout must settle.
@@ -107,6 +107,8 @@ struct Scenario {
     broken: Option<(u64, Fault)>,
     /// The gate fails while any node runs this version.
     gate_fails_on: Option<u64>,
+    /// With a gate: the steps (from, length) during which it cannot be evaluated.
+    gate_outage: Option<(usize, usize)>,
     /// Step at which v4 is published for kernel 0.
     publish_at: Option<usize>,
     pinned: Option<u64>,
@@ -191,6 +193,7 @@ fn scenario() -> impl Strategy<Value = Scenario> {
                 prop::option::weighted(0.05, 1u64..=4),
                 20i64..=240,
                 prop::collection::vec(0usize..60, 0..4),
+                prop::option::weighted(0.5, (0usize..40, 1usize..12)),
             ),
         )
             .prop_map(
@@ -206,7 +209,7 @@ fn scenario() -> impl Strategy<Value = Scenario> {
                     window,
                     broken,
                     gate_fails_on,
-                    (publish_at, pinned, step_seconds, lost_status),
+                    (publish_at, pinned, step_seconds, lost_status, gate_outage),
                 )| {
                     Scenario {
                         kernels,
@@ -220,6 +223,7 @@ fn scenario() -> impl Strategy<Value = Scenario> {
                         window,
                         broken,
                         gate_fails_on,
+                        gate_outage,
                         publish_at,
                         pinned,
                         step_seconds,
@@ -391,6 +395,7 @@ fn check_decision(
         "bad releases were forgotten"
     );
     let gate_failed = matches!(sim.gate, Some(GateVerdict::Fail(_)));
+    no_wave_passes_an_unjudged_bake(sim, decision)?;
     for release in now_bad.difference(&recorded_bad(sim)) {
         prop_assert!(
             gate_failed || release_evidence(sim, release),
@@ -603,6 +608,34 @@ fn overdue_nodes_are_resolved(sim: &Sim, decision: &Decision) -> Result<(), Test
         late,
         resolved
     );
+    Ok(())
+}
+
+/// A bake ends only on a passing gate: with a gate that has not said Pass (inconclusive,
+/// or not asked yet), no decision finishes a wave or the rollout, and a gate that cannot
+/// be evaluated blames nothing (the bad-release invariant asks for node evidence then).
+fn no_wave_passes_an_unjudged_bake(sim: &Sim, decision: &Decision) -> Result<(), TestCaseError> {
+    if sim.policy.spec.health.prometheus.is_none() || sim.gate == Some(GateVerdict::Pass) {
+        return Ok(());
+    }
+    let baked = sim
+        .policy
+        .status
+        .as_ref()
+        .and_then(|s| s.rollout.as_ref())
+        .is_some_and(|r| r.bake_started_at.is_some());
+    for event in &decision.events {
+        let passed = matches!(
+            event,
+            RolloutEvent::WaveDone { .. } | RolloutEvent::RolloutComplete { .. }
+        );
+        prop_assert!(
+            !(baked && passed),
+            "{:?} while the gate said {:?}",
+            event,
+            sim.gate
+        );
+    }
     Ok(())
 }
 
@@ -883,7 +916,14 @@ fn schedule(s: &Scenario, sim: &mut Sim, step: usize) -> bool {
     {
         repo.index.releases.push(release(0, 4, sim.now));
     }
-    pending | s.publish_at.is_some_and(|at| at > step)
+    let outage_ends = s.gate_outage.map(|(from, length)| from + length);
+    pending | s.publish_at.is_some_and(|at| at > step) | outage_ends.is_some_and(|at| at > step)
+}
+
+/// Whether the scenario's gate cannot be evaluated at `step`.
+fn in_outage(s: &Scenario, step: usize) -> bool {
+    s.gate_outage
+        .is_some_and(|(from, length)| (from..from + length).contains(&step))
 }
 
 /// Makes `life` happen to `node`.
@@ -947,8 +987,11 @@ fn idle_or_silent(node: &SimNode) -> bool {
     node.silent || node.settled()
 }
 
-fn gate(s: &Scenario, sim: &Sim) -> Option<GateVerdict> {
+fn gate(s: &Scenario, sim: &Sim, step: usize) -> Option<GateVerdict> {
     let version = s.gate_fails_on?;
+    if in_outage(s, step) {
+        return Some(GateVerdict::Inconclusive("Prometheus is down".into()));
+    }
     let failing = sim.nodes.iter().any(|n| {
         n.view
             .lpn
@@ -974,7 +1017,7 @@ fn run(s: &Scenario) -> Result<(), TestCaseError> {
         if schedule(s, &mut sim, step) {
             last_event = step + 1;
         }
-        sim.gate = gate(s, &sim);
+        sim.gate = gate(s, &sim, step);
         note_settled(&sim, &mut memory);
         let decision = sim.decide();
         check_decision(&sim, &mut memory, &decision)?;
@@ -997,15 +1040,22 @@ fn run(s: &Scenario) -> Result<(), TestCaseError> {
         let phase = decision.status.phase;
         check_fleet(&sim, &memory, phase)?;
         memory.previous_phase = phase;
-        let terminal = matches!(
-            phase,
-            Some(
-                PolicyPhase::Complete
-                    | PolicyPhase::Failed
-                    | PolicyPhase::Paused
-                    | PolicyPhase::Idle
-            )
-        );
+        // A wave an inconclusive gate holds is no end: it must go on once the gate answers.
+        let held = decision
+            .status
+            .rollout
+            .as_ref()
+            .is_some_and(|r| r.gate_inconclusive.is_some());
+        let terminal = !held
+            && matches!(
+                phase,
+                Some(
+                    PolicyPhase::Complete
+                        | PolicyPhase::Failed
+                        | PolicyPhase::Paused
+                        | PolicyPhase::Idle
+                )
+            );
         let settled = sim.nodes.iter().all(idle_or_silent);
         quiet = if terminal && settled && decision.desired.is_empty() && step >= last_event {
             quiet + 1
@@ -1074,6 +1124,7 @@ fn one_node() -> Scenario {
         window: None,
         broken: None,
         gate_fails_on: None,
+        gate_outage: None,
         publish_at: None,
         pinned: None,
         step_seconds: 20,

@@ -489,6 +489,13 @@ fn an_inconclusive_gate_holds_the_wave_and_a_failing_one_fails_it() {
     assert_eq!(d.status.phase, Some(PolicyPhase::Paused));
     assert!(d.status.bad_releases.is_empty());
     assert!(d.desired.is_empty(), "a held wave hands nothing out");
+    assert!(
+        d.status
+            .rollout
+            .as_ref()
+            .is_some_and(|r| r.gate_inconclusive.as_deref() == Some("connection refused")),
+        "the hold is recorded for the controller to keep asking the gate"
+    );
     let paused = condition(&d.status, "Ready");
     assert!(
         paused

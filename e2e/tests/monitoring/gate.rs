@@ -89,21 +89,33 @@ impl Monitoring {
         // Well past the end of the bake: the wave still holds.
         let past_bake = Duration::from_secs(35).saturating_sub(baking.elapsed());
         tokio::time::sleep(past_bake).await;
-        let policy = self.sim.watch.policies().get(POLICY).cloned();
-        let still = policy.as_ref().and_then(phase);
-        if still != Some(PolicyPhase::Paused) {
-            return Err(format!("past its bake the wave is {still:?}, not Paused"));
+        let policy = self
+            .sim
+            .watch
+            .policies()
+            .get(POLICY)
+            .cloned()
+            .ok_or("no policy")?;
+        let rollout = policy.status.as_ref().and_then(|s| s.rollout.clone());
+        let still_held = phase(&policy) == Some(PolicyPhase::Paused)
+            && ready_message(&policy).contains("cannot be evaluated")
+            && rollout.as_ref().is_some_and(|r| {
+                r.wave == 1 && r.failed_wave.is_none() && r.gate_inconclusive.is_some()
+            });
+        if !still_held {
+            return Err(format!(
+                "past its bake the wave is not held by the gate: phase {:?}, {rollout:?}",
+                phase(&policy)
+            ));
         }
-        if policy
-            .as_ref()
-            .and_then(|p| bad_reason(p, &release))
-            .is_some()
-        {
+        if bad_reason(&policy, &release).is_some() {
             return Err(format!("{release} was marked bad for an inconclusive gate"));
         }
         let asked = self.sim.watch.ever_desired(&release);
-        if asked.len() != 1 {
-            return Err(format!("while held, {release} was asked of {asked:?}"));
+        if asked.len() != 1 || !asked.contains(&canary) {
+            return Err(format!(
+                "while held, {release} was asked of {asked:?}, not {canary} alone"
+            ));
         }
         self.prometheus
             .start_again()

@@ -22,6 +22,7 @@ use suite::{Monitoring, report};
 async fn a_real_prometheus_gates_waves_and_answers_every_shipped_query() {
     let mut suite = Monitoring::start().await;
     report("promtool-rules", suite.rules_pass_promtool().await);
+    report("alert-tests", suite.alerts_pass_their_tests().await);
     report("scraped", suite.every_target_scraped().await);
 
     // The gate on real series: a workload's errors cross the threshold mid-bake, the

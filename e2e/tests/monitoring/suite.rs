@@ -19,6 +19,8 @@ pub const KERNEL: (&str, &str) = ("6.1.0-56-amd64", "a1a1a1a1a1a1a1a1a1a1a1a1a1a
 pub const OPERATOR_JOB: &str = "kpersist-operator-metrics";
 pub const AGENT_JOB: &str = "kpersist-agent-metrics";
 const WORKLOAD_JOB: &str = "workload";
+/// The alerts' unit tests, for `promtool test rules`.
+const ALERT_TESTS: &str = "e2e/monitoring/alerts-test.yaml";
 /// The simulated nodes.
 const NODES: usize = 4;
 
@@ -57,7 +59,7 @@ impl Monitoring {
         let rules = scratch.path().join("rules.yaml");
         write_rule_file(&rules);
         let workload = Workload::start().await;
-        let agents = sim
+        let agents: Vec<_> = sim
             .agent_metrics_addrs()
             .iter()
             .map(|(node, addr)| {
@@ -72,10 +74,7 @@ impl Monitoring {
                 OPERATOR_JOB,
                 [(sim.operator_metrics_addr().to_string(), BTreeMap::new())],
             ),
-            Job {
-                name: AGENT_JOB.into(),
-                targets: agents,
-            },
+            job(AGENT_JOB, agents),
             job(
                 WORKLOAD_JOB,
                 [(workload.addr().to_string(), BTreeMap::new())],
@@ -116,6 +115,26 @@ impl Monitoring {
         Ok(last.unwrap_or_default().trim().to_string())
     }
 
+    /// `promtool test rules` passes `e2e/monitoring/alerts-test.yaml`, a unit test per
+    /// alert (when it fires, with its labels and annotations, and when it stays silent),
+    /// run beside the chart's rules.
+    pub async fn alerts_pass_their_tests(&self) -> Result<String, String> {
+        let tests = kpersist_e2e::fleet::workspace_root().join(ALERT_TESTS);
+        let dir = self
+            .rules
+            .parent()
+            .ok_or("the rule file has no directory")?;
+        let copy = dir.join("alerts-test.yaml");
+        std::fs::copy(&tests, &copy).map_err(|e| format!("{ALERT_TESTS}: {e}"))?;
+        let copy = copy.display().to_string();
+        promtool(&["test", "rules", &copy], None).await?;
+        let alerts = std::fs::read_to_string(&tests)
+            .map_err(|e| format!("{ALERT_TESTS}: {e}"))?
+            .matches("- name: ")
+            .count();
+        Ok(format!("{alerts} alert tests pass"))
+    }
+
     /// A policy with canary waves and a gate on the workload's errors: below 1 passes.
     pub fn gated_policy(&self, canary_bake: &str) -> LivePatchPolicy {
         let mut policy = self.sim.policy(POLICY, canary_then_all(canary_bake), 2);
@@ -131,7 +150,8 @@ impl Monitoring {
     }
 }
 
-fn job<const N: usize>(name: &str, targets: [(String, BTreeMap<String, String>); N]) -> Job {
+/// A scrape job of `targets` (`host:port` and labels).
+fn job(name: &str, targets: impl IntoIterator<Item = (String, BTreeMap<String, String>)>) -> Job {
     Job {
         name: name.into(),
         targets: targets.into_iter().collect(),

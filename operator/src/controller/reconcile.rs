@@ -162,8 +162,9 @@ async fn apply(policy: Arc<LivePatchPolicy>, ctx: Arc<Context>) -> Result<Action
     if write::leads(&ctx.leading) {
         ctx.events.publish(&policy, &decision.events).await;
     }
-    status::count_events(&ctx.metrics, &name, &decision.events);
+    // The status first: it creates the policy's counters at 0 before any event counts.
     ctx.metrics.record_status(&name, &new_status);
+    status::count_events(&ctx.metrics, &name, &decision.events);
 
     let wait = status::requeue_after(decision.requeue_after, next_poll, next_gate);
     tracing::debug!(

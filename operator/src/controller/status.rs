@@ -80,16 +80,14 @@ pub fn count_events(metrics: &Metrics, policy: &str, events: &[RolloutEvent]) {
 }
 
 /// Whether the status says a bake is running, so the Prometheus gate must be evaluated:
-/// phase Baking, or Paused with the bake's start kept and no failed wave (a wave an
-/// inconclusive gate holds, which is judged again until the query answers).
+/// phase Baking, or Paused because the gate could not judge the bake (it is asked again
+/// until it answers). A rollout paused for any other reason is not judged.
 pub fn baking(status: Option<&LivePatchPolicyStatus>) -> Option<String> {
     let status = status?;
     let rollout = status.rollout.as_ref()?;
-    let held = status.phase == Some(PolicyPhase::Paused) && rollout.failed_wave.is_none();
-    match status.phase {
-        Some(PolicyPhase::Baking) => {}
-        _ if held => return rollout.bake_started_at.clone(),
-        _ => return None,
+    let held = status.phase == Some(PolicyPhase::Paused) && rollout.gate_inconclusive.is_some();
+    if status.phase != Some(PolicyPhase::Baking) && !held {
+        return None;
     }
     // The bake's start names the bake; without one, the wave start does.
     Some(

@@ -126,11 +126,12 @@ fn a_bake_is_named_by_its_start() {
     assert_eq!(baking(Some(&status)).as_deref(), Some("b"));
     status.phase = Some(PolicyPhase::Progressing);
     assert_eq!(baking(Some(&status)), None);
-    // A wave an inconclusive gate holds is still judged; a failed one is not.
+    // Paused after the bake (spec.rollout.paused, a late failure): not judged.
     status.phase = Some(PolicyPhase::Paused);
-    assert_eq!(baking(Some(&status)).as_deref(), Some("b"));
-    if let Some(rollout) = status.rollout.as_mut() {
-        rollout.failed_wave = Some(1);
-    }
     assert_eq!(baking(Some(&status)), None);
+    // Held by a gate that could not judge the bake: judged until it answers.
+    if let Some(rollout) = status.rollout.as_mut() {
+        rollout.gate_inconclusive = Some("connection refused".into());
+    }
+    assert_eq!(baking(Some(&status)).as_deref(), Some("b"));
 }

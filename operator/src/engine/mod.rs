@@ -42,6 +42,8 @@
 //!   wave is done when every node of it is done or failed (failures within `maxFailures`)
 //!   and `bake` has passed since the last of them settled (`bakeStartedAt`), with a passing
 //!   Prometheus verdict when the policy has a gate; only then does the next wave start.
+//!   A gate that cannot judge the bake (inconclusive) holds the wave: phase Paused,
+//!   `gateInconclusive` set, nothing blamed, until the gate answers pass or fail.
 //! - **Failures.** Counted per wave among the nodes it was handed: a failed apply (the
 //!   agent's reason, e.g. TransitionStalled, NewTaint, KernelWarning), CrashSuspected, and,
 //!   with `health.nodeReady`, a node that applied and then went NotReady. A failed gate fails

@@ -196,6 +196,8 @@ pub(crate) fn run(step: &Step<'_>, facts: &mut [NodeFacts<'_>]) -> Outcome {
         return out;
     };
     r.waves = waves;
+    // Set again below while the gate still cannot judge the bake.
+    r.gate_inconclusive = None;
     r.wave = r.wave.clamp(1, waves);
     out.last_wave = out.last_wave.max(r.wave_offset.saturating_add(waves));
     // Kernel builds that joined the fleet during the rollout join it too, with the nodes
@@ -343,6 +345,7 @@ pub(crate) fn run(step: &Step<'_>, facts: &mut [NodeFacts<'_>]) -> Outcome {
             if step.now < end || gate_pending {
                 out.phase = PolicyPhase::Baking;
                 if let Some(GateVerdict::Inconclusive(why)) = step.gate {
+                    r.gate_inconclusive = Some(why.clone());
                     out.phase = PolicyPhase::Paused;
                     out.note = Some(format!(
                         "wave {wave} holds: the Prometheus health gate cannot be evaluated \
