@@ -98,6 +98,17 @@ impl Metrics {
             drift.with_label_values(&[kind.as_str()]).set(0);
             drift_found.with_label_values(&[kind.as_str()]);
         }
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "kpersist_agent_build_info",
+                "Always 1; the agent's version in the label.",
+            ),
+            &["version"],
+        )?;
+        registry.register(Box::new(build_info.clone()))?;
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
         Ok(Metrics {
             registry,
             apply_duration,
@@ -245,6 +256,11 @@ mod tests {
             r#"kpersist_agent_drift{kind="PatchReplaced"} 0"#,
             r#"kpersist_agent_drift_found_total{kind="PatchDisabled"} 1"#,
             r#"kpersist_agent_drift_found_total{kind="ForeignPatchAppeared"} 0"#,
+            concat!(
+                r#"kpersist_agent_build_info{version=""#,
+                env!("CARGO_PKG_VERSION"),
+                r#""} 1"#
+            ),
         ] {
             assert!(text.contains(line), "{line} in {text}");
         }

@@ -2,12 +2,13 @@
 //! as they like. Every series carrying a `policy` label is removed when the policy goes, so
 //! a cluster that churns policies does not grow the exposition forever.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use kpersist_crds::{LivePatchPolicyStatus, NodeCounts, PolicyPhase};
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Every phase a policy can be in, so the phase gauge always carries a 0 or 1 for each.
@@ -26,11 +27,13 @@ const PHASES: [PolicyPhase; 7] = [
 pub struct Metrics {
     registry: Registry,
     nodes: IntGaugeVec,
+    node_errors: IntGaugeVec,
     rollout_wave: IntGaugeVec,
     rollout_phase: IntGaugeVec,
     rollouts: IntCounterVec,
     reverts: IntCounterVec,
     repository_polls: IntCounterVec,
+    repository_verified: GaugeVec,
     reconcile_duration: Histogram,
     reconcile_errors: IntCounterVec,
     leader: IntGauge,
@@ -68,6 +71,15 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let r = &registry;
+        let build_info = gauge_vec(
+            "kpersist_build_info",
+            "Always 1; the operator's version in the label.",
+            &["version"],
+        );
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        registered(r, build_info);
         let reconcile_duration = Histogram::with_opts(
             HistogramOpts::new(
                 "kpersist_reconcile_duration_seconds",
@@ -90,6 +102,15 @@ impl Metrics {
                     "kpersist_nodes",
                     "Selected nodes per policy and state (patched, applying, pending, ...).",
                     &["policy", "state"],
+                ),
+            ),
+            node_errors: registered(
+                r,
+                gauge_vec(
+                    "kpersist_node_errors",
+                    "Selected nodes whose LivePatchNode reports a failure, by reason (the API's \
+                     NodeErrorReason); the node's next success clears it.",
+                    &["policy", "reason"],
                 ),
             ),
             rollout_wave: registered(
@@ -132,6 +153,18 @@ impl Metrics {
                     &["policy", "result"],
                 ),
             ),
+            repository_verified: registered(
+                r,
+                GaugeVec::new(
+                    Opts::new(
+                        "kpersist_repository_last_verified_timestamp_seconds",
+                        "When the policy's repository index was last fetched and verified \
+                         (Unix time); time() minus this is the age of what the policy knows.",
+                    ),
+                    &["policy"],
+                )
+                .expect("valid metric definition"),
+            ),
             reconcile_errors: registered(
                 r,
                 counter_vec(
@@ -161,6 +194,14 @@ impl Metrics {
         self.repository_polls
             .with_label_values(&[policy, result])
             .inc();
+    }
+
+    /// Records when the policy's repository index was last fetched and verified.
+    pub fn repository_verified(&self, policy: &str, at: jiff::Timestamp) {
+        let seconds = at.as_millisecond() as f64 / 1000.0;
+        self.repository_verified
+            .with_label_values(&[policy])
+            .set(seconds);
     }
 
     /// Counts a finished rollout.
@@ -204,6 +245,38 @@ impl Metrics {
         }
     }
 
+    /// Sets the policy's nodes per failure reason; a reason no node reports any more has no
+    /// series, so the exposition holds only the reasons seen now.
+    pub fn record_node_errors(&self, policy: &str, counts: &BTreeMap<String, i64>) {
+        for reason in self.node_error_reasons(policy) {
+            if !counts.contains_key(&reason) {
+                let _ = self.node_errors.remove_label_values(&[policy, &reason]);
+            }
+        }
+        for (reason, count) in counts {
+            self.node_errors
+                .with_label_values(&[policy, reason])
+                .set(*count);
+        }
+    }
+
+    /// The reasons the policy's `kpersist_node_errors` has series for.
+    fn node_error_reasons(&self, policy: &str) -> Vec<String> {
+        let families = prometheus::core::Collector::collect(&self.node_errors);
+        let label = |m: &prometheus::proto::Metric, name: &str| {
+            m.get_label()
+                .iter()
+                .find(|l| l.name() == name)
+                .map(|l| l.value().to_string())
+        };
+        families
+            .iter()
+            .flat_map(|f| f.get_metric())
+            .filter(|m| label(m, "policy").as_deref() == Some(policy))
+            .filter_map(|m| label(m, "reason"))
+            .collect()
+    }
+
     /// Drops the gauges of a deleted policy. Its counters stay for the process's life:
     /// they are totals, and Prometheus handles their disappearance on restart anyway.
     pub fn forget_policy(&self, policy: &str) {
@@ -211,6 +284,8 @@ impl Metrics {
             let _ = self.nodes.remove_label_values(&[policy, state]);
         }
         let _ = self.rollout_wave.remove_label_values(&[policy]);
+        self.record_node_errors(policy, &BTreeMap::new());
+        let _ = self.repository_verified.remove_label_values(&[policy]);
         for phase in PHASES {
             let _ = self
                 .rollout_phase
@@ -355,6 +430,35 @@ mod tests {
     }
 
     #[test]
+    fn node_errors_hold_only_the_reasons_seen_now() {
+        let metrics = Metrics::new();
+        let counts = |pairs: &[(&str, i64)]| -> BTreeMap<String, i64> {
+            pairs.iter().map(|(r, n)| (r.to_string(), *n)).collect()
+        };
+        metrics.record_node_errors(
+            "web",
+            &counts(&[("TransitionStalled", 2), ("DownloadFailed", 1)]),
+        );
+        metrics.record_node_errors("db", &counts(&[("DownloadFailed", 3)]));
+        metrics.record_node_errors("web", &counts(&[("DownloadFailed", 1)]));
+        let text = metrics.render();
+        assert!(
+            text.contains(r#"kpersist_node_errors{policy="web",reason="DownloadFailed"} 1"#),
+            "{text}"
+        );
+        assert!(
+            !text.contains("TransitionStalled"),
+            "a cleared reason lingers: {text}"
+        );
+        assert!(
+            text.contains(r#"kpersist_node_errors{policy="db",reason="DownloadFailed"} 3"#),
+            "{text}"
+        );
+        metrics.forget_policy("db");
+        assert!(!metrics.render().contains(r#"policy="db",reason"#));
+    }
+
+    #[test]
     fn counters_and_leader_gauge_render() {
         let metrics = Metrics::new();
         metrics.repository_polled("web", "not_modified");
@@ -369,6 +473,18 @@ mod tests {
         );
         assert!(text.contains(r#"kpersist_reconcile_errors_total{reason="kube"} 1"#));
         assert!(text.contains("kpersist_leader 1"));
+        assert!(text.contains(&format!(
+            r#"kpersist_build_info{{version="{}"}} 1"#,
+            env!("CARGO_PKG_VERSION")
+        )));
+        metrics.repository_verified("web", jiff::Timestamp::from_second(1_700_000_000).unwrap());
+        let text = metrics.render();
+        assert!(
+            text.contains(
+                r#"kpersist_repository_last_verified_timestamp_seconds{policy="web"} 1700000000"#
+            ),
+            "{text}"
+        );
         assert!(text.contains("kpersist_reconcile_duration_seconds_count 1"));
     }
 }

@@ -592,10 +592,10 @@ fn a_failing_gate_while_a_proven_release_catches_up_a_joiner_pauses_and_takes_no
         "nothing is taken back"
     );
     let status = sim.policy.status.as_ref().unwrap();
-    let ready = condition(status, "Progressing");
+    let progressing = condition(status, "Progressing");
     assert!(
-        ready.message.contains("proven by an earlier rollout"),
+        progressing.message.contains("proven by an earlier rollout"),
         "{}",
-        ready.message
+        progressing.message
     );
 }

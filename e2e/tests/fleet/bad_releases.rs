@@ -2,22 +2,16 @@
 //! created again (as a GitOps tool replaces it), and rolled out again only when a person
 //! lists it in `spec.rollout.retryReleases`.
 
-use std::time::Duration;
-
 use kpersist_crds::{LivePatchPolicy, PolicyPhase};
 use kpersist_e2e::controlplane::Identity;
 use kpersist_e2e::sim_fleet::SimFleet;
-use kpersist_e2e::wait::{Check, wait_until};
 use kube::Api;
 use kube::api::DeleteParams;
 
 use crate::support::{
-    K1, ROLLOUT, fail, fleet_on_v1, id, k1_nodes, publish_k1_v2, serial, three_waves, wait_applied,
-    wait_policy_status,
+    FEW_POLLS, K1, fail, fleet_on_v1, id, k1_nodes, publish_k1_v2, serial, three_waves,
+    wait_applied, wait_policy_gone, wait_policy_status,
 };
-
-/// A few polls of the repository (policies check it every 2 s).
-const FEW_POLLS: Duration = Duration::from_secs(7);
 
 #[tokio::test]
 async fn a_bad_release_outlives_its_policy_until_a_person_retries_it() {
@@ -51,17 +45,7 @@ async fn a_bad_release_outlives_its_policy_until_a_person_retries_it() {
         .delete("fleet", &DeleteParams::default())
         .await
         .expect("delete the policy");
-    let gone = wait_until("the policy to be gone", ROLLOUT, || {
-        let policies = policies.clone();
-        async move {
-            Ok(match policies.get_opt("fleet").await? {
-                None => Check::Done(()),
-                Some(_) => Check::NotYet("still there".into()),
-            })
-        }
-    })
-    .await;
-    gone.unwrap_or_else(|e| fail(&mut fleet, e));
+    wait_policy_gone(&mut fleet).await;
     let asked = fleet.watch.ever_desired(&v2);
     let policy = fleet.policy("fleet", three_waves("1s"), 1);
     fleet.create_policy(&policy).await.expect("create it again");

@@ -9,12 +9,9 @@ use kpersist_e2e::sim_fleet::SimFleet;
 use kpersist_e2e::wait::Check;
 
 use crate::support::{
-    K1, ROLLOUT, assert_max_in_flight, assert_never_desired, condition, describe, describe_policy,
-    fail, fleet_on_v1, id, publish_k1_v2, serial, standard_nodes, wait_applied,
+    FEW_POLLS, K1, ROLLOUT, assert_max_in_flight, assert_never_desired, condition, describe,
+    describe_policy, fail, fleet_on_v1, id, publish_k1_v2, serial, standard_nodes, wait_applied,
 };
-
-/// A few polls of the repository (policies check it every 2 s).
-const FEW_POLLS: Duration = Duration::from_secs(7);
 
 #[tokio::test]
 async fn a_release_stalling_on_the_canary_is_reverted_and_never_offered_again() {

@@ -12,7 +12,7 @@ use kube::api::{DeleteParams, ListParams};
 use crate::node_life_checks::{asked, reverts_seen, wait_error};
 use crate::support::{
     K1, ROLLOUT, describe, fail, fleet_on_v1, id, k1_nodes, publish_k1_v2, serial, three_waves,
-    wait_applied, wait_policy_status,
+    wait_applied, wait_policy_gone, wait_policy_status,
 };
 
 /// The first `n` nodes asked to apply `release`, in order, once that many have been.
@@ -171,17 +171,7 @@ async fn a_policy_deleted_while_rolling_back_finishes_its_reverts_first() {
         "{canary}'s agent finished the revert before it was cleared"
     );
     assert_eq!(reverts_seen(&fleet), vec![canary.clone()]);
-    let gone = wait_until("the policy to be gone", ROLLOUT, || {
-        let policies = policies.clone();
-        async move {
-            Ok(match policies.get_opt("fleet").await? {
-                None => Check::Done(()),
-                Some(p) => Check::NotYet(format!("{:?}", p.metadata.finalizers)),
-            })
-        }
-    })
-    .await;
-    gone.unwrap_or_else(|e| fail(&mut fleet, e));
+    wait_policy_gone(&mut fleet).await;
 }
 
 /// Waits for an Event with `reason`; returns its note.

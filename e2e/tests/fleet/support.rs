@@ -272,6 +272,28 @@ pub fn assert_max_in_flight(fleet: &SimFleet, limit: u32) {
     );
 }
 
+/// A few polls of the repository (policies check it every 2 s).
+pub const FEW_POLLS: std::time::Duration = std::time::Duration::from_secs(7);
+
+/// Waits until policy `fleet` is gone (its finalizer done); fails the test with the
+/// finalizers still on it otherwise.
+pub async fn wait_policy_gone(fleet: &mut SimFleet) {
+    let policies: kube::Api<LivePatchPolicy> = kube::Api::all(fleet.cluster.admin.clone());
+    let gone = kpersist_e2e::wait::wait_until("the policy to be gone", ROLLOUT, || {
+        let policies = policies.clone();
+        async move {
+            Ok(match policies.get_opt("fleet").await? {
+                None => Check::Done(()),
+                Some(p) => Check::NotYet(format!("finalizers {:?}", p.metadata.finalizers)),
+            })
+        }
+    })
+    .await;
+    if let Err(e) = gone {
+        fail(fleet, e)
+    }
+}
+
 /// Waits until `holds` is true of policy `fleet`'s status; fails the test with the last
 /// status seen otherwise.
 pub async fn wait_policy_status(

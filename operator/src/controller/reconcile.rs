@@ -90,6 +90,9 @@ async fn apply(policy: Arc<LivePatchPolicy>, ctx: Arc<Context>) -> Result<Action
         if let Some(outcome) = &repo.outcome {
             ctx.metrics.repository_polled(&name, outcome.metric_label());
         }
+        if let Some(at) = repo.verified_at {
+            ctx.metrics.repository_verified(&name, at);
+        }
     }
     let view = repo.view.clone();
     let condition = repo.condition();
@@ -164,6 +167,8 @@ async fn apply(policy: Arc<LivePatchPolicy>, ctx: Arc<Context>) -> Result<Action
     }
     // The status first: it creates the policy's counters at 0 before any event counts.
     ctx.metrics.record_status(&name, &new_status);
+    ctx.metrics
+        .record_node_errors(&name, &status::node_errors(&views));
     status::count_events(&ctx.metrics, &name, &decision.events);
 
     let wait = status::requeue_after(decision.requeue_after, next_poll, next_gate);

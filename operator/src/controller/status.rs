@@ -2,11 +2,12 @@
 //! condition and `lastRepositoryCheck` merged into the status, the next wake-up, and the
 //! metrics the rollout events move. No client required.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use kpersist_crds::{LivePatchPolicyStatus, PolicyCondition, PolicyPhase};
 
-use crate::engine::RolloutEvent;
+use crate::engine::{NodeView, RolloutEvent};
 use crate::metrics::{Metrics, ROLLOUT_COMPLETE, ROLLOUT_FAILED};
 
 /// How often a policy is looked at when nothing asks sooner, so a lost watch event or a
@@ -77,6 +78,19 @@ pub fn count_events(metrics: &Metrics, policy: &str, events: &[RolloutEvent]) {
             _ => {}
         }
     }
+}
+
+/// The nodes among `views` whose LivePatchNode reports a failure, counted by reason (the
+/// API's spelling).
+pub fn node_errors(views: &[NodeView]) -> BTreeMap<String, i64> {
+    let mut counts = BTreeMap::new();
+    let reasons = views
+        .iter()
+        .filter_map(|v| v.lpn.as_ref()?.status.as_ref()?.last_error.as_ref());
+    for error in reasons {
+        *counts.entry(format!("{:?}", error.reason)).or_insert(0) += 1;
+    }
+    counts
 }
 
 /// Whether the status says a bake is running, so the Prometheus gate must be evaluated:

@@ -135,3 +135,40 @@ fn a_bake_is_named_by_its_start() {
     }
     assert_eq!(baking(Some(&status)).as_deref(), Some("b"));
 }
+
+#[test]
+fn node_errors_are_counted_by_reason() {
+    use kpersist_crds::{LivePatchNode, LivePatchNodeStatus, NodeError, NodeErrorReason};
+    let view = |name: &str, reason: Option<NodeErrorReason>| {
+        let mut lpn = LivePatchNode::new(name, Default::default());
+        lpn.status = Some(LivePatchNodeStatus {
+            last_error: reason.map(|reason| NodeError {
+                reason,
+                message: String::new(),
+                release: None,
+                at: None,
+            }),
+            ..LivePatchNodeStatus::default()
+        });
+        NodeView {
+            name: name.into(),
+            ready: true,
+            not_ready_since: None,
+            leaving: false,
+            kernel_release: None,
+            build_id: None,
+            lpn: Some(std::sync::Arc::new(lpn)),
+            other_policies: Vec::new(),
+        }
+    };
+    let views = [
+        view("a", Some(NodeErrorReason::DownloadFailed)),
+        view("b", Some(NodeErrorReason::DownloadFailed)),
+        view("c", Some(NodeErrorReason::TransitionStalled)),
+        view("d", None),
+    ];
+    let counts = node_errors(&views);
+    assert_eq!(counts.get("DownloadFailed"), Some(&2));
+    assert_eq!(counts.get("TransitionStalled"), Some(&1));
+    assert_eq!(counts.len(), 2);
+}
