@@ -15,10 +15,10 @@ pub use node::{
     PatchTimings, RepositoryAccess,
 };
 pub use policy::{
-    BadRelease, ComparisonOperator, FailurePolicy, HealthSpec, KernelTarget, LateFailure,
-    LivePatchPolicy, LivePatchPolicySpec, LivePatchPolicyStatus, MaintenanceWindow, NodeCounts,
-    PlannedWave, PolicyCondition, PolicyPhase, PrometheusGate, RepositorySpec, RetriedRelease,
-    RolloutProgress, RolloutSpec, SecretKeysRef, Wave, Weekday,
+    BadRelease, ComparisonOperator, FailurePolicy, GateHeader, HealthSpec, KernelTarget,
+    LateFailure, LivePatchPolicy, LivePatchPolicySpec, LivePatchPolicyStatus, MaintenanceWindow,
+    NodeCounts, PlannedWave, PolicyCondition, PolicyPhase, PrometheusGate, RepositorySpec,
+    RetriedRelease, RolloutProgress, RolloutSpec, SecretKeyRef, SecretKeysRef, Wave, Weekday,
 };
 pub use release::PatchRelease;
 

@@ -324,6 +324,46 @@ pub struct PrometheusGate {
     #[serde(default = "default_gate_interval")]
     #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d))+$"))]
     pub interval: String,
+    /// How long one query may take; a slower answer counts as a failed query.
+    #[serde(default = "default_gate_timeout")]
+    #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d))+$"))]
+    pub timeout: String,
+    /// PEM bundle of certificate authorities trusted for an https Prometheus, in addition
+    /// to the system ones. Certificate verification is never turned off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle: Option<String>,
+    /// HTTP headers sent with each query: `X-Scope-OrgID` for a Mimir, Cortex or Thanos
+    /// tenant, `Authorization` for a token (from a Secret).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<GateHeader>,
+}
+
+/// An HTTP header the Prometheus gate sends: `value` inline, or `valueFrom` a Secret.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GateHeader {
+    /// The header's name, e.g. `X-Scope-OrgID` or `Authorization`.
+    #[schemars(regex(pattern = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"))]
+    pub name: String,
+    /// The value, when it is not secret (a tenant id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// The value from a key of a Secret (a bearer token, basic credentials). The operator
+    /// reads only Secrets the chart value `operator.gateSecrets` lists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_from: Option<SecretKeyRef>,
+}
+
+/// One key of a Secret.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// Namespace of the Secret.
+    pub namespace: String,
+    /// Name of the Secret.
+    pub name: String,
+    /// The key whose value is used.
+    pub key: String,
 }
 
 /// A comparison for the Prometheus gate.
@@ -663,6 +703,9 @@ fn default_transition_timeout() -> String {
 }
 fn default_gate_interval() -> String {
     "30s".to_string()
+}
+fn default_gate_timeout() -> String {
+    "10s".to_string()
 }
 fn default_late_failure_policy() -> FailurePolicy {
     FailurePolicy::Pause

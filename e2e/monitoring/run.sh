@@ -49,12 +49,41 @@ RULE=$WORK/prometheusrule.yaml
 	--set metrics.prometheusRule.enabled=true --show-only templates/prometheusrule.yaml >"$RULE" ||
 	fail render "helm template of the PrometheusRule failed (output above)"
 echo "MONITORING-E2E: render: ok ($(grep -c -- '- alert:' "$RULE") alerts)"
+# The operator's RBAC with a Secret for the gate's Authorization header listed.
+RBAC=$WORK/gate-rbac.yaml
+"$TOOLS/helm" template kpersist "$ROOT/helm/kpersist" -n kpersist \
+	--set-json 'operator.gateSecrets=[{"namespace":"kpersist","name":"kpersist-gate"}]' \
+	--show-only templates/operator/rbac.yaml >"$RBAC" ||
+	fail render "helm template of the operator's RBAC with operator.gateSecrets failed (output above)"
+
+say "TLS and basic auth for the secured Prometheus"
+SECURED=$WORK/secured
+mkdir -p "$SECURED"
+(
+	cd "$SECURED"
+	openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=kpersist-monitoring-ca" \
+		-keyout ca.key -out ca.crt 2>/dev/null
+	openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" -keyout server.key -out server.csr 2>/dev/null
+	printf 'subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' >server.ext
+	openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 \
+		-extfile server.ext -out server.crt 2>/dev/null
+	password=$(openssl rand -hex 12)
+	echo "$password" >password
+	# Prometheus keeps bcrypt hashes of its users' passwords.
+	hash=$(python3 -W ignore -c 'import crypt, sys; print(crypt.crypt(sys.argv[1], crypt.mksalt(crypt.METHOD_BLOWFISH)))' "$password")
+	printf 'tls_server_config:\n  cert_file: %s\n  key_file: %s\nbasic_auth_users:\n  kpersist: %s\n' \
+		"$SECURED/server.crt" "$SECURED/server.key" "'$hash'" >web.yml
+	printf 'Basic %s\n' "$(printf 'kpersist:%s' "$password" | base64 -w0)" >authorization
+	printf 'Basic %s\n' "$(printf 'kpersist:wrong-%s' "$password" | base64 -w0)" >authorization-wrong
+) || fail secured "making the CA, certificate and password failed"
+promtool check web-config "$SECURED/web.yml" >/dev/null || fail secured "promtool refused $SECURED/web.yml"
+echo "MONITORING-E2E: secured: ok (a CA, a certificate for 127.0.0.1, a bcrypt-hashed user)"
 
 say "running the harness (cargo test -p kpersist-e2e --test monitoring)"
 "$ROOT/e2e/controlplane/build.sh" || fail apiserver "e2e/controlplane/build.sh failed (output above)"
 cd "$ROOT"
 cargo clippy -p kpersist-e2e --test monitoring -- -D warnings || fail harness "clippy refused the harness (output above)"
-if KPERSIST_MONITORING_RULE=$RULE cargo test -p kpersist-e2e --test monitoring -- --nocapture 2>&1 |
+if KPERSIST_MONITORING_RULE=$RULE KPERSIST_MONITORING_RBAC=$RBAC KPERSIST_MONITORING_SECURED=$SECURED cargo test -p kpersist-e2e --test monitoring -- --nocapture 2>&1 |
 	tee "$WORK/harness.log" | grep --line-buffered -E '^(MONITORING-E2E|monitoring)'; then
 	:
 fi

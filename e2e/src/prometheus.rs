@@ -26,17 +26,36 @@ pub struct Job {
     pub targets: BTreeMap<String, BTreeMap<String, String>>,
 }
 
+/// How a Prometheus behind TLS and basic auth is reached: its `--web.config.file`, the CA
+/// that signed its certificate (for `127.0.0.1`), and a user it knows.
+#[derive(Clone, Debug)]
+pub struct Access {
+    /// The web configuration file (`tls_server_config`, `basic_auth_users`).
+    pub web_config: PathBuf,
+    /// The CA certificate, PEM.
+    pub ca_pem: String,
+    /// User name and password.
+    pub user: (String, String),
+}
+
 /// A running Prometheus.
 pub struct Prometheus {
     addr: String,
     process: Process,
     client: reqwest::Client,
+    access: Option<Access>,
 }
 
 impl Prometheus {
     /// Starts Prometheus in `dir` (created) scraping `jobs` every second and evaluating
     /// `rule_files` every second; returns once it is ready.
-    pub async fn start(dir: &Path, jobs: &[Job], rule_files: &[PathBuf]) -> Result<Prometheus> {
+    /// With `access`, it serves https with basic auth only.
+    pub async fn start(
+        dir: &Path,
+        jobs: &[Job],
+        rule_files: &[PathBuf],
+        access: Option<Access>,
+    ) -> Result<Prometheus> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let mut scrape_configs = Vec::new();
         for job in jobs {
@@ -65,12 +84,28 @@ impl Prometheus {
         let config_file = dir.join("prometheus.yml");
         write_json(&config_file, &config)?;
         let addr = format!("127.0.0.1:{}", free_port()?);
-        let args = vec![
+        let mut args = vec![
             format!("--config.file={}", config_file.display()),
             format!("--storage.tsdb.path={}", dir.join("data").display()),
             format!("--web.listen-address={addr}"),
             "--log.level=warn".to_string(),
         ];
+        let mut client = reqwest::Client::builder();
+        if let Some(access) = &access {
+            args.push(format!("--web.config.file={}", access.web_config.display()));
+            let ca = reqwest::Certificate::from_pem(access.ca_pem.as_bytes()).map_err(|e| {
+                Error::Malformed {
+                    path: access.web_config.clone(),
+                    problem: format!("the CA certificate: {e}"),
+                }
+            })?;
+            client = client.add_root_certificate(ca);
+        }
+        let client = client.build().map_err(|e| Error::Command {
+            command: "an HTTP client for Prometheus".into(),
+            status: "failed".into(),
+            detail: e.to_string(),
+        })?;
         let process = Process::spawn(
             "prometheus",
             Path::new("prometheus"),
@@ -81,7 +116,8 @@ impl Prometheus {
         let prometheus = Prometheus {
             addr,
             process,
-            client: reqwest::Client::new(),
+            client,
+            access,
         };
         prometheus.wait_ready().await?;
         Ok(prometheus)
@@ -89,7 +125,24 @@ impl Prometheus {
 
     /// The base URL of its HTTP API, as a policy's gate names it.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.access.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// A GET of `url` with the credentials Prometheus asks for, if any.
+    fn request(&self, url: reqwest::Url) -> reqwest::RequestBuilder {
+        let request = self.client.get(url);
+        match &self.access {
+            Some(Access {
+                user: (user, password),
+                ..
+            }) => request.basic_auth(user, Some(password)),
+            None => request,
+        }
     }
 
     /// Kills it, as a crash or a lost network would take it away.
@@ -104,9 +157,15 @@ impl Prometheus {
     }
 
     async fn wait_ready(&self) -> Result<()> {
-        let url = format!("{}/-/ready", self.url());
+        let url = reqwest::Url::parse(&format!("{}/-/ready", self.url())).map_err(|e| {
+            Error::Command {
+                command: "prometheus".into(),
+                status: "no URL".into(),
+                detail: e.to_string(),
+            }
+        })?;
         let ready = wait_until("Prometheus to be ready", READY, || {
-            let request = self.client.get(&url).send();
+            let request = self.request(url.clone()).send();
             async move {
                 Ok(match request.await {
                     Ok(answer) if answer.status().is_success() => Check::Done(()),
@@ -184,8 +243,7 @@ impl Prometheus {
         let url =
             reqwest::Url::parse_with_params(&base, params).map_err(|e| failed(e.to_string()))?;
         let answer = self
-            .client
-            .get(url)
+            .request(url)
             .send()
             .await
             .map_err(|e| failed(e.to_string()))?;

@@ -111,7 +111,6 @@ pub fn context_leading(
         lpns: store_of(lpns),
         repositories: Default::default(),
         gates: Default::default(),
-        http: reqwest::Client::new(),
         metrics: crate::metrics::Metrics::new(),
         leading,
         namespace: "kpersist".into(),

@@ -6,10 +6,16 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kpersist_crds::PrometheusGate;
+use k8s_openapi::api::core::v1::Secret;
+use kpersist_crds::{PrometheusGate, SecretKeyRef, parse_duration};
 use serde::Deserialize;
 
 use crate::engine::GateVerdict;
+use crate::repository::fetch::{USER_AGENT, error_chain, trust_ca_bundle};
+use crate::secrets;
+
+/// The query timeout when `timeout` cannot be parsed (the API default).
+const FALLBACK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Consecutive query errors after which the gate is reported inconclusive (the wave holds,
 /// phase Paused) rather than still pending; one error alone is taken as a blip.
@@ -125,17 +131,100 @@ fn series_name(metric: &HashMap<String, String>) -> String {
     format!("{{{}}}", labels.join(","))
 }
 
-/// Runs the gate's query once. Network required.
+/// Evaluates the gate once: its headers (Secret values read), its client (CA bundle), its
+/// query. Client and network required.
+pub async fn evaluate(kube: &kube::Client, gate: &PrometheusGate) -> Result<GateVerdict, String> {
+    let headers = headers(kube, gate).await?;
+    let client = client_for(gate)?;
+    query(&client, gate, &headers).await
+}
+
+/// The HTTP client for the gate's Prometheus: its CA bundle trusted besides the system's,
+/// plain http refused for an https URL, no redirects followed.
+pub fn client_for(gate: &PrometheusGate) -> Result<reqwest::Client, String> {
+    let builder = reqwest::Client::builder()
+        .user_agent(USER_AGENT)
+        .redirect(reqwest::redirect::Policy::none())
+        .https_only(gate.url.starts_with("https://"));
+    let builder = trust_ca_bundle(builder, gate.ca_bundle.as_deref()).map_err(|e| {
+        format!(
+            "health.prometheus.caBundle is not a PEM certificate bundle ({e}); paste the CA \
+             certificates in PEM form"
+        )
+    })?;
+    builder
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client for {}: {e}", gate.url))
+}
+
+/// The gate's headers, each with its value, a Secret's read with `kube`.
+async fn headers(
+    kube: &kube::Client,
+    gate: &PrometheusGate,
+) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    for (i, header) in gate.headers.iter().enumerate() {
+        let field = format!("health.prometheus.headers[{i}]");
+        let value = match (&header.value, &header.value_from) {
+            (Some(value), None) => value.clone(),
+            (None, Some(from)) => {
+                let field = format!("{field}.valueFrom");
+                let secret =
+                    secrets::read(kube, &from.namespace, &from.name, &field, GATE_SECRETS).await?;
+                secret_value(&secret, from, &field)?
+            }
+            _ => {
+                return Err(format!(
+                    "{field} ({}) needs exactly one of value and valueFrom",
+                    header.name
+                ));
+            }
+        };
+        out.push((header.name.clone(), value));
+    }
+    Ok(out)
+}
+
+/// The chart value listing the Secrets gate headers may come from.
+const GATE_SECRETS: &str = "operator.gateSecrets";
+
+/// The text of `from.key` in `secret`, without surrounding white space (a token written
+/// from a file often ends in a newline). No client required.
+pub fn secret_value(secret: &Secret, from: &SecretKeyRef, field: &str) -> Result<String, String> {
+    let (namespace, name, key) = (&from.namespace, &from.name, &from.key);
+    let bytes = secret
+        .data
+        .as_ref()
+        .and_then(|data| data.get(key))
+        .ok_or_else(|| format!("Secret {namespace}/{name} ({field}) has no key {key:?}"))?;
+    let text = std::str::from_utf8(&bytes.0)
+        .map_err(|_| format!("Secret {namespace}/{name} key {key} ({field}) is not UTF-8 text"))?;
+    Ok(text.trim().to_string())
+}
+
+/// Runs the gate's query once with `headers`, within the gate's `timeout`. Network
+/// required.
 #[tracing::instrument(skip_all, fields(url = %gate.url))]
-pub async fn query(client: &reqwest::Client, gate: &PrometheusGate) -> Result<GateVerdict, String> {
+pub async fn query(
+    client: &reqwest::Client,
+    gate: &PrometheusGate,
+    headers: &[(String, String)],
+) -> Result<GateVerdict, String> {
     let base = format!("{}/api/v1/query", gate.url.trim_end_matches('/'));
     let url = reqwest::Url::parse_with_params(&base, &[("query", gate.query.as_str())])
         .map_err(|e| format!("health.prometheus.url {:?} is not a URL: {e}", gate.url))?;
-    let response = client
-        .get(url.clone())
-        .send()
-        .await
-        .map_err(|e| format!("GET {url} failed: {e}"))?;
+    let timeout = parse_duration(&gate.timeout).unwrap_or(FALLBACK_TIMEOUT);
+    let mut request = client.get(url.clone()).timeout(timeout);
+    for (name, value) in headers {
+        request = request.header(name.as_str(), value.as_str());
+    }
+    let response = request.send().await.map_err(|e| {
+        if e.is_timeout() {
+            format!("GET {url} did not answer within {timeout:?} (health.prometheus.timeout)")
+        } else {
+            format!("GET {url} failed: {}", error_chain(&e))
+        }
+    })?;
     let status = response.status();
     let body = response
         .bytes()

@@ -11,6 +11,9 @@ fn gate(operator: ComparisonOperator, threshold: f64, fail_on_empty: bool) -> Pr
         threshold,
         fail_on_empty,
         interval: "30s".into(),
+        timeout: "10s".into(),
+        ca_bundle: None,
+        headers: Vec::new(),
     }
 }
 
@@ -161,23 +164,34 @@ fn due_after_the_interval() {
     assert!(state.due(t2, Duration::from_secs(30)));
 }
 
-/// A Prometheus stand-in on 127.0.0.1 answering every query with `body`; returns its URL
-/// and the query strings it received.
-async fn fake_prometheus(body: serde_json::Value) -> (String, Arc<Mutex<Vec<String>>>) {
+/// A Prometheus stand-in on 127.0.0.1 answering every query with `body` after `delay`;
+/// returns its URL and, per query, its query string and its `X-Scope-OrgID` header.
+async fn fake_prometheus(
+    body: serde_json::Value,
+    delay: Duration,
+) -> (String, Arc<Mutex<Vec<(String, String)>>>) {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let log = seen.clone();
     let app = axum::Router::new().route(
         "/api/v1/query",
-        axum::routing::get(move |uri: axum::http::Uri| {
-            let body = body.clone();
-            let log = log.clone();
-            async move {
-                log.lock()
-                    .unwrap()
-                    .push(uri.query().unwrap_or_default().to_string());
-                body.to_string()
-            }
-        }),
+        axum::routing::get(
+            move |uri: axum::http::Uri, headers: axum::http::HeaderMap| {
+                let body = body.clone();
+                let log = log.clone();
+                async move {
+                    let org = headers
+                        .get("x-scope-orgid")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_string();
+                    log.lock()
+                        .unwrap()
+                        .push((uri.query().unwrap_or_default().to_string(), org));
+                    tokio::time::sleep(delay).await;
+                    body.to_string()
+                }
+            },
+        ),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -188,14 +202,19 @@ async fn fake_prometheus(body: serde_json::Value) -> (String, Arc<Mutex<Vec<Stri
 #[tokio::test]
 async fn queries_prometheus_over_http() {
     crate::install_crypto_provider();
-    let (url, seen) = fake_prometheus(json!({"status": "success", "data": {
-        "resultType": "vector",
-        "result": [{"metric": {"job": "web"}, "value": [1.0, "3"]}]
-    }}))
+    let (url, seen) = fake_prometheus(
+        json!({"status": "success", "data": {
+            "resultType": "vector",
+            "result": [{"metric": {"job": "web"}, "value": [1.0, "3"]}]
+        }}),
+        Duration::ZERO,
+    )
     .await;
     let mut g = gate(ComparisonOperator::LessThan, 1.0, false);
     g.url = url;
-    let verdict = query(&reqwest::Client::new(), &g).await.unwrap();
+    let client = client_for(&g).unwrap();
+    let headers = [("X-Scope-OrgID".to_string(), "tenant-a".to_string())];
+    let verdict = query(&client, &g, &headers).await.unwrap();
     assert!(
         matches!(verdict, GateVerdict::Fail(ref m) if m.contains("job")),
         "{verdict:?}"
@@ -203,8 +222,64 @@ async fn queries_prometheus_over_http() {
     let queries = seen.lock().unwrap().clone();
     assert_eq!(queries.len(), 1);
     assert!(
-        queries[0].starts_with("query=sum%28rate%28errors"),
+        queries[0].0.starts_with("query=sum%28rate%28errors"),
         "{queries:?}"
+    );
+    assert_eq!(queries[0].1, "tenant-a", "the header reaches Prometheus");
+}
+
+#[tokio::test]
+async fn a_slow_prometheus_is_an_error_after_the_timeout() {
+    crate::install_crypto_provider();
+    let answer = json!({"status": "success", "data": {"resultType": "vector", "result": []}});
+    let (url, _) = fake_prometheus(answer, Duration::from_secs(5)).await;
+    let mut g = gate(ComparisonOperator::LessThan, 1.0, false);
+    g.url = url;
+    g.timeout = "200ms".into();
+    let started = std::time::Instant::now();
+    let error = query(&client_for(&g).unwrap(), &g, &[]).await.unwrap_err();
+    assert!(error.contains("did not answer within"), "{error}");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "the timeout was not applied"
+    );
+}
+
+#[test]
+fn a_ca_bundle_that_is_not_pem_is_named() {
+    let mut g = gate(ComparisonOperator::LessThan, 1.0, false);
+    g.url = "https://prometheus:9090".into();
+    g.ca_bundle = Some("not a certificate".into());
+    let error = client_for(&g).unwrap_err();
+    assert!(error.contains("health.prometheus.caBundle"), "{error}");
+}
+
+#[test]
+fn a_secret_value_is_read_by_key_and_trimmed() {
+    use k8s_openapi::ByteString;
+    let from = SecretKeyRef {
+        namespace: "monitoring".into(),
+        name: "gate".into(),
+        key: "token".into(),
+    };
+    let secret = Secret {
+        data: Some(
+            [("token".to_string(), ByteString(b"Bearer abc\n".to_vec()))]
+                .into_iter()
+                .collect(),
+        ),
+        ..Secret::default()
+    };
+    let field = "health.prometheus.headers[0].valueFrom";
+    assert_eq!(secret_value(&secret, &from, field).unwrap(), "Bearer abc");
+    let other = SecretKeyRef {
+        key: "password".into(),
+        ..from
+    };
+    let error = secret_value(&secret, &other, field).unwrap_err();
+    assert!(
+        error.contains("monitoring/gate") && error.contains("password"),
+        "{error}"
     );
 }
 
@@ -216,6 +291,6 @@ async fn an_unreachable_prometheus_is_an_error_not_a_verdict() {
     drop(listener);
     let mut g = gate(ComparisonOperator::LessThan, 1.0, false);
     g.url = format!("http://{addr}");
-    let error = query(&reqwest::Client::new(), &g).await.unwrap_err();
+    let error = query(&client_for(&g).unwrap(), &g, &[]).await.unwrap_err();
     assert!(error.contains(&addr.to_string()), "{error}");
 }

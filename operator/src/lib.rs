@@ -13,6 +13,7 @@ pub mod gate;
 pub mod leader;
 pub mod metrics;
 pub mod repository;
+pub mod secrets;
 pub mod server;
 pub mod telemetry;
 

@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-use kpersist_crds::{HealthSpec, LivePatchPolicySpec, RepositorySpec, RolloutSpec, parse_duration};
+use kpersist_crds::{
+    GateHeader, HealthSpec, LivePatchPolicySpec, RepositorySpec, RolloutSpec, parse_duration,
+};
 use kpersist_kmod::repository::is_channel;
 use kpersist_kmod::signing::PublicKey;
 
@@ -226,6 +228,49 @@ fn check_health(health: &HealthSpec, errors: &mut Errors) {
             );
         }
         errors.duration("spec.health.prometheus.interval", &gate.interval, true);
+        errors.duration("spec.health.prometheus.timeout", &gate.timeout, true);
+        for (i, header) in gate.headers.iter().enumerate() {
+            check_gate_header(
+                &format!("spec.health.prometheus.headers[{i}]"),
+                header,
+                errors,
+            );
+        }
+    }
+}
+
+fn check_gate_header(path: &str, header: &GateHeader, errors: &mut Errors) {
+    let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+.^_`|~-".contains(c);
+    if header.name.is_empty() || !header.name.chars().all(token) {
+        errors.add(
+            format!("{path}.name"),
+            format!(
+                "{:?} is not an HTTP header name, e.g. X-Scope-OrgID",
+                header.name
+            ),
+        );
+    }
+    match (&header.value, &header.value_from) {
+        (Some(_), None) => {}
+        (None, Some(from)) => {
+            let parts = [
+                ("namespace", &from.namespace),
+                ("name", &from.name),
+                ("key", &from.key),
+            ];
+            for (part, value) in parts {
+                if value.is_empty() {
+                    errors.add(
+                        format!("{path}.valueFrom.{part}"),
+                        format!("give the Secret's {part}"),
+                    );
+                }
+            }
+        }
+        _ => errors.add(
+            path,
+            "give exactly one of value (inline) and valueFrom (a key of a Secret)",
+        ),
     }
 }
 

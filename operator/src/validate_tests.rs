@@ -179,6 +179,9 @@ fn urls_must_be_http_with_a_host() {
         threshold: f64::NAN,
         fail_on_empty: false,
         interval: "30s".into(),
+        timeout: "10s".into(),
+        ca_bundle: None,
+        headers: Vec::new(),
     });
     assert_eq!(
         paths(&spec),
@@ -187,6 +190,50 @@ fn urls_must_be_http_with_a_host() {
             "spec.health.prometheus.url",
             "spec.health.prometheus.query",
             "spec.health.prometheus.threshold"
+        ]
+    );
+}
+
+#[test]
+fn gate_headers_timeout_and_secret_references_are_checked() {
+    use kpersist_crds::{GateHeader, SecretKeyRef};
+    let mut spec = valid();
+    let header = |name: &str, value: Option<&str>, from: Option<SecretKeyRef>| GateHeader {
+        name: name.into(),
+        value: value.map(str::to_string),
+        value_from: from,
+    };
+    let from = |key: &str| SecretKeyRef {
+        namespace: "monitoring".into(),
+        name: "gate".into(),
+        key: key.into(),
+    };
+    spec.health.prometheus = Some(PrometheusGate {
+        url: "https://prometheus:9090".into(),
+        query: "up".into(),
+        operator: kpersist_crds::ComparisonOperator::GreaterThan,
+        threshold: 0.0,
+        fail_on_empty: false,
+        interval: "30s".into(),
+        timeout: "0s".into(),
+        ca_bundle: None,
+        headers: vec![
+            header("X-Scope-OrgID", Some("tenant-a"), None),
+            header("Authorization", None, Some(from("token"))),
+            header("Bad Name", Some("x"), None),
+            header("X-Both", Some("x"), Some(from("token"))),
+            header("X-Neither", None, None),
+            header("X-No-Key", None, Some(from(""))),
+        ],
+    });
+    assert_eq!(
+        paths(&spec),
+        vec![
+            "spec.health.prometheus.timeout",
+            "spec.health.prometheus.headers[2].name",
+            "spec.health.prometheus.headers[3]",
+            "spec.health.prometheus.headers[4]",
+            "spec.health.prometheus.headers[5].valueFrom.key",
         ]
     );
 }

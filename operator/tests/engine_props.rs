@@ -288,6 +288,9 @@ fn build(s: &Scenario) -> Sim {
             threshold: 1.0,
             fail_on_empty: false,
             interval: "1m".into(),
+            timeout: "10s".into(),
+            ca_bundle: None,
+            headers: Vec::new(),
         });
     }
     spec.repository.pinned_version = s.pinned;

@@ -476,6 +476,9 @@ fn an_inconclusive_gate_holds_the_wave_and_a_failing_one_fails_it() {
         threshold: 0.0,
         fail_on_empty: false,
         interval: "30s".into(),
+        timeout: "10s".into(),
+        ca_bundle: None,
+        headers: Vec::new(),
     });
     sim.step(30);
     sim.step(30);

@@ -9,10 +9,10 @@ use kpersist_e2e::wait::Check;
 use crate::suite::{KERNEL, Monitoring, POLICY};
 
 /// How long a rollout of the simulated fleet may take.
-const ROLLOUT: Duration = Duration::from_secs(180);
+pub const ROLLOUT: Duration = Duration::from_secs(180);
 
 /// The release id of `version`.
-fn release(version: u64) -> String {
+pub fn release(version: u64) -> String {
     format!("{}/v{version}", KERNEL.0)
 }
 
@@ -128,7 +128,7 @@ impl Monitoring {
     }
 
     /// Publishes `version` for the fleet's kernel.
-    fn publish(&self, version: u64) -> Result<(), String> {
+    pub(crate) fn publish(&self, version: u64) -> Result<(), String> {
         let cves = [format!("CVE-2026-2000{version}")];
         let cves: Vec<&str> = cves.iter().map(String::as_str).collect();
         self.sim
@@ -182,7 +182,7 @@ impl Monitoring {
     }
 
     /// Waits until every node runs `release`.
-    async fn wait_all_run(&self, release: &str) -> Result<(), String> {
+    pub(crate) async fn wait_all_run(&self, release: &str) -> Result<(), String> {
         let what = format!("every node to run {release}");
         self.wait_every_node(&what, |n| applied(n) == Some(release))
             .await
@@ -218,7 +218,7 @@ fn applied(node: &LivePatchNode) -> Option<&str> {
     status.applied.as_ref().map(|a| a.id.as_str())
 }
 
-fn phase(policy: &LivePatchPolicy) -> Option<PolicyPhase> {
+pub fn phase(policy: &LivePatchPolicy) -> Option<PolicyPhase> {
     policy.status.as_ref().and_then(|s| s.phase)
 }
 
@@ -228,7 +228,7 @@ fn bad_reason(policy: &LivePatchPolicy, release: &str) -> Option<String> {
     Some(bad.reason.clone())
 }
 
-fn ready_message(policy: &LivePatchPolicy) -> String {
+pub fn ready_message(policy: &LivePatchPolicy) -> String {
     policy
         .status
         .iter()

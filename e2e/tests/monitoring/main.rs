@@ -12,6 +12,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod gate;
+mod secured;
 mod shipped;
 mod suite;
 mod workload;
@@ -33,6 +34,9 @@ async fn a_real_prometheus_gates_waves_and_answers_every_shipped_query() {
     // A gate that cannot be evaluated holds the wave past its bake and blames nothing;
     // once Prometheus answers again the rollout completes.
     report("gate-inconclusive", suite.gate_inconclusive_holds(2).await);
+
+    // A Prometheus behind TLS and basic auth: the CA bundle, a header from a Secret.
+    report("gate-secured", suite.gate_through_tls_and_a_secret(3).await);
 
     report("promtool-metrics", suite.metrics_pass_promtool().await);
     report("rules-evaluate", suite.rules_evaluate().await);

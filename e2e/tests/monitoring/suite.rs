@@ -18,7 +18,7 @@ pub const KERNEL: (&str, &str) = ("6.1.0-56-amd64", "a1a1a1a1a1a1a1a1a1a1a1a1a1a
 /// The chart's scrape job names (release `kpersist`): `<fullname>-metrics`.
 pub const OPERATOR_JOB: &str = "kpersist-operator-metrics";
 pub const AGENT_JOB: &str = "kpersist-agent-metrics";
-const WORKLOAD_JOB: &str = "workload";
+pub const WORKLOAD_JOB: &str = "workload";
 /// The alerts' unit tests, for `promtool test rules`.
 const ALERT_TESTS: &str = "e2e/monitoring/alerts-test.yaml";
 /// The simulated nodes.
@@ -39,7 +39,7 @@ pub struct Monitoring {
     pub workload: Workload,
     /// The chart's rule groups, as a Prometheus rule file.
     pub rules: PathBuf,
-    _scratch: tempfile::TempDir,
+    pub scratch: tempfile::TempDir,
 }
 
 impl Monitoring {
@@ -84,6 +84,7 @@ impl Monitoring {
             &scratch.path().join("prometheus"),
             &jobs,
             std::slice::from_ref(&rules),
+            None,
         )
         .await
         .expect("Prometheus");
@@ -92,7 +93,7 @@ impl Monitoring {
             prometheus,
             workload,
             rules,
-            _scratch: scratch,
+            scratch,
         }
     }
 
@@ -145,13 +146,19 @@ impl Monitoring {
             threshold: 1.0,
             fail_on_empty: false,
             interval: "5s".into(),
+            timeout: "2s".into(),
+            ca_bundle: None,
+            headers: Vec::new(),
         });
         policy
     }
 }
 
 /// A scrape job of `targets` (`host:port` and labels).
-fn job(name: &str, targets: impl IntoIterator<Item = (String, BTreeMap<String, String>)>) -> Job {
+pub fn job(
+    name: &str,
+    targets: impl IntoIterator<Item = (String, BTreeMap<String, String>)>,
+) -> Job {
     Job {
         name: name.into(),
         targets: targets.into_iter().collect(),

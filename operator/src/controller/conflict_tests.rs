@@ -113,7 +113,6 @@ async fn reconcile_refusing(
         lpns: lpn_store.clone(),
         repositories: Default::default(),
         gates: Default::default(),
-        http: reqwest::Client::new(),
         metrics: crate::metrics::Metrics::new(),
         leading,
         namespace: "kpersist".into(),

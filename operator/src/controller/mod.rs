@@ -40,8 +40,6 @@ pub struct Context {
     pub repositories: RepositoryStates,
     /// Each policy's gate during a bake.
     pub gates: GateStates,
-    /// HTTP client for Prometheus.
-    pub http: reqwest::Client,
     /// Publishes Events on policies.
     pub events: events::EventPublisher,
     /// The metrics.
@@ -115,10 +113,6 @@ pub async fn run(client: Client, metrics: Metrics, settings: Settings) {
         lpns: lpn_reader.clone(),
         repositories: RepositoryStates::default(),
         gates: GateStates::default(),
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .unwrap_or_default(),
         metrics,
         leading: settings.leading,
         namespace: settings.namespace,

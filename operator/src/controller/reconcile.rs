@@ -357,7 +357,7 @@ async fn evaluate_gate(
         .max(MIN_GATE_INTERVAL);
     let mut state = ctx.gates.take(&name, Some(&bake));
     if state.due(now, interval) {
-        let result = gate::query(&ctx.http, spec).await;
+        let result = gate::evaluate(&ctx.client, spec).await;
         state.record(result, now);
     }
     let verdict = state.verdict.clone();

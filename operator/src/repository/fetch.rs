@@ -17,6 +17,9 @@ pub const SIGNATURE_LIMIT: u64 = kpersist_kmod::repository::MAX_SIGNATURE_SIZE;
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How the operator introduces itself to repositories and Prometheus.
+pub const USER_AGENT: &str = concat!("kpersist-operator/", env!("CARGO_PKG_VERSION"));
+
 /// Why a file could not be fetched.
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
@@ -85,23 +88,32 @@ pub fn client_for(
 ) -> Result<Client, FetchError> {
     let redirects = redirect_policy(allowed_redirect_hosts.to_vec());
     let mut builder = Client::builder()
-        .user_agent(concat!("kpersist-operator/", env!("CARGO_PKG_VERSION")))
+        .user_agent(USER_AGENT)
         .timeout(REQUEST_TIMEOUT)
         .connect_timeout(CONNECT_TIMEOUT)
         .redirect(redirects)
         .https_only(url.starts_with("https://"));
-    if let Some(pem) = ca_bundle.filter(|pem| !pem.trim().is_empty()) {
-        let certs = Certificate::from_pem_bundle(pem.as_bytes())
-            .map_err(|e| FetchError::CaBundle(error_chain(&e)))?;
-        if certs.is_empty() {
-            return Err(FetchError::CaBundle("no certificate found".to_string()));
-        }
-        builder = builder.tls_certs_merge(certs);
-    }
+    builder = trust_ca_bundle(builder, ca_bundle).map_err(FetchError::CaBundle)?;
     builder.build().map_err(|e| FetchError::Client {
         url: url.to_string(),
         message: error_chain(&e),
     })
+}
+
+/// Trusts the certificate authorities of a PEM bundle besides the system's; nothing when
+/// there is no bundle. The error says why the text is not one.
+pub fn trust_ca_bundle(
+    builder: reqwest::ClientBuilder,
+    ca_bundle: Option<&str>,
+) -> Result<reqwest::ClientBuilder, String> {
+    let Some(pem) = ca_bundle.filter(|pem| !pem.trim().is_empty()) else {
+        return Ok(builder);
+    };
+    let certs = Certificate::from_pem_bundle(pem.as_bytes()).map_err(|e| error_chain(&e))?;
+    if certs.is_empty() {
+        return Err("no certificate found".to_string());
+    }
+    Ok(builder.tls_certs_merge(certs))
 }
 
 /// The URL of `file` inside the repository at `base`.
@@ -162,7 +174,7 @@ pub async fn get(
 
 /// The error and its sources on one line: reqwest's top-level message alone ("error sending
 /// request") hides the cause a person needs (refused, DNS, certificate).
-fn error_chain(error: &dyn std::error::Error) -> String {
+pub fn error_chain(error: &dyn std::error::Error) -> String {
     let mut message = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

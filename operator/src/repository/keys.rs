@@ -5,7 +5,7 @@
 use k8s_openapi::api::core::v1::Secret;
 use kpersist_crds::RepositorySpec;
 use kpersist_kmod::signing::PublicKey;
-use kube::{Api, Client};
+use kube::Client;
 
 /// The usable keys and what was wrong with the rest.
 #[derive(Debug, Default)]
@@ -54,22 +54,13 @@ pub fn add_secret_keys(out: &mut TrustedKeys, secret: &Secret, namespace: &str, 
 pub async fn trusted_keys(client: &Client, spec: &RepositorySpec) -> TrustedKeys {
     let mut out = inline_keys(spec);
     if let Some(reference) = &spec.trusted_keys_secret {
-        let api: Api<Secret> = Api::namespaced(client.clone(), &reference.namespace);
         let (namespace, name) = (&reference.namespace, &reference.name);
-        match api.get_opt(name).await {
-            Ok(Some(secret)) => add_secret_keys(&mut out, &secret, namespace, name),
-            Ok(None) => out.problems.push(format!(
-                "Secret {namespace}/{name} (repository.trustedKeysSecret) does not exist; create it"
-            )),
-            Err(kube::Error::Api(status)) if status.code == 403 => out.problems.push(format!(
-                "the operator may not read Secret {namespace}/{name} (repository.trustedKeysSecret); \
-                 list it in the chart value operator.trustedKeysSecrets, or give the keys inline in \
-                 repository.trustedKeys"
-            )),
-            Err(error) => out.problems.push(format!(
-                "reading Secret {namespace}/{name} (repository.trustedKeysSecret) failed: {error}; \
-                 the operator tries again at the next check"
-            )),
+        let field = "repository.trustedKeysSecret";
+        let chart_value = "operator.trustedKeysSecrets, or give the keys inline in \
+                           repository.trustedKeys";
+        match crate::secrets::read(client, namespace, name, field, chart_value).await {
+            Ok(secret) => add_secret_keys(&mut out, &secret, namespace, name),
+            Err(problem) => out.problems.push(problem),
         }
     }
     out
