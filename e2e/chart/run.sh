@@ -94,6 +94,14 @@ if "$HELM" template kp "$CHART" -n kpersist "${FULL_ARGS[@]}" >"$RENDERED/full.y
 else
   cat "$WORK/err"; fail render-full "helm template with $FULL_VALUES failed"
 fi
+# Agents found pod by pod (fleets past 1,000 nodes), with a metric relabeling.
+if "$HELM" template kp "$CHART" -n kpersist "${FULL_ARGS[@]}" --set metrics.serviceMonitor.agentsByPod=true \
+  --set-json 'metrics.serviceMonitor.metricRelabelings=[{"action":"drop","sourceLabels":["__name__"],"regex":"kpersist_agent_apply_duration_seconds_bucket"}]' \
+  >"$RENDERED/by-pod.yaml" 2>"$WORK/err"; then
+  say "agents scraped by pod: $(grep -c '^kind: PodMonitor' "$RENDERED/by-pod.yaml") PodMonitor"
+else
+  cat "$WORK/err"; fail render-by-pod "helm template with metrics.serviceMonitor.agentsByPod failed"
+fi
 
 # What the chart must refuse or leave out.
 expect_refused() {

@@ -19,6 +19,8 @@ const DEFAULT: &str = "default.yaml";
 /// Rendered with e2e/chart/values-full.yaml for Kubernetes 1.31 with the Prometheus
 /// Operator API present.
 const FULL: &str = "full.yaml";
+/// Rendered like FULL with the agents scraped by a PodMonitor and a metric relabeling.
+const BY_POD: &str = "by-pod.yaml";
 
 fn rendered(file: &str) -> Option<Vec<Manifest>> {
     match rendered_dir() {
@@ -75,7 +77,7 @@ fn sample_policy_is_a_valid_livepatchpolicy() {
 
 #[test]
 fn every_rendered_manifest_is_the_type_it_claims() {
-    for file in [DEFAULT, FULL] {
+    for file in [DEFAULT, FULL, BY_POD] {
         let Some(manifests) = rendered(file) else {
             return;
         };

@@ -6,10 +6,11 @@ use std::collections::BTreeSet;
 use k8s_openapi::api::admissionregistration::v1::{
     ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
 };
+use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::Service;
 
-use super::{DEFAULT, FULL, pod_template, rendered};
-use crate::chart_support::{Manifest, ServiceMonitor, all, find};
+use super::{BY_POD, DEFAULT, FULL, pod_template, rendered};
+use crate::chart_support::{Manifest, PodMonitor, ServiceMonitor, all, find};
 
 fn names(m: &[Manifest], kind: &str) -> BTreeSet<(Option<String>, String)> {
     all(m, kind)
@@ -205,6 +206,67 @@ fn service_monitors_scrape_both_metrics_services() {
                 .get("release")
                 .map(String::as_str),
             Some("prometheus")
+        );
+    }
+}
+
+#[test]
+fn agents_can_be_scraped_pod_by_pod_under_the_same_job() {
+    let Some(m) = rendered(BY_POD) else { return };
+    assert!(
+        all(&m, "ServiceMonitor").all(|s| !s.name().ends_with("-agent")),
+        "the agents have a ServiceMonitor besides their PodMonitor"
+    );
+    let pm: PodMonitor = find(&m, "PodMonitor", "-agent")
+        .typed()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let ds: DaemonSet = find(&m, "DaemonSet", "-agent")
+        .typed()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let template = ds.spec.map(|s| s.template).unwrap_or_default();
+    let pod_labels = template.metadata.and_then(|m| m.labels).unwrap_or_default();
+    for (k, v) in pm.spec.selector.match_labels.unwrap_or_default() {
+        assert_eq!(
+            pod_labels.get(&k),
+            Some(&v),
+            "PodMonitor selector {k}={v} misses the agent pods"
+        );
+    }
+    let ports: Vec<String> = template
+        .spec
+        .map(|s| s.containers)
+        .unwrap_or_default()
+        .into_iter()
+        .flat_map(|c| c.ports.unwrap_or_default())
+        .filter_map(|p| p.name)
+        .collect();
+    let service = find(&m, "Service", "-agent-metrics").name().to_string();
+    for e in &pm.spec.pod_metrics_endpoints {
+        assert!(
+            ports.contains(&e.port),
+            "PodMonitor scrapes port {} of {ports:?}",
+            e.port
+        );
+        let job = e
+            .relabelings
+            .iter()
+            .find(|r| r.target_label.as_deref() == Some("job"))
+            .and_then(|r| r.replacement.clone());
+        assert_eq!(
+            job.as_deref(),
+            Some(service.as_str()),
+            "the alerts and the dashboard know the agents' job as the Service's name"
+        );
+        assert!(
+            e.relabelings
+                .iter()
+                .any(|r| r.target_label.as_deref() == Some("node")),
+            "agent series lose their node label"
+        );
+        assert_eq!(
+            e.metric_relabelings.len(),
+            1,
+            "metricRelabelings not rendered"
         );
     }
 }

@@ -19,7 +19,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 mod monitoring;
-pub use monitoring::{PrometheusRule, ServiceMonitor};
+pub use monitoring::{PodMonitor, PrometheusRule, ServiceMonitor};
 
 /// The chart directory of this checkout.
 pub fn chart_dir() -> PathBuf {
@@ -129,6 +129,7 @@ pub fn check_type(m: &Manifest) -> Result<(), String> {
             m.typed::<CustomResourceDefinition>().map(drop)
         }
         ("monitoring.coreos.com/v1", "ServiceMonitor") => m.typed::<ServiceMonitor>().map(drop),
+        ("monitoring.coreos.com/v1", "PodMonitor") => m.typed::<PodMonitor>().map(drop),
         ("monitoring.coreos.com/v1", "PrometheusRule") => m.typed::<PrometheusRule>().map(drop),
         (api, kind) => Err(format!(
             "{} ({}) is {api}/{kind}, which this test has no type for; add it to check_type",

@@ -44,6 +44,8 @@ pub struct Endpoint {
     pub scrape_timeout: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub relabelings: Vec<Relabeling>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub metric_relabelings: Vec<Relabeling>,
 }
 
 #[derive(Serialize, Deserialize, Debug)]
@@ -51,7 +53,33 @@ pub struct Endpoint {
 pub struct Relabeling {
     #[serde(default)]
     pub source_labels: Vec<String>,
-    pub target_label: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_label: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regex: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replacement: Option<String>,
+}
+
+/// monitoring.coreos.com/v1 PodMonitor.
+#[derive(Serialize, Deserialize, Debug)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PodMonitor {
+    pub api_version: String,
+    pub kind: String,
+    pub metadata: ObjectMeta,
+    pub spec: PodMonitorSpec,
+}
+
+#[derive(Serialize, Deserialize, Debug)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PodMonitorSpec {
+    pub selector: LabelSelector,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace_selector: Option<NamespaceSelector>,
+    pub pod_metrics_endpoints: Vec<Endpoint>,
 }
 
 /// monitoring.coreos.com/v1 PrometheusRule.
