@@ -39,6 +39,7 @@ async fn a_real_prometheus_gates_waves_and_answers_every_shipped_query() {
     report("gate-secured", suite.gate_through_tls_and_a_secret(3).await);
 
     report("promtool-metrics", suite.metrics_pass_promtool().await);
+    report("series", suite.series_counted().await);
     report("rules-evaluate", suite.rules_evaluate().await);
     report("dashboard", suite.dashboard_queries_answer().await);
 }

@@ -58,6 +58,37 @@ impl Monitoring {
         Ok("the operator's and the agent's metrics pass".into())
     }
 
+    /// The series each binary exports after the rollouts, and what that comes to for a
+    /// fleet (the figures BENCHMARKS.md quotes).
+    pub async fn series_counted(&self) -> Result<String, String> {
+        let samples = |text: &str| {
+            text.lines()
+                .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+                .count()
+        };
+        let mut per_agent = Vec::new();
+        for addr in self.sim.agent_metrics_addrs().values() {
+            let text = fetch_metrics(addr).await.map_err(|e| e.to_string())?;
+            per_agent.push(samples(&text));
+        }
+        let operator = fetch_metrics(self.sim.operator_metrics_addr())
+            .await
+            .map_err(|e| e.to_string())?;
+        let operator = samples(&operator);
+        let most = per_agent.iter().copied().max().ok_or("no agent")?;
+        if most == 0 || operator == 0 {
+            return Err(format!(
+                "no series: agents {per_agent:?}, operator {operator}"
+            ));
+        }
+        Ok(format!(
+            "per agent {per_agent:?}, operator {operator} (one policy); at the most per agent: \
+             {} series at 1,000 nodes, {} at 10,000, before Prometheus' 5 per target",
+            most * 1_000 + operator,
+            most * 10_000 + operator
+        ))
+    }
+
     /// Every rule of the chart has been evaluated by Prometheus without an error.
     pub async fn rules_evaluate(&self) -> Result<String, String> {
         let evaluated = wait_until("every rule to be evaluated", EVALUATION, || async {
