@@ -118,6 +118,8 @@ expect_refused "an unknown top-level key" --set operatr.replicas=2
 expect_refused "a relative agent.stateDir" --set agent.stateDir=var/lib/kpersist
 expect_refused "a trusted-keys Secret without a name" \
   --set-json 'operator.trustedKeysSecrets=[{"namespace":"security"}]'
+expect_refused "a gate Secret without a name" \
+  --set-json 'operator.gateSecrets=[{"namespace":"monitoring"}]'
 expect_refused "a namespace-wide Secret grant (the former trustedKeysSecretNamespaces)" \
   --set-json 'operator.trustedKeysSecretNamespaces=["security"]'
 if "$HELM" template kp "$CHART" --set admissionPolicy.enabled=true --kube-version 1.29.0 \

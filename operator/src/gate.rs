@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use kpersist_crds::{PrometheusGate, SecretKeyRef, parse_duration};
+use reqwest::header::{HeaderName, HeaderValue};
 use serde::Deserialize;
 
 use crate::engine::GateVerdict;
@@ -157,32 +158,41 @@ pub fn client_for(gate: &PrometheusGate) -> Result<reqwest::Client, String> {
         .map_err(|e| format!("cannot build the HTTP client for {}: {e}", gate.url))
 }
 
-/// The gate's headers, each with its value, a Secret's read with `kube`.
-async fn headers(
-    kube: &kube::Client,
-    gate: &PrometheusGate,
-) -> Result<Vec<(String, String)>, String> {
+/// A header the gate sends.
+pub type Header = (HeaderName, HeaderValue);
+
+/// The gate's headers, each with its value, a Secret's read with `kube` and marked
+/// sensitive. An error names the header and where its value comes from, never the value.
+async fn headers(kube: &kube::Client, gate: &PrometheusGate) -> Result<Vec<Header>, String> {
     let mut out = Vec::new();
     for (i, header) in gate.headers.iter().enumerate() {
-        let field = format!("health.prometheus.headers[{i}]");
-        let value = match (&header.value, &header.value_from) {
-            (Some(value), None) => value.clone(),
+        let field = format!("health.prometheus.headers[{i}] ({})", header.name);
+        let (value, secret) = match (&header.value, &header.value_from) {
+            (Some(value), None) => (value.clone(), false),
             (None, Some(from)) => {
                 let field = format!("{field}.valueFrom");
                 let secret =
                     secrets::read(kube, &from.namespace, &from.name, &field, GATE_SECRETS).await?;
-                secret_value(&secret, from, &field)?
+                (secret_value(&secret, from, &field)?, true)
             }
-            _ => {
-                return Err(format!(
-                    "{field} ({}) needs exactly one of value and valueFrom",
-                    header.name
-                ));
-            }
+            _ => return Err(format!("{field} needs exactly one of value and valueFrom")),
         };
-        out.push((header.name.clone(), value));
+        out.push(header_of(&header.name, &value, secret).map_err(|e| format!("{field}: {e}"))?);
     }
     Ok(out)
+}
+
+/// `name: value` as an HTTP header; a secret one is kept out of debug output.
+pub fn header_of(name: &str, value: &str, secret: bool) -> Result<Header, String> {
+    let name = HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| "not an HTTP header name".to_string())?;
+    let mut value = HeaderValue::from_str(value).map_err(|_| {
+        "the value holds a character an HTTP header cannot carry (a line break, a control or \
+         non-ASCII character)"
+            .to_string()
+    })?;
+    value.set_sensitive(secret);
+    Ok((name, value))
 }
 
 /// The chart value listing the Secrets gate headers may come from.
@@ -208,7 +218,7 @@ pub fn secret_value(secret: &Secret, from: &SecretKeyRef, field: &str) -> Result
 pub async fn query(
     client: &reqwest::Client,
     gate: &PrometheusGate,
-    headers: &[(String, String)],
+    headers: &[Header],
 ) -> Result<GateVerdict, String> {
     let base = format!("{}/api/v1/query", gate.url.trim_end_matches('/'));
     let url = reqwest::Url::parse_with_params(&base, &[("query", gate.query.as_str())])
@@ -216,20 +226,18 @@ pub async fn query(
     let timeout = parse_duration(&gate.timeout).unwrap_or(FALLBACK_TIMEOUT);
     let mut request = client.get(url.clone()).timeout(timeout);
     for (name, value) in headers {
-        request = request.header(name.as_str(), value.as_str());
+        request = request.header(name, value);
     }
-    let response = request.send().await.map_err(|e| {
+    let failed = |e: reqwest::Error| {
         if e.is_timeout() {
             format!("GET {url} did not answer within {timeout:?} (health.prometheus.timeout)")
         } else {
             format!("GET {url} failed: {}", error_chain(&e))
         }
-    })?;
+    };
+    let response = request.send().await.map_err(failed)?;
     let status = response.status();
-    let body = response
-        .bytes()
-        .await
-        .map_err(|e| format!("reading the answer of {url} failed: {e}"))?;
+    let body = response.bytes().await.map_err(failed)?;
     // Prometheus answers 400/422 with a JSON error body worth showing.
     let parsed: QueryResponse = serde_json::from_slice(&body)
         .map_err(|e| format!("{url} answered HTTP {status} with no Prometheus JSON: {e}"))?;

@@ -213,7 +213,7 @@ async fn queries_prometheus_over_http() {
     let mut g = gate(ComparisonOperator::LessThan, 1.0, false);
     g.url = url;
     let client = client_for(&g).unwrap();
-    let headers = [("X-Scope-OrgID".to_string(), "tenant-a".to_string())];
+    let headers = [header_of("X-Scope-OrgID", "tenant-a", false).unwrap()];
     let verdict = query(&client, &g, &headers).await.unwrap();
     assert!(
         matches!(verdict, GateVerdict::Fail(ref m) if m.contains("job")),
@@ -243,6 +243,15 @@ async fn a_slow_prometheus_is_an_error_after_the_timeout() {
         started.elapsed() < Duration::from_secs(4),
         "the timeout was not applied"
     );
+}
+
+#[test]
+fn a_header_value_that_cannot_be_sent_is_refused_without_echoing_it() {
+    let error = header_of("Authorization", "Bearer s3cret\r\nX: y", true).unwrap_err();
+    assert!(!error.contains("s3cret"), "{error}");
+    let (_, value) = header_of("Authorization", "Bearer s3cret", true).unwrap();
+    assert!(value.is_sensitive());
+    assert!(!format!("{value:?}").contains("s3cret"));
 }
 
 #[test]

@@ -63,6 +63,12 @@ impl Errors {
 
     fn url(&mut self, path: &str, text: &str) {
         match reqwest::Url::parse(text) {
+            // Not echoed: the text holds a secret.
+            Ok(url) if !url.username().is_empty() || url.password().is_some() => self.add(
+                path,
+                "carries a user name or password, which would show in the status and logs; \
+                 leave it out (the Prometheus gate takes credentials in headers[].valueFrom)",
+            ),
             Ok(url) if !matches!(url.scheme(), "http" | "https") => self.add(
                 path,
                 format!("{text:?} has scheme {:?}; use http or https", url.scheme()),
@@ -230,16 +236,13 @@ fn check_health(health: &HealthSpec, errors: &mut Errors) {
         errors.duration("spec.health.prometheus.interval", &gate.interval, true);
         errors.duration("spec.health.prometheus.timeout", &gate.timeout, true);
         for (i, header) in gate.headers.iter().enumerate() {
-            check_gate_header(
-                &format!("spec.health.prometheus.headers[{i}]"),
-                header,
-                errors,
-            );
+            let path = format!("spec.health.prometheus.headers[{i}]");
+            check_gate_header(&path, header, &gate.url, errors);
         }
     }
 }
 
-fn check_gate_header(path: &str, header: &GateHeader, errors: &mut Errors) {
+fn check_gate_header(path: &str, header: &GateHeader, gate_url: &str, errors: &mut Errors) {
     let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+.^_`|~-".contains(c);
     if header.name.is_empty() || !header.name.chars().all(token) {
         errors.add(
@@ -251,8 +254,22 @@ fn check_gate_header(path: &str, header: &GateHeader, errors: &mut Errors) {
         );
     }
     match (&header.value, &header.value_from) {
-        (Some(_), None) => {}
+        (Some(value), None) => {
+            if !value.chars().all(|c| c == '\t' || (' '..='~').contains(&c)) {
+                errors.add(
+                    format!("{path}.value"),
+                    "holds a character an HTTP header cannot carry (a line break, a control \
+                     or non-ASCII character)",
+                );
+            }
+        }
         (None, Some(from)) => {
+            if gate_url.starts_with("http://") {
+                errors.add(
+                    format!("{path}.valueFrom"),
+                    "a Secret's value would be sent over plain http; use an https url",
+                );
+            }
             let parts = [
                 ("namespace", &from.namespace),
                 ("name", &from.name),

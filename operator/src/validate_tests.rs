@@ -208,7 +208,7 @@ fn gate_headers_timeout_and_secret_references_are_checked() {
         name: "gate".into(),
         key: key.into(),
     };
-    spec.health.prometheus = Some(PrometheusGate {
+    let mut gate = PrometheusGate {
         url: "https://prometheus:9090".into(),
         query: "up".into(),
         operator: kpersist_crds::ComparisonOperator::GreaterThan,
@@ -224,8 +224,10 @@ fn gate_headers_timeout_and_secret_references_are_checked() {
             header("X-Both", Some("x"), Some(from("token"))),
             header("X-Neither", None, None),
             header("X-No-Key", None, Some(from(""))),
+            header("X-Line", Some("a\r\nInjected: 1"), None),
         ],
-    });
+    };
+    spec.health.prometheus = Some(gate.clone());
     assert_eq!(
         paths(&spec),
         vec![
@@ -234,8 +236,24 @@ fn gate_headers_timeout_and_secret_references_are_checked() {
             "spec.health.prometheus.headers[3]",
             "spec.health.prometheus.headers[4]",
             "spec.health.prometheus.headers[5].valueFrom.key",
+            "spec.health.prometheus.headers[6].value",
         ]
     );
+    // A Secret's value never goes over plain http, and a URL carries no password.
+    gate.timeout = "10s".into();
+    gate.headers.truncate(2);
+    gate.url = "http://prometheus:9090".into();
+    spec.health.prometheus = Some(gate.clone());
+    assert_eq!(
+        paths(&spec),
+        vec!["spec.health.prometheus.headers[1].valueFrom"]
+    );
+    gate.url = "https://admin:hunter2@prometheus:9090".into();
+    gate.headers.clear();
+    spec.health.prometheus = Some(gate);
+    let errors = validate(&spec);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(!errors[0].problem.contains("hunter2"), "{errors:?}");
 }
 
 #[test]

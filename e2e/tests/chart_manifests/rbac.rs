@@ -217,6 +217,21 @@ fn operator_reads_no_secret_unless_values_name_it() {
         .filter_map(|b| b.namespace())
         .collect();
     assert_eq!(bindings, BTreeSet::from(["kpersist-keys", "security"]));
+    // The gate's Secrets: a Role of their own, get by name only.
+    assert!(
+        all(&d, "Role").all(|r| !r.name().ends_with("-gate-secrets")),
+        "default values grant a gate Secret"
+    );
+    let gate: Role = find(&m, "Role", "-gate-secrets")
+        .typed()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let rules = gate.rules.unwrap_or_default();
+    assert_eq!(grants(&rules), triples(&[("", "secrets", &["get"])]));
+    let names: Vec<String> = rules
+        .iter()
+        .flat_map(|r| r.resource_names.clone().unwrap_or_default())
+        .collect();
+    assert_eq!(names, ["kpersist-gate"]);
 }
 
 /// The RBAC part of a manifest, without the labels helm adds.

@@ -100,10 +100,14 @@ impl Monitoring {
                 POLICY,
                 "to hold the wave on a refused query",
                 ROLLOUT,
-                |p| held_with(p, "401"),
+                |p| held_with(p, "HTTP 401"),
             )
             .await
             .map_err(|e| e.to_string())?;
+        let wrong = material.read("authorization-wrong");
+        if refused.contains(&wrong) || refused.contains(&access.user.1) {
+            return Err("the Ready condition shows the Secret's value".into());
+        }
         self.set_auth_secret(&material.read("authorization"))
             .await?;
         self.wait_all_run(&release).await?;

@@ -88,7 +88,12 @@ pub fn node_errors(views: &[NodeView]) -> BTreeMap<String, i64> {
         .iter()
         .filter_map(|v| v.lpn.as_ref()?.status.as_ref()?.last_error.as_ref());
     for error in reasons {
-        *counts.entry(format!("{:?}", error.reason)).or_insert(0) += 1;
+        let reason = serde_json::to_value(error.reason).ok();
+        let reason = reason
+            .as_ref()
+            .and_then(|r| r.as_str())
+            .unwrap_or("Unknown");
+        *counts.entry(reason.to_string()).or_insert(0) += 1;
     }
     counts
 }
