@@ -615,18 +615,22 @@ fn overdue_nodes_are_resolved(sim: &Sim, decision: &Decision) -> Result<(), Test
 }
 
 /// A bake ends only on a passing gate: with a gate that has not said Pass (inconclusive,
-/// or not asked yet), no decision finishes a wave or the rollout, and a gate that cannot
-/// be evaluated blames nothing (the bad-release invariant asks for node evidence then).
+/// or not asked yet), no decision finishes a wave or the rollout while the baking wave
+/// still has nodes (a wave whose nodes all left has nothing to judge), and a gate that
+/// cannot be evaluated blames nothing (the bad-release invariant asks for node evidence).
 fn no_wave_passes_an_unjudged_bake(sim: &Sim, decision: &Decision) -> Result<(), TestCaseError> {
     if sim.policy.spec.health.prometheus.is_none() || sim.gate == Some(GateVerdict::Pass) {
         return Ok(());
     }
-    let baked = sim
-        .policy
-        .status
-        .as_ref()
-        .and_then(|s| s.rollout.as_ref())
-        .is_some_and(|r| r.bake_started_at.is_some());
+    let Some(rollout) = sim.policy.status.as_ref().and_then(|s| s.rollout.as_ref()) else {
+        return Ok(());
+    };
+    let wave = rollout.wave_offset.saturating_add(rollout.wave);
+    let members = sim.nodes.iter().any(|n| {
+        n.desired()
+            .is_some_and(|d| d.action == PatchAction::Apply && d.wave == Some(wave))
+    });
+    let baked = rollout.bake_started_at.is_some() && members;
     for event in &decision.events {
         let passed = matches!(
             event,
