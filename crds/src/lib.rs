@@ -11,7 +11,7 @@ pub mod yaml;
 pub use duration::{DurationError, parse_duration};
 pub use node::{
     AppliedRelease, Blame, DesiredPatch, LivePatchNode, LivePatchNodeSpec, LivePatchNodeStatus,
-    LoadedPatch, NodeCondition, NodeError, NodeErrorReason, NodePatchState, PatchAction,
+    LoadedPatch, NodeCondition, NodeError, NodeErrorReason, NodePatchState, PatchAction, PatchRun,
     PatchTimings, RepositoryAccess,
 };
 pub use policy::{

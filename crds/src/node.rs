@@ -349,6 +349,13 @@ impl NodeErrorReason {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PatchTimings {
+    /// What the run was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<PatchRun>,
+    /// When the run ended (RFC 3339); it tells one run from the next. The operator's
+    /// `kpersist_node_*_duration_seconds` histograms count each run once by it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
     /// Download time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub download_ms: Option<u64>,
@@ -358,6 +365,31 @@ pub struct PatchTimings {
     /// The whole operation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub total_ms: Option<u64>,
+}
+
+/// What an agent's run did.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema)]
+pub enum PatchRun {
+    /// Loaded a release, replacing the one before.
+    Apply,
+    /// Went back to an earlier release or to none.
+    Revert,
+    /// Finished a load an earlier agent process began (it found its crash marker).
+    Recover,
+}
+
+impl PatchRun {
+    /// Every kind of run.
+    pub const ALL: [PatchRun; 3] = [PatchRun::Apply, PatchRun::Revert, PatchRun::Recover];
+
+    /// The API's spelling, as metric labels carry it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PatchRun::Apply => "Apply",
+            PatchRun::Revert => "Revert",
+            PatchRun::Recover => "Recover",
+        }
+    }
 }
 
 /// A status condition of a node.

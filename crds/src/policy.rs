@@ -574,6 +574,10 @@ pub struct NodeCounts {
     pub node_problems: u32,
     /// Nodes with no LivePatchNode yet (no agent running).
     pub unknown: u32,
+    /// Nodes an older policy also selects: that policy owns them, this one leaves them
+    /// alone (the Degraded condition names them).
+    #[serde(default)]
+    pub conflicted: u32,
 }
 
 /// The release a kernel build is moved to.

@@ -347,7 +347,7 @@ wait_until "the new agent process reports $RELEASE_ID live (kpersist_agent_appli
 # The chart's simulate value keeps the simulated kernel in an emptyDir, which a new pod
 # does not inherit; the chart gives each pod's simulated kernel its own boot id, so the new
 # agent sees a reboot and applies the release again. Say which happened.
-if grep -q '^kpersist_agent_applies_total{.*action="apply"' "$WORK/metrics-agent-new.txt"; then
+if grep -q '^kpersist_agent_applies_total{.*action="Apply"' "$WORK/metrics-agent-new.txt"; then
   say "note: the new agent pod applied $RELEASE_ID again (its simulated kernel starts empty)"
 else
   say "the new agent pod found $RELEASE_ID live without applying it again"

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kpersist_crds::{NodeErrorReason, NodePatchState, PatchRelease, PatchTimings};
+use kpersist_crds::{NodeErrorReason, NodePatchState, PatchRelease, PatchRun, PatchTimings};
 use kpersist_kmod::kernel::{Kernel, KernelError, KmsgMark, ModuleImage, SyscallFailure};
 use kpersist_kmod::modinfo::ModInfo;
 use tokio::time::Instant;
@@ -68,6 +68,16 @@ pub enum Action {
     Apply,
     /// Revert by atomic replace (state `Reverting`).
     Revert,
+}
+
+impl Action {
+    /// The kind of run this action makes, as the status's timings name it.
+    pub fn run(self) -> PatchRun {
+        match self {
+            Action::Apply => PatchRun::Apply,
+            Action::Revert => PatchRun::Revert,
+        }
+    }
 }
 
 /// How a run ended.
@@ -180,7 +190,10 @@ impl<K: Kernel + Clone + 'static> Patcher<K> {
         progress: Progress<'_>,
     ) -> Outcome {
         let started = Instant::now();
-        let mut timings = PatchTimings::default();
+        let mut timings = PatchTimings {
+            run: Some(action.run()),
+            ..PatchTimings::default()
+        };
         let result = self.load_steps(req, action, progress, &mut timings).await;
         timings.total_ms = Some(millis(started.elapsed()));
         match result {

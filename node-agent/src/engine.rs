@@ -153,7 +153,7 @@ impl<K: Kernel + Clone + 'static> Engine<K> {
     /// Handles a crash marker left from before this start; see [`Patcher::recover`].
     pub async fn recover(&self) -> Option<Report> {
         let outcome = self.patcher.recover().await?;
-        self.metrics.observe_run("recover", &outcome);
+        self.metrics.observe_run(&outcome);
         Some(Report::from_outcome(outcome, &now()))
     }
 
@@ -255,12 +255,7 @@ impl<K: Kernel + Clone + 'static> Engine<K> {
                     ..Request::new(release)
                 };
                 let outcome = self.patcher.load_release(&req, action, progress).await;
-                let label = if action == Action::Apply {
-                    "apply"
-                } else {
-                    "revert"
-                };
-                self.metrics.observe_run(label, &outcome);
+                self.metrics.observe_run(&outcome);
                 self.note_first_applied(&outcome);
                 outcome
             }
@@ -269,7 +264,7 @@ impl<K: Kernel + Clone + 'static> Engine<K> {
                     .patcher
                     .revert_to_none(&self.extra_kpersist, timeout, progress)
                     .await;
-                self.metrics.observe_run("revert", &outcome);
+                self.metrics.observe_run(&outcome);
                 outcome
             }
         };
@@ -311,11 +306,7 @@ impl<K: Kernel + Clone + 'static> Engine<K> {
         );
         self.metrics.set_drift(&report.drift);
         let kernel = status.kernel_release.clone().unwrap_or_default();
-        let applied = status
-            .applied
-            .as_ref()
-            .map(|a| (a.module_name.as_str(), a.id.as_str()));
-        self.metrics.set_applied(applied, &kernel);
+        self.metrics.set_applied(status.applied.as_ref(), &kernel);
         Ok(status)
     }
 }

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use kpersist_crds::{NodeErrorReason, NodePatchState, PatchTimings};
+use kpersist_crds::{NodeErrorReason, NodePatchState, PatchRun, PatchTimings};
 use kpersist_kmod::kernel::{Kernel, KmsgMark};
 use tokio::time::Instant;
 
@@ -115,7 +115,10 @@ impl<K: Kernel + Clone + 'static> Patcher<K> {
             kmsg: KmsgMark(marker.kmsg_mark),
         };
         let started = Instant::now();
-        let mut timings = PatchTimings::default();
+        let mut timings = PatchTimings {
+            run: Some(PatchRun::Recover),
+            ..PatchTimings::default()
+        };
         let result = self
             .settle_and_check(&req, baseline, started, &mut timings)
             .await;

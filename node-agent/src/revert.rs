@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use kpersist_crds::{NodeErrorReason, NodePatchState, PatchTimings};
+use kpersist_crds::{NodeErrorReason, NodePatchState, PatchRun, PatchTimings};
 use kpersist_kmod::kernel::{Kernel, SyscallFailure};
 use tokio::time::Instant;
 
@@ -24,6 +24,7 @@ impl<K: Kernel + Clone + 'static> Patcher<K> {
         let started = Instant::now();
         let result = self.revert_steps(also_kpersist, timeout, progress).await;
         let timings = PatchTimings {
+            run: Some(PatchRun::Revert),
             total_ms: Some(millis(started.elapsed())),
             ..PatchTimings::default()
         };

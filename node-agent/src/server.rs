@@ -75,7 +75,10 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let metrics = Metrics::new().unwrap();
-        metrics.set_applied(Some(("kpersist_v1", "k/v1")), "k");
+        metrics.set_applied(
+            Some(&crate::metrics::tests::applied("kpersist_v1", "k/v1")),
+            "k",
+        );
         tokio::spawn(async move { axum::serve(listener, router(metrics, liveness)).await });
         addr
     }

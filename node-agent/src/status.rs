@@ -62,7 +62,10 @@ impl Report {
                 release,
                 at: Some(now.to_string()),
             }),
-            timings: Some(outcome.timings),
+            timings: Some(PatchTimings {
+                finished_at: Some(now.to_string()),
+                ..outcome.timings
+            }),
             notes: outcome.notes,
             drift: Vec::new(),
         }

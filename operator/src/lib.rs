@@ -12,6 +12,7 @@ pub mod error;
 pub mod gate;
 pub mod leader;
 pub mod metrics;
+pub mod node_runs;
 pub mod repository;
 pub mod secrets;
 pub mod server;

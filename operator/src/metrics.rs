@@ -3,13 +3,16 @@
 //! a cluster that churns policies does not grow the exposition forever.
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kpersist_crds::{LivePatchPolicyStatus, NodeCounts, PolicyPhase};
+use kpersist_crds::{LivePatchPolicyStatus, NodeCounts, PatchRun, PatchTimings, PolicyPhase};
 use prometheus::{
-    Encoder, GaugeVec, Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+use crate::node_runs::NodeRuns;
 
 /// Every phase a policy can be in, so the phase gauge always carries a 0 or 1 for each.
 const PHASES: [PolicyPhase; 7] = [
@@ -27,6 +30,7 @@ const PHASES: [PolicyPhase; 7] = [
 pub struct Metrics {
     registry: Registry,
     nodes: IntGaugeVec,
+    selected_nodes: IntGaugeVec,
     node_errors: IntGaugeVec,
     rollout_wave: IntGaugeVec,
     rollout_phase: IntGaugeVec,
@@ -37,6 +41,9 @@ pub struct Metrics {
     reconcile_duration: Histogram,
     reconcile_errors: IntCounterVec,
     leader: IntGauge,
+    run_duration: HistogramVec,
+    transition_duration: HistogramVec,
+    node_runs: Arc<Mutex<NodeRuns>>,
 }
 
 /// Builds a metric and registers it; names and labels are constants, so a failure here is a
@@ -52,6 +59,21 @@ fn registered<M: prometheus::core::Collector + Clone + 'static>(registry: &Regis
 #[allow(clippy::expect_used)]
 fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
     IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric definition")
+}
+
+/// Bounds of the node latency histograms, in seconds: a load takes from a tenth of a second
+/// to minutes when tasks are slow to leave patched functions.
+const NODE_RUN_BUCKETS: [f64; 12] = [
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+];
+
+#[allow(clippy::expect_used)]
+fn node_histogram(name: &str, help: &str) -> HistogramVec {
+    HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(NODE_RUN_BUCKETS.to_vec()),
+        &["policy", "action"],
+    )
+    .expect("valid metric definition")
 }
 
 #[allow(clippy::expect_used)]
@@ -100,8 +122,18 @@ impl Metrics {
                 r,
                 gauge_vec(
                     "kpersist_nodes",
-                    "Selected nodes per policy and state (patched, applying, pending, ...).",
+                    "The policy's nodes by state, spelled as in status.nodes (patched, \
+                     applying, pending, failed, crashSuspected, nodeProblems, ...); the states \
+                     partition kpersist_selected_nodes.",
                     &["policy", "state"],
+                ),
+            ),
+            selected_nodes: registered(
+                r,
+                gauge_vec(
+                    "kpersist_selected_nodes",
+                    "Nodes the policy selects (status.nodes.total).",
+                    &["policy"],
                 ),
             ),
             node_errors: registered(
@@ -175,6 +207,24 @@ impl Metrics {
             ),
             reconcile_duration: registered(r, reconcile_duration),
             leader: registered(r, leader),
+            run_duration: registered(
+                r,
+                node_histogram(
+                    "kpersist_node_run_duration_seconds",
+                    "Applies and reverts on the policy's nodes by action (Apply, Revert, \
+                     Recover), from the agent's start of the run to its end, as the agents \
+                     report in their LivePatchNodes' status.timings.",
+                ),
+            ),
+            transition_duration: registered(
+                r,
+                node_histogram(
+                    "kpersist_node_transition_duration_seconds",
+                    "From the module load to the end of the livepatch transition on the \
+                     policy's nodes, by action, from the LivePatchNodes' status.timings.",
+                ),
+            ),
+            node_runs: Arc::default(),
             registry,
         }
     }
@@ -233,6 +283,9 @@ impl Metrics {
                 .with_label_values(&[policy, state])
                 .set(i64::from(count));
         }
+        self.selected_nodes
+            .with_label_values(&[policy])
+            .set(i64::from(status.nodes.total));
         let wave = status.rollout.as_ref().map_or(0, |r| r.wave);
         self.rollout_wave
             .with_label_values(&[policy])
@@ -260,6 +313,30 @@ impl Metrics {
         }
     }
 
+    /// Observes the runs among the policy's nodes (name and last timings) that finished
+    /// since the last call; see [`NodeRuns`] for when a run counts.
+    pub fn record_runs<'a>(
+        &self,
+        policy: &str,
+        nodes: impl IntoIterator<Item = (&'a str, Option<&'a PatchTimings>)>,
+    ) {
+        let mut node_runs = self.node_runs.lock().unwrap_or_else(|e| e.into_inner());
+        for run in node_runs.new_runs(policy, nodes) {
+            let action = run.run.map_or("Unknown", PatchRun::as_str);
+            let seconds = |ms: Option<u64>| ms.map(|ms| ms as f64 / 1000.0);
+            if let Some(total) = seconds(run.total_ms) {
+                self.run_duration
+                    .with_label_values(&[policy, action])
+                    .observe(total);
+            }
+            if let Some(transition) = seconds(run.transition_ms) {
+                self.transition_duration
+                    .with_label_values(&[policy, action])
+                    .observe(transition);
+            }
+        }
+    }
+
     /// The reasons the policy's `kpersist_node_errors` has series for.
     fn node_error_reasons(&self, policy: &str) -> Vec<String> {
         let families = prometheus::core::Collector::collect(&self.node_errors);
@@ -283,9 +360,24 @@ impl Metrics {
         for (state, _) in node_count_series(&NodeCounts::default()) {
             let _ = self.nodes.remove_label_values(&[policy, state]);
         }
+        let _ = self.selected_nodes.remove_label_values(&[policy]);
         let _ = self.rollout_wave.remove_label_values(&[policy]);
         self.record_node_errors(policy, &BTreeMap::new());
         let _ = self.repository_verified.remove_label_values(&[policy]);
+        self.node_runs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .forget(policy);
+        for action in PatchRun::ALL
+            .map(PatchRun::as_str)
+            .into_iter()
+            .chain(["Unknown"])
+        {
+            let _ = self.run_duration.remove_label_values(&[policy, action]);
+            let _ = self
+                .transition_duration
+                .remove_label_values(&[policy, action]);
+        }
         for phase in PHASES {
             let _ = self
                 .rollout_phase
@@ -322,18 +414,20 @@ pub fn phase_label(phase: PolicyPhase) -> &'static str {
     }
 }
 
+/// The `state` series of `kpersist_nodes`: every count of status.nodes but the total, by
+/// its name in the API.
 fn node_count_series(counts: &NodeCounts) -> [(&'static str, u32); 10] {
     [
-        ("total", counts.total),
         ("patched", counts.patched),
         ("applying", counts.applying),
         ("reverting", counts.reverting),
         ("pending", counts.pending),
         ("failed", counts.failed),
         ("unsupported", counts.unsupported),
-        ("crash_suspected", counts.crash_suspected),
-        ("node_problems", counts.node_problems),
+        ("crashSuspected", counts.crash_suspected),
+        ("nodeProblems", counts.node_problems),
         ("unknown", counts.unknown),
+        ("conflicted", counts.conflicted),
     ]
 }
 
@@ -366,6 +460,11 @@ mod tests {
             "{text}"
         );
         assert!(
+            text.contains(r#"kpersist_selected_nodes{policy="web"} 5"#),
+            "{text}"
+        );
+        assert!(!text.contains(r#"state="total""#), "{text}");
+        assert!(
             text.contains(r#"kpersist_rollout_wave{policy="web"} 2"#),
             "{text}"
         );
@@ -390,6 +489,7 @@ mod tests {
         let text = metrics.render();
         for gauge in [
             "kpersist_nodes",
+            "kpersist_selected_nodes",
             "kpersist_rollout_wave",
             "kpersist_rollout_phase",
         ] {
@@ -410,23 +510,18 @@ mod tests {
         let value = serde_json::to_value(NodeCounts::default()).expect("serializes");
         let mut fields: Vec<String> = value
             .as_object()
-            .map(|o| o.keys().cloned().collect())
+            .map(|o| o.keys().filter(|k| *k != "total").cloned().collect())
             .unwrap_or_default();
         let mut states: Vec<String> = node_count_series(&NodeCounts::default())
             .iter()
-            .map(|(state, _)| {
-                let mut words = state.split('_');
-                let first = words.next().unwrap_or_default().to_string();
-                words.fold(first, |camel, word| {
-                    let mut chars = word.chars();
-                    let head = chars.next().map(|c| c.to_ascii_uppercase());
-                    format!("{camel}{}{}", head.unwrap_or_default(), chars.as_str())
-                })
-            })
+            .map(|(state, _)| state.to_string())
             .collect();
         states.sort();
         fields.sort();
-        assert_eq!(states, fields, "a state of status.nodes has no series");
+        assert_eq!(
+            states, fields,
+            "each count of status.nodes is a state, spelled as the API spells it"
+        );
     }
 
     #[test]
@@ -456,6 +551,31 @@ mod tests {
         );
         metrics.forget_policy("db");
         assert!(!metrics.render().contains(r#"policy="db",reason"#));
+    }
+
+    #[test]
+    fn node_runs_land_in_the_policy_histograms_once() {
+        let metrics = Metrics::new();
+        let run = PatchTimings {
+            run: Some(PatchRun::Revert),
+            finished_at: Some("t1".into()),
+            total_ms: Some(1500),
+            transition_ms: Some(200),
+            ..PatchTimings::default()
+        };
+        metrics.record_runs("web", [("a", None)]);
+        metrics.record_runs("web", [("a", Some(&run))]);
+        metrics.record_runs("web", [("a", Some(&run))]);
+        let text = metrics.render();
+        for line in [
+            r#"kpersist_node_run_duration_seconds_count{action="Revert",policy="web"} 1"#,
+            r#"kpersist_node_run_duration_seconds_sum{action="Revert",policy="web"} 1.5"#,
+            r#"kpersist_node_transition_duration_seconds_bucket{action="Revert",policy="web",le="0.25"} 1"#,
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
+        metrics.forget_policy("web");
+        assert!(!metrics.render().contains(r#"policy="web""#));
     }
 
     #[test]

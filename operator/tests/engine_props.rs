@@ -380,6 +380,25 @@ fn check_decision(
         memory.handed.clear();
     }
     reverts_stay_in_the_running_rollout(sim, memory, decision)?;
+    let n = &decision.status.nodes;
+    let states = [
+        n.patched,
+        n.applying,
+        n.reverting,
+        n.pending,
+        n.failed,
+        n.unsupported,
+        n.crash_suspected,
+        n.node_problems,
+        n.unknown,
+        n.conflicted,
+    ];
+    prop_assert_eq!(
+        states.iter().sum::<u32>(),
+        n.total,
+        "the node states do not partition the selected nodes: {:?}",
+        n
+    );
     let allowed: BTreeSet<&str> = sim
         .nodes
         .iter()

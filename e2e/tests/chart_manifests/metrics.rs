@@ -78,26 +78,14 @@ fn matched_values(expr: &str, metric: &str, label: &str) -> Vec<String> {
     out
 }
 
-/// The `state` label values of kpersist_nodes: NodeCounts' fields in snake_case.
+/// The `state` label values of kpersist_nodes: NodeCounts' fields as the API spells them,
+/// but the total (kpersist_selected_nodes).
 fn node_states() -> BTreeSet<String> {
     let counts = serde_json::to_value(NodeCounts::default()).unwrap_or_default();
-    let keys = counts
+    counts
         .as_object()
-        .map(|o| o.keys().cloned().collect::<Vec<_>>())
-        .unwrap_or_default();
-    keys.iter()
-        .map(|k| {
-            k.chars()
-                .flat_map(|c| {
-                    if c.is_ascii_uppercase() {
-                        vec!['_', c.to_ascii_lowercase()]
-                    } else {
-                        vec![c]
-                    }
-                })
-                .collect()
-        })
-        .collect()
+        .map(|o| o.keys().filter(|k| *k != "total").cloned().collect())
+        .unwrap_or_default()
 }
 
 /// Checks every label value an expression matches against what the binaries can emit.
@@ -212,9 +200,10 @@ fn label_matchers_are_read_from_expressions() {
         matched_values(expr, "kpersist_nodes", "state"),
         ["pending", "failed", "unknown"]
     );
-    assert!(node_states().contains("crash_suspected"));
+    assert!(node_states().contains("crashSuspected"));
+    assert!(!node_states().contains("total"));
     assert_eq!(
-        metric_names("rate(kpersist_agent_transition_duration_seconds_bucket[5m])"),
-        BTreeSet::from(["kpersist_agent_transition_duration_seconds".to_string()])
+        metric_names("rate(kpersist_node_transition_duration_seconds_bucket[5m])"),
+        BTreeSet::from(["kpersist_node_transition_duration_seconds".to_string()])
     );
 }

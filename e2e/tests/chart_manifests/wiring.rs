@@ -10,7 +10,7 @@ use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::core::v1::Service;
 
 use super::{BY_POD, DEFAULT, FULL, pod_template, rendered};
-use crate::chart_support::{Manifest, PodMonitor, ServiceMonitor, all, find};
+use crate::chart_support::{Manifest, PodMonitor, Relabeling, ServiceMonitor, all, find};
 
 fn names(m: &[Manifest], kind: &str) -> BTreeSet<(Option<String>, String)> {
     all(m, kind)
@@ -198,6 +198,9 @@ fn service_monitors_scrape_both_metrics_services() {
                 "{component} ServiceMonitor scrapes port {} of {port_names:?}",
                 e.port
             );
+            if component == "agent" {
+                keyed_by_node(&e.relabelings);
+            }
         }
         assert_eq!(
             sm.metadata
@@ -257,16 +260,31 @@ fn agents_can_be_scraped_pod_by_pod_under_the_same_job() {
             Some(service.as_str()),
             "the alerts and the dashboard know the agents' job as the Service's name"
         );
-        assert!(
-            e.relabelings
-                .iter()
-                .any(|r| r.target_label.as_deref() == Some("node")),
-            "agent series lose their node label"
-        );
+        keyed_by_node(&e.relabelings);
         assert_eq!(
             e.metric_relabelings.len(),
             1,
             "metricRelabelings not rendered"
         );
     }
+}
+
+/// An agent's series are named after its node (labels `node` and `instance`) and carry no
+/// `pod` label, so a new agent pod goes on with its node's series.
+fn keyed_by_node(relabelings: &[Relabeling]) {
+    for label in ["node", "instance"] {
+        assert!(
+            relabelings
+                .iter()
+                .any(|r| r.target_label.as_deref() == Some(label)
+                    && r.source_labels == ["__meta_kubernetes_pod_node_name"]),
+            "agent series do not take {label} from the node name: {relabelings:?}"
+        );
+    }
+    assert!(
+        relabelings
+            .iter()
+            .any(|r| r.action.as_deref() == Some("labeldrop") && r.regex.as_deref() == Some("pod")),
+        "agent series keep their pod label: {relabelings:?}"
+    );
 }

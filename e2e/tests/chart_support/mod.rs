@@ -19,7 +19,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 mod monitoring;
-pub use monitoring::{PodMonitor, PrometheusRule, ServiceMonitor};
+pub use monitoring::{PodMonitor, PrometheusRule, Relabeling, ServiceMonitor};
 
 /// The chart directory of this checkout.
 pub fn chart_dir() -> PathBuf {

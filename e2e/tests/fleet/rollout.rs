@@ -77,8 +77,11 @@ async fn rolls_out_in_waves_then_picks_up_a_newer_cumulative_release() {
         .operator_metrics()
         .await
         .unwrap_or_else(|e| fail(&mut fleet, e));
+    // Each node's apply counted once in the operator's latency histogram, from its status.
     for line in [
         r#"kpersist_nodes{policy="fleet",state="patched"} 6"#,
+        r#"kpersist_selected_nodes{policy="fleet"} 7"#,
+        r#"kpersist_node_run_duration_seconds_count{action="Apply",policy="fleet"} 6"#,
         "kpersist_leader 1",
     ] {
         assert!(

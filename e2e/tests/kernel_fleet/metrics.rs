@@ -30,16 +30,12 @@ impl NodeCounts {
                 value.trim().parse::<f64>().ok()? as usize,
             );
         }
-        let total = *states.get("total")?;
-        let parts: usize = states
-            .iter()
-            .filter(|(s, _)| *s != "total")
-            .map(|(_, n)| n)
-            .sum();
+        let total = sample(text, r#"kpersist_selected_nodes{policy="fleet"}"#)? as usize;
+        let parts: usize = states.values().sum();
         (parts == total).then(|| NodeCounts {
             total,
             patched: states.get("patched").copied().unwrap_or(0),
-            node_problems: states.get("node_problems").copied().unwrap_or(0),
+            node_problems: states.get("nodeProblems").copied().unwrap_or(0),
         })
     }
 }
@@ -72,7 +68,7 @@ impl KernelFleet {
     }
 
     /// Each agent's `kpersist_agent_applied_info` is one series naming the module its
-    /// kernel runs and its LivePatchNode's release; returns the VMs whose kernels run the
+    /// kernel runs and its LivePatchNode's release and policy; returns the VMs whose kernels run the
     /// `target` version.
     async fn agents_agree(&mut self, target: u64) -> Result<Vec<String>, String> {
         let nodes = self.sim.watch.current();
@@ -91,8 +87,10 @@ impl KernelFleet {
                 .and_then(|s| s.applied.as_ref())
                 .ok_or_else(|| format!("{name}'s LivePatchNode reports no release"))?;
             let series = format!(
-                r#"kpersist_agent_applied_info{{kernel="{}",module="{module}",release="{}"}}"#,
-                vm.kernel.release, applied.id
+                r#"kpersist_agent_applied_info{{kernel="{}",module="{module}",policy="{}",release="{}"}}"#,
+                vm.kernel.release,
+                applied.policy.as_deref().unwrap_or_default(),
+                applied.id
             );
             if sample(&metrics, &series) != Some(1.0) {
                 return Err(format!(

@@ -74,6 +74,14 @@ impl Monitoring {
         let operator = fetch_metrics(self.sim.operator_metrics_addr())
             .await
             .map_err(|e| e.to_string())?;
+        let applies = format!(
+            r#"kpersist_node_run_duration_seconds_count{{action="Apply",policy="{POLICY}"}}"#
+        );
+        if !operator.lines().any(|l| l.starts_with(&applies)) {
+            return Err(format!(
+                "the operator has no latency histogram of the agents' applies ({applies}):\n{operator}"
+            ));
+        }
         let operator = samples(&operator);
         let most = per_agent.iter().copied().max().ok_or("no agent")?;
         if most == 0 || operator == 0 {

@@ -169,6 +169,7 @@ async fn apply(policy: Arc<LivePatchPolicy>, ctx: Arc<Context>) -> Result<Action
     ctx.metrics.record_status(&name, &new_status);
     ctx.metrics
         .record_node_errors(&name, &status::node_errors(&views));
+    ctx.metrics.record_runs(&name, status::last_runs(&views));
     status::count_events(&ctx.metrics, &name, &decision.events);
 
     let wait = status::requeue_after(decision.requeue_after, next_poll, next_gate);

@@ -172,7 +172,8 @@ fn applied_lpn() -> LivePatchNode {
             "applied": {"id": "6.1.0-41-amd64/v2", "version": 2, "moduleName": "m",
                         "cves": ["CVE-2026-1"], "policy": "web", "appliedAt": "2026-11-20T09:02:41Z"},
             "lastError": {"reason": "TransitionStalled", "message": "stuck"},
-            "timings": {"downloadMs": 182, "transitionMs": 1240, "totalMs": 1537},
+            "timings": {"run": "Apply", "finishedAt": "2026-11-20T10:00:03Z",
+                        "downloadMs": 182, "transitionMs": 1240, "totalMs": 1537},
             "refusedReleases": ["6.1.0-41-amd64/v1"],
             "conditions": [condition("Ready"), condition("Healthy")],
             "agentVersion": "0.1.0",
@@ -248,7 +249,9 @@ fn lpn_trimming_keeps_what_the_engine_reads() {
     assert_eq!((applied.id, applied.version), (was.id, was.version));
     assert!(applied.cves.is_empty() && applied.module_name.is_empty());
     assert!(s.conditions.is_empty() && s.loaded.is_empty());
-    assert!(s.timings.is_none() && s.boot_id.is_none() && s.agent_version.is_none());
+    assert!(s.boot_id.is_none() && s.agent_version.is_none());
+    assert!(f.timings.as_ref().is_some_and(|t| t.finished_at.is_some()));
+    assert_eq!(s.timings, f.timings, "the latency metrics read the timings");
 }
 
 #[test]

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use kpersist_crds::{LivePatchPolicyStatus, PolicyCondition, PolicyPhase};
+use kpersist_crds::{LivePatchPolicyStatus, PatchTimings, PolicyCondition, PolicyPhase};
 
 use crate::engine::{NodeView, RolloutEvent};
 use crate::metrics::{Metrics, ROLLOUT_COMPLETE, ROLLOUT_FAILED};
@@ -96,6 +96,17 @@ pub fn node_errors(views: &[NodeView]) -> BTreeMap<String, i64> {
         *counts.entry(reason.to_string()).or_insert(0) += 1;
     }
     counts
+}
+
+/// Each node the policy owns, with the timings of its agent's last run.
+pub fn last_runs(views: &[NodeView]) -> impl Iterator<Item = (&str, Option<&PatchTimings>)> {
+    views
+        .iter()
+        .filter(|v| v.other_policies.is_empty())
+        .map(|v| {
+            let status = v.lpn.as_ref().and_then(|lpn| lpn.status.as_ref());
+            (v.name.as_str(), status.and_then(|s| s.timings.as_ref()))
+        })
 }
 
 /// Whether the status says a bake is running, so the Prometheus gate must be evaluated:

@@ -7,8 +7,7 @@ use kpersist_crds::{NodeCounts, NodePatchState, PolicyCondition, PolicyPhase};
 
 use super::nodes::{NodeFacts, Progress, Standing};
 
-/// Counts the selected nodes by state. A node selected by two policies is counted in
-/// `total` only (the Degraded condition names it).
+/// Counts the selected nodes by state; every node is in `total` and in one state.
 pub(crate) fn count_nodes(facts: &[NodeFacts<'_>], pinned: bool) -> NodeCounts {
     let mut counts = NodeCounts {
         total: u32::try_from(facts.len()).unwrap_or(u32::MAX),
@@ -16,7 +15,7 @@ pub(crate) fn count_nodes(facts: &[NodeFacts<'_>], pinned: bool) -> NodeCounts {
     };
     for f in facts {
         let bucket = match (&f.standing, f.state()) {
-            (Standing::Conflicted, _) => continue,
+            (Standing::Conflicted, _) => &mut counts.conflicted,
             (Standing::Unknown, _) => &mut counts.unknown,
             _ if f.troubled() => &mut counts.node_problems,
             (_, Some(NodePatchState::CrashSuspected)) => &mut counts.crash_suspected,
