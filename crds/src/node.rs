@@ -17,10 +17,16 @@ use crate::release::PatchRelease;
     shortname = "lpn",
     category = "kpersist",
     status = "LivePatchNodeStatus",
+    doc = "The livepatch state of one node, named after it: the operator writes what it wants \
+           loaded (spec.desired), the node's agent what the kernel really runs (status).",
     printcolumn = r#"{"name":"Kernel","type":"string","jsonPath":".status.kernelRelease"}"#,
-    printcolumn = r#"{"name":"Applied","type":"string","jsonPath":".status.applied.id"}"#,
-    printcolumn = r#"{"name":"Desired","type":"string","jsonPath":".spec.desired.release.id"}"#,
+    printcolumn = r#"{"name":"Applied","type":"integer","description":"Version of the release the kernel runs","jsonPath":".status.applied.version"}"#,
+    printcolumn = r#"{"name":"Desired","type":"integer","description":"Version of the release the operator asks for","jsonPath":".spec.desired.release.version"}"#,
     printcolumn = r#"{"name":"State","type":"string","jsonPath":".status.state"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","description":"Why the last apply or revert failed","jsonPath":".status.lastError.reason"}"#,
+    printcolumn = r#"{"name":"Policy","type":"string","priority":1,"jsonPath":".spec.desired.policy"}"#,
+    printcolumn = r#"{"name":"Wave","type":"integer","priority":1,"description":"The rollout wave that asked (numbered on across the policy's rollouts)","jsonPath":".spec.desired.wave"}"#,
+    printcolumn = r#"{"name":"Release","type":"string","priority":1,"jsonPath":".status.applied.id"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]

@@ -17,11 +17,19 @@ use serde::{Deserialize, Serialize};
     shortname = "lpp",
     category = "kpersist",
     status = "LivePatchPolicyStatus",
+    doc = "A policy that keeps the nodes it selects on the newest cumulative livepatch release \
+           of a signed repository: each new release is rolled out in canary waves with health \
+           gates, and reverted when a wave fails. One LivePatchNode per node shows what its \
+           kernel runs.",
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].reason"}"#,
     printcolumn = r#"{"name":"Target","type":"string","jsonPath":".status.targetSummary"}"#,
     printcolumn = r#"{"name":"Patched","type":"string","jsonPath":".status.patchedSummary"}"#,
+    printcolumn = r#"{"name":"Failed","type":"integer","jsonPath":".status.nodes.failed"}"#,
     printcolumn = r#"{"name":"Wave","type":"string","jsonPath":".status.waveSummary"}"#,
-    printcolumn = r#"{"name":"Bad","type":"string","jsonPath":".status.badReleases[*].release"}"#,
+    printcolumn = r#"{"name":"Problems","type":"integer","priority":1,"description":"Nodes held back by trouble of their own (not the release's fault)","jsonPath":".status.nodes.nodeProblems"}"#,
+    printcolumn = r#"{"name":"Bad","type":"string","priority":1,"description":"Releases marked bad","jsonPath":".status.badReleases[*].release"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]

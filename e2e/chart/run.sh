@@ -96,7 +96,7 @@ else
 fi
 # Agents found pod by pod (fleets past 1,000 nodes), with a metric relabeling.
 if "$HELM" template kp "$CHART" -n kpersist "${FULL_ARGS[@]}" --set metrics.serviceMonitor.agentsByPod=true \
-  --set-json 'metrics.serviceMonitor.metricRelabelings=[{"action":"drop","sourceLabels":["__name__"],"regex":"kpersist_agent_health_findings_total"}]' \
+  --set-json 'metrics.serviceMonitor.metricRelabelings=[{"action":"drop","sourceLabels":["__name__"],"regex":"kpersist_agent_drift_found_total"}]' \
   >"$RENDERED/by-pod.yaml" 2>"$WORK/err"; then
   say "agents scraped by pod: $(grep -c '^kind: PodMonitor' "$RENDERED/by-pod.yaml") PodMonitor"
 else

@@ -7,7 +7,9 @@
 # created the node's LivePatchNode, which reports Unsupported with the real (read-only)
 # kernel interface; with agent.simulate a LivePatchPolicy rolls out and shows Applied;
 # /metrics answers on both pods; a `helm upgrade` restarts the agent and the patch stays
-# applied; `helm uninstall` leaves only the CRDs.
+# applied; `kubectl wait`, `-o wide` and the events command work as the chart's README and
+# NOTES print them; `helm uninstall` leaves only the CRDs, and the README's steps remove
+# those too with no operator left to clear its finalizer.
 #
 # This machine's kernel is never patched: the real-kernel agent runs before any policy
 # exists and only reads (no /sys/kernel/livepatch here: Unsupported); the policy is applied
@@ -319,6 +321,30 @@ wait_until "LivePatchNode $NODE Applied $RELEASE_ID" 180 applied "$RELEASE_ID"
 policy_complete() { [ "$(k get livepatchpolicy e2e -o jsonpath='{.status.phase} {.status.patchedSummary}')" = "Complete 1/1" ]; }
 wait_until "LivePatchPolicy e2e Complete, 1/1 nodes patched" 120 policy_complete
 
+say "step 8b: kubectl as the chart's README and NOTES show it"
+# kubectl wait understands the policy's Ready condition.
+k wait --for=condition=Ready lpp/e2e --timeout=60s >"$WORK/wait.txt" 2>&1 ||
+  fail "kubectl wait --for=condition=Ready lpp/e2e: $(cat "$WORK/wait.txt")"
+ok "kubectl wait --for=condition=Ready lpp/e2e: $(cat "$WORK/wait.txt")"
+k get lpp,lpn -o wide >"$WORK/wide.txt" 2>&1 || fail "kubectl get lpp,lpn -o wide: $(cat "$WORK/wide.txt")"
+sed 's/^/  | /' "$WORK/wide.txt"
+for column in READY REASON FAILED PROBLEMS BAD APPLIED DESIRED POLICY WAVE RELEASE; do
+  grep -q "$column" "$WORK/wide.txt" || fail "kubectl get lpp,lpn -o wide has no $column column"
+done
+grep -q "^livepatchpolicy.kpersist.io/e2e  *Complete  *True " "$WORK/wide.txt" ||
+  fail "the policy's row does not read Complete, Ready True"
+ok "kubectl get lpp,lpn -o wide: Ready, Reason, Failed on the policy; Policy, Wave, Release in wide"
+# The events command, exactly as the chart's README and NOTES print it.
+for doc in "$ROOT/helm/kpersist/README.md" "$ROOT/helm/kpersist/templates/NOTES.txt"; do
+  printed=$(grep -o 'kubectl get events [^#]*' "$doc" | head -n1 | sed 's/ *$//')
+  [ -n "$printed" ] || fail "$doc shows no kubectl get events command"
+  read -ra words <<<"${printed#kubectl }"
+  k "${words[@]}" >"$WORK/events.txt" 2>&1 || fail "$printed: $(cat "$WORK/events.txt")"
+  grep -q "livepatchpolicy/e2e" "$WORK/events.txt" ||
+    fail "$printed (from $(basename "$doc")) lists no Event of policy e2e: $(cat "$WORK/events.txt")"
+  ok "$printed (from $(basename "$doc")): $(grep -c "livepatchpolicy/e2e" "$WORK/events.txt") events of policy e2e"
+done
+
 # --- 9. metrics ---------------------------------------------------------------------------------
 say "step 9: /metrics of both pods at their pod IPs"
 for c in operator:$OPERATOR_PORT agent:$AGENT_PORT; do
@@ -365,6 +391,21 @@ for crd in livepatchpolicies.kpersist.io livepatchnodes.kpersist.io; do
   k get crd "$crd" >/dev/null 2>&1 || fail "CRD $crd is gone after helm uninstall; Helm keeps CRDs"
 done
 ok "only the CRDs remain (and the objects users and agents made: $(k get livepatchpolicies,livepatchnodes -o name | tr '\n' ' '))"
+
+say "step 12: removing everything after the chart is gone, as the chart's README says"
+# With no operator left, the policy's finalizer would hold its deletion and the CRD's for
+# ever; the README's loop removes it. Each command runs exactly as printed.
+README="$ROOT/helm/kpersist/README.md"
+unblock=$(grep -m1 '^for p in $(kubectl get livepatchpolicies' "$README") || fail "$README shows no finalizer removal"
+remove=$(grep -m1 '^kubectl delete crd ' "$README") || fail "$README shows no CRD deletion"
+kubectl() { k "$@"; }
+eval "$unblock" >"$WORK/unblock.log" 2>&1 || fail "$unblock: $(cat "$WORK/unblock.log")"
+unset -f kubectl
+read -ra words <<<"${remove#kubectl }"
+timeout 120 "$KUBECTL" --kubeconfig "$CL/admin.kubeconfig" "${words[@]}" >"$WORK/remove.log" 2>&1 ||
+  fail "$remove did not finish within 120s: $(cat "$WORK/remove.log")"
+no_crds() { ! k get crd livepatchpolicies.kpersist.io livepatchnodes.kpersist.io >/dev/null 2>&1; }
+wait_until "the CRDs, the policy and the node records are gone" 30 no_crds
 
 PASSED=1
 finish

@@ -166,6 +166,7 @@ impl<K: Kernel + Clone + 'static> Engine<K> {
         generation: Option<i64>,
         progress: Progress<'_>,
     ) -> Result<Report, AgentError> {
+        self.metrics.set_policy(desired.map(|d| d.policy.as_str()));
         let obs = self.observe().await?;
         let Some(identity) = obs.identity.clone() else {
             return Ok(Report::state(NodePatchState::Unsupported));

@@ -2,8 +2,10 @@
 //!
 //! A handful of series per node: at 10,000 nodes every agent series is 10,000 series at
 //! Prometheus. How long applies and reverts take is not here: each run's timings go into
-//! the LivePatchNode's status, and the operator turns them into one histogram per policy
-//! (`kpersist_node_apply_duration_seconds`).
+//! the LivePatchNode's status, and the operator turns them into histograms per policy
+//! (`kpersist_node_run_duration_seconds`, `kpersist_node_transition_duration_seconds`).
+
+use std::sync::{Arc, Mutex};
 
 use kpersist_crds::{AppliedRelease, NodeErrorReason, NodePatchState};
 use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
@@ -16,7 +18,8 @@ use crate::drift::{Drift, DriftKind};
 pub struct Metrics {
     registry: Registry,
     runs: IntCounterVec,
-    info: IntGaugeVec,
+    info: InfoGauge,
+    policy: InfoGauge,
     findings: IntCounterVec,
     start_to_applied: prometheus::Gauge,
     drift: IntGaugeVec,
@@ -39,8 +42,7 @@ impl Metrics {
             Opts::new(
                 "kpersist_agent_applied_info",
                 "The release this node runs: 1 for the live module, release, kernel and the \
-                 policy that asked for it (empty when none did), for joining agent series \
-                 to a policy",
+                 policy that asked for it (empty when none did)",
             ),
             &["module", "release", "kernel", "policy"],
         )?;
@@ -54,6 +56,15 @@ impl Metrics {
         )?;
         registry.register(Box::new(runs.clone()))?;
         registry.register(Box::new(info.clone()))?;
+        let policy = IntGaugeVec::new(
+            Opts::new(
+                "kpersist_agent_policy_info",
+                "Always 1: the policy whose request this node follows (empty when none asks), \
+                 for joining agent series to a policy",
+            ),
+            &["policy"],
+        )?;
+        registry.register(Box::new(policy.clone()))?;
         let start_to_applied = prometheus::Gauge::new(
             "kpersist_agent_start_to_applied_seconds",
             "From the agent's start to its first apply that ended Applied (as after a reboot)",
@@ -95,7 +106,8 @@ impl Metrics {
         Ok(Metrics {
             registry,
             runs,
-            info,
+            info: InfoGauge::new(info),
+            policy: InfoGauge::new(policy),
             findings,
             start_to_applied,
             drift,
@@ -150,13 +162,21 @@ impl Metrics {
 
     /// Sets the info metric to the live release (or clears it).
     pub fn set_applied(&self, applied: Option<&AppliedRelease>, kernel: &str) {
-        self.info.reset();
-        if let Some(release) = applied {
-            let policy = release.policy.as_deref().unwrap_or_default();
-            self.info
-                .with_label_values(&[&release.module_name, &release.id, kernel, policy])
-                .set(1);
-        }
+        self.info.show(applied.map(|release| {
+            let policy = release.policy.clone().unwrap_or_default();
+            vec![
+                release.module_name.clone(),
+                release.id.clone(),
+                kernel.to_string(),
+                policy,
+            ]
+        }));
+    }
+
+    /// Sets the policy whose request the node follows (`None`: no request).
+    pub fn set_policy(&self, policy: Option<&str>) {
+        self.policy
+            .show(Some(vec![policy.unwrap_or_default().to_string()]));
     }
 
     /// The metrics in the Prometheus text format.
@@ -170,6 +190,41 @@ impl Metrics {
             return String::new();
         }
         String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// An info gauge with at most one series, moved to new label values without a moment in
+/// which a scrape would find none.
+#[derive(Clone)]
+struct InfoGauge {
+    gauge: IntGaugeVec,
+    shown: Arc<Mutex<Option<Vec<String>>>>,
+}
+
+impl InfoGauge {
+    fn new(gauge: IntGaugeVec) -> InfoGauge {
+        InfoGauge {
+            gauge,
+            shown: Arc::default(),
+        }
+    }
+
+    /// Shows the series of `labels` at 1 (`None`: no series), then drops the one before.
+    fn show(&self, labels: Option<Vec<String>>) {
+        let mut shown = self.shown.lock().unwrap_or_else(|e| e.into_inner());
+        if *shown == labels {
+            return;
+        }
+        fn values(labels: &[String]) -> Vec<&str> {
+            labels.iter().map(String::as_str).collect()
+        }
+        if let Some(labels) = &labels {
+            self.gauge.with_label_values(&values(labels)).set(1);
+        }
+        if let Some(before) = shown.take() {
+            let _ = self.gauge.remove_label_values(&values(&before));
+        }
+        *shown = labels;
     }
 }
 
@@ -223,6 +278,38 @@ pub(crate) mod tests {
             "{text}"
         );
         assert!(!text.contains("_bucket"), "no histogram per node: {text}");
+    }
+
+    #[test]
+    fn info_series_move_to_new_labels_and_go() {
+        let m = Metrics::new().unwrap();
+        fn infos(m: &Metrics, name: &str) -> Vec<String> {
+            m.render()
+                .lines()
+                .filter(|l| l.starts_with(name))
+                .map(str::to_string)
+                .collect()
+        }
+        m.set_policy(Some("web"));
+        m.set_applied(Some(&applied("kpersist_v2", "k/v2")), "k");
+        m.set_applied(Some(&applied("kpersist_v3", "k/v3")), "k");
+        assert_eq!(
+            infos(&m, "kpersist_agent_applied_info{"),
+            [
+                r#"kpersist_agent_applied_info{kernel="k",module="kpersist_v3",policy="web",release="k/v3"} 1"#
+            ]
+        );
+        m.set_applied(None, "k");
+        assert!(infos(&m, "kpersist_agent_applied_info{").is_empty());
+        assert_eq!(
+            infos(&m, "kpersist_agent_policy_info{"),
+            [r#"kpersist_agent_policy_info{policy="web"} 1"#]
+        );
+        m.set_policy(None);
+        assert_eq!(
+            infos(&m, "kpersist_agent_policy_info{"),
+            [r#"kpersist_agent_policy_info{policy=""} 1"#]
+        );
     }
 
     #[test]

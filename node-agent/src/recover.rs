@@ -34,7 +34,9 @@ impl<K: Kernel + Clone + 'static> Patcher<K> {
             Ok(boot_id) => self.recover_probation(&boot_id).await,
             Err(_) => None,
         };
-        marker.or(probation)
+        let mut outcome = marker.or(probation)?;
+        outcome.timings.run.get_or_insert(PatchRun::Recover);
+        Some(outcome)
     }
 
     async fn recover_marker(&self) -> Option<Outcome> {

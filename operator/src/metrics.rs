@@ -211,9 +211,10 @@ impl Metrics {
                 r,
                 node_histogram(
                     "kpersist_node_run_duration_seconds",
-                    "Applies and reverts on the policy's nodes by action (Apply, Revert, \
-                     Recover), from the agent's start of the run to its end, as the agents \
-                     report in their LivePatchNodes' status.timings.",
+                    "Applies and reverts on the policy's nodes by action, from the start of \
+                     the run to its end, as the agents report in their LivePatchNodes' \
+                     status.timings (Recover: from the restarted agent's start to the end of \
+                     the load an earlier agent process began).",
                 ),
             ),
             transition_duration: registered(
@@ -221,7 +222,8 @@ impl Metrics {
                 node_histogram(
                     "kpersist_node_transition_duration_seconds",
                     "From the module load to the end of the livepatch transition on the \
-                     policy's nodes, by action, from the LivePatchNodes' status.timings.",
+                     policy's nodes, by action, from the LivePatchNodes' status.timings \
+                     (Recover: from the restarted agent's start).",
                 ),
             ),
             node_runs: Arc::default(),
@@ -322,7 +324,10 @@ impl Metrics {
     ) {
         let mut node_runs = self.node_runs.lock().unwrap_or_else(|e| e.into_inner());
         for run in node_runs.new_runs(policy, nodes) {
-            let action = run.run.map_or("Unknown", PatchRun::as_str);
+            // Every agent that stamps its runs names them too.
+            let Some(action) = run.run.map(PatchRun::as_str) else {
+                continue;
+            };
             let seconds = |ms: Option<u64>| ms.map(|ms| ms as f64 / 1000.0);
             if let Some(total) = seconds(run.total_ms) {
                 self.run_duration
@@ -368,11 +373,7 @@ impl Metrics {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .forget(policy);
-        for action in PatchRun::ALL
-            .map(PatchRun::as_str)
-            .into_iter()
-            .chain(["Unknown"])
-        {
+        for action in PatchRun::ALL.map(PatchRun::as_str) {
             let _ = self.run_duration.remove_label_values(&[policy, action]);
             let _ = self
                 .transition_duration

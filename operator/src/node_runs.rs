@@ -2,10 +2,14 @@
 //! lands in the operator's latency histograms once (no client, no clock).
 //!
 //! A LivePatchNode's status carries its last run's timings, stamped with when the run
-//! finished. A reconcile counts a node's run when it sees a stamp it has not seen on that
-//! node before. A node seen for the first time (this replica just started leading, or the
-//! node just joined the policy) is only remembered: its run may be one another replica
-//! counted. A node that runs twice between two reconciles of its policy is counted once.
+//! finished. A reconcile of a policy counts a node's run when it sees a stamp it has not
+//! seen on that node before. What this misses, by design (the histograms are a sample of
+//! the fleet's latency, not a ledger of runs):
+//! - a node seen for the first time (this replica just started leading, or the node just
+//!   joined the policy) is only remembered: its run may be one another replica counted;
+//! - a node that runs twice between two reconciles of its policy is counted once;
+//! - runs on nodes the policy no longer selects (their last revert) are not counted, and a
+//!   node two policies select counts only for the older one, which owns it.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -14,7 +18,14 @@ use kpersist_crds::PatchTimings;
 /// The last run stamp seen on each node, per policy.
 #[derive(Debug, Default)]
 pub struct NodeRuns {
-    seen: BTreeMap<String, HashMap<String, Option<String>>>,
+    policies: BTreeMap<String, Seen>,
+}
+
+/// One policy's nodes: the stamp last seen on each, and the look that saw it.
+#[derive(Debug, Default)]
+struct Seen {
+    look: u64,
+    nodes: HashMap<String, (Option<String>, u64)>,
 }
 
 impl NodeRuns {
@@ -25,27 +36,33 @@ impl NodeRuns {
         policy: &str,
         nodes: impl IntoIterator<Item = (&'a str, Option<&'a PatchTimings>)>,
     ) -> Vec<&'a PatchTimings> {
-        let before = self.seen.remove(policy);
-        let mut now = HashMap::new();
+        let seen = self.policies.entry(policy.to_string()).or_default();
+        seen.look += 1;
+        let look = seen.look;
         let mut runs = Vec::new();
         for (node, timings) in nodes {
-            let stamp = timings.and_then(|t| t.finished_at.clone());
-            let known = before.as_ref().and_then(|seen| seen.get(node));
-            if let (Some(known), Some(timings)) = (known, timings)
-                && stamp.is_some()
-                && *known != stamp
-            {
-                runs.push(timings);
+            let stamp = timings.and_then(|t| t.finished_at.as_deref());
+            match seen.nodes.get_mut(node) {
+                Some((known, at)) => {
+                    *at = look;
+                    if stamp.is_some() && known.as_deref() != stamp {
+                        *known = stamp.map(str::to_string);
+                        runs.extend(timings);
+                    }
+                }
+                None => {
+                    let first = (stamp.map(str::to_string), look);
+                    seen.nodes.insert(node.to_string(), first);
+                }
             }
-            now.insert(node.to_string(), stamp);
         }
-        self.seen.insert(policy.to_string(), now);
+        seen.nodes.retain(|_, (_, at)| *at == look);
         runs
     }
 
     /// Forgets a deleted policy.
     pub fn forget(&mut self, policy: &str) {
-        self.seen.remove(policy);
+        self.policies.remove(policy);
     }
 }
 
@@ -79,6 +96,15 @@ mod tests {
         );
         // A node that joins with a run behind it is only remembered.
         assert!(runs.new_runs("p", [("c", Some(&first))]).is_empty());
+    }
+
+    #[test]
+    fn a_node_that_left_is_forgotten() {
+        let mut runs = NodeRuns::default();
+        runs.new_runs("p", [("a", None)]);
+        runs.new_runs("p", [("b", None)]);
+        // a left in the look before: back now, it is first seen again.
+        assert!(runs.new_runs("p", [("a", Some(&run("t1")))]).is_empty());
     }
 
     #[test]

@@ -10,6 +10,9 @@ use serde_json::Value;
 
 use crate::suite::{Monitoring, POLICY, promtool};
 
+/// The most series one agent may export.
+const AGENT_SERIES: usize = 16;
+
 /// The dashboard the chart ships.
 const DASHBOARD: &str = "helm/kpersist/dashboards/kpersist.json";
 /// How long Prometheus may take to evaluate something new (1 s intervals).
@@ -87,6 +90,12 @@ impl Monitoring {
         if most == 0 || operator == 0 {
             return Err(format!(
                 "no series: agents {per_agent:?}, operator {operator}"
+            ));
+        }
+        // Each agent series is one per node at Prometheus: an agent keeps a handful.
+        if most > AGENT_SERIES {
+            return Err(format!(
+                "an agent exports {most} series, more than {AGENT_SERIES}: {per_agent:?}"
             ));
         }
         Ok(format!(

@@ -63,9 +63,11 @@ impl Monitoring {
             .agent_metrics_addrs()
             .iter()
             .map(|(node, addr)| {
+                // Named after the node, as the chart's monitors relabel an agent target.
+                let labels = [("node", node), ("instance", node)];
                 (
                     addr.clone(),
-                    BTreeMap::from([("node".into(), node.clone())]),
+                    BTreeMap::from(labels.map(|(k, v)| (k.to_string(), v.clone()))),
                 )
             })
             .collect();

@@ -156,6 +156,8 @@ async fn apply(policy: Arc<LivePatchPolicy>, ctx: Arc<Context>) -> Result<Action
         );
         writes.extend(departed);
     }
+    // Before the writes, which may end this reconcile early: runs seen now are counted now.
+    ctx.metrics.record_runs(&name, status::last_runs(&views));
     let status_changed = policy.status.as_ref() != Some(&new_status);
     let status = status_changed.then_some(&new_status);
     if let Some(stop) = write_decision(&ctx, &policy, status, status_first, &writes).await? {
@@ -169,7 +171,6 @@ async fn apply(policy: Arc<LivePatchPolicy>, ctx: Arc<Context>) -> Result<Action
     ctx.metrics.record_status(&name, &new_status);
     ctx.metrics
         .record_node_errors(&name, &status::node_errors(&views));
-    ctx.metrics.record_runs(&name, status::last_runs(&views));
     status::count_events(&ctx.metrics, &name, &decision.events);
 
     let wait = status::requeue_after(decision.requeue_after, next_poll, next_gate);

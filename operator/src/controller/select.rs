@@ -296,8 +296,9 @@ pub fn trim_node(node: &mut Node) {
 /// other than name, uid, generation, resourceVersion and deletion time, and the parts of
 /// the agent's status that are for people (conditions, loaded modules, boot id, agent
 /// version, the applied release's CVEs and module name; its `appliedAt` stays, for each
-/// release's first exposure, and the timings, which the latency metrics read). `spec.desired` stays whole,
-/// as the engine compares it with the spec it wants to tell whether a write is needed,
+/// release's first exposure, and the timings, which the latency metrics read).
+/// `spec.desired` stays whole, as the engine compares it with the spec it wants to tell
+/// whether a write is needed,
 /// except for its CA bundle, a copy of the policy's on every node: that is kept as a digest,
 /// which compares as well (see [`crate::engine::digest_ca_bundle`]).
 pub fn trim_lpn(lpn: &mut LivePatchNode) {

@@ -138,10 +138,9 @@ fn a_bake_is_named_by_its_start() {
 
 #[test]
 fn node_errors_are_counted_by_reason() {
-    use kpersist_crds::{LivePatchNode, LivePatchNodeStatus, NodeError, NodeErrorReason};
+    use kpersist_crds::{LivePatchNodeStatus, NodeError, NodeErrorReason};
     let view = |name: &str, reason: Option<NodeErrorReason>| {
-        let mut lpn = LivePatchNode::new(name, Default::default());
-        lpn.status = Some(LivePatchNodeStatus {
+        let status = LivePatchNodeStatus {
             last_error: reason.map(|reason| NodeError {
                 reason,
                 message: String::new(),
@@ -149,17 +148,8 @@ fn node_errors_are_counted_by_reason() {
                 at: None,
             }),
             ..LivePatchNodeStatus::default()
-        });
-        NodeView {
-            name: name.into(),
-            ready: true,
-            not_ready_since: None,
-            leaving: false,
-            kernel_release: None,
-            build_id: None,
-            lpn: Some(std::sync::Arc::new(lpn)),
-            other_policies: Vec::new(),
-        }
+        };
+        view_with(name, Vec::new(), status)
     };
     let views = [
         view("a", Some(NodeErrorReason::DownloadFailed)),
@@ -171,4 +161,51 @@ fn node_errors_are_counted_by_reason() {
     assert_eq!(counts.get("DownloadFailed"), Some(&2));
     assert_eq!(counts.get("TransitionStalled"), Some(&1));
     assert_eq!(counts.len(), 2);
+}
+
+#[test]
+fn last_runs_are_those_of_the_nodes_the_policy_owns() {
+    use kpersist_crds::{LivePatchNodeStatus, PatchTimings};
+    let view = |name: &str, other_policies: Vec<String>, timings: Option<PatchTimings>| {
+        let status = LivePatchNodeStatus {
+            timings,
+            ..LivePatchNodeStatus::default()
+        };
+        view_with(name, other_policies, status)
+    };
+    let stamped = PatchTimings {
+        finished_at: Some("t1".into()),
+        ..PatchTimings::default()
+    };
+    let views = [
+        view("mine", Vec::new(), Some(stamped.clone())),
+        view("idle", Vec::new(), None),
+        view(
+            "older-policy's",
+            vec!["older".into()],
+            Some(stamped.clone()),
+        ),
+    ];
+    let runs: Vec<(&str, Option<&PatchTimings>)> = last_runs(&views).collect();
+    assert_eq!(runs, [("mine", Some(&stamped)), ("idle", None)]);
+}
+
+/// A ready node whose LivePatchNode reports `status`, also selected by `other_policies`.
+fn view_with(
+    name: &str,
+    other_policies: Vec<String>,
+    status: kpersist_crds::LivePatchNodeStatus,
+) -> NodeView {
+    let mut lpn = kpersist_crds::LivePatchNode::new(name, Default::default());
+    lpn.status = Some(status);
+    NodeView {
+        name: name.into(),
+        ready: true,
+        not_ready_since: None,
+        leaving: false,
+        kernel_release: None,
+        build_id: None,
+        lpn: Some(std::sync::Arc::new(lpn)),
+        other_policies,
+    }
 }

@@ -61,7 +61,7 @@
 //!   `dryRun` writes nothing to any node and fills `plannedWaves` (a count per wave and
 //!   the first ten names).
 //! - **Nodes selected by two policies** are patched by the older policy (the controller
-//!   tells the newer one, through `other_policies`); the newer counts them in `total` only
+//!   tells the newer one, through `other_policies`); the newer counts them as `conflicted`
 //!   and names them in its Degraded condition.
 //! - **Nodes joining and leaving.** A node that joins and needs its target takes its place
 //!   in the order; one that leaves is forgotten. A wave left with no node (all left, or
