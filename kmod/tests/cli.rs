@@ -137,9 +137,7 @@ fn a_published_repository_verifies_and_lists() {
     let kernel = fixture_kernel();
     assert!(table.starts_with("ID "), "{table}");
     assert!(
-        table.contains(&format!(
-            "{kernel}/v2  kpersist_v2  stable,edge  CVE-2024-1086"
-        )),
+        table.contains(&format!("{kernel}/v2  kpersist_v2  stable,edge  1     ")),
         "{table}"
     );
 }
@@ -421,4 +419,86 @@ fn usage_errors_exit_with_code_2_and_every_subcommand_has_help() {
         let help = succeed(&[sub, "--help"]);
         assert!(help.contains(flag), "{sub} --help lacks {flag}: {help}");
     }
+}
+
+#[test]
+fn list_prints_every_field_as_json_or_yaml() {
+    let published = Published::new();
+    let repo = s(&published.repo);
+    let json = succeed(&["list", "--repo", repo, "-o", "json"]);
+    let releases: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let newest = &releases.as_array().unwrap()[1];
+    assert_eq!(newest["moduleName"], "kpersist_v2", "{json}");
+    assert_eq!(
+        newest["cves"],
+        serde_json::json!(["CVE-2024-1086"]),
+        "{json}"
+    );
+    let yaml = succeed(&["list", "--repo", repo, "--output", "yaml"]);
+    let from_yaml: serde_json::Value = serde_yaml::from_str(&yaml).unwrap();
+    assert_eq!(from_yaml, releases, "yaml and json list the same releases");
+    let out = repo_tool(&["list", "--repo", repo, "-o", "xml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("json"),
+        "names the formats: {}",
+        stderr(&out)
+    );
+}
+
+/// Runs `kpersist-repo sign` with `stdin` on its standard input and `env` set (or
+/// KPERSIST_REPO_KEY removed).
+fn sign_with(repo: &str, key_flag: &[&str], stdin: &[u8], env: Option<&str>) -> Output {
+    use std::io::Write;
+    let mut command = Command::new(env!("CARGO_BIN_EXE_kpersist-repo"));
+    command
+        .args(["sign", "--repo", repo])
+        .args(key_flag)
+        .env_remove("KPERSIST_REPO_KEY")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    if let Some(key) = env {
+        command.env("KPERSIST_REPO_KEY", key);
+    }
+    let mut child = command.spawn().unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn sign_takes_the_key_from_stdin_or_the_environment() {
+    let published = Published::new();
+    let repo = s(&published.repo);
+    let key = std::fs::read_to_string(published.keys.join("kpersist.key")).unwrap();
+    for out in [
+        sign_with(repo, &["--key", "-"], key.as_bytes(), None),
+        sign_with(repo, &[], b"", Some(key.trim())),
+    ] {
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(published.verify().status.success());
+    }
+    let out = sign_with(repo, &[], b"", None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("no signing key") && stderr(&out).contains("KPERSIST_REPO_KEY"),
+        "{}",
+        stderr(&out)
+    );
+    let out = sign_with(repo, &["--key", "-"], b"not a key\n", None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("standard input"), "{}", stderr(&out));
+}
+
+#[test]
+fn completions_and_the_manual_page_name_every_subcommand() {
+    let bash = succeed(&["completions", "bash"]);
+    let man = succeed(&["man"]);
+    assert!(man.starts_with(".ie") || man.contains(".TH"), "{man}");
+    for sub in ["keygen", "init", "add", "sign", "verify", "list"] {
+        assert!(bash.contains(sub), "bash completion lacks {sub}");
+        assert!(man.contains(sub), "the manual page lacks {sub}");
+    }
+    assert!(succeed(&["completions", "zsh"]).contains("#compdef kpersist-repo"));
+    assert_eq!(repo_tool(&["completions", "tcsh"]).status.code(), Some(2));
 }

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use kpersist_kmod::repository::{is_channel, is_cve_id};
 
 /// Build, sign and verify a kpersist patch repository.
@@ -49,9 +49,12 @@ pub enum Command {
         /// Repository directory.
         #[arg(long, value_name = "DIR")]
         repo: PathBuf,
-        /// Private key file written by `kpersist-repo keygen` (kpersist.key).
+        /// Private key file written by `kpersist-repo keygen` (kpersist.key); `-` reads
+        /// the key from standard input. Without --key the key is taken from the
+        /// environment variable KPERSIST_REPO_KEY (the key file's one line), as CI
+        /// systems pass secrets.
         #[arg(long, value_name = "FILE")]
-        key: PathBuf,
+        key: Option<PathBuf>,
         /// How long the signed index stays current, e.g. 7d, 36h, 1d12h.
         #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = parse_validity)]
         valid_for: jiff::SignedDuration,
@@ -71,7 +74,31 @@ pub enum Command {
         /// Repository directory.
         #[arg(long, value_name = "DIR")]
         repo: PathBuf,
+        /// Output format: a table (one line per release, CVEs counted), or every field of
+        /// each release as json or yaml, for scripts.
+        #[arg(short, long, value_enum, default_value_t = ListFormat::Table)]
+        output: ListFormat,
     },
+    /// Print a shell completion script, e.g.
+    /// `kpersist-repo completions bash > /etc/bash_completion.d/kpersist-repo`.
+    Completions {
+        /// The shell to complete in.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff), e.g. `kpersist-repo man > kpersist-repo.1`.
+    Man,
+}
+
+/// How `kpersist-repo list` prints the releases.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ListFormat {
+    /// An aligned table for people.
+    Table,
+    /// A JSON array of the index's release entries.
+    Json,
+    /// The same as YAML.
+    Yaml,
 }
 
 /// The flags of `kpersist-repo add`.

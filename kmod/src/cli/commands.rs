@@ -9,13 +9,17 @@ use jiff::{SignedDuration, Timestamp};
 use kpersist_kmod::repository::{INDEX_FILE, LocalRepository, NewRelease, verify_repository_dir};
 use kpersist_kmod::signing::{PrivateKey, PublicKey};
 
-use crate::args::{AddArgs, Command};
+use clap::CommandFactory;
+
+use crate::args::{AddArgs, Cli, Command, ListFormat};
 use crate::table::release_table;
 
 /// File name of the private key `keygen` writes.
 pub const PRIVATE_KEY_FILE: &str = "kpersist.key";
 /// File name of the public key `keygen` writes.
 pub const PUBLIC_KEY_FILE: &str = "kpersist.pub";
+/// The environment variable `sign` takes the private key from when no --key is given.
+pub const KEY_ENV: &str = "KPERSIST_REPO_KEY";
 
 /// A command that did not succeed, printed as `kpersist-repo: <what>: <why>; <fix>`.
 #[derive(Debug)]
@@ -63,9 +67,48 @@ pub fn run(command: Command) -> Result<String, Failure> {
             repo,
             key,
             valid_for,
-        } => sign(&repo, &key, valid_for),
+        } => sign(&repo, key.as_deref(), valid_for),
         Command::Verify { repo, pubkeys } => verify(&repo, &pubkeys),
-        Command::List { repo } => list(&repo),
+        Command::List { repo, output } => list(&repo, output),
+        Command::Completions { shell } => Ok(completions(shell)),
+        Command::Man => man(),
+    }
+}
+
+fn completions(shell: clap_complete::Shell) -> String {
+    let mut out = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "kpersist-repo", &mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn man() -> Result<String, Failure> {
+    let mut out = Vec::new();
+    clap_mangen::Man::new(Cli::command())
+        .render(&mut out)
+        .map_err(|e| failure("man".into(), "report this as a bug")(&e))?;
+    Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// The signing key from --key (a file, or `-` for standard input) or else from
+/// [`KEY_ENV`].
+fn signing_key(key: Option<&Path>) -> Result<PrivateKey, String> {
+    let from_text =
+        |text: &str, origin: &str| PrivateKey::from_base64(text, origin).map_err(|e| e.to_string());
+    match key {
+        Some(path) if path == Path::new("-") => {
+            let mut text = String::new();
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+                .map_err(|e| format!("standard input: {e}"))?;
+            from_text(&text, "standard input")
+        }
+        Some(path) => PrivateKey::read(path).map_err(|e| e.to_string()),
+        None => match std::env::var(KEY_ENV) {
+            Ok(text) => from_text(&text, KEY_ENV),
+            Err(_) => Err(format!(
+                "no signing key: pass --key FILE, --key - (standard input) or set {KEY_ENV} \
+                 to the key file's line"
+            )),
+        },
     }
 }
 
@@ -106,9 +149,9 @@ fn add(args: AddArgs) -> Result<String, Failure> {
     ))
 }
 
-fn sign(repo: &Path, key: &Path, valid_for: SignedDuration) -> Result<String, Failure> {
+fn sign(repo: &Path, key: Option<&Path>, valid_for: SignedDuration) -> Result<String, Failure> {
     let what = format!("sign {}", repo.display());
-    let key = PrivateKey::read(key).map_err(|e| failure(what.clone(), "check --key")(&e))?;
+    let key = signing_key(key).map_err(|e| failure(what.clone(), "check --key")(&e))?;
     let local = LocalRepository::open(repo);
     let fail = failure(what, "check --repo");
     let index = local
@@ -123,7 +166,7 @@ fn sign(repo: &Path, key: &Path, valid_for: SignedDuration) -> Result<String, Fa
     ))
 }
 
-fn list(repo: &Path) -> Result<String, Failure> {
+fn list(repo: &Path, format: ListFormat) -> Result<String, Failure> {
     let fail = failure(
         format!("list {}", repo.display()),
         "check that --repo names a repository made by `kpersist-repo init`",
@@ -131,7 +174,15 @@ fn list(repo: &Path) -> Result<String, Failure> {
     let index = LocalRepository::open(repo)
         .load_index()
         .map_err(|e| fail(&e))?;
-    Ok(release_table(&index.releases))
+    let releases = &index.releases;
+    let encode = |e: &dyn std::fmt::Display| failure("list".into(), "report this as a bug")(e);
+    match format {
+        ListFormat::Table => Ok(release_table(releases)),
+        ListFormat::Json => serde_json::to_string_pretty(releases)
+            .map(|json| json + "\n")
+            .map_err(|e| encode(&e)),
+        ListFormat::Yaml => serde_yaml::to_string(releases).map_err(|e| encode(&e)),
+    }
 }
 
 fn verify(repo: &Path, pubkeys: &[PathBuf]) -> Result<String, Failure> {
