@@ -64,6 +64,7 @@ pub struct RepositorySpec {
     /// `kpersist-repo keygen`). The index must carry a valid signature by one of these or
     /// by a key from `trustedKeysSecret`.
     #[serde(default)]
+    #[schemars(inner(regex(pattern = r"^[A-Za-z0-9+/]{43}=$")))]
     pub trusted_keys: Vec<String>,
     /// A Secret whose every data value is a trusted public key in the same encoding.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -185,6 +186,7 @@ impl Default for RolloutSpec {
 /// One wave of a rollout. Give exactly one of `nodes` and `percent`.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("oneOf" = [{"required": ["nodes"]}, {"required": ["percent"]}]))]
 pub struct Wave {
     /// Number of nodes in this wave.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -228,6 +230,7 @@ pub struct MaintenanceWindow {
     pub end: String,
     /// IANA time zone of `start` and `end`, for example `Europe/Berlin`.
     #[serde(default = "default_time_zone")]
+    #[schemars(regex(pattern = r"^(UTC|[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+)*)$"))]
     pub time_zone: String,
 }
 

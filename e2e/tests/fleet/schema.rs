@@ -131,6 +131,30 @@ async fn the_api_server_refuses_every_kind_of_invalid_policy_field_by_its_path()
             "percent",
         ),
         (
+            "rollout wave with both nodes and percent",
+            "/rollout/waves/0",
+            Some(json!({"nodes": 1, "percent": 10, "bake": "1m"})),
+            "\"spec.rollout.waves\" must validate one and only one schema",
+        ),
+        (
+            "rollout wave with neither nodes nor percent",
+            "/rollout/waves/0",
+            Some(json!({"bake": "1m"})),
+            "\"spec.rollout.waves\" must validate one and only one schema",
+        ),
+        (
+            "repository.trustedKeys entry that is no key",
+            "/repository/trustedKeys",
+            Some(json!(["not a key"])),
+            "spec.repository.trustedKeys in body should match",
+        ),
+        (
+            "maintenance window timeZone with spaces",
+            "/rollout/maintenanceWindows/0/timeZone",
+            Some(json!("Central European Time")),
+            "timeZone",
+        ),
+        (
             "rollout wave bake \"ten minutes\"",
             "/rollout/waves/0/bake",
             Some(json!("ten minutes")),
