@@ -116,6 +116,7 @@ expect_refused "operator.replicas=0" --set operator.replicas=0
 expect_refused "agent.log.format=xml" --set agent.log.format=xml
 expect_refused "an unknown top-level key" --set operatr.replicas=2
 expect_refused "a relative agent.stateDir" --set agent.stateDir=var/lib/kpersist
+expect_refused "an image digest that is no digest" --set operator.image.digest=latest
 expect_refused "a trusted-keys Secret without a name" \
   --set-json 'operator.trustedKeysSecrets=[{"namespace":"security"}]'
 expect_refused "a gate Secret without a name" \

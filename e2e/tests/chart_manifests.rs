@@ -308,6 +308,8 @@ fn simulated_agent_is_unprivileged_and_mounts_nothing_from_the_host() {
 
 #[path = "chart_manifests/binaries.rs"]
 mod binaries;
+#[path = "chart_manifests/knobs.rs"]
+mod knobs;
 #[path = "chart_manifests/metrics.rs"]
 mod metrics;
 #[path = "chart_manifests/rbac.rs"]

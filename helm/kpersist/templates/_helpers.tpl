@@ -61,9 +61,11 @@ app.kubernetes.io/component: {{ .component }}
 {{- end }}
 {{- end }}
 
-{{/* image reference; call with (dict "image" .Values.operator.image "root" $). */}}
+{{/* image reference: [registry/]repository, then @digest when given, else :tag (default
+     the chart's appVersion); call with (dict "image" .Values.operator.image "root" $). */}}
 {{- define "kpersist.image" -}}
-{{- printf "%s:%s" .image.repository (default .root.Chart.AppVersion .image.tag) }}
+{{- with .image.registry }}{{ . }}/{{ end }}{{ .image.repository }}
+{{- if .image.digest }}@{{ .image.digest }}{{ else }}:{{ default .root.Chart.AppVersion .image.tag }}{{ end }}
 {{- end }}
 
 {{/* Whether the cluster serves ValidatingAdmissionPolicy at admissionregistration.k8s.io/v1. */}}
@@ -71,7 +73,7 @@ app.kubernetes.io/component: {{ .component }}
 {{- if and (.Capabilities.APIVersions.Has "admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy") (semverCompare ">=1.30.0-0" .Capabilities.KubeVersion.Version) }}true{{- end }}
 {{- end }}
 
-{{/* Hardened container security context shared by the operator and a simulated agent. */}}
+{{/* Hardened container security context of a simulated agent (the operator's is in values). */}}
 {{- define "kpersist.restrictedContainerSecurityContext" -}}
 allowPrivilegeEscalation: false
 readOnlyRootFilesystem: true
