@@ -84,7 +84,8 @@ pub struct RepositorySpec {
     #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d))+$"))]
     pub check_interval: String,
     /// Only roll out releases published at least this long ago (e.g. `72h`), to let others
-    /// find problems first.
+    /// find problems first. A release published in the future is never rolled out before
+    /// its publication time, with or without a delay.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^([0-9]+(ms|s|m|h|d))+$"))]
     pub delay: Option<String>,

@@ -502,3 +502,42 @@ fn completions_and_the_manual_page_name_every_subcommand() {
     assert!(succeed(&["completions", "zsh"]).contains("#compdef kpersist-repo"));
     assert_eq!(repo_tool(&["completions", "tcsh"]).status.code(), Some(2));
 }
+
+#[test]
+fn promote_and_remove_change_the_index_and_ask_for_a_new_signature() {
+    let published = Published::new();
+    let repo = s(&published.repo);
+    let v1 = format!("{}/v1", fixture_kernel());
+    let promote = |channel: &str| {
+        [
+            "promote",
+            "--repo",
+            repo,
+            "--release",
+            &v1,
+            "--channel",
+            channel,
+        ]
+        .map(str::to_string)
+    };
+    let out = succeed(&promote("lts").each_ref().map(String::as_str));
+    assert!(out.contains("now in lts"), "{out}");
+    assert!(
+        !published.verify().status.success(),
+        "unsigned after a change"
+    );
+    let key = published.keys.join("kpersist.key");
+    succeed(&["sign", "--repo", repo, "--key", s(&key)]);
+    let json = succeed(&["list", "--repo", repo, "-o", "json"]);
+    assert!(json.contains("\"lts\""), "{json}");
+    let again = succeed(&promote("lts").each_ref().map(String::as_str));
+    assert!(again.contains("already in lts"), "{again}");
+    fail(&promote("LTS!").each_ref().map(String::as_str), 2);
+
+    let out = succeed(&["remove", "--repo", repo, "--release", &v1]);
+    assert!(out.contains("nodes that run it keep it"), "{out}");
+    let table = succeed(&["list", "--repo", repo]);
+    assert!(!table.contains(&v1), "{table}");
+    let err = fail(&["remove", "--repo", repo, "--release", &v1], 1);
+    assert!(err.contains("no release"), "{err}");
+}

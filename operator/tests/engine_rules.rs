@@ -442,6 +442,30 @@ fn delay_holds_back_fresh_releases_and_wakes_when_they_clear() {
 }
 
 #[test]
+fn a_release_published_in_the_future_waits_for_its_time_without_a_delay() {
+    let mut sim = fleet(2, &[(None, Some(100), "0s")]);
+    let old = sim
+        .now
+        .checked_sub(jiff::SignedDuration::from_hours(1))
+        .expect("time");
+    let scheduled = sim
+        .now
+        .checked_add(jiff::SignedDuration::from_hours(2))
+        .expect("time");
+    sim.repository = Some(repository(vec![
+        release(0, 1, old),
+        release(0, 2, scheduled),
+    ]));
+    let d = sim.decide();
+    assert_eq!(
+        d.status.targets.first().map(|t| t.release.clone()),
+        Some(id(0, 1)),
+        "v2 is not offered before it is published"
+    );
+    assert_eq!(d.requeue_after.map(|r| r.as_secs()), Some(2 * 3600));
+}
+
+#[test]
 fn invalid_policy_fails_with_the_field_named() {
     let mut sim = fleet(2, &[(Some(1), Some(10), "1m")]);
     let d = sim.step(60);

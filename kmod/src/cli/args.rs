@@ -79,6 +79,32 @@ pub enum Command {
         #[arg(short, long, value_enum, default_value_t = ListFormat::Table)]
         output: ListFormat,
     },
+    /// Put a release in one more channel, e.g. promote a release that proved itself in edge
+    /// to stable. Policies following that channel see it at their next poll once the
+    /// repository is signed again.
+    Promote {
+        /// Repository directory.
+        #[arg(long, value_name = "DIR")]
+        repo: PathBuf,
+        /// The release's id, `<kernelRelease>/v<version>` (`kpersist-repo list` shows them).
+        #[arg(long, value_name = "ID")]
+        release: String,
+        /// The channel to add it to.
+        #[arg(long, value_name = "NAME", value_parser = parse_channel)]
+        channel: String,
+    },
+    /// Remove a release from the index and delete its module file, as when pruning a
+    /// release a newer cumulative one supersedes. Nodes that run it keep it, and policies
+    /// move them on to the newest release of their channel as usual; to take a release back
+    /// from nodes, publish a newer one or mark it bad in the policy (see docs/AUTHORING.md).
+    Remove {
+        /// Repository directory.
+        #[arg(long, value_name = "DIR")]
+        repo: PathBuf,
+        /// The release's id, `<kernelRelease>/v<version>`.
+        #[arg(long, value_name = "ID")]
+        release: String,
+    },
     /// Print a shell completion script, e.g.
     /// `kpersist-repo completions bash > /etc/bash_completion.d/kpersist-repo`.
     Completions {

@@ -70,9 +70,49 @@ pub fn run(command: Command) -> Result<String, Failure> {
         } => sign(&repo, key.as_deref(), valid_for),
         Command::Verify { repo, pubkeys } => verify(&repo, &pubkeys),
         Command::List { repo, output } => list(&repo, output),
+        Command::Promote {
+            repo,
+            release,
+            channel,
+        } => promote(&repo, &release, &channel),
+        Command::Remove { repo, release } => remove(&repo, &release),
         Command::Completions { shell } => Ok(completions(shell)),
         Command::Man => man(),
     }
+}
+
+fn promote(repo: &Path, id: &str, channel: &str) -> Result<String, Failure> {
+    let fail = failure(
+        format!("promote {id} in {}", repo.display()),
+        "check --repo and --release",
+    );
+    let (release, already) = LocalRepository::open(repo)
+        .promote(id, channel, current_time())
+        .map_err(|e| fail(&e))?;
+    let channels = release.channels.join(",");
+    Ok(if already {
+        format!("{id} is already in {channel} (channels {channels}); nothing changed\n")
+    } else {
+        format!(
+            "{id} is now in {channel} (channels {channels}); run `kpersist-repo sign` before \
+             publishing\n"
+        )
+    })
+}
+
+fn remove(repo: &Path, id: &str) -> Result<String, Failure> {
+    let fail = failure(
+        format!("remove {id} from {}", repo.display()),
+        "check --repo and --release",
+    );
+    let removed = LocalRepository::open(repo)
+        .remove(id, current_time())
+        .map_err(|e| fail(&e))?;
+    Ok(format!(
+        "removed {id} (module {}); nodes that run it keep it; run `kpersist-repo sign` \
+         before publishing\n",
+        removed.module_name
+    ))
 }
 
 fn completions(shell: clap_complete::Shell) -> String {

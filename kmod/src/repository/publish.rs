@@ -84,6 +84,18 @@ impl Index {
     }
 }
 
+/// Where release `id` is in `index`.
+fn position_of(index: &Index, id: &str) -> Result<usize, RepositoryError> {
+    index
+        .releases
+        .iter()
+        .position(|r| r.id() == id)
+        .ok_or_else(|| RepositoryError::NoSuchRelease {
+            id: id.to_string(),
+            count: index.releases.len(),
+        })
+}
+
 /// A repository directory on local disk.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LocalRepository {
@@ -173,14 +185,7 @@ impl LocalRepository {
     /// the release keep it: their agents hold its module in their cache.
     pub fn remove(&self, id: &str, now: Timestamp) -> Result<Release, RepositoryError> {
         let mut index = self.load_index()?;
-        let position = index
-            .releases
-            .iter()
-            .position(|r| r.id() == id)
-            .ok_or_else(|| RepositoryError::NoSuchRelease {
-                id: id.to_string(),
-                count: index.releases.len(),
-            })?;
+        let position = position_of(&index, id)?;
         let removed = index.releases.remove(position);
         index.generated_at = now.to_string();
         write_atomically(&self.index_path(), &index.to_json_bytes())?;
@@ -190,6 +195,31 @@ impl LocalRepository {
             std::fs::remove_file(&module).map_err(RepositoryError::io(&module))?;
         }
         Ok(removed)
+    }
+
+    /// Adds `channel` to release `id`'s channels, as a publisher promotes a release that
+    /// proved itself in one channel (e.g. `edge`) to the next (`stable`). Rewrites the index
+    /// as generated at `now` and removes the signature it invalidates. Returns the release
+    /// and whether it was already in the channel (then nothing is written).
+    pub fn promote(
+        &self,
+        id: &str,
+        channel: &str,
+        now: Timestamp,
+    ) -> Result<(Release, bool), RepositoryError> {
+        let mut index = self.load_index()?;
+        let position = position_of(&index, id)?;
+        let release = &mut index.releases[position];
+        if release.channels.iter().any(|c| c == channel) {
+            return Ok((release.clone(), true));
+        }
+        release.channels.push(channel.to_string());
+        let promoted = release.clone();
+        index.validate()?;
+        index.generated_at = now.to_string();
+        write_atomically(&self.index_path(), &index.to_json_bytes())?;
+        remove_signature(&self.root)?;
+        Ok((promoted, false))
     }
 
     /// Stamps the index for a new signing at `now` (see [`Index::refresh`]: a higher

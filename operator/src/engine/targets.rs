@@ -78,9 +78,10 @@ impl<'a> Targets<'a> {
         now: Timestamp,
         builds: impl Iterator<Item = (&'b str, &'b str)>,
     ) -> Targets<'a> {
-        let published_before = settings
-            .delay
-            .and_then(|d| jiff::SignedDuration::try_from(d).ok())
+        // A release published in the future (`kpersist-repo add --published`) waits for
+        // that time, on top of the policy's delay.
+        let published_before = jiff::SignedDuration::try_from(settings.delay.unwrap_or_default())
+            .ok()
             .and_then(|d| now.checked_sub(d).ok());
         let by_id = repository
             .map(|r| r.index.releases.iter().map(|rel| (rel.id(), rel)).collect())
@@ -209,9 +210,10 @@ impl<'a> Targets<'a> {
         build_id: &str,
         current: Option<u64>,
     ) {
-        let (Some(delay), Some(bound)) = (self.settings.delay, self.published_before) else {
+        let Some(bound) = self.published_before else {
             return;
         };
+        let delay = self.settings.delay.unwrap_or_default();
         for release in repo.index.releases_for(kernel, build_id) {
             let newer = current.is_none_or(|v| release.version > v);
             let in_channel = release.channels.contains(&self.settings.channel);

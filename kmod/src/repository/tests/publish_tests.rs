@@ -263,3 +263,42 @@ fn remove_prunes_a_release_and_its_module_and_refuses_an_unknown_id() {
         "nothing changed"
     );
 }
+
+#[test]
+fn promote_adds_a_channel_once_and_asks_for_a_new_signature() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("repo");
+    let repo = LocalRepository::init(&root, now()).unwrap();
+    let ko = write_module(dir.path(), "m.ko", &livepatch_module("kpersist_v1", KERNEL));
+    let added = repo.add(&ko, new_release(1), now()).unwrap();
+    let key = PrivateKey::generate();
+    repo.sign(&key).unwrap();
+
+    let (promoted, already) = repo.promote(&added.id(), "lts", now()).unwrap();
+    assert!(!already);
+    assert_eq!(
+        promoted.channels,
+        [added.channels.clone(), vec!["lts".into()]].concat()
+    );
+    assert!(
+        !root.join(SIGNATURE_FILE).exists(),
+        "the stale signature is removed"
+    );
+    assert_eq!(
+        repo.load_index().unwrap().releases,
+        std::slice::from_ref(&promoted)
+    );
+    repo.sign(&key).unwrap();
+    let (again, already) = repo.promote(&added.id(), "lts", now()).unwrap();
+    assert!(already && again == promoted);
+    assert!(
+        root.join(SIGNATURE_FILE).exists(),
+        "nothing changed, nothing to sign"
+    );
+
+    let err = repo.promote("6.1.0-1-amd64/v9", "lts", now()).unwrap_err();
+    assert!(
+        matches!(err, RepositoryError::NoSuchRelease { count: 1, .. }),
+        "{err}"
+    );
+}
