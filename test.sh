@@ -89,12 +89,19 @@ usage() {
 }
 
 chosen=()
+every=0
 case "${1:-}" in
 -h | --help | --list) usage; exit 0 ;;
-"") for entry in "${STEPS[@]}"; do chosen+=("${entry%%|*}"); done ;;
-fast) chosen=("${FAST[@]}") ;;
+"")
+	every=1
+	for entry in "${STEPS[@]}"; do chosen+=("${entry%%|*}"); done
+	;;
 *)
 	for name in "$@"; do
+		if [ "$name" = fast ]; then
+			chosen+=("${FAST[@]}")
+			continue
+		fi
 		describe "$name" >/dev/null || { echo "test.sh: no step named '$name'" >&2; usage >&2; exit 2; }
 		chosen+=("$name")
 	done
@@ -128,8 +135,11 @@ for name in "${chosen[@]}"; do
 	current=""
 done
 
+# The verdict is the last line.
+trap - EXIT
+summary
 echo
-if [ "${#chosen[@]}" -eq "${#STEPS[@]}" ]; then
+if [ "$every" = 1 ]; then
 	echo "ALL SUITES: PASS"
 else
 	echo "STEPS PASSED: ${chosen[*]}"

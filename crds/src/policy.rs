@@ -64,7 +64,7 @@ pub struct RepositorySpec {
     /// `kpersist-repo keygen`). The index must carry a valid signature by one of these or
     /// by a key from `trustedKeysSecret`.
     #[serde(default)]
-    #[schemars(inner(regex(pattern = r"^[A-Za-z0-9+/]{43}=$")))]
+    #[schemars(inner(regex(pattern = r"^\s*[A-Za-z0-9+/]{43}=\s*$")))]
     pub trusted_keys: Vec<String>,
     /// A Secret whose every data value is a trusted public key in the same encoding.
     #[serde(default, skip_serializing_if = "Option::is_none")]

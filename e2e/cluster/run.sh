@@ -328,8 +328,13 @@ k wait --for=condition=Ready lpp/e2e --timeout=60s >"$WORK/wait.txt" 2>&1 ||
 ok "kubectl wait --for=condition=Ready lpp/e2e: $(cat "$WORK/wait.txt")"
 k get lpp,lpn -o wide >"$WORK/wide.txt" 2>&1 || fail "kubectl get lpp,lpn -o wide: $(cat "$WORK/wide.txt")"
 sed 's/^/  | /' "$WORK/wide.txt"
-for column in READY REASON FAILED PROBLEMS BAD APPLIED DESIRED POLICY WAVE RELEASE; do
-  grep -q "$column" "$WORK/wide.txt" || fail "kubectl get lpp,lpn -o wide has no $column column"
+lpp_header=$(grep -m1 '^NAME  *PHASE' "$WORK/wide.txt") || fail "kubectl get lpp -o wide printed no header"
+lpn_header=$(grep -m1 '^NAME  *KERNEL' "$WORK/wide.txt") || fail "kubectl get lpn -o wide printed no header"
+for column in READY REASON FAILED WAVE PROBLEMS BAD; do
+  grep -qw "$column" <<<"$lpp_header" || fail "kubectl get lpp -o wide has no $column column: $lpp_header"
+done
+for column in APPLIED DESIRED REASON POLICY WAVE RELEASE; do
+  grep -qw "$column" <<<"$lpn_header" || fail "kubectl get lpn -o wide has no $column column: $lpn_header"
 done
 grep -q "^livepatchpolicy.kpersist.io/e2e  *Complete  *True " "$WORK/wide.txt" ||
   fail "the policy's row does not read Complete, Ready True"
@@ -398,9 +403,14 @@ say "step 12: removing everything after the chart is gone, as the chart's README
 README="$ROOT/helm/kpersist/README.md"
 unblock=$(grep -m1 '^for p in $(kubectl get livepatchpolicies' "$README") || fail "$README shows no finalizer removal"
 remove=$(grep -m1 '^kubectl delete crd ' "$README") || fail "$README shows no CRD deletion"
+finalizers() { k get livepatchpolicies -o jsonpath='{.items[*].metadata.finalizers}'; }
+[[ "$(finalizers)" == *kpersist.io/clear-desired* ]] ||
+  fail "policy e2e should still hold the finalizer kpersist.io/clear-desired: $(finalizers)"
 kubectl() { k "$@"; }
 eval "$unblock" >"$WORK/unblock.log" 2>&1 || fail "$unblock: $(cat "$WORK/unblock.log")"
 unset -f kubectl
+[ -z "$(finalizers)" ] || fail "$unblock left finalizers: $(finalizers)"
+ok "the README's loop removed the finalizer no operator is left to clear"
 read -ra words <<<"${remove#kubectl }"
 timeout 120 "$KUBECTL" --kubeconfig "$CL/admin.kubeconfig" "${words[@]}" >"$WORK/remove.log" 2>&1 ||
   fail "$remove did not finish within 120s: $(cat "$WORK/remove.log")"

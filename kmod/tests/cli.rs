@@ -499,6 +499,10 @@ fn completions_and_the_manual_page_name_every_subcommand() {
         assert!(bash.contains(sub), "bash completion lacks {sub}");
         assert!(man.contains(sub), "the manual page lacks {sub}");
     }
+    assert!(
+        man.contains(r"\fB\-\-build\-id\fR"),
+        "the manual page lacks the flags of add"
+    );
     assert!(succeed(&["completions", "zsh"]).contains("#compdef kpersist-repo"));
     assert_eq!(repo_tool(&["completions", "tcsh"]).status.code(), Some(2));
 }

@@ -266,9 +266,14 @@ impl Metrics {
         self.reverts.with_label_values(&[policy]).inc();
     }
 
-    /// Sets whether this replica leads.
+    /// Sets whether this replica leads. A replica that stops leading forgets the runs it
+    /// saw: another replica counts what follows, and should this one lead again, it must
+    /// not count those runs a second time.
     pub fn set_leader(&self, leading: bool) {
         self.leader.set(i64::from(leading));
+        if !leading {
+            *self.node_runs.lock().unwrap_or_else(|e| e.into_inner()) = NodeRuns::default();
+        }
     }
 
     /// Mirrors a policy's status into the node, wave and phase gauges.

@@ -6,7 +6,8 @@
 //! seen on that node before. What this misses, by design (the histograms are a sample of
 //! the fleet's latency, not a ledger of runs):
 //! - a node seen for the first time (this replica just started leading, or the node just
-//!   joined the policy) is only remembered: its run may be one another replica counted;
+//!   joined the policy) is only remembered: its run may be one another replica counted (a
+//!   replica forgets everything when it stops leading, see `Metrics::set_leader`);
 //! - a node that runs twice between two reconciles of its policy is counted once;
 //! - runs on nodes the policy no longer selects (their last revert) are not counted, and a
 //!   node two policies select counts only for the older one, which owns it.

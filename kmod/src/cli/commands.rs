@@ -121,11 +121,20 @@ fn completions(shell: clap_complete::Shell) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The manual page: the command, then a section per subcommand with its flags.
 fn man() -> Result<String, Failure> {
+    let command = Cli::command();
     let mut out = Vec::new();
-    clap_mangen::Man::new(Cli::command())
-        .render(&mut out)
-        .map_err(|e| failure("man".into(), "report this as a bug")(&e))?;
+    let mut rendered = clap_mangen::Man::new(command.clone()).render(&mut out);
+    for sub in command.get_subcommands() {
+        let man = clap_mangen::Man::new(sub.clone());
+        rendered = rendered
+            .and_then(|()| man.render_name_section(&mut out))
+            .and_then(|()| man.render_synopsis_section(&mut out))
+            .and_then(|()| man.render_description_section(&mut out))
+            .and_then(|()| man.render_options_section(&mut out));
+    }
+    rendered.map_err(|e| failure("man".into(), "report this as a bug")(&e))?;
     Ok(String::from_utf8_lossy(&out).into_owned())
 }
 
