@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
     printcolumn = r#"{"name":"Failed","type":"integer","jsonPath":".status.nodes.failed"}"#,
     printcolumn = r#"{"name":"Wave","type":"string","jsonPath":".status.waveSummary"}"#,
     printcolumn = r#"{"name":"Problems","type":"integer","priority":1,"description":"Nodes held back by trouble of their own (not the release's fault)","jsonPath":".status.nodes.nodeProblems"}"#,
-    printcolumn = r#"{"name":"Bad","type":"string","priority":1,"description":"Releases marked bad","jsonPath":".status.badReleases[*].release"}"#,
+    printcolumn = r#"{"name":"Bad","type":"string","description":"Releases marked bad","jsonPath":".status.badReleases[*].release"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
