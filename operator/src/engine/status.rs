@@ -85,15 +85,13 @@ pub(crate) fn conditions(
             "NoRepositoryIndex",
             "no verified repository index yet, so no node has a target".to_string(),
         ),
-        PolicyPhase::Idle | PolicyPhase::Complete if conflicted(input) > 0 => (
+        PolicyPhase::Idle | PolicyPhase::Complete if input.counts.conflicted > 0 => (
             "False",
             "Conflict",
             format!(
                 "{} of {} node(s) run their target; {} selected by an older policy too are \
                  left to it (see Degraded)",
-                input.counts.patched,
-                input.counts.total,
-                conflicted(input)
+                input.counts.patched, input.counts.total, input.counts.conflicted
             ),
         ),
         PolicyPhase::Idle | PolicyPhase::Complete if pruned(input) > 0 => (
@@ -261,14 +259,6 @@ fn pruned(input: &ConditionInput<'_>) -> usize {
         .facts
         .iter()
         .filter(|f| matches!(f.standing, Standing::Needing { pruned: true, .. }))
-        .count()
-}
-
-fn conflicted(input: &ConditionInput<'_>) -> usize {
-    input
-        .facts
-        .iter()
-        .filter(|f| f.standing == Standing::Conflicted)
         .count()
 }
 
