@@ -3,12 +3,14 @@
 //! Doc comments on fields become `kubectl explain` text, so they are written for users.
 
 pub mod duration;
+pub mod labels;
 pub mod node;
 pub mod policy;
 pub mod release;
 pub mod yaml;
 
 pub use duration::{DurationError, parse_duration};
+pub use labels::{KERNEL_LABEL, POLICY_LABEL, STATE_LABEL, wanted_labels};
 pub use node::{
     AppliedRelease, Blame, DesiredPatch, LivePatchNode, LivePatchNodeSpec, LivePatchNodeStatus,
     LoadedPatch, NodeCondition, NodeError, NodeErrorReason, NodePatchState, PatchAction, PatchRun,

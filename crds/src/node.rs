@@ -203,6 +203,30 @@ pub enum NodePatchState {
     CrashSuspected,
 }
 
+impl NodePatchState {
+    /// The state as the API spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodePatchState::Idle => "Idle",
+            NodePatchState::Downloading => "Downloading",
+            NodePatchState::Applying => "Applying",
+            NodePatchState::Applied => "Applied",
+            NodePatchState::Reverting => "Reverting",
+            NodePatchState::Failed => "Failed",
+            NodePatchState::Unsupported => "Unsupported",
+            NodePatchState::CrashSuspected => "CrashSuspected",
+        }
+    }
+
+    /// Whether the agent is working on a request: downloading, applying or reverting.
+    pub fn is_in_flight(self) -> bool {
+        matches!(
+            self,
+            NodePatchState::Downloading | NodePatchState::Applying | NodePatchState::Reverting
+        )
+    }
+}
+
 /// A livepatch module the kernel has loaded.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]

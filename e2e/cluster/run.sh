@@ -339,6 +339,20 @@ done
 grep -q "^livepatchpolicy.kpersist.io/e2e  *Complete  *True " "$WORK/wide.txt" ||
   fail "the policy's row does not read Complete, Ready True"
 ok "kubectl get lpp,lpn -o wide: Ready, Reason, Failed on the policy; Policy, Wave, Release in wide"
+# The label filters, exactly as the chart's README prints them: no node has failed, and the
+# node (on 6.1.0-56-amd64) has applied.
+grep -o '^kubectl get lpn -l [^#]*' "$ROOT/helm/kpersist/README.md" | sed 's/ *$//' >"$WORK/filters.txt"
+[ "$(wc -l <"$WORK/filters.txt")" -eq 2 ] || fail "the chart's README shows $(wc -l <"$WORK/filters.txt") label filters, not 2"
+# The operator writes the labels one reconcile after the agent's status.
+lists() { [ "$(k "$@" -o name 2>&1)" = "$want" ]; }
+while read -r printed <&3; do
+  read -ra words <<<"${printed#kubectl }"
+  case $printed in
+    *state=Failed*) want="" ;;
+    *) want="livepatchnode.kpersist.io/$NODE" ;;
+  esac
+  wait_until "$printed -o name lists '${want:-nothing}'" 30 lists "${words[@]}"
+done 3<"$WORK/filters.txt"
 # The events command, exactly as the chart's README and NOTES print it.
 for doc in "$ROOT/helm/kpersist/README.md" "$ROOT/helm/kpersist/templates/NOTES.txt"; do
   printed=$(grep -o 'kubectl get events [^#]*' "$doc" | head -n1 | sed 's/ *$//')

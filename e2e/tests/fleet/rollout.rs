@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use kpersist_crds::PolicyPhase;
+use kpersist_e2e::controlplane::Identity;
 use kpersist_e2e::sim_fleet::SimFleet;
 
 use crate::support::{
@@ -13,6 +14,8 @@ use crate::support::{
 
 const BAKE: Duration = Duration::from_secs(3);
 const MAX_IN_FLIGHT: u32 = 2;
+/// The labels follow the agents' status writes by one reconcile.
+const LABELS_FOLLOW: Duration = Duration::from_secs(30);
 
 #[tokio::test]
 async fn rolls_out_in_waves_then_picks_up_a_newer_cumulative_release() {
@@ -89,6 +92,7 @@ async fn rolls_out_in_waves_then_picks_up_a_newer_cumulative_release() {
             "operator metrics lack {line}:\n{metrics}"
         );
     }
+    kubectl_finds_nodes_by_label_and_waits_for_ready(&mut fleet).await;
     assert!(
         fleet.repo.count("/index.json", 304) > 0,
         "the operator never polled index.json with If-None-Match: {:?}",
@@ -113,4 +117,58 @@ async fn rolls_out_in_waves_then_picks_up_a_newer_cumulative_release() {
         }
     }
     assert_max_in_flight(&fleet, MAX_IN_FLIGHT);
+}
+
+/// The operator labels each LivePatchNode with its policy, settled state and kernel, so
+/// `kubectl get lpn -l` filters on the server; `kubectl wait` reads the policy's Ready.
+async fn kubectl_finds_nodes_by_label_and_waits_for_ready(fleet: &mut SimFleet) {
+    let names = |nodes: &[u32]| -> Vec<String> {
+        nodes
+            .iter()
+            .map(|i| format!("livepatchnode.kpersist.io/node-{i}"))
+            .collect()
+    };
+    let filters = [
+        (
+            "kpersist.io/policy=fleet,kpersist.io/state=Applied",
+            names(&[1, 2, 3, 4, 5, 6]),
+        ),
+        // node-7 has no release for its kernel: nothing was asked of it.
+        ("kpersist.io/state=Idle", names(&[7])),
+        (&*format!("kpersist.io/kernel={}", K2.0), names(&[5, 6])),
+    ];
+    for (selector, expected) in filters {
+        let args = ["get", "lpn", "-l", selector, "-o", "name"];
+        let started = std::time::Instant::now();
+        loop {
+            let listed = fleet.cluster.plane.kubectl(Identity::Admin, &args).await;
+            let listed = listed.unwrap_or_else(|e| fail(fleet, e));
+            let mut found: Vec<String> = listed.lines().map(str::to_string).collect();
+            found.sort();
+            if found == expected {
+                break;
+            }
+            if started.elapsed() > LABELS_FOLLOW {
+                let error = kpersist_e2e::Error::Timeout {
+                    seconds: started.elapsed().as_secs_f64(),
+                    what: format!("kubectl {} to list {expected:?}", args.join(" ")),
+                    last: format!("{found:?}"),
+                };
+                fail(fleet, error);
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    let args = [
+        "wait",
+        "--for=condition=Ready",
+        "lpp/fleet",
+        "--timeout=60s",
+    ];
+    let waited = fleet.cluster.plane.kubectl(Identity::Admin, &args).await;
+    let waited = waited.unwrap_or_else(|e| fail(fleet, e));
+    assert!(
+        waited.contains("livepatchpolicy.kpersist.io/fleet condition met"),
+        "kubectl wait printed: {waited}"
+    );
 }

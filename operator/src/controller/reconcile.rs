@@ -4,7 +4,7 @@
 //! decision was made from (see [`super::write`]). Deletion goes through a finalizer that clears
 //! the policy's `spec.desired` everywhere and unloads nothing.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -173,6 +173,12 @@ async fn apply(policy: Arc<LivePatchPolicy>, ctx: Arc<Context>) -> Result<Action
         .record_node_errors(&name, &status::node_errors(&views));
     status::count_events(&ctx.metrics, &name, &decision.events);
 
+    if !policy.spec.rollout.dry_run
+        && let Some(stop) = write_labels(&ctx, &views, &writes).await?
+    {
+        return Ok(stop);
+    }
+
     let wait = status::requeue_after(decision.requeue_after, next_poll, next_gate);
     tracing::debug!(
         nodes = views.len(),
@@ -192,22 +198,18 @@ fn spec_writes(
     views: &[engine::NodeView],
     lpns: &Store<LivePatchNode>,
 ) -> Vec<write::SpecWrite> {
-    let seen: HashMap<&str, Option<&LivePatchNode>> = views
+    let seen: HashMap<&str, Option<&Arc<LivePatchNode>>> = views
         .iter()
-        .map(|view| (view.name.as_str(), view.lpn.as_deref()))
+        .map(|view| (view.name.as_str(), view.lpn.as_ref()))
         .collect();
     desired
         .into_iter()
         .filter_map(|(node, desired)| {
-            let resource_version = match seen.get(node.as_str()) {
-                Some(lpn) => lpn.as_ref()?.resource_version(),
-                None => lpns.get(&ObjectRef::new(&node))?.resource_version(),
+            let lpn = match seen.get(node.as_str()) {
+                Some(lpn) => Arc::clone((*lpn)?),
+                None => lpns.get(&ObjectRef::new(&node))?,
             };
-            Some(write::SpecWrite {
-                node,
-                desired,
-                resource_version,
-            })
+            Some(write::SpecWrite::of(&lpn, desired))
         })
         .collect()
 }
@@ -256,6 +258,25 @@ async fn write_decision(
         return Ok(Some(stop));
     }
     Ok(None)
+}
+
+/// Brings the labels of the policy's nodes up to date with their fields: the state and the
+/// kernel change without a spec write (a node written just now got its labels with its
+/// spec). Last, so that a refused label write delays nothing else. A conflict is left to
+/// the reconcile that the newer object brings.
+async fn write_labels(
+    ctx: &Context,
+    views: &[engine::NodeView],
+    written: &[write::SpecWrite],
+) -> Result<Option<Action>, Error> {
+    let written: HashSet<&str> = written.iter().map(|w| w.node.as_str()).collect();
+    let labels: Vec<write::LabelWrite> = views
+        .iter()
+        .filter(|view| !written.contains(view.name.as_str()))
+        .filter_map(|view| write::LabelWrite::of(view.lpn.as_deref()?))
+        .collect();
+    let outcome = write::apply_all_labels(&ctx.client, &ctx.leading, &labels).await?;
+    Ok((outcome.withheld > 0).then(|| stepped_down(outcome.withheld)))
 }
 
 /// Writes the policy's status on condition that the policy is still the copy it was
@@ -441,11 +462,7 @@ async fn clear_all(ctx: &Context, policy: &str) -> Result<usize, Error> {
                     .as_ref()
                     .is_some_and(|d| d.policy == policy)
             })
-            .map(|lpn| write::SpecWrite {
-                node: lpn.name_any(),
-                desired: None,
-                resource_version: lpn.resource_version(),
-            })
+            .map(|lpn| write::SpecWrite::of(lpn, None))
             .collect();
         let outcome = write::apply_all_desired(&ctx.client, &ctx.leading, &writes).await?;
         cleared += outcome.written;

@@ -218,11 +218,7 @@ pub fn departed(
             } else {
                 return None;
             };
-            Some(super::write::SpecWrite {
-                node: lpn.name_any(),
-                desired: next,
-                resource_version: lpn.resource_version(),
-            })
+            Some(super::write::SpecWrite::of(lpn, next))
         })
         .collect()
 }
@@ -231,14 +227,7 @@ pub fn departed(
 fn finished(lpn: &LivePatchNode) -> bool {
     lpn.status.as_ref().is_some_and(|s| {
         s.observed_generation == lpn.metadata.generation
-            && !matches!(
-                s.state,
-                Some(
-                    NodePatchState::Downloading
-                        | NodePatchState::Applying
-                        | NodePatchState::Reverting
-                )
-            )
+            && !s.state.is_some_and(NodePatchState::is_in_flight)
     })
 }
 
@@ -309,6 +298,8 @@ pub fn trim_lpn(lpn: &mut LivePatchNode) {
         generation: meta.generation,
         resource_version: meta.resource_version,
         deletion_timestamp: meta.deletion_timestamp,
+        // The controller replaces the whole label map when it updates its own labels.
+        labels: meta.labels,
         ..Default::default()
     };
     if let Some(desired) = lpn.spec.desired.as_mut() {

@@ -3,6 +3,7 @@ use std::sync::Arc;
 use super::*;
 use crate::fixtures::{node, store_of};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kpersist_crds::{POLICY_LABEL, STATE_LABEL};
 use serde_json::json;
 
 pub(crate) fn policy(name: &str, match_labels: serde_json::Value) -> LivePatchPolicy {
@@ -234,7 +235,9 @@ fn lpn_trimming_keeps_what_the_engine_reads() {
     assert_eq!(meta.uid, before.uid);
     assert_eq!(meta.generation, before.generation);
     assert_eq!(meta.resource_version, before.resource_version);
-    assert!(meta.annotations.is_none() && meta.labels.is_none());
+    assert!(meta.annotations.is_none());
+    // The labels stay: the controller writes the whole map when it updates its own.
+    assert_eq!(meta.labels, before.labels);
     assert!(meta.owner_references.is_none() && meta.managed_fields.is_none());
 
     let (s, f) = (trimmed.status.unwrap(), full.status.unwrap());
@@ -361,14 +364,23 @@ fn a_node_that_left_the_selector_is_sent_back_from_a_bad_release_and_then_cleare
     assert_eq!(
         writes,
         vec![
+            // Labels go with each write: the policy's is dropped with the request.
             crate::controller::write::SpecWrite {
                 node: "left-done".into(),
                 desired: None,
+                labels: Some([(STATE_LABEL.to_string(), "Applied".to_string())].into()),
                 resource_version: Some("rv-left-done".into()),
             },
             crate::controller::write::SpecWrite {
                 node: "left-on-bad".into(),
                 desired: revert.clone(),
+                labels: Some(
+                    [
+                        (POLICY_LABEL.to_string(), "web".to_string()),
+                        (STATE_LABEL.to_string(), "Failed".to_string()),
+                    ]
+                    .into()
+                ),
                 resource_version: Some("rv-left-on-bad".into()),
             },
         ]

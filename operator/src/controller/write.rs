@@ -1,6 +1,8 @@
 //! The controller's writes. The operator owns a LivePatchNode's `spec` and a policy's
 //! `status` outright, so each write replaces the whole value with a JSON patch `add`
 //! (which replaces an existing member, or creates it) under the operator's field manager.
+//! It also keeps the LivePatchNode's `kpersist.io/` labels (see [`kpersist_crds::labels`]),
+//! writing the whole label map with the other labels as it found them.
 //!
 //! Server-side apply was the first choice and fails on a real API server: on Kubernetes
 //! 1.20 (the fleet suite's) a field dropped from an apply configuration is not removed
@@ -25,13 +27,15 @@
 //! - **Only while leading.** The leader flag is read right before each request; a replica
 //!   that stopped leading sends nothing more (see [`Outcome::NotLeading`]).
 
+use std::collections::BTreeMap;
+
 use futures::{StreamExt, stream};
 use kpersist_crds::{
     DesiredPatch, LivePatchNode, LivePatchPolicy, LivePatchPolicyStatus, OPERATOR_MANAGER,
+    wanted_labels,
 };
 use kube::api::{Patch, PatchParams};
-use kube::{Api, Client};
-use serde::Serialize;
+use kube::{Api, Client, ResourceExt};
 use serde_json::json;
 use tokio::sync::watch;
 
@@ -60,6 +64,9 @@ pub enum Outcome {
     NotLeading,
 }
 
+/// A LivePatchNode's labels (see [`kpersist_crds::labels`]).
+pub type Labels = BTreeMap<String, String>;
+
 /// One LivePatchNode `spec` write, conditional on the version it was decided on.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SpecWrite {
@@ -67,10 +74,75 @@ pub struct SpecWrite {
     pub node: String,
     /// The `spec.desired` to write; `None` clears it.
     pub desired: Option<DesiredPatch>,
+    /// The whole label map to write with it, when the new spec changes the labels.
+    pub labels: Option<Labels>,
     /// The LivePatchNode's `resourceVersion` in the copy the decision was made from.
     /// Objects read from the API server always have one; `None` (an object built by hand)
     /// makes the write unconditional.
     pub resource_version: Option<String>,
+}
+
+impl SpecWrite {
+    /// Sets `spec.desired` of `lpn` to `desired`, with the labels that go with it, on
+    /// condition that the object is still at the version of `lpn`.
+    pub fn of(lpn: &LivePatchNode, desired: Option<DesiredPatch>) -> SpecWrite {
+        SpecWrite {
+            node: lpn.name_any(),
+            labels: wanted_labels(lpn, desired.as_ref()),
+            desired,
+            resource_version: lpn.resource_version(),
+        }
+    }
+}
+
+/// One LivePatchNode label write (the labels copy its state and kernel, which change
+/// without a spec write), conditional on the version the labels were computed from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LabelWrite {
+    /// The node (and LivePatchNode) name.
+    pub node: String,
+    /// The whole label map to write.
+    pub labels: Labels,
+    /// As for [`SpecWrite::resource_version`].
+    pub resource_version: Option<String>,
+}
+
+impl LabelWrite {
+    /// The label write `lpn` needs, if its labels do not match its fields.
+    pub fn of(lpn: &LivePatchNode) -> Option<LabelWrite> {
+        Some(LabelWrite {
+            node: lpn.name_any(),
+            labels: wanted_labels(lpn, lpn.spec.desired.as_ref())?,
+            resource_version: lpn.resource_version(),
+        })
+    }
+}
+
+/// A write to one LivePatchNode.
+#[derive(Clone)]
+enum NodeWrite {
+    Spec(Box<SpecWrite>),
+    Labels(LabelWrite),
+}
+
+impl NodeWrite {
+    fn node(&self) -> &str {
+        match self {
+            NodeWrite::Spec(write) => &write.node,
+            NodeWrite::Labels(write) => &write.node,
+        }
+    }
+
+    async fn send(
+        &self,
+        client: &Client,
+        leading: &watch::Receiver<bool>,
+    ) -> Result<Outcome, Error> {
+        match self {
+            NodeWrite::Spec(write) => apply_desired(client, leading, write).await,
+            NodeWrite::Labels(write) => apply_labels(client, leading, write).await,
+        }
+    }
 }
 
 /// What became of a batch of node writes, none of which failed.
@@ -84,14 +156,17 @@ pub struct NodeWrites {
     pub withheld: usize,
 }
 
-/// A JSON patch setting the member at `path` (`/spec`, `/status`) to `value` whole, on
-/// condition that the object is still at `resource_version` when one is given.
+/// A JSON patch setting each member at its path (`/spec`, `/status`, `/metadata/labels`)
+/// to its value whole, on condition that the object is still at `resource_version` when
+/// one is given.
 pub fn replace_patch(
-    path: &str,
-    value: &impl Serialize,
+    members: &[(&str, serde_json::Value)],
     resource_version: Option<&str>,
 ) -> Patch<()> {
-    let mut operations = vec![json!({"op": "add", "path": path, "value": value})];
+    let mut operations: Vec<serde_json::Value> = members
+        .iter()
+        .map(|(path, value)| json!({"op": "add", "path": path, "value": value}))
+        .collect();
     if let Some(version) = resource_version {
         // The patched object carries this version; the API server refuses the update with
         // 409 Conflict when the stored object's differs.
@@ -139,18 +214,44 @@ pub async fn apply_desired(
     leading: &watch::Receiver<bool>,
     write: &SpecWrite,
 ) -> Result<Outcome, Error> {
+    let mut members = vec![("/spec", node_spec(write.desired.as_ref()))];
+    if let Some(labels) = &write.labels {
+        members.push(("/metadata/labels", json!(labels)));
+    }
+    let version = write.resource_version.as_deref();
+    patch_node(client, leading, &write.node, &members, version).await
+}
+
+/// Writes the labels of one LivePatchNode, if this replica leads and the object is still
+/// at the version they were computed from.
+#[tracing::instrument(skip_all, fields(node = %write.node))]
+pub async fn apply_labels(
+    client: &Client,
+    leading: &watch::Receiver<bool>,
+    write: &LabelWrite,
+) -> Result<Outcome, Error> {
+    let members = [("/metadata/labels", json!(write.labels))];
+    let version = write.resource_version.as_deref();
+    patch_node(client, leading, &write.node, &members, version).await
+}
+
+/// Replaces `members` of one LivePatchNode, if this replica leads and the object is still
+/// at `resource_version`.
+async fn patch_node(
+    client: &Client,
+    leading: &watch::Receiver<bool>,
+    node: &str,
+    members: &[(&str, serde_json::Value)],
+    resource_version: Option<&str>,
+) -> Result<Outcome, Error> {
     if !leads(leading) {
         return Ok(Outcome::NotLeading);
     }
     let api: Api<LivePatchNode> = Api::all(client.clone());
-    let patch = replace_patch(
-        "/spec",
-        &node_spec(write.desired.as_ref()),
-        write.resource_version.as_deref(),
-    );
-    let result = api.patch(&write.node, &params(), &patch).await;
+    let patch = replace_patch(members, resource_version);
+    let result = api.patch(node, &params(), &patch).await;
     outcome(result, |source| Error::NodeApply {
-        node: write.node.clone(),
+        node: node.to_string(),
         source,
     })
 }
@@ -163,14 +264,36 @@ pub async fn apply_all_desired(
     leading: &watch::Receiver<bool>,
     writes: &[SpecWrite],
 ) -> Result<NodeWrites, Error> {
+    let writes = writes
+        .iter()
+        .map(|write| NodeWrite::Spec(Box::new(write.clone())))
+        .collect();
+    apply_all(client, leading, writes).await
+}
+
+/// Writes many nodes' labels, as [`apply_all_desired`] writes specs.
+pub async fn apply_all_labels(
+    client: &Client,
+    leading: &watch::Receiver<bool>,
+    writes: &[LabelWrite],
+) -> Result<NodeWrites, Error> {
+    let writes = writes.iter().cloned().map(NodeWrite::Labels).collect();
+    apply_all(client, leading, writes).await
+}
+
+async fn apply_all(
+    client: &Client,
+    leading: &watch::Receiver<bool>,
+    writes: Vec<NodeWrite>,
+) -> Result<NodeWrites, Error> {
     // Each future owns its inputs: borrowing them from the closure's argument makes the
     // stream's futures not `Send` for every lifetime, which the controller requires.
-    let results: Vec<(String, Result<Outcome, Error>)> = stream::iter(writes.iter().cloned())
+    let results: Vec<(String, Result<Outcome, Error>)> = stream::iter(writes)
         .map(|write| {
             let (client, leading) = (client.clone(), leading.clone());
             async move {
-                let result = apply_desired(&client, &leading, &write).await;
-                (write.node, result)
+                let result = write.send(&client, &leading).await;
+                (write.node().to_string(), result)
             }
         })
         .buffer_unordered(NODE_WRITE_CONCURRENCY)
@@ -209,7 +332,7 @@ pub async fn apply_status(
         return Ok(Outcome::NotLeading);
     }
     let api: Api<LivePatchPolicy> = Api::all(client.clone());
-    let patch = replace_patch("/status", status, resource_version);
+    let patch = replace_patch(&[("/status", json!(status))], resource_version);
     let result = api.patch_status(policy, &params(), &patch).await;
     outcome(result, |source| Error::StatusApply {
         policy: policy.to_string(),

@@ -38,6 +38,7 @@ fn write(node: &str, desired: Option<DesiredPatch>, version: Option<&str>) -> Sp
     SpecWrite {
         node: node.to_string(),
         desired,
+        labels: None,
         resource_version: version.map(str::to_string),
     }
 }
@@ -121,6 +122,42 @@ async fn clearing_desired_applies_a_spec_without_it() {
     let outcome = apply_desired(&client, &leading(), &write("n1", None, None))
         .await
         .unwrap();
+    assert_eq!(outcome, Outcome::Written);
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn labels_go_with_the_spec_or_alone_and_other_labels_stay() {
+    let (client, mut handle) = mock_client();
+    let server = tokio::spawn(async move {
+        let seen = answer(&mut handle, StatusCode::OK, lpn_reply("n1")).await;
+        assert_eq!(seen.body.as_array().map(Vec::len), Some(3), "{}", seen.body);
+        assert_eq!(seen.body[0]["path"], "/spec");
+        assert_eq!(seen.body[1]["op"], "add");
+        assert_eq!(seen.body[1]["path"], "/metadata/labels");
+        assert_eq!(seen.body[1]["value"]["kpersist.io/policy"], "web");
+        assert_eq!(seen.body[2]["path"], "/metadata/resourceVersion");
+        let seen = answer(&mut handle, StatusCode::OK, lpn_reply("n1")).await;
+        assert_replace(&seen, "/metadata/labels", Some("42"));
+        assert_eq!(seen.body[0]["value"]["kpersist.io/state"], "Failed");
+        assert_eq!(seen.body[0]["value"]["team"], "infra");
+    });
+    let labels = |pairs: &[(&str, &str)]| -> Labels {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    };
+    let mut spec = write("n1", Some(desired()), Some("41"));
+    spec.labels = Some(labels(&[("kpersist.io/policy", "web")]));
+    let outcome = apply_desired(&client, &leading(), &spec).await.unwrap();
+    assert_eq!(outcome, Outcome::Written);
+    let alone = LabelWrite {
+        node: "n1".into(),
+        labels: labels(&[("kpersist.io/state", "Failed"), ("team", "infra")]),
+        resource_version: Some("42".into()),
+    };
+    let outcome = apply_labels(&client, &leading(), &alone).await.unwrap();
     assert_eq!(outcome, Outcome::Written);
     server.await.unwrap();
 }

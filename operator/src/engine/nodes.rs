@@ -265,10 +265,7 @@ pub(crate) fn classify<'a>(
     facts.status = Some(status);
     facts.state = status.state;
     let observed = status.observed_generation == lpn.metadata.generation;
-    let busy = matches!(
-        status.state,
-        Some(NodePatchState::Downloading | NodePatchState::Applying | NodePatchState::Reverting)
-    );
+    let busy = status.state.is_some_and(NodePatchState::is_in_flight);
     let settled = observed && !busy;
     let applying = facts.ours.filter(|d| d.action == PatchAction::Apply);
     let asked = applying
