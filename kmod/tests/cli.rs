@@ -545,3 +545,53 @@ fn promote_and_remove_change_the_index_and_ask_for_a_new_signature() {
     let err = fail(&["remove", "--repo", repo, "--release", &v1], 1);
     assert!(err.contains("no release"), "{err}");
 }
+
+#[test]
+fn yank_withdraws_a_release_with_its_reason_and_undo_offers_it_again() {
+    let published = Published::new();
+    let repo = s(&published.repo);
+    let v1 = format!("{}/v1", fixture_kernel());
+    let yank = ["yank", "--repo", repo, "--release", &v1];
+    let out = succeed(&[&yank[..], &["--reason", "breaks nfsd"]].concat());
+    assert!(out.contains(&format!("yanked {v1}")), "{out}");
+    assert!(
+        !published.verify().status.success(),
+        "unsigned after a change"
+    );
+    let json = succeed(&["list", "--repo", repo, "-o", "json"]);
+    assert!(json.contains(r#""yanked": "breaks nfsd""#), "{json}");
+    let table = succeed(&["list", "--repo", repo]);
+    assert!(
+        table.lines().nth(1).is_some_and(|l| l.ends_with("yes")),
+        "{table}"
+    );
+    let again = succeed(&[&yank[..], &["--reason", "breaks nfsd"]].concat());
+    assert!(again.contains("already yanked"), "{again}");
+
+    // A reason is required, one line, and not with --undo.
+    for bad in [
+        &[][..],
+        &["--reason", ""],
+        &["--reason", "two\nlines"],
+        &["--reason", "x", "--undo"],
+    ] {
+        fail(&[&yank[..], bad].concat(), 2);
+    }
+
+    let out = succeed(&[&yank[..], &["--undo"]].concat());
+    assert!(out.contains("offered again"), "{out}");
+    let json = succeed(&["list", "--repo", repo, "-o", "json"]);
+    assert!(!json.contains("yanked"), "{json}");
+    let err = fail(
+        &[
+            "yank",
+            "--repo",
+            repo,
+            "--release",
+            "6.1.0-1-amd64/v9",
+            "--undo",
+        ],
+        1,
+    );
+    assert!(err.contains("no release"), "{err}");
+}

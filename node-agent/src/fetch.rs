@@ -442,6 +442,7 @@ fn index_release(release: &PatchRelease) -> Release {
         cves: release.cves.clone(),
         channels: Vec::new(),
         published: String::new(),
+        yanked: None,
     }
 }
 

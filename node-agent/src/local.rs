@@ -59,14 +59,16 @@ pub async fn run_local<K: Kernel + Clone + 'static>(
         (true, None) => None,
         (_, version) => {
             let candidates = index.releases_for(&identity.release, &identity.build_id);
+            // A release its publisher yanked is never loaded, even when asked for by version.
             let chosen = candidates
+                .filter(|r| r.yanked.is_none())
                 .filter(|r| version.is_none_or(|v| r.version == v))
                 .max_by_key(|r| r.version)
                 .ok_or_else(|| AgentError::NoRelease {
                     release: identity.release.clone(),
                     build_id: identity.build_id.clone(),
                     version: version
-                        .map(|v| format!(" at version {v}"))
+                        .map(|v| format!(" at version {v} (or it was yanked)"))
                         .unwrap_or_default(),
                 })?;
             Some(patch_release(&args.repo, chosen))

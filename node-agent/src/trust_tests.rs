@@ -18,6 +18,7 @@ fn index_release(version: u64) -> Release {
         cves: vec!["CVE-2024-1086".into()],
         channels: vec!["stable".into()],
         published: "2026-01-01T00:00:00Z".into(),
+        yanked: None,
     }
 }
 

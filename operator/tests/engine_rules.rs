@@ -400,6 +400,49 @@ fn a_newer_release_waits_for_the_running_rollout() {
 }
 
 #[test]
+fn a_yanked_release_is_taken_back_and_never_offered_again() {
+    let mut sim = fleet(4, &[(None, Some(100), "0s")]);
+    let events = run_until(&mut sim, &[PolicyPhase::Complete], 60);
+    assert!(events.iter().any(|e| e.reason() == "RolloutComplete"));
+    assert!(sim.nodes.iter().all(|n| n.applied_id() == Some(id(0, 2))));
+
+    // The publisher yanks v2 (and a release no node of this policy ran).
+    let t = sim.now;
+    if let Some(repo) = sim.repository.as_mut() {
+        repo.index.releases[1].yanked = Some("breaks nfsd".into());
+        let mut other = release(1, 1, t);
+        other.yanked = Some("wrong build".into());
+        repo.index.releases.push(other);
+    }
+    let decision = sim.decide();
+    assert_eq!(decision.desired.len(), 4, "every node goes back");
+    for (node, desired) in &decision.desired {
+        let desired = desired.as_ref().unwrap_or_else(|| panic!("{node} cleared"));
+        assert_eq!(desired.action, PatchAction::Revert, "{node}");
+        let back_to = desired.release.as_ref().map(|r| r.id.clone());
+        assert_eq!(back_to, Some(id(0, 1)), "{node} goes back to v1");
+    }
+    let bad: Vec<_> = decision.status.bad_releases.iter().collect();
+    assert_eq!(bad.len(), 1, "only the release its nodes ran: {bad:?}");
+    assert_eq!(bad[0].release, id(0, 2));
+    assert!(
+        bad[0]
+            .reason
+            .contains("yanked from the repository: breaks nfsd")
+    );
+    assert!(reasons(&decision.events).contains(&"ReleaseMarkedBad"));
+
+    // The nodes go back to v1 and stay there: v2 is offered to no one. As after any
+    // revert, the policy reports Failed (its bad release says why) until the next rollout.
+    let events = run_until(&mut sim, &[PolicyPhase::Failed], 60);
+    assert!(reasons(&events).contains(&"RevertComplete"), "{events:?}");
+    run_for(&mut sim, 10, 60);
+    assert!(sim.nodes.iter().all(|n| n.applied_id() == Some(id(0, 1))));
+    let late = sim.decide();
+    assert!(late.desired.is_empty(), "{:?}", late.desired);
+}
+
+#[test]
 fn a_changed_pin_supersedes_the_rollout() {
     let mut sim = fleet(4, &[(Some(1), None, "10m"), (None, Some(100), "0s")]);
     let t = start_time();

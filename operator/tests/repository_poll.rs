@@ -86,6 +86,7 @@ fn release(version: u64) -> Release {
         cves: vec!["CVE-2026-0001".into()],
         channels: vec!["stable".into()],
         published: "2026-01-01T00:00:00Z".into(),
+        yanked: None,
     }
 }
 

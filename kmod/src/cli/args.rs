@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use kpersist_kmod::repository::{is_channel, is_cve_id};
+use kpersist_kmod::repository::{check_yank_reason, is_channel, is_cve_id};
 
 /// Build, sign and verify a kpersist patch repository.
 ///
@@ -93,10 +93,29 @@ pub enum Command {
         #[arg(long, value_name = "NAME", value_parser = parse_channel)]
         channel: String,
     },
+    /// Withdraw a release found broken after it shipped: policies never offer it again and
+    /// send the nodes they gave it to back to the release each ran before (recorded as a
+    /// bad release in their status, with the reason). `--undo` offers it again; policies
+    /// that already marked it bad keep it until a person lists it in
+    /// `spec.rollout.retryReleases`. Sign the repository again afterwards.
+    Yank {
+        /// Repository directory.
+        #[arg(long, value_name = "DIR")]
+        repo: PathBuf,
+        /// The release's id, `<kernelRelease>/v<version>`.
+        #[arg(long, value_name = "ID")]
+        release: String,
+        /// Why, in one line, shown to cluster operators in policy status and Events.
+        #[arg(long, value_name = "TEXT", required_unless_present = "undo", conflicts_with = "undo", value_parser = parse_yank_reason)]
+        reason: Option<String>,
+        /// Offer the release again.
+        #[arg(long)]
+        undo: bool,
+    },
     /// Remove a release from the index and delete its module file, as when pruning a
     /// release a newer cumulative one supersedes. Nodes that run it keep it, and policies
     /// move them on to the newest release of their channel as usual; to take a release back
-    /// from nodes, publish a newer one or mark it bad in the policy (see docs/AUTHORING.md).
+    /// from nodes, `yank` it instead.
     Remove {
         /// Repository directory.
         #[arg(long, value_name = "DIR")]
@@ -218,6 +237,10 @@ fn parse_validity(text: &str) -> Result<jiff::SignedDuration, String> {
 fn parse_timestamp(text: &str) -> Result<jiff::Timestamp, String> {
     text.parse()
         .map_err(|e| format!("expected an RFC 3339 time such as 2026-01-31T12:00:00Z ({e})"))
+}
+
+fn parse_yank_reason(value: &str) -> Result<String, String> {
+    check_yank_reason(value).map(|()| value.to_string())
 }
 
 #[cfg(test)]

@@ -75,6 +75,12 @@ pub fn run(command: Command) -> Result<String, Failure> {
             release,
             channel,
         } => promote(&repo, &release, &channel),
+        Command::Yank {
+            repo,
+            release,
+            reason,
+            undo: _,
+        } => yank(&repo, &release, reason.as_deref()),
         Command::Remove { repo, release } => remove(&repo, &release),
         Command::Completions { shell } => Ok(completions(shell)),
         Command::Man => man(),
@@ -97,6 +103,27 @@ fn promote(repo: &Path, id: &str, channel: &str) -> Result<String, Failure> {
             "{id} is now in {channel} (channels {channels}); run `kpersist-repo sign` before \
              publishing\n"
         )
+    })
+}
+
+fn yank(repo: &Path, id: &str, reason: Option<&str>) -> Result<String, Failure> {
+    let fail = failure(
+        format!("yank {id} in {}", repo.display()),
+        "check --repo and --release",
+    );
+    let (_, already) = LocalRepository::open(repo)
+        .yank(id, reason, current_time())
+        .map_err(|e| fail(&e))?;
+    Ok(match (reason, already) {
+        (Some(_), true) => format!("{id} is already yanked for that reason; nothing changed\n"),
+        (None, true) => format!("{id} is not yanked; nothing changed\n"),
+        (Some(_), false) => format!(
+            "yanked {id}: policies will not offer it and send its nodes back; run \
+             `kpersist-repo sign` before publishing\n"
+        ),
+        (None, false) => {
+            format!("{id} is offered again; run `kpersist-repo sign` before publishing\n")
+        }
     })
 }
 

@@ -1,14 +1,14 @@
 //! The table `kpersist-repo list` prints: one row per release, columns padded to line up.
 //! A cumulative release's CVE list only grows, so the table counts them; `-o json` or
-//! `-o yaml` lists them.
+//! `-o yaml` lists them, and the reason of a yanked release.
 
 use kpersist_kmod::repository::Release;
 
-const HEADER: [&str; 5] = ["ID", "MODULE", "CHANNELS", "CVES", "PUBLISHED"];
+const HEADER: [&str; 6] = ["ID", "MODULE", "CHANNELS", "CVES", "PUBLISHED", "YANKED"];
 
 /// The releases as an aligned text table with a header row.
 pub fn release_table(releases: &[Release]) -> String {
-    let rows: Vec<[String; 5]> = releases
+    let rows: Vec<[String; 6]> = releases
         .iter()
         .map(|r| {
             let cves = r.cves.len().to_string();
@@ -18,6 +18,7 @@ pub fn release_table(releases: &[Release]) -> String {
                 r.channels.join(","),
                 cves,
                 r.published.clone(),
+                if r.yanked.is_some() { "yes" } else { "" }.to_string(),
             ]
         })
         .collect();
@@ -58,10 +59,20 @@ mod tests {
             cves: vec!["CVE-2024-1086".into(), "CVE-2023-0001".into()],
             channels: vec!["stable".into(), "edge".into()],
             published: "2026-01-01T00:00:00Z".into(),
+            yanked: None,
         };
-        let table = release_table(&[release]);
+        let yanked = Release {
+            version: 13,
+            yanked: Some("breaks nfsd".into()),
+            ..release.clone()
+        };
+        let table = release_table(&[release, yanked]);
         let lines: Vec<&str> = table.lines().collect();
-        assert_eq!(lines.len(), 2);
+        assert_eq!(lines.len(), 3);
+        assert!(
+            !lines[1].ends_with("yes") && lines[2].ends_with("yes"),
+            "{table}"
+        );
         assert_eq!(lines[1].find("kpersist_v12"), lines[0].find("MODULE"));
         assert_eq!(lines[1].find("stable,edge"), lines[0].find("CHANNELS"));
         let cves = lines[0].find("CVES").unwrap();
@@ -72,7 +83,7 @@ mod tests {
         );
         assert_eq!(
             release_table(&[]),
-            "ID  MODULE  CHANNELS  CVES  PUBLISHED\n"
+            "ID  MODULE  CHANNELS  CVES  PUBLISHED  YANKED\n"
         );
     }
 }

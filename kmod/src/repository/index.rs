@@ -58,6 +58,12 @@ pub struct Release {
     pub channels: Vec<String>,
     /// When the release was published (RFC 3339).
     pub published: String,
+    /// Why the publisher withdrew the release, when it did (`kpersist-repo yank`). A
+    /// yanked release is never offered, and the policies that gave it to nodes send those
+    /// nodes back to the release each ran before. Absent from releases never yanked, so
+    /// an index without a yanked release reads as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub yanked: Option<String>,
 }
 
 /// Just the schema version, read before the rest so that an index of a newer schema is

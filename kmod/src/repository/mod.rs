@@ -21,7 +21,7 @@ pub use publish::{LocalRepository, MODULES_DIR, NewRelease};
 pub use redirect::redirect_policy;
 pub use redirect::{MAX_REDIRECTS, redirect_refusal};
 pub use select::ReleaseQuery;
-pub use validate::{check_module_path, is_channel, is_cve_id};
+pub use validate::{check_module_path, check_yank_reason, is_channel, is_cve_id};
 pub use verify::{
     MAX_SIGNATURE_SIZE, sha256_hex, verify_index, verify_module, verify_repository_dir,
 };

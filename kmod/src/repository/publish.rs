@@ -67,6 +67,7 @@ impl Release {
             cves: new.cves,
             channels: new.channels,
             published: new.published.to_string(),
+            yanked: None,
         })
     }
 }
@@ -207,19 +208,53 @@ impl LocalRepository {
         channel: &str,
         now: Timestamp,
     ) -> Result<(Release, bool), RepositoryError> {
+        self.edit_release(id, now, |release| {
+            let already = release.channels.iter().any(|c| c == channel);
+            if !already {
+                release.channels.push(channel.to_string());
+            }
+            !already
+        })
+    }
+
+    /// Withdraws release `id` (`reason: Some`) or puts it back (`None`), as a publisher
+    /// takes back a release found broken after it shipped. Rewrites the index as generated
+    /// at `now` and removes the signature it invalidates. Returns the release and whether
+    /// it already was in that state (then nothing is written).
+    pub fn yank(
+        &self,
+        id: &str,
+        reason: Option<&str>,
+        now: Timestamp,
+    ) -> Result<(Release, bool), RepositoryError> {
+        self.edit_release(id, now, |release| {
+            let changed = release.yanked.as_deref() != reason;
+            release.yanked = reason.map(str::to_string);
+            changed
+        })
+    }
+
+    /// Applies `edit` to release `id`; when it says it changed the release, checks the
+    /// index, rewrites it as generated at `now` and removes the signature it invalidates.
+    /// Returns the release and whether it was left as it was.
+    fn edit_release(
+        &self,
+        id: &str,
+        now: Timestamp,
+        edit: impl FnOnce(&mut Release) -> bool,
+    ) -> Result<(Release, bool), RepositoryError> {
         let mut index = self.load_index()?;
         let position = position_of(&index, id)?;
         let release = &mut index.releases[position];
-        if release.channels.iter().any(|c| c == channel) {
+        if !edit(release) {
             return Ok((release.clone(), true));
         }
-        release.channels.push(channel.to_string());
-        let promoted = release.clone();
+        let edited = release.clone();
         index.validate()?;
         index.generated_at = now.to_string();
         write_atomically(&self.index_path(), &index.to_json_bytes())?;
         remove_signature(&self.root)?;
-        Ok((promoted, false))
+        Ok((edited, false))
     }
 
     /// Stamps the index for a new signing at `now` (see [`Index::refresh`]: a higher

@@ -13,6 +13,8 @@ const MAX_MODULE_NAME_LEN: usize = 55;
 const MAX_BUILD_ID_HEX_LEN: usize = 128;
 /// Longest module path accepted.
 const MAX_MODULE_PATH_LEN: usize = 1024;
+/// Longest reason a yanked release may give: it is shown in policy status and Events.
+pub const MAX_YANK_REASON_LEN: usize = 256;
 
 impl Index {
     /// Checks every release and the relations between them: ids (`<kernelRelease>/v<version>`)
@@ -130,8 +132,27 @@ impl Release {
             "lowercase letters, digits, `.`, `_`, `-`",
         )
         .map_err(|p| fail("channels", p))?;
-        check_timestamp(&self.published).map_err(|p| fail("published", p))
+        check_timestamp(&self.published).map_err(|p| fail("published", p))?;
+        match &self.yanked {
+            Some(reason) => check_yank_reason(reason).map_err(|p| fail("yanked", p)),
+            None => Ok(()),
+        }
     }
+}
+
+/// Checks the reason a yanked release gives: one line of 1 to [`MAX_YANK_REASON_LEN`]
+/// bytes, no control characters.
+pub fn check_yank_reason(reason: &str) -> Result<(), String> {
+    if reason.trim().is_empty() || reason.len() > MAX_YANK_REASON_LEN {
+        return Err(format!(
+            "the reason must be 1 to {MAX_YANK_REASON_LEN} bytes, not {}",
+            reason.len()
+        ));
+    }
+    if reason.chars().any(char::is_control) {
+        return Err(format!("{reason:?} has control characters; give one line"));
+    }
+    Ok(())
 }
 
 /// Whether `id` looks like `CVE-YYYY-NNNN` (four or more digits at the end).

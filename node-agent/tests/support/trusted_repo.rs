@@ -72,6 +72,7 @@ pub async fn serve_repository(
             cves: vec!["CVE-2024-1086".into()],
             channels: vec!["stable".into()],
             published: "2026-01-01T00:00:00Z".into(),
+            yanked: None,
         };
         index.add_release(release).unwrap();
         files.push((format!("{sha256}.ko"), bytes.clone()));

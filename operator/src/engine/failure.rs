@@ -7,7 +7,7 @@ use std::collections::{BTreeSet, HashSet};
 use jiff::Timestamp;
 use kpersist_crds::{BadRelease, DesiredPatch, PatchAction};
 
-use super::NodeView;
+use super::{NodeView, RepositoryView};
 
 use super::nodes::{NodeFacts, Progress, Standing};
 use super::retry::Retries;
@@ -160,6 +160,24 @@ pub(crate) fn bad_releases_on_nodes(
         }
     }
     found
+}
+
+/// The releases the repository withdrew (`yanked`) that `listed` does not hold yet, each
+/// with the publisher's reason.
+pub(crate) fn yanked(
+    repository: Option<&RepositoryView>,
+    listed: &[BadRelease],
+) -> Vec<(String, String)> {
+    let Some(repository) = repository else {
+        return Vec::new();
+    };
+    repository
+        .index
+        .releases
+        .iter()
+        .filter_map(|r| Some((r.id(), r.yanked.clone()?)))
+        .filter(|(id, _)| !listed.iter().any(|b| &b.release == id))
+        .collect()
 }
 
 /// Marks every node this policy asked to apply `release` for revert; returns how many.

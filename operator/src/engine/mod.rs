@@ -241,7 +241,12 @@ pub fn decide(input: &EngineInput) -> Decision {
     let on_nodes =
         failure::bad_releases_on_nodes(name, input.nodes, &bad_releases, &retries, input.now);
     bad_releases.extend(on_nodes);
-    let bad: HashSet<String> = bad_releases.iter().map(|b| b.release.clone()).collect();
+    let yanked = failure::yanked(input.repository, &bad_releases);
+    let bad: HashSet<String> = bad_releases
+        .iter()
+        .map(|b| b.release.clone())
+        .chain(yanked.iter().map(|(release, _)| release.clone()))
+        .collect();
     let targets = Targets::new(
         input.repository,
         &settings,
@@ -282,6 +287,15 @@ pub fn decide(input: &EngineInput) -> Decision {
         input.now,
     );
     let mut revoked = Vec::new();
+    // A yanked release is offered to no one (it is in `bad`); it is recorded as bad only
+    // where this policy gave it to nodes, which it now sends back.
+    for (release, reason) in yanked {
+        let nodes = failure::take_back(&mut facts, &release);
+        if nodes > 0 {
+            let reason = format!("yanked from the repository: {reason}");
+            revoked.push((release, reason, nodes));
+        }
+    }
     for release in &late.revoke {
         let nodes = failure::take_back(&mut facts, release);
         let reason = format!(

@@ -58,6 +58,7 @@ pub fn release(k: usize, version: u64, published: Timestamp) -> Release {
             .collect(),
         channels: vec!["stable".into()],
         published: published.to_string(),
+        yanked: None,
     }
 }
 

@@ -25,6 +25,7 @@ fn release(version: u64) -> Release {
         cves: vec!["CVE-2024-1086".to_string()],
         channels: vec!["stable".to_string()],
         published: format!("2026-01-{:02}T00:00:00Z", version.min(28)),
+        yanked: None,
     }
 }
 

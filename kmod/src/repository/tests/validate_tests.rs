@@ -242,3 +242,18 @@ proptest! {
         let _ = Index::from_json_bytes(text.as_bytes());
     }
 }
+
+#[test]
+fn a_yanked_release_gives_one_line_of_reason() {
+    for reason in ["", "  ", "two\nlines", &"x".repeat(257)] {
+        let mut yanked = release(1);
+        yanked.yanked = Some(reason.to_string());
+        assert_eq!(refused_field(yanked), "yanked", "{reason:?}");
+    }
+    let mut yanked = release(1);
+    yanked.yanked = Some("breaks nfsd on 6.1.0-56".into());
+    let idx = index(vec![yanked]);
+    assert_eq!(Index::from_json_bytes(&idx.to_json_bytes()).unwrap(), idx);
+    let plain = String::from_utf8(index(vec![release(1)]).to_json_bytes()).unwrap();
+    assert!(!plain.contains("yanked"), "absent unless yanked: {plain}");
+}
