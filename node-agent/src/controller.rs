@@ -37,10 +37,31 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, kube::Error>>,
 {
+    retry_when(what, retries, is_transient, call).await
+}
+
+/// As [`retry`], retrying the failures `when` accepts.
+async fn retry_when<T, F, Fut>(
+    what: &str,
+    retries: usize,
+    when: fn(&kube::Error) -> bool,
+    call: F,
+) -> Result<T, kube::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, kube::Error>>,
+{
     call.retry(crate::backoff::api_call(retries))
-        .when(is_transient)
+        .when(when)
         .notify(|e, delay| tracing::warn!(error = %e, ?delay, "{what} failed; retrying"))
         .await
+}
+
+/// Whether a failed read may succeed when repeated, counting 403 Forbidden as such: an API
+/// server that has just started refuses requests it would allow until its RBAC caches have
+/// synced, which takes seconds. For reads whose refusal would fail a request for good.
+fn is_transient_or_unsynced(error: &kube::Error) -> bool {
+    is_transient(error) || matches!(error, kube::Error::Api(e) if e.code == 403)
 }
 
 /// Whether a failed call may succeed when repeated: not a refusal such as 403 or 422.

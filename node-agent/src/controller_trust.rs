@@ -9,7 +9,7 @@ use kpersist_crds::{
 };
 use kpersist_kmod::kernel::Kernel;
 
-use super::{NodeController, retry, same_status};
+use super::{NodeController, is_transient_or_unsynced, retry_when, same_status};
 use crate::checks::Failure;
 use crate::engine::now;
 use crate::error::AgentError;
@@ -88,9 +88,15 @@ impl<K: Kernel + Clone + 'static> NodeController<K> {
     async fn policy(&self, desired: &DesiredPatch) -> Result<LivePatchPolicy, Failure> {
         let release = desired.release.as_ref().map_or("", |r| r.id.as_str());
         let name = &desired.policy;
-        match retry("reading the LivePatchPolicy", 3, || {
-            self.policies.get_opt(name)
-        })
+        // About a minute of retries: a 403 right after an API server restart goes away
+        // once its RBAC caches have synced; one that stays is a missing ClusterRole rule.
+        let read = || self.policies.get_opt(name);
+        match retry_when(
+            "reading the LivePatchPolicy",
+            7,
+            is_transient_or_unsynced,
+            read,
+        )
         .await
         {
             Ok(Some(policy)) => Ok(policy),
