@@ -2,6 +2,7 @@
 //! `LivePatchNode` (one per node: the operator writes `spec`, the node's agent `status`).
 //! Doc comments on fields become `kubectl explain` text, so they are written for users.
 
+pub mod condition;
 pub mod duration;
 pub mod labels;
 pub mod node;
@@ -9,18 +10,19 @@ pub mod policy;
 pub mod release;
 pub mod yaml;
 
+pub use condition::{Condition, ConditionStatus};
 pub use duration::{DurationError, parse_duration};
 pub use labels::{KERNEL_LABEL, POLICY_LABEL, STATE_LABEL, wanted_labels};
 pub use node::{
     AppliedRelease, Blame, DesiredPatch, LivePatchNode, LivePatchNodeSpec, LivePatchNodeStatus,
-    LoadedPatch, NodeCondition, NodeError, NodeErrorReason, NodePatchState, PatchAction, PatchRun,
-    PatchTimings, RepositoryAccess,
+    LoadedPatch, NodeError, NodeErrorReason, NodePatchState, PatchAction, PatchRun, PatchTimings,
+    RepositoryAccess,
 };
 pub use policy::{
     BadRelease, ComparisonOperator, FailurePolicy, GateHeader, HealthSpec, KernelTarget,
     LateFailure, LivePatchPolicy, LivePatchPolicySpec, LivePatchPolicyStatus, MaintenanceWindow,
-    NodeCounts, PlannedWave, PolicyCondition, PolicyPhase, PrometheusGate, RepositorySpec,
-    RetriedRelease, RolloutProgress, RolloutSpec, SecretKeyRef, SecretKeysRef, Wave, Weekday,
+    NodeCounts, PlannedWave, PolicyPhase, PrometheusGate, RepositorySpec, RetriedRelease,
+    RolloutProgress, RolloutSpec, SecretKeyRef, SecretKeysRef, Wave, Weekday,
 };
 pub use release::PatchRelease;
 

@@ -5,6 +5,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::condition::Condition;
 use crate::release::PatchRelease;
 
 /// The livepatch state of one node: what the operator wants loaded and what is loaded.
@@ -174,9 +175,11 @@ pub struct LivePatchNodeStatus {
     /// The `metadata.generation` of the spec this status answers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Ready and Healthy conditions.
+    /// Ready (the agent can read the kernel), Healthy (the last apply or revert did not
+    /// fail), LivepatchSupported, KernelFindings and Drift.
     #[serde(default)]
-    pub conditions: Vec<NodeCondition>,
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
     /// Version of the agent writing this status.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_version: Option<String>,
@@ -420,27 +423,6 @@ impl PatchRun {
             PatchRun::Recover => "Recover",
         }
     }
-}
-
-/// A status condition of a node.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct NodeCondition {
-    /// Condition type, e.g. `Healthy`.
-    #[serde(rename = "type")]
-    pub type_: String,
-    /// True, False or Unknown.
-    pub status: String,
-    /// Machine-readable reason.
-    pub reason: String,
-    /// For people.
-    // No schema default: kube-apiserver 1.20 reads an empty-string default as null and
-    // refuses the whole CRD; skipping the empty value keeps schemars from emitting one.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub message: String,
-    /// When the status last changed (RFC 3339).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_transition_time: Option<String>,
 }
 
 fn default_transition_timeout() -> String {

@@ -6,6 +6,8 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::condition::Condition;
+
 /// A policy that keeps the selected nodes on the newest cumulative livepatch release of a
 /// signed repository, rolled out in canary waves with health gates and automatic revert.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -411,7 +413,8 @@ pub struct LivePatchPolicyStatus {
     pub phase: Option<PolicyPhase>,
     /// Ready, Progressing, Degraded and RepositoryReachable, with reasons and messages.
     #[serde(default)]
-    pub conditions: Vec<PolicyCondition>,
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
     /// The rollout in progress, if any. The operator carries on from this after a restart.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<RolloutProgress>,
@@ -485,30 +488,6 @@ pub enum PolicyPhase {
     Complete,
     /// The last rollout failed and was reverted, or the policy is invalid.
     Failed,
-}
-
-/// A status condition of a policy.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct PolicyCondition {
-    /// Ready, Progressing, Degraded or RepositoryReachable.
-    #[serde(rename = "type")]
-    pub type_: String,
-    /// True, False or Unknown.
-    pub status: String,
-    /// Machine-readable reason in CamelCase.
-    pub reason: String,
-    /// What happened, for people.
-    // No schema default: kube-apiserver 1.20 reads an empty-string default as null and
-    // refuses the whole CRD; skipping the empty value keeps schemars from emitting one.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub message: String,
-    /// When the status last changed (RFC 3339).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_transition_time: Option<String>,
-    /// The generation the condition was computed from.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub observed_generation: Option<i64>,
 }
 
 /// The rollout in progress.

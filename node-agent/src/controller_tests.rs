@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
-use kpersist_crds::{NodeError, NodeErrorReason};
+use kpersist_crds::{ConditionStatus, NodeError, NodeErrorReason};
 use kpersist_kmod::kernel::SimKernel;
 use kube::client::Body;
 use serde_json::Value;
@@ -197,9 +197,12 @@ async fn kernel_reads_write_status_only_when_something_changed() {
     let unready = c.observed_status(Some(&same), true).await.unwrap();
     let ready = |s: &LivePatchNodeStatus| {
         let c = s.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
-        (c.status.clone(), c.reason.clone())
+        (c.status, c.reason.clone())
     };
-    assert_eq!(ready(&unready), ("False".into(), "KernelUnreadable".into()));
+    assert_eq!(
+        ready(&unready),
+        (ConditionStatus::False, "KernelUnreadable".into())
+    );
     assert_eq!(unready.state, status.state, "the rest of the status stays");
     assert_eq!(seen.lock().unwrap().len(), 2);
     c.observed_status(Some(&unready), true).await.unwrap();
@@ -220,6 +223,22 @@ async fn kernel_reads_write_status_only_when_something_changed() {
     // Readable again: Ready True again, written once.
     sim.set_livepatch_unreadable(false);
     let back = c.observed_status(Some(&unready), true).await.unwrap();
-    assert_eq!(ready(&back), ("True".into(), "AgentRunning".into()));
+    assert_eq!(ready(&back), (ConditionStatus::True, "AgentRunning".into()));
     assert_eq!(seen.lock().unwrap().len(), 3);
+}
+
+#[test]
+fn reads_that_would_fail_a_request_for_good_outlast_an_api_server_still_syncing_rbac() {
+    let api = |code: u16| {
+        kube::Error::Api(Box::new(
+            kube::core::Status::failure("", "").with_code(code),
+        ))
+    };
+    for code in [403, 409, 429, 500, 503] {
+        assert!(is_transient_or_unsynced(&api(code)), "{code}");
+    }
+    for code in [400, 401, 404, 422] {
+        assert!(!is_transient_or_unsynced(&api(code)), "{code}");
+    }
+    assert!(!is_transient(&api(403)), "other calls take a 403 as final");
 }

@@ -2,8 +2,8 @@
 //! records and how the last run went. Pure: the caller passes the time.
 
 use kpersist_crds::{
-    AppliedRelease, LivePatchNodeStatus, LoadedPatch, NodeCondition, NodeError, NodePatchState,
-    PatchRelease, PatchTimings,
+    AppliedRelease, Condition, ConditionStatus, LivePatchNodeStatus, LoadedPatch, NodeError,
+    NodePatchState, PatchRelease, PatchTimings,
 };
 use kpersist_kmod::kernel::{KernelIdentity, PatchState};
 
@@ -80,13 +80,13 @@ impl Report {
             notes: status
                 .conditions
                 .iter()
-                .find(|c| c.type_ == KERNEL_FINDINGS && c.status == "True")
+                .find(|c| c.type_ == KERNEL_FINDINGS && c.status == ConditionStatus::True)
                 .map(|c| c.message.lines().map(str::to_string).collect())
                 .unwrap_or_default(),
             drift: status
                 .conditions
                 .iter()
-                .find(|c| c.type_ == DRIFT && c.status == "True")
+                .find(|c| c.type_ == DRIFT && c.status == ConditionStatus::True)
                 .map(|c| c.message.lines().filter_map(Drift::from_line).collect())
                 .unwrap_or_default(),
         }
@@ -193,11 +193,7 @@ pub const DRIFT: &str = "Drift";
 
 /// `Ready`: True while the agent reads the kernel and watches its object, else why not
 /// (`KernelUnreadable`, `KernelObservationStale`, `WatchFailing`).
-fn ready_condition(
-    not_live: Option<&NotLive>,
-    prior: &[NodeCondition],
-    now: &str,
-) -> NodeCondition {
+fn ready_condition(not_live: Option<&NotLive>, prior: &[Condition], now: &str) -> Condition {
     match not_live {
         None => condition(prior, READY, true, "AgentRunning", String::new(), now),
         Some(e) => condition(prior, READY, false, e.reason, e.message.clone(), now),
@@ -222,7 +218,7 @@ pub fn with_ready(
 
 /// `Drift`: True with the kind of the first change as its reason (`PatchDisabled`,
 /// `PatchReplaced`, `ForeignPatchAppeared`) and one line per change, until the next run.
-fn drift_condition(drift: &[Drift], prior: &[NodeCondition], now: &str) -> NodeCondition {
+fn drift_condition(drift: &[Drift], prior: &[Condition], now: &str) -> Condition {
     match drift.first() {
         None => condition(prior, DRIFT, false, "NoDrift", String::new(), now),
         Some(first) => {
@@ -244,7 +240,7 @@ pub const KERNEL_FINDINGS: &str = "KernelFindings";
 
 /// `KernelFindings`: True when the last apply saw new kernel warnings or taint that are not
 /// the release's fault (reported, not failed), one per line of the message.
-fn findings_condition(notes: &[String], prior: &[NodeCondition], now: &str) -> NodeCondition {
+fn findings_condition(notes: &[String], prior: &[Condition], now: &str) -> Condition {
     let (found, reason) = if notes.is_empty() {
         (false, "NoneUnattributed")
     } else {
@@ -255,7 +251,7 @@ fn findings_condition(notes: &[String], prior: &[NodeCondition], now: &str) -> N
 
 /// `LivepatchSupported`: whether this kernel can be live patched at all, and if not why, so
 /// an Unsupported node explains itself before any release is asked for.
-fn support_condition(obs: &Observation, prior: &[NodeCondition], now: &str) -> NodeCondition {
+fn support_condition(obs: &Observation, prior: &[Condition], now: &str) -> Condition {
     let (reason, message) = match (&obs.identity, obs.supported) {
         (Some(_), true) => ("LivepatchAvailable", String::new()),
         (Some(identity), false) => (
@@ -279,25 +275,22 @@ fn support_condition(obs: &Observation, prior: &[NodeCondition], now: &str) -> N
 
 /// A condition, keeping its last transition time when its status did not change.
 fn condition(
-    prior: &[NodeCondition],
+    prior: &[Condition],
     type_: &str,
     ok: bool,
     reason: &str,
     message: String,
     now: &str,
-) -> NodeCondition {
-    let status = if ok { "True" } else { "False" };
-    let since = prior
-        .iter()
-        .find(|c| c.type_ == type_ && c.status == status)
-        .and_then(|c| c.last_transition_time.clone())
-        .unwrap_or_else(|| now.to_string());
-    NodeCondition {
+) -> Condition {
+    let status = ConditionStatus::of(ok);
+    let since = Condition::since(prior, type_, status, now);
+    Condition {
         type_: type_.to_string(),
-        status: status.to_string(),
+        status,
         reason: reason.to_string(),
         message,
         last_transition_time: Some(since),
+        observed_generation: None,
     }
 }
 

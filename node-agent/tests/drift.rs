@@ -40,7 +40,7 @@ fn condition(status: &LivePatchNodeStatus, type_: &str) -> (String, String, Stri
         .iter()
         .find(|c| c.type_ == type_)
         .unwrap_or_else(|| panic!("no {type_} condition in {status:?}"));
-    (c.status.clone(), c.reason.clone(), c.message.clone())
+    (c.status.to_string(), c.reason.clone(), c.message.clone())
 }
 
 #[tokio::test]

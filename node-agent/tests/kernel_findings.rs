@@ -10,12 +10,10 @@ mod common;
 
 use common::*;
 use kpersist_agent::status::KERNEL_FINDINGS;
-use kpersist_crds::{
-    LivePatchNodeStatus, NodeCondition, NodeErrorReason, NodePatchState, PatchAction,
-};
+use kpersist_crds::{Condition, LivePatchNodeStatus, NodeErrorReason, NodePatchState, PatchAction};
 use kpersist_kmod::kernel::{SimFault, TAINT_RANDSTRUCT, TAINT_WARN};
 
-fn findings(status: &LivePatchNodeStatus) -> NodeCondition {
+fn findings(status: &LivePatchNodeStatus) -> Condition {
     status
         .conditions
         .iter()
@@ -47,7 +45,10 @@ async fn warnings_written_from_user_space_do_not_count() {
     )
     .await;
     assert_eq!(status.state, Some(NodePatchState::Applied), "{status:?}");
-    assert_eq!(findings(&status).status, "False");
+    assert_eq!(
+        findings(&status).status,
+        kpersist_crds::ConditionStatus::False
+    );
 }
 
 #[tokio::test]
@@ -91,7 +92,10 @@ async fn an_unrelated_kernel_warning_is_reported_not_failed() {
         .status(&again, Some(1), Some(&status))
         .await
         .unwrap();
-    assert_eq!(findings(&status).status, "True");
+    assert_eq!(
+        findings(&status).status,
+        kpersist_crds::ConditionStatus::True
+    );
     assert_eq!(h.sim.load_log(), vec!["kpersist_v1"]);
 }
 
@@ -109,7 +113,7 @@ async fn an_unrelated_taint_is_reported_not_failed() {
     .await;
     assert_eq!(status.state, Some(NodePatchState::Applied), "{status:?}");
     let condition = findings(&status);
-    assert_eq!(condition.status, "True");
+    assert_eq!(condition.status, kpersist_crds::ConditionStatus::True);
     assert!(
         condition.message.contains("taint M"),
         "{}",

@@ -298,7 +298,7 @@ fn nodes_selected_by_two_policies_keep_ready_false() {
     run_until(&mut sim, &[PolicyPhase::Complete], 60);
     let status = sim.policy.status.as_ref().unwrap();
     let ready = condition(status, "Ready");
-    assert_eq!(ready.status, "False");
+    assert_eq!(ready.status, kpersist_crds::ConditionStatus::False);
     assert_eq!(ready.reason, "Conflict");
     assert_eq!(asked(&sim, "node-02"), None);
 }
@@ -368,7 +368,7 @@ fn nodes_running_a_pruned_release_keep_ready_false_with_the_reason() {
     }
     let status = sim.policy.status.as_ref().unwrap();
     let ready = condition(status, "Ready");
-    assert_eq!(ready.status, "False");
+    assert_eq!(ready.status, kpersist_crds::ConditionStatus::False);
     assert_eq!(ready.reason, "RunningReleasePruned");
     assert!(
         ready

@@ -171,7 +171,10 @@ fn failed_wave_reverts_and_marks_the_release_bad() {
     }
     assert_eq!(sim.phase(), Some(PolicyPhase::Failed));
     let status = sim.policy.status.clone().unwrap_or_default();
-    assert_eq!(condition(&status, "Degraded").status, "True");
+    assert_eq!(
+        condition(&status, "Degraded").status,
+        kpersist_crds::ConditionStatus::True
+    );
     // A later release reaches every node, the reverted ones included.
     let t = sim.now;
     if let Some(repo) = sim.repository.as_mut() {

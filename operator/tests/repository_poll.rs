@@ -178,7 +178,7 @@ async fn a_bad_signature_sets_the_condition_false_and_gives_no_view() {
     assert!(state.etag.is_none());
     assert!(state.verified_at.is_none());
     let condition = state.condition().unwrap();
-    assert_eq!(condition.status, "False");
+    assert_eq!(condition.status, kpersist_crds::ConditionStatus::False);
     assert_eq!(condition.reason, "SignatureInvalid");
     assert!(
         condition.message.contains("index.json"),
@@ -449,7 +449,7 @@ async fn an_index_without_serial_is_accepted_with_a_warning() {
     assert_eq!(state.outcome, Some(PollOutcome::Updated { releases: 1 }));
     assert_eq!(state.serial_to_keep(), None);
     let condition = state.condition().unwrap();
-    assert_eq!(condition.status, "True");
+    assert_eq!(condition.status, kpersist_crds::ConditionStatus::True);
     assert!(
         condition.message.contains("no serial or expiry"),
         "{}",

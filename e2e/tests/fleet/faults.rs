@@ -154,7 +154,7 @@ async fn wait_unreachable(fleet: &mut SimFleet, why: &str, naming: &str) -> Stri
             Duration::from_secs(30),
             |p| match condition(p, "RepositoryReachable") {
                 Some(c)
-                    if c.status == "False"
+                    if c.status == kpersist_crds::ConditionStatus::False
                         && format!("{} {}", c.reason, c.message)
                             .to_lowercase()
                             .contains(naming) =>

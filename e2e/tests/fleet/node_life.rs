@@ -229,7 +229,9 @@ async fn overlapping_policies_leave_each_node_to_the_older_one_without_flip_flop
     let owner = policy_status(&fleet, "fleet").await;
     let ready = owner.conditions.iter().find(|c| c.type_ == "Ready");
     assert!(
-        ready.is_some_and(|c| c.status == "True" && c.reason == "UpToDate"),
+        ready.is_some_and(
+            |c| c.status == kpersist_crds::ConditionStatus::True && c.reason == "UpToDate"
+        ),
         "the owner is up to date: {ready:?}"
     );
 }

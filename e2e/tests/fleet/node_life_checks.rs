@@ -123,7 +123,9 @@ pub async fn wait_conflict(fleet: &mut SimFleet, name: &str) {
         .wait_policy(name, "Ready=False/Conflict", ROLLOUT, |p| {
             let status = p.status.clone().unwrap_or_default();
             let ready = status.conditions.iter().find(|c| c.type_ == "Ready");
-            let conflict = ready.is_some_and(|c| c.status == "False" && c.reason == "Conflict");
+            let conflict = ready.is_some_and(|c| {
+                c.status == kpersist_crds::ConditionStatus::False && c.reason == "Conflict"
+            });
             if conflict && degraded(&status).0 == "ConflictingPolicies" {
                 Check::Done(())
             } else {

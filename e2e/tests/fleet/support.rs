@@ -4,8 +4,8 @@
 use std::collections::BTreeMap;
 
 use kpersist_crds::{
-    LivePatchNode, LivePatchPolicy, LivePatchPolicySpec, LivePatchPolicyStatus, NodePatchState,
-    PolicyCondition, RepositorySpec, RolloutSpec, Wave,
+    Condition, LivePatchNode, LivePatchPolicy, LivePatchPolicySpec, LivePatchPolicyStatus,
+    NodePatchState, RepositorySpec, RolloutSpec, Wave,
 };
 use kpersist_e2e::sim_fleet::{SimFleet, SimNode};
 use kpersist_e2e::wait::Check;
@@ -246,7 +246,7 @@ pub async fn wait_applied(fleet: &mut SimFleet, k1_version: u64, what: &str) {
 pub const ROLLOUT: std::time::Duration = std::time::Duration::from_secs(180);
 
 /// The condition of type `type_` on a policy, if any.
-pub fn condition(policy: &LivePatchPolicy, type_: &str) -> Option<PolicyCondition> {
+pub fn condition(policy: &LivePatchPolicy, type_: &str) -> Option<Condition> {
     policy
         .status
         .as_ref()?

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use kpersist_crds::{LivePatchPolicyStatus, PatchTimings, PolicyCondition, PolicyPhase};
+use kpersist_crds::{Condition, LivePatchPolicyStatus, PatchTimings, PolicyPhase};
 
 use crate::engine::{NodeView, RolloutEvent};
 use crate::metrics::{Metrics, ROLLOUT_COMPLETE, ROLLOUT_FAILED};
@@ -17,16 +17,18 @@ pub const RESYNC: Duration = Duration::from_secs(300);
 /// Puts `condition` into `conditions`, replacing one of the same type. The transition
 /// time is kept when the status did not change, else set to `now`.
 pub fn set_condition(
-    conditions: &mut Vec<PolicyCondition>,
-    mut condition: PolicyCondition,
-    previous: &[PolicyCondition],
+    conditions: &mut Vec<Condition>,
+    mut condition: Condition,
+    previous: &[Condition],
     now: jiff::Timestamp,
 ) {
-    let before = previous.iter().find(|c| c.type_ == condition.type_);
-    condition.last_transition_time = match before {
-        Some(old) if old.status == condition.status => old.last_transition_time.clone(),
-        _ => Some(now.to_string()),
-    };
+    let since = Condition::since(
+        previous,
+        &condition.type_,
+        condition.status,
+        &now.to_string(),
+    );
+    condition.last_transition_time = Some(since);
     conditions.retain(|c| c.type_ != condition.type_);
     conditions.push(condition);
 }
@@ -35,7 +37,7 @@ pub fn set_condition(
 pub fn merge_repository(
     status: &mut LivePatchPolicyStatus,
     previous: Option<&LivePatchPolicyStatus>,
-    condition: Option<PolicyCondition>,
+    condition: Option<Condition>,
     verified_at: Option<jiff::Timestamp>,
     generation: Option<i64>,
     now: jiff::Timestamp,

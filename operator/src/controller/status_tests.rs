@@ -1,10 +1,10 @@
 use super::*;
-use kpersist_crds::RolloutProgress;
+use kpersist_crds::{ConditionStatus, RolloutProgress};
 
-fn condition(status: &str, at: Option<&str>) -> PolicyCondition {
-    PolicyCondition {
+fn condition(status: ConditionStatus, at: Option<&str>) -> Condition {
+    Condition {
         type_: "RepositoryReachable".into(),
-        status: status.into(),
+        status,
         reason: "Verified".into(),
         message: String::new(),
         last_transition_time: at.map(str::to_string),
@@ -18,11 +18,19 @@ fn ts(s: &str) -> jiff::Timestamp {
 
 #[test]
 fn transition_time_moves_only_when_the_status_changes() {
-    let previous = vec![condition("True", Some("2026-01-01T00:00:00Z"))];
+    let previous = vec![condition(
+        ConditionStatus::True,
+        Some("2026-01-01T00:00:00Z"),
+    )];
     let now = ts("2026-02-01T00:00:00Z");
 
     let mut same = previous.clone();
-    set_condition(&mut same, condition("True", None), &previous, now);
+    set_condition(
+        &mut same,
+        condition(ConditionStatus::True, None),
+        &previous,
+        now,
+    );
     assert_eq!(same.len(), 1);
     assert_eq!(
         same[0].last_transition_time.as_deref(),
@@ -30,7 +38,12 @@ fn transition_time_moves_only_when_the_status_changes() {
     );
 
     let mut flipped = previous.clone();
-    set_condition(&mut flipped, condition("False", None), &previous, now);
+    set_condition(
+        &mut flipped,
+        condition(ConditionStatus::False, None),
+        &previous,
+        now,
+    );
     assert_eq!(flipped.len(), 1);
     assert_eq!(
         flipped[0].last_transition_time.as_deref(),
@@ -45,7 +58,7 @@ fn repository_merge_sets_check_time_and_generation() {
     merge_repository(
         &mut status,
         None,
-        Some(condition("True", None)),
+        Some(condition(ConditionStatus::True, None)),
         Some(now),
         Some(4),
         now,
@@ -64,7 +77,7 @@ fn repository_merge_sets_check_time_and_generation() {
     merge_repository(
         &mut status,
         None,
-        Some(condition("False", None)),
+        Some(condition(ConditionStatus::False, None)),
         None,
         Some(4),
         now,

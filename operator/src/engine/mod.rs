@@ -109,8 +109,8 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use kpersist_crds::{
-    DesiredPatch, LivePatchNode, LivePatchPolicy, LivePatchPolicyStatus, PatchAction,
-    PolicyCondition, PolicyPhase,
+    Condition, ConditionStatus, DesiredPatch, LivePatchNode, LivePatchPolicy,
+    LivePatchPolicyStatus, PatchAction, PolicyPhase,
 };
 use kpersist_kmod::repository::Index;
 
@@ -510,7 +510,7 @@ fn invalid(
             .iter()
             .any(|c| c.type_ == "Ready" && c.reason == "InvalidPolicy");
     let message = format!("the policy is invalid: {}", messages.join("; "));
-    let mut conditions: Vec<PolicyCondition> = previous
+    let mut conditions: Vec<Condition> = previous
         .conditions
         .iter()
         .filter(|c| !matches!(c.type_.as_str(), "Ready" | "Progressing"))
@@ -520,12 +520,16 @@ fn invalid(
         let since = previous
             .conditions
             .iter()
-            .find(|c| c.type_ == type_ && c.status == "False" && c.reason == "InvalidPolicy")
+            .find(|c| {
+                c.type_ == type_
+                    && c.status == ConditionStatus::False
+                    && c.reason == "InvalidPolicy"
+            })
             .and_then(|c| c.last_transition_time.clone())
             .unwrap_or_else(|| input.now.to_string());
-        conditions.push(PolicyCondition {
+        conditions.push(Condition {
             type_: type_.to_string(),
-            status: "False".to_string(),
+            status: ConditionStatus::False,
             reason: "InvalidPolicy".to_string(),
             message: message.clone(),
             last_transition_time: Some(since),

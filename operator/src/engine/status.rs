@@ -3,7 +3,7 @@
 //! to the controller and is copied through).
 
 use jiff::Timestamp;
-use kpersist_crds::{NodeCounts, NodePatchState, PolicyCondition, PolicyPhase};
+use kpersist_crds::{Condition, ConditionStatus, NodeCounts, NodePatchState, PolicyPhase};
 
 use super::nodes::{NodeFacts, Progress, Standing};
 
@@ -74,19 +74,19 @@ pub(crate) struct ConditionInput<'a> {
 /// nothing changed, and every other condition (RepositoryReachable) copied through.
 pub(crate) fn conditions(
     input: &ConditionInput<'_>,
-    previous: &[PolicyCondition],
+    previous: &[Condition],
     generation: Option<i64>,
     now: Timestamp,
-) -> Vec<PolicyCondition> {
+) -> Vec<Condition> {
     let note = input.note.unwrap_or_default();
     let ready = match input.phase {
         PolicyPhase::Idle | PolicyPhase::Complete if !input.have_index && !input.have_targets => (
-            "False",
+            ConditionStatus::False,
             "NoRepositoryIndex",
             "no verified repository index yet, so no node has a target".to_string(),
         ),
         PolicyPhase::Idle | PolicyPhase::Complete if input.counts.conflicted > 0 => (
-            "False",
+            ConditionStatus::False,
             "Conflict",
             format!(
                 "{} of {} node(s) run their target; {} selected by an older policy too are \
@@ -95,7 +95,7 @@ pub(crate) fn conditions(
             ),
         ),
         PolicyPhase::Idle | PolicyPhase::Complete if pruned(input) > 0 => (
-            "False",
+            ConditionStatus::False,
             "RunningReleasePruned",
             format!(
                 "{} of {} node(s) run their target; {} run a release that is no longer in the \
@@ -108,7 +108,7 @@ pub(crate) fn conditions(
             ),
         ),
         PolicyPhase::Idle | PolicyPhase::Complete => (
-            "True",
+            ConditionStatus::True,
             "UpToDate",
             format!(
                 "{} of {} node(s) run their target; {} unsupported, {} pending{}",
@@ -119,25 +119,31 @@ pub(crate) fn conditions(
                 suffix(note)
             ),
         ),
-        PolicyPhase::Progressing | PolicyPhase::Baking => {
-            ("False", "RolloutInProgress", wave_text(input.wave))
-        }
-        PolicyPhase::Paused => ("False", "Paused", note.to_string()),
-        PolicyPhase::RollingBack => ("False", "RollingBack", note.to_string()),
+        PolicyPhase::Progressing | PolicyPhase::Baking => (
+            ConditionStatus::False,
+            "RolloutInProgress",
+            wave_text(input.wave),
+        ),
+        PolicyPhase::Paused => (ConditionStatus::False, "Paused", note.to_string()),
+        PolicyPhase::RollingBack => (ConditionStatus::False, "RollingBack", note.to_string()),
         PolicyPhase::Failed => (
-            "False",
+            ConditionStatus::False,
             "RolloutFailed",
             "the last rollout failed and was reverted; see badReleases".to_string(),
         ),
     };
     let progressing = match input.phase {
-        PolicyPhase::Progressing => ("True", "WaveInProgress", wave_text(input.wave)),
-        PolicyPhase::Baking => ("True", "Baking", wave_text(input.wave)),
-        PolicyPhase::RollingBack => ("True", "RollingBack", note.to_string()),
-        PolicyPhase::Paused => ("False", "Paused", note.to_string()),
-        PolicyPhase::Complete => ("False", "RolloutComplete", note.to_string()),
-        PolicyPhase::Failed => ("False", "RolloutFailed", note.to_string()),
-        PolicyPhase::Idle => ("False", "Idle", note.to_string()),
+        PolicyPhase::Progressing => (
+            ConditionStatus::True,
+            "WaveInProgress",
+            wave_text(input.wave),
+        ),
+        PolicyPhase::Baking => (ConditionStatus::True, "Baking", wave_text(input.wave)),
+        PolicyPhase::RollingBack => (ConditionStatus::True, "RollingBack", note.to_string()),
+        PolicyPhase::Paused => (ConditionStatus::False, "Paused", note.to_string()),
+        PolicyPhase::Complete => (ConditionStatus::False, "RolloutComplete", note.to_string()),
+        PolicyPhase::Failed => (ConditionStatus::False, "RolloutFailed", note.to_string()),
+        PolicyPhase::Idle => (ConditionStatus::False, "Idle", note.to_string()),
     };
     let degraded = degraded(input);
     let mine = [
@@ -145,17 +151,13 @@ pub(crate) fn conditions(
         ("Progressing", progressing),
         ("Degraded", degraded),
     ];
-    let mut out: Vec<PolicyCondition> = mine
+    let mut out: Vec<Condition> = mine
         .into_iter()
         .map(|(type_, (status, reason, message))| {
-            let before = previous.iter().find(|c| c.type_ == type_);
-            let since = before
-                .filter(|c| c.status == status)
-                .and_then(|c| c.last_transition_time.clone())
-                .unwrap_or_else(|| now.to_string());
-            PolicyCondition {
+            let since = Condition::since(previous, type_, status, &now.to_string());
+            Condition {
                 type_: type_.to_string(),
-                status: status.to_string(),
+                status,
                 reason: reason.to_string(),
                 message,
                 last_transition_time: Some(since),
@@ -172,7 +174,7 @@ pub(crate) fn conditions(
     out
 }
 
-fn degraded(input: &ConditionInput<'_>) -> (&'static str, &'static str, String) {
+fn degraded(input: &ConditionInput<'_>) -> (ConditionStatus, &'static str, String) {
     let conflicted: Vec<String> = input
         .facts
         .iter()
@@ -202,12 +204,12 @@ fn degraded(input: &ConditionInput<'_>) -> (&'static str, &'static str, String) 
         .count();
     let note = input.note.unwrap_or_default().to_string();
     if input.phase == PolicyPhase::RollingBack || input.failed_wave {
-        ("True", "WaveFailed", note)
+        (ConditionStatus::True, "WaveFailed", note)
     } else if let Some(why) = input.late_pause {
-        ("True", "LateFailure", why.to_string())
+        (ConditionStatus::True, "LateFailure", why.to_string())
     } else if revert_failed > 0 {
         (
-            "True",
+            ConditionStatus::True,
             "RevertFailed",
             format!(
                 "{revert_failed} node(s) could not go back to their previous release; see their LivePatchNode status"
@@ -215,13 +217,13 @@ fn degraded(input: &ConditionInput<'_>) -> (&'static str, &'static str, String) 
         )
     } else if input.phase == PolicyPhase::Failed {
         (
-            "True",
+            ConditionStatus::True,
             "RolloutFailed",
             "the last rollout failed and was reverted".to_string(),
         )
     } else if !conflicted.is_empty() {
         (
-            "True",
+            ConditionStatus::True,
             "ConflictingPolicies",
             format!(
                 "node(s) selected by an older policy too are patched by it, not this one: {}",
@@ -232,7 +234,7 @@ fn degraded(input: &ConditionInput<'_>) -> (&'static str, &'static str, String) 
         > 0
     {
         (
-            "True",
+            ConditionStatus::True,
             "NodesFailed",
             format!(
                 "{} node(s) failed to apply and {} went down while applying; see their LivePatchNode status",
@@ -241,7 +243,7 @@ fn degraded(input: &ConditionInput<'_>) -> (&'static str, &'static str, String) 
         )
     } else if input.counts.node_problems > 0 {
         (
-            "True",
+            ConditionStatus::True,
             "NodeProblems",
             format!(
                 "{} node(s) could not take part (not the release's fault; retried): {}",
@@ -250,7 +252,7 @@ fn degraded(input: &ConditionInput<'_>) -> (&'static str, &'static str, String) 
             ),
         )
     } else {
-        ("False", "Healthy", String::new())
+        (ConditionStatus::False, "Healthy", String::new())
     }
 }
 

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kpersist_crds::PolicyCondition;
+use kpersist_crds::{Condition, ConditionStatus};
 
 use crate::engine::RepositoryView;
 pub use poll::poll_repository;
@@ -208,7 +208,7 @@ impl RepositoryState {
 
     /// The `RepositoryReachable` condition for the last poll, without transition time (the
     /// caller keeps the old one when the status did not change). `None` before any poll.
-    pub fn condition(&self) -> Option<PolicyCondition> {
+    pub fn condition(&self) -> Option<Condition> {
         let (status, reason, message) = match self.outcome.as_ref()? {
             PollOutcome::Failed(failure) => {
                 let kept = if self.view.is_some() {
@@ -217,13 +217,13 @@ impl RepositoryState {
                     ""
                 };
                 (
-                    "False",
+                    ConditionStatus::False,
                     failure.reason.reason(),
                     format!("{}{kept}", failure.message),
                 )
             }
             PollOutcome::Expired { serial, expires } => (
-                "False",
+                ConditionStatus::False,
                 "Expired",
                 format!(
                     "{} (serial {serial}) verified but expired at {expires}: the publisher has \
@@ -235,12 +235,12 @@ impl RepositoryState {
                 ),
             ),
             PollOutcome::Updated { .. } | PollOutcome::NotModified => {
-                ("True", "Verified", self.verified_message())
+                (ConditionStatus::True, "Verified", self.verified_message())
             }
         };
-        Some(PolicyCondition {
+        Some(Condition {
             type_: CONDITION_TYPE.to_string(),
-            status: status.to_string(),
+            status,
             reason: reason.to_string(),
             message,
             last_transition_time: None,

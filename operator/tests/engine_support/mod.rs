@@ -15,7 +15,7 @@ use kpersist_crds::{
     LivePatchNodeStatus, LivePatchPolicy, LivePatchPolicySpec, NodeError, NodeErrorReason,
     NodePatchState, PatchAction, PatchRelease, RepositorySpec, RolloutSpec, Wave,
 };
-use kpersist_crds::{LivePatchPolicyStatus, PolicyCondition, PolicyPhase};
+use kpersist_crds::{Condition, LivePatchPolicyStatus, PolicyPhase};
 use kpersist_kmod::repository::{Index, Release};
 use kpersist_operator::engine::{
     Decision, EngineInput, GateVerdict, NodeView, RepositoryView, RolloutEvent, decide,
@@ -568,7 +568,7 @@ pub fn run_until(sim: &mut Sim, phases: &[PolicyPhase], seconds: i64) -> Vec<Rol
     );
 }
 
-pub fn condition<'a>(status: &'a LivePatchPolicyStatus, type_: &str) -> &'a PolicyCondition {
+pub fn condition<'a>(status: &'a LivePatchPolicyStatus, type_: &str) -> &'a Condition {
     match status.conditions.iter().find(|c| c.type_ == type_) {
         Some(condition) => condition,
         None => panic!("no {type_} condition in {:?}", status.conditions),
