@@ -353,6 +353,21 @@ while read -r printed <&3; do
   esac
   wait_until "$printed -o name lists '${want:-nothing}'" 30 lists "${words[@]}"
 done 3<"$WORK/filters.txt"
+# NOTES' first checks, exactly as `helm install` printed them for this release.
+grep -E '^ +kubectl .*get (deploy,ds|livepatchnodes)' "$WORK/helm-install.log" | sed 's/#.*//; s/^ *//; s/ *$//' >"$WORK/notes-commands.txt"
+[ "$(wc -l <"$WORK/notes-commands.txt")" -eq 2 ] || fail "helm install's NOTES show $(wc -l <"$WORK/notes-commands.txt") of its 2 checks: $(cat "$WORK/helm-install.log")"
+while read -r printed <&3; do
+  read -ra words <<<"${printed#kubectl }"
+  k "${words[@]}" >"$WORK/notes-out.txt" 2>&1 || fail "$printed (from NOTES): $(cat "$WORK/notes-out.txt")"
+  case $printed in
+    *deploy,ds*) wants=("deployment.apps/$REL-operator" "daemonset.apps/$REL-agent") ;;
+    *) wants=("$NODE") ;;
+  esac
+  for want in "${wants[@]}"; do
+    grep -q "^$want " "$WORK/notes-out.txt" || fail "$printed (from NOTES) lists no $want: $(cat "$WORK/notes-out.txt")"
+  done
+  ok "$printed (from NOTES): lists ${wants[*]}"
+done 3<"$WORK/notes-commands.txt"
 # The events command, exactly as the chart's README and NOTES print it.
 for doc in "$ROOT/helm/kpersist/README.md" "$ROOT/helm/kpersist/templates/NOTES.txt"; do
   printed=$(grep -o 'kubectl get events [^#]*' "$doc" | head -n1 | sed 's/ *$//')

@@ -595,3 +595,39 @@ fn yank_withdraws_a_release_with_its_reason_and_undo_offers_it_again() {
     );
     assert!(err.contains("no release"), "{err}");
 }
+
+/// The publishing commands of the project's README, run by bash exactly as printed, on a
+/// real livepatch module built for the kernel they name.
+#[test]
+fn the_readme_publishing_commands_work_as_printed() {
+    let readme = Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md");
+    let readme = std::fs::read_to_string(readme).unwrap();
+    let block = readme
+        .split_once("Publishing patches")
+        .and_then(|(_, rest)| rest.split_once("```sh\n"))
+        .and_then(|(_, rest)| rest.split_once("```"))
+        .map(|(block, _)| block)
+        .expect("the README shows the publishing commands");
+    assert!(block.contains("kpersist-repo verify"), "{block}");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(fixture("kpersist_v1.ko"), dir.path().join("kpersist_v1.ko")).unwrap();
+    let tool = PathBuf::from(env!("CARGO_BIN_EXE_kpersist-repo"));
+    let path = format!(
+        "{}:{}",
+        tool.parent().unwrap().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = Command::new("bash")
+        .args(["-euo", "pipefail", "-c", block])
+        .current_dir(dir.path())
+        .env("PATH", path)
+        .env("BUILD_ID", BUILD_ID)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{block}\n{stdout}{}", stderr(&out));
+    assert!(
+        stdout.contains("OK: index.json signature, 1 release(s) and their modules verified"),
+        "{stdout}"
+    );
+}
