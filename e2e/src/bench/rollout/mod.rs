@@ -167,7 +167,7 @@ pub async fn run(settings: &Settings) -> Result<Measurement> {
     tokio::time::sleep(SETTLE).await;
     let after = scrape(&cluster.admin).await?;
     keep_scrapes(&before, &after)?;
-    let (spec_changes, status_changes) = observer.changes();
+    let (spec_changes, status_changes, label_changes) = observer.changes();
     let wave_starts = observer
         .wave_starts()
         .into_iter()
@@ -186,6 +186,7 @@ pub async fn run(settings: &Settings) -> Result<Measurement> {
         requests: requests::delta(&requests::parse(&before), &requests::parse(&after)),
         spec_changes,
         status_changes,
+        label_changes,
         settle: SETTLE,
         load,
     })

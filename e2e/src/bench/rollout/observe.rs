@@ -23,6 +23,8 @@ struct Seen {
     spec_changes: u64,
     /// Changes of a node's status seen since counting started.
     status_changes: u64,
+    /// Changes of a node's labels alone (the operator's label-only writes).
+    label_changes: u64,
     /// Whether changes are being counted.
     counting: bool,
     /// When each wave (1-based) was first seen in the policy status, after counting began.
@@ -78,13 +80,14 @@ impl Observer {
         seen.counting = true;
         seen.spec_changes = 0;
         seen.status_changes = 0;
+        seen.label_changes = 0;
         seen.wave_seen.clear();
     }
 
-    /// Node spec and status changes seen since [`Observer::start_counting`].
-    pub fn changes(&self) -> (u64, u64) {
+    /// Node spec, status and label-only changes seen since [`Observer::start_counting`].
+    pub fn changes(&self) -> (u64, u64, u64) {
         let seen = self.seen();
-        (seen.spec_changes, seen.status_changes)
+        (seen.spec_changes, seen.status_changes, seen.label_changes)
     }
 
     /// When each wave was first seen.
@@ -169,8 +172,10 @@ fn record_node(seen: &mut Seen, event: Event<LivePatchNode>) {
             {
                 let spec = old.metadata.generation != node.metadata.generation;
                 let status = old.status != node.status;
+                let labels = old.metadata.labels != node.metadata.labels;
                 seen.spec_changes += u64::from(spec);
                 seen.status_changes += u64::from(status);
+                seen.label_changes += u64::from(labels && !spec && !status);
             }
             seen.nodes.insert(name, node);
         }
