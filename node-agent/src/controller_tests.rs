@@ -11,9 +11,9 @@ use kube::client::Body;
 use serde_json::Value;
 
 use super::*;
-use crate::apply::Patcher;
 use crate::fetch::Fetcher;
 use crate::metrics::Metrics;
+use crate::patcher::Patcher;
 use crate::state::StateDir;
 
 /// One request the mocked API server received.

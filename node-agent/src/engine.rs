@@ -7,11 +7,12 @@ use std::time::Duration;
 use kpersist_crds::{DesiredPatch, LivePatchNodeStatus, NodePatchState, parse_duration};
 use kpersist_kmod::kernel::Kernel;
 
-use crate::apply::{Action, Patcher, Progress, Request};
 use crate::drift::{find_drift, merge};
 use crate::error::AgentError;
 use crate::liveness::Liveness;
 use crate::metrics::Metrics;
+use crate::patch_run::{Action, Progress, Request};
+use crate::patcher::Patcher;
 use crate::plan::{NodeView, Plan, hold_after_failure, plan};
 use crate::status::{HostRecords, Observation, Report, build_status, live_release};
 
@@ -61,7 +62,7 @@ impl<K: Kernel + Clone + 'static> Engine<K> {
 
     /// Measures the time from the agent's start to its first apply that ended Applied: after
     /// a reboot, how long the node ran without its patch.
-    fn note_first_applied(&self, outcome: &crate::apply::Outcome) {
+    fn note_first_applied(&self, outcome: &crate::patch_run::Outcome) {
         use std::sync::atomic::Ordering;
         if outcome.state != NodePatchState::Applied
             || self.applied_since_start.swap(true, Ordering::SeqCst)
@@ -97,10 +98,10 @@ impl<K: Kernel + Clone + 'static> Engine<K> {
 
     async fn read_kernel(&self) -> Result<Observation, AgentError> {
         let p = &self.patcher;
-        let identity = p.call(|k| k.identity()).await.ok();
-        let supported = p.call(|k| Ok(k.livepatch_supported())).await?;
-        let boot_id = p.call(|k| k.boot_id()).await?;
-        let loaded = p.call(|k| k.loaded_patches()).await?;
+        let identity = p.kernel_call(|k| k.identity()).await.ok();
+        let supported = p.kernel_call(|k| Ok(k.livepatch_supported())).await?;
+        let boot_id = p.kernel_call(|k| k.boot_id()).await?;
+        let loaded = p.kernel_call(|k| k.loaded_patches()).await?;
         Ok(Observation {
             identity,
             supported,
@@ -227,7 +228,7 @@ impl<K: Kernel + Clone + 'static> Engine<K> {
                 }) {
                     return Ok(Report::from_status(p));
                 }
-                let outcome = crate::apply::Outcome::failed(
+                let outcome = crate::patch_run::Outcome::failed(
                     state,
                     failure,
                     release.as_deref(),

@@ -1,11 +1,10 @@
 //! The kpersist node agent: it brings its node's kernel to the livepatch release the operator
 //! asks for in the node's `LivePatchNode`, safely, and reports what the kernel really runs.
 //!
-//! The pure parts ([`plan`], [`checks`], [`status`]) decide; [`apply`] and [`revert`] carry
-//! decisions out over the [`kpersist_kmod::kernel::Kernel`] trait; [`controller`] and
+//! The pure parts ([`plan`], [`checks`], [`status`], [`patch_run`]) decide; the [`patcher`]
+//! carries decisions out over the [`kpersist_kmod::kernel::Kernel`] trait; [`controller`] and
 //! [`local`] drive the [`engine`] from the Kubernetes API or from the command line.
 
-pub mod apply;
 pub mod backoff;
 pub mod checks;
 pub mod cli;
@@ -19,17 +18,15 @@ pub mod findings;
 pub mod liveness;
 pub mod local;
 pub mod metrics;
+pub mod patch_run;
+pub mod patcher;
 pub mod plan;
 pub mod probation;
-mod probation_host;
-pub mod recover;
-pub mod revert;
 pub mod run;
 pub mod server;
 pub mod state;
 pub mod status;
 pub mod telemetry;
-pub mod transition;
 pub mod trust;
 
 pub use error::AgentError;

@@ -53,7 +53,7 @@ pub async fn run_local<K: Kernel + Clone + 'static>(
     };
     let index = read_index(&args.repo, &args.pubkey)?;
     let timeout = parse_flag_duration("--transition-timeout", &args.transition_timeout)?;
-    let identity = engine.patcher().call(|k| k.identity()).await?;
+    let identity = engine.patcher().kernel_call(|k| k.identity()).await?;
     let revert = matches!(action, LocalAction::Revert(_));
     let wanted = match (revert, args.version) {
         (true, None) => None,

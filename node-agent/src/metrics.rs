@@ -10,8 +10,8 @@ use std::sync::{Arc, Mutex};
 use kpersist_crds::{AppliedRelease, NodeErrorReason, NodePatchState};
 use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
 
-use crate::apply::Outcome;
 use crate::drift::{Drift, DriftKind};
+use crate::patch_run::Outcome;
 
 /// Every metric the agent exports.
 #[derive(Clone)]

@@ -6,8 +6,8 @@ use kpersist_crds::{
 };
 use kpersist_kmod::kernel::KernelIdentity;
 
-use crate::apply::Action;
 use crate::checks::{Failure, check_kernel};
+use crate::patch_run::Action;
 use crate::probation::UncleanEnds;
 use crate::state::{RefusalCause, RefusedRelease};
 

@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use kpersist_kmod::kernel::{Kernel, SimKernel, SysKernel};
 
-use crate::apply::{BeforeLoad, Patcher};
 use crate::cli::{Cli, Command, LocalAction};
 use crate::controller::NodeController;
 use crate::engine::Engine;
@@ -14,6 +13,7 @@ use crate::error::AgentError;
 use crate::fetch::Fetcher;
 use crate::local::{run_local, summary};
 use crate::metrics::Metrics;
+use crate::patcher::{BeforeLoad, Patcher};
 use crate::state::StateDir;
 
 /// File name of the simulated kernel's state inside the state directory.

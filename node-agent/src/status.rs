@@ -7,9 +7,9 @@ use kpersist_crds::{
 };
 use kpersist_kmod::kernel::{KernelIdentity, PatchState};
 
-use crate::apply::Outcome;
 use crate::drift::Drift;
 use crate::liveness::NotLive;
+use crate::patch_run::Outcome;
 use crate::state::AppliedRecord;
 
 /// What the kernel shows now.

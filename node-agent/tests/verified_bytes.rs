@@ -11,8 +11,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use kpersist_agent::apply::{Action, Patcher, Request};
 use kpersist_agent::fetch::Fetcher;
+use kpersist_agent::patch_run::{Action, Request};
+use kpersist_agent::patcher::Patcher;
 use kpersist_agent::state::StateDir;
 use kpersist_crds::NodePatchState;
 use kpersist_kmod::kernel::Kernel;

@@ -9,10 +9,10 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use kpersist_agent::apply::Patcher;
 use kpersist_agent::engine::Engine;
 use kpersist_agent::fetch::Fetcher;
 use kpersist_agent::metrics::Metrics;
+use kpersist_agent::patcher::Patcher;
 use kpersist_agent::state::StateDir;
 use kpersist_agent::status::Report;
 use kpersist_crds::{

@@ -7,11 +7,11 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kpersist_agent::apply::Patcher;
 use kpersist_agent::controller::NodeController;
 use kpersist_agent::engine::Engine;
 use kpersist_agent::fetch::Fetcher;
 use kpersist_agent::metrics::Metrics;
+use kpersist_agent::patcher::Patcher;
 use kpersist_agent::state::StateDir;
 use kpersist_kmod::kernel::SimKernel;
 use tokio::sync::watch;

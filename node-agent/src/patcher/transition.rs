@@ -8,8 +8,9 @@ use kpersist_crds::NodeErrorReason;
 use kpersist_kmod::kernel::{Kernel, KernelError, SyscallFailure};
 use tokio::time::Instant;
 
-use crate::apply::{Patcher, Request};
+use super::Patcher;
 use crate::checks::Failure;
+use crate::patch_run::Request;
 
 /// How waiting for a transition ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,7 +32,7 @@ pub async fn wait_settled<K: Kernel + Clone + 'static>(
 ) -> Result<Settled, KernelError> {
     let deadline = Instant::now() + timeout;
     loop {
-        let patches = patcher.call(|k| k.loaded_patches()).await?;
+        let patches = patcher.kernel_call(|k| k.loaded_patches()).await?;
         match patches.iter().find(|p| p.name == name) {
             None => return Ok(Settled::Gone),
             Some(p) if !p.transition && p.enabled == enabled => return Ok(Settled::Done),
@@ -56,7 +57,7 @@ pub async fn unload_module<K: Kernel + Clone + 'static>(
     let mut attempt = 0;
     loop {
         let owned = name.to_string();
-        match patcher.call(move |k| k.delete_module(&owned)).await {
+        match patcher.kernel_call(move |k| k.delete_module(&owned)).await {
             Err(e)
                 if e.syscall_failure() == Some(SyscallFailure::Busy)
                     && attempt + 1 < UNLOAD_ATTEMPTS =>
@@ -75,7 +76,7 @@ impl<K: Kernel + Clone + 'static> Patcher<K> {
         let name = req.release.module_name.clone();
         let blockers = {
             let name = name.clone();
-            self.call(move |k| k.blocking_tasks(&name))
+            self.kernel_call(move |k| k.blocking_tasks(&name))
                 .await
                 .unwrap_or_default()
         };
@@ -100,7 +101,7 @@ impl<K: Kernel + Clone + 'static> Patcher<K> {
     pub(crate) async fn withdraw(&self, name: &str, timeout: Duration) -> String {
         let disable = {
             let name = name.to_string();
-            self.call(move |k| k.set_enabled(&name, false)).await
+            self.kernel_call(move |k| k.set_enabled(&name, false)).await
         };
         match disable {
             Err(e) => format!("disabling it failed: {e}"),

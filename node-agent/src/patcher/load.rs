@@ -4,184 +4,23 @@
 //! module would stack), record, begin probation, check taint and the kernel log. A failed
 //! step ends the run; nothing is loaded after a failed check.
 
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
-use kpersist_crds::{NodeErrorReason, NodePatchState, PatchRelease, PatchRun, PatchTimings};
-use kpersist_kmod::kernel::{Kernel, KernelError, KmsgMark, ModuleImage, SyscallFailure};
+use kpersist_crds::{NodeErrorReason, NodePatchState, PatchTimings};
+use kpersist_kmod::kernel::{Kernel, KernelError, ModuleImage, SyscallFailure};
 use kpersist_kmod::modinfo::ModInfo;
 use tokio::time::Instant;
 
+use super::transition::{Settled, unload_module, wait_settled};
+use super::{Baseline, Patcher, host_failure, kernel_failure, millis};
 use crate::checks::{self, Failure};
 use crate::coexist::{self, NameInUse};
-use crate::fetch::{Fetcher, RepositoryAccess};
+use crate::fetch::RepositoryAccess;
 use crate::findings;
-use crate::state::{CrashMarker, MarkerRelease, StateDir};
-use crate::transition::{Settled, unload_module, wait_settled};
-
-/// What to load, and under which rules.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Request {
-    /// The release to have loaded.
-    pub release: PatchRelease,
-    /// The policy asking for it.
-    pub policy: Option<String>,
-    /// How long the transition may take before it is reversed.
-    pub transition_timeout: Duration,
-    /// Whether new taint and kernel warnings count as failures.
-    pub kmsg_checks: bool,
-    /// CAs and redirect hosts for the download, from the policy; `None`: the defaults.
-    pub repository: Option<RepositoryAccess>,
-    /// The `metadata.generation` of the spec asking, if any.
-    pub generation: Option<i64>,
-    /// How long the release is on probation after its transition; `None` or zero: none.
-    pub probation: Option<Duration>,
-    /// Whether enabled livepatches of other tools may be replaced.
-    pub replace_foreign: bool,
-    /// Module names that are kpersist's besides those the state directory records.
-    pub kpersist_modules: Vec<String>,
-}
-
-impl Request {
-    /// A request for `release` with the defaults: no policy, a 60 s transition timeout,
-    /// kernel log checks, no probation, other tools' livepatches refused.
-    pub fn new(release: PatchRelease) -> Request {
-        Request {
-            release,
-            policy: None,
-            transition_timeout: Duration::from_secs(60),
-            kmsg_checks: true,
-            repository: None,
-            generation: None,
-            probation: None,
-            replace_foreign: false,
-            kpersist_modules: Vec::new(),
-        }
-    }
-}
-
-/// Whether a load is an apply of a newer release or a revert to an earlier one.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Action {
-    /// Apply (state `Applying`).
-    Apply,
-    /// Revert by atomic replace (state `Reverting`).
-    Revert,
-}
-
-impl Action {
-    /// The kind of run this action makes, as the status's timings name it.
-    pub fn run(self) -> PatchRun {
-        match self {
-            Action::Apply => PatchRun::Apply,
-            Action::Revert => PatchRun::Revert,
-        }
-    }
-}
-
-/// How a run ended.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Outcome {
-    /// The node's state now.
-    pub state: NodePatchState,
-    /// The failure and the release it concerns, when the run failed.
-    pub failure: Option<(Failure, Option<String>)>,
-    /// How long the steps took.
-    pub timings: PatchTimings,
-    /// Kernel findings of the run that are not the release's fault (reported, not failed).
-    pub notes: Vec<String>,
-}
-
-impl Outcome {
-    pub(crate) fn failed(
-        state: NodePatchState,
-        failure: Failure,
-        release: Option<&str>,
-        timings: PatchTimings,
-    ) -> Outcome {
-        Outcome {
-            state,
-            failure: Some((failure, release.map(str::to_string))),
-            timings,
-            notes: Vec::new(),
-        }
-    }
-}
-
-/// Reports the state while a run is under way (to status and logs).
-pub type Progress<'a> = &'a (dyn Fn(NodePatchState) + Send + Sync);
-
-/// A hook run right before a module is loaded, with the release; the simulated kernel uses
-/// it to inject per-release faults.
-pub type BeforeLoad = Arc<dyn Fn(&PatchRelease) + Send + Sync>;
-
-/// Runs applies and reverts against a kernel, the state directory and a fetcher.
-#[derive(Clone)]
-pub struct Patcher<K> {
-    pub(crate) kernel: K,
-    pub(crate) state: StateDir,
-    fetcher: Fetcher,
-    pub(crate) poll_interval: Duration,
-    before_load: Option<BeforeLoad>,
-}
-
-/// What the kernel looked like right before a load, to tell what the load changed.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Baseline {
-    pub(crate) taint: u64,
-    pub(crate) kmsg: KmsgMark,
-}
+use crate::patch_run::{Action, Outcome, Progress, Request};
+use crate::state::{CrashMarker, MarkerRelease};
 
 impl<K: Kernel + Clone + 'static> Patcher<K> {
-    /// A patcher polling transitions every `poll_interval`.
-    pub fn new(
-        kernel: K,
-        state: StateDir,
-        fetcher: Fetcher,
-        poll_interval: Duration,
-    ) -> Patcher<K> {
-        Patcher {
-            kernel,
-            state,
-            fetcher,
-            poll_interval,
-            before_load: None,
-        }
-    }
-
-    /// Runs `hook` right before every load.
-    pub fn with_before_load(mut self, hook: BeforeLoad) -> Patcher<K> {
-        self.before_load = Some(hook);
-        self
-    }
-
-    /// The kernel.
-    pub fn kernel(&self) -> &K {
-        &self.kernel
-    }
-
-    /// The state directory.
-    pub fn state_dir(&self) -> &StateDir {
-        &self.state
-    }
-
-    /// Runs a blocking kernel call off the async threads.
-    pub(crate) async fn call<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&K) -> Result<T, KernelError> + Send + 'static,
-    ) -> Result<T, KernelError> {
-        let kernel = self.kernel.clone();
-        tokio::task::spawn_blocking(move || f(&kernel))
-            .await
-            .unwrap_or_else(|e| {
-                Err(KernelError::Io {
-                    path: PathBuf::from("<kernel call>"),
-                    source: std::io::Error::other(e),
-                })
-            })
-    }
-
     /// Loads `req.release`, replacing whatever kpersist patch is live.
     pub async fn load_release(
         &self,
@@ -220,7 +59,10 @@ impl<K: Kernel + Clone + 'static> Patcher<K> {
         timings: &mut PatchTimings,
     ) -> Result<Vec<String>, Failure> {
         let release = &req.release;
-        let identity = self.call(|k| k.identity()).await.map_err(host)?;
+        let identity = self
+            .kernel_call(|k| k.identity())
+            .await
+            .map_err(kernel_failure)?;
         checks::check_kernel(release, &identity)?;
 
         progress(NodePatchState::Downloading);
@@ -267,9 +109,18 @@ impl<K: Kernel + Clone + 'static> Patcher<K> {
         if let Some(hook) = &self.before_load {
             hook(release);
         }
-        let taint = self.call(|k| k.tainted()).await.map_err(host)?;
-        let kmsg = self.call(|k| k.kmsg_mark()).await.map_err(host)?;
-        let boot_id = self.call(|k| k.boot_id()).await.map_err(host)?;
+        let taint = self
+            .kernel_call(|k| k.tainted())
+            .await
+            .map_err(kernel_failure)?;
+        let kmsg = self
+            .kernel_call(|k| k.kmsg_mark())
+            .await
+            .map_err(kernel_failure)?;
+        let boot_id = self
+            .kernel_call(|k| k.boot_id())
+            .await
+            .map_err(kernel_failure)?;
         let baseline = Baseline { taint, kmsg };
         let marker = CrashMarker {
             boot_id,
@@ -288,7 +139,7 @@ impl<K: Kernel + Clone + 'static> Patcher<K> {
         self.state
             .end_probation()
             .and_then(|()| self.state.write_crash_marker(&marker))
-            .map_err(|e| host_msg(e.to_string()))?;
+            .map_err(|e| host_failure(e.to_string()))?;
 
         let load_started = Instant::now();
         if let Err(failure) = self.load(Arc::new(image), &release.module_name).await {
@@ -307,11 +158,14 @@ impl<K: Kernel + Clone + 'static> Patcher<K> {
     /// that kpersist loaded and whose patch was already replaced or disabled is unloaded.
     async fn check_coexistence(&self, req: &Request) -> Result<(), Failure> {
         let release = &req.release;
-        let patches = self.call(|k| k.loaded_patches()).await.map_err(host)?;
+        let patches = self
+            .kernel_call(|k| k.loaded_patches())
+            .await
+            .map_err(kernel_failure)?;
         let known = self
             .state
             .applied()
-            .map_err(|e| host_msg(e.to_string()))?
+            .map_err(|e| host_failure(e.to_string()))?
             .known_modules;
         let kpersist: Vec<String> = known
             .iter()
@@ -322,9 +176,9 @@ impl<K: Kernel + Clone + 'static> Patcher<K> {
         coexist::check_foreign(&patches, &kpersist, release, req.replace_foreign)?;
         let name = release.module_name.clone();
         let loaded = self
-            .call(move |k| k.module_loaded(&name))
+            .kernel_call(move |k| k.module_loaded(&name))
             .await
-            .map_err(host)?;
+            .map_err(kernel_failure)?;
         if coexist::check_name_in_use(loaded, &patches, &known, release)?
             == NameInUse::KpersistLeftover
         {
@@ -345,7 +199,7 @@ impl<K: Kernel + Clone + 'static> Patcher<K> {
 
     /// Loads the verified module bytes.
     async fn load(&self, image: Arc<ModuleImage>, name: &str) -> Result<(), Failure> {
-        self.call(move |k| k.load_module(&image))
+        self.kernel_call(move |k| k.load_module(&image))
             .await
             .map_err(|e| load_failure(name, e))
     }
@@ -364,7 +218,7 @@ impl<K: Kernel + Clone + 'static> Patcher<K> {
         // Kernels since 6.11 say at once whether the patch replaces the others.
         let replaces = {
             let name = name.clone();
-            self.call(move |k| k.patch_replaces(&name)).await
+            self.kernel_call(move |k| k.patch_replaces(&name)).await
         };
         if let Ok(Some(false)) = replaces {
             let outcome = self.withdraw(&name, req.transition_timeout).await;
@@ -376,7 +230,7 @@ impl<K: Kernel + Clone + 'static> Patcher<K> {
         }
         let settled = wait_settled(self, &name, true, req.transition_timeout)
             .await
-            .map_err(host)?;
+            .map_err(kernel_failure)?;
         timings.transition_ms = Some(millis(load_started.elapsed()));
         match settled {
             Settled::Done => {}
@@ -393,7 +247,10 @@ impl<K: Kernel + Clone + 'static> Patcher<K> {
         }
         // Older kernels do not show `replace`: a patch still enabled beside the new one after
         // its transition means the new one stacked on it.
-        let patches = self.call(|k| k.loaded_patches()).await.map_err(host)?;
+        let patches = self
+            .kernel_call(|k| k.loaded_patches())
+            .await
+            .map_err(kernel_failure)?;
         let stacked = coexist::stacked_under(&patches, &name).join(", ");
         if !stacked.is_empty() {
             let outcome = self.withdraw(&name, req.transition_timeout).await;
@@ -408,9 +265,15 @@ impl<K: Kernel + Clone + 'static> Patcher<K> {
         if !req.kmsg_checks {
             return Ok(Vec::new());
         }
-        let taint = self.call(|k| k.tainted()).await.map_err(host)?;
+        let taint = self
+            .kernel_call(|k| k.tainted())
+            .await
+            .map_err(kernel_failure)?;
         let mark = baseline.kmsg;
-        let lines = self.call(move |k| k.kmsg_since(mark)).await.map_err(host)?;
+        let lines = self
+            .kernel_call(move |k| k.kmsg_since(mark))
+            .await
+            .map_err(kernel_failure)?;
         let found = findings::judge(baseline.taint, taint, &lines, &name, &release.id);
         for note in &found.notes {
             tracing::warn!(release = %release.id, "{note}");
@@ -424,7 +287,10 @@ impl<K: Kernel + Clone + 'static> Patcher<K> {
     /// Records the release as the one the kernel runs, and unloads the modules of the
     /// kpersist patches it replaced (their livepatches are gone, their modules linger).
     async fn record_applied(&self, req: &Request) -> Result<(), Failure> {
-        let mut record = self.state.applied().map_err(|e| host_msg(e.to_string()))?;
+        let mut record = self
+            .state
+            .applied()
+            .map_err(|e| host_failure(e.to_string()))?;
         let name = &req.release.module_name;
         if !record.known_modules.contains(name) {
             record.known_modules.push(name.clone());
@@ -434,8 +300,11 @@ impl<K: Kernel + Clone + 'static> Patcher<K> {
         record.applied_at = Some(jiff::Timestamp::now().to_string());
         self.state
             .write_applied(&record)
-            .map_err(|e| host_msg(e.to_string()))?;
-        let patches = self.call(|k| k.loaded_patches()).await.map_err(host)?;
+            .map_err(|e| host_failure(e.to_string()))?;
+        let patches = self
+            .kernel_call(|k| k.loaded_patches())
+            .await
+            .map_err(kernel_failure)?;
         for old in record.known_modules.iter().filter(|m| *m != name) {
             if patches.iter().any(|p| &p.name == old) {
                 continue;
@@ -444,12 +313,6 @@ impl<K: Kernel + Clone + 'static> Patcher<K> {
             let _ = unload_module(self, old).await;
         }
         Ok(())
-    }
-
-    pub(crate) fn clear_marker(&self) -> Result<(), Failure> {
-        self.state
-            .clear_crash_marker()
-            .map_err(|e| host_msg(e.to_string()))
     }
 }
 
@@ -464,16 +327,4 @@ fn load_failure(name: &str, e: KernelError) -> Failure {
         None => NodeErrorReason::HostError,
     };
     Failure::new(reason, format!("loading livepatch {name}: {e}"))
-}
-
-pub(crate) fn host(e: KernelError) -> Failure {
-    Failure::new(NodeErrorReason::HostError, e.to_string())
-}
-
-pub(crate) fn host_msg(message: String) -> Failure {
-    Failure::new(NodeErrorReason::HostError, message)
-}
-
-pub(crate) fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }

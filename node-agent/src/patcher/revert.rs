@@ -8,9 +8,10 @@ use kpersist_crds::{NodeErrorReason, NodePatchState, PatchRun, PatchTimings};
 use kpersist_kmod::kernel::{Kernel, SyscallFailure};
 use tokio::time::Instant;
 
-use crate::apply::{Outcome, Patcher, Progress, host, host_msg, millis};
+use super::transition::{Settled, unload_module, wait_settled};
+use super::{Patcher, host_failure, kernel_failure, millis};
 use crate::checks::Failure;
-use crate::transition::{Settled, unload_module, wait_settled};
+use crate::patch_run::{Outcome, Progress};
 
 impl<K: Kernel + Clone + 'static> Patcher<K> {
     /// Disables and unloads every kpersist livepatch: those the agent ever loaded here and
@@ -46,16 +47,22 @@ impl<K: Kernel + Clone + 'static> Patcher<K> {
         progress: Progress<'_>,
     ) -> Result<(), Failure> {
         progress(NodePatchState::Reverting);
-        let mut record = self.state.applied().map_err(|e| host_msg(e.to_string()))?;
+        let mut record = self
+            .state
+            .applied()
+            .map_err(|e| host_failure(e.to_string()))?;
         let mut names = record.known_modules.clone();
         names.extend(also_kpersist.iter().cloned());
         names.sort();
         names.dedup();
-        let patches = self.call(|k| k.loaded_patches()).await.map_err(host)?;
+        let patches = self
+            .kernel_call(|k| k.loaded_patches())
+            .await
+            .map_err(kernel_failure)?;
         for patch in patches.iter().filter(|p| names.contains(&p.name)) {
             if patch.enabled {
                 let name = patch.name.clone();
-                self.call(move |k| k.set_enabled(&name, false))
+                self.kernel_call(move |k| k.set_enabled(&name, false))
                     .await
                     .map_err(|e| {
                         Failure::new(
@@ -66,7 +73,7 @@ impl<K: Kernel + Clone + 'static> Patcher<K> {
             }
             match wait_settled(self, &patch.name, false, timeout)
                 .await
-                .map_err(host)?
+                .map_err(kernel_failure)?
             {
                 Settled::Done | Settled::Gone => {}
                 Settled::TimedOut => {
@@ -95,7 +102,7 @@ impl<K: Kernel + Clone + 'static> Patcher<K> {
         self.state
             .write_applied(&record)
             .and_then(|()| self.state.end_probation())
-            .map_err(|e| host_msg(e.to_string()))
+            .map_err(|e| host_failure(e.to_string()))
     }
 
     /// A disable that did not finish in time is reversed (re-enabled) so the kernel is not
@@ -103,12 +110,12 @@ impl<K: Kernel + Clone + 'static> Patcher<K> {
     async fn undo_stalled_disable(&self, name: &str, timeout: Duration) -> Failure {
         let blockers = {
             let name = name.to_string();
-            self.call(move |k| k.blocking_tasks(&name))
+            self.kernel_call(move |k| k.blocking_tasks(&name))
                 .await
                 .unwrap_or_default()
         };
         let owned = name.to_string();
-        let undone = self.call(move |k| k.set_enabled(&owned, true)).await;
+        let undone = self.kernel_call(move |k| k.set_enabled(&owned, true)).await;
         let tasks: Vec<String> = blockers.iter().map(ToString::to_string).collect();
         Failure::new(
             NodeErrorReason::TransitionStalled,

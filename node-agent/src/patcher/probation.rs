@@ -4,9 +4,10 @@
 use kpersist_crds::{NodeErrorReason, NodePatchState, PatchTimings};
 use kpersist_kmod::kernel::Kernel;
 
-use crate::apply::{Outcome, Patcher, Request, host, host_msg};
+use super::{Patcher, host_failure, kernel_failure};
 use crate::checks::Failure;
 use crate::error::AgentError;
+use crate::patch_run::{Outcome, Request};
 use crate::probation::{
     CLEAN_STOP_FILE, CleanStop, PROBATION_FILE, PreviousBoot, ProbationRecord, UNCLEAN_ENDS_FILE,
     UNCLEAN_ENDS_LIMIT, UncleanEnds, count_unclean_end, judge, settle_held_generations,
@@ -67,9 +68,12 @@ impl<K: Kernel + Clone + 'static> Patcher<K> {
             return self
                 .state
                 .end_probation()
-                .map_err(|e| host_msg(e.to_string()));
+                .map_err(|e| host_failure(e.to_string()));
         };
-        let boot_id = self.call(|k| k.boot_id()).await.map_err(host)?;
+        let boot_id = self
+            .kernel_call(|k| k.boot_id())
+            .await
+            .map_err(kernel_failure)?;
         let record = ProbationRecord::begin(
             &req.release.id,
             &req.release.module_name,
@@ -80,7 +84,7 @@ impl<K: Kernel + Clone + 'static> Patcher<K> {
         );
         self.state
             .write_json(PROBATION_FILE, &record)
-            .map_err(|e| host_msg(e.to_string()))
+            .map_err(|e| host_failure(e.to_string()))
     }
 
     /// Ends the probation of this boot when its time is up; returns whether one ended.
@@ -88,7 +92,7 @@ impl<K: Kernel + Clone + 'static> Patcher<K> {
         let Some(record) = self.state.probation()? else {
             return Ok(false);
         };
-        let boot_id = self.call(|k| k.boot_id()).await?;
+        let boot_id = self.kernel_call(|k| k.boot_id()).await?;
         let due = record.boot_id == boot_id && jiff::Timestamp::now() >= record.until;
         if due {
             self.state.end_probation()?;
@@ -99,7 +103,7 @@ impl<K: Kernel + Clone + 'static> Patcher<K> {
 
     /// Records that the agent stops cleanly now (on SIGTERM).
     pub async fn mark_clean_stop(&self) -> Result<(), AgentError> {
-        let boot_id = self.call(|k| k.boot_id()).await?;
+        let boot_id = self.kernel_call(|k| k.boot_id()).await?;
         self.state.mark_clean_stop(&boot_id)
     }
 
@@ -200,7 +204,7 @@ impl<K: Kernel + Clone + 'static> Patcher<K> {
 fn host_outcome(message: String, release: Option<&str>) -> Outcome {
     Outcome::failed(
         NodePatchState::Failed,
-        host_msg(message),
+        host_failure(message),
         release,
         PatchTimings::default(),
     )

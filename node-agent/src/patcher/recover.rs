@@ -9,8 +9,9 @@ use kpersist_crds::{NodeErrorReason, NodePatchState, PatchRun, PatchTimings};
 use kpersist_kmod::kernel::{Kernel, KmsgMark};
 use tokio::time::Instant;
 
-use crate::apply::{Baseline, Outcome, Patcher, Request, host, host_msg, millis};
+use super::{Baseline, Patcher, host_failure, kernel_failure, millis};
 use crate::checks::Failure;
+use crate::patch_run::{Outcome, Request};
 use crate::state::{MarkerRelease, RefusalCause, RefusedRelease};
 
 impl<K: Kernel + Clone + 'static> Patcher<K> {
@@ -25,7 +26,7 @@ impl<K: Kernel + Clone + 'static> Patcher<K> {
         let crashed_loading = marker
             .as_ref()
             .is_some_and(|o| o.state == NodePatchState::CrashSuspected);
-        let probation = match self.call(|k| k.boot_id()).await {
+        let probation = match self.kernel_call(|k| k.boot_id()).await {
             // The crash marker already blames the load that brought the node down.
             _ if crashed_loading => {
                 self.forget_probation();
@@ -45,18 +46,18 @@ impl<K: Kernel + Clone + 'static> Patcher<K> {
             Err(e) => {
                 return Some(Outcome::failed(
                     NodePatchState::Failed,
-                    host_msg(e.to_string()),
+                    host_failure(e.to_string()),
                     None,
                     PatchTimings::default(),
                 ));
             }
         };
-        let boot_id = match self.call(|k| k.boot_id()).await {
+        let boot_id = match self.kernel_call(|k| k.boot_id()).await {
             Ok(id) => id,
             Err(e) => {
                 return Some(Outcome::failed(
                     NodePatchState::Failed,
-                    host(e),
+                    kernel_failure(e),
                     None,
                     PatchTimings::default(),
                 ));
@@ -81,7 +82,7 @@ impl<K: Kernel + Clone + 'static> Patcher<K> {
                 .and_then(|()| self.state.clear_crash_marker())
             {
                 Ok(()) => Failure::new(NodeErrorReason::CrashSuspected, message),
-                Err(e) => host_msg(format!("{message}, but recording that failed: {e}")),
+                Err(e) => host_failure(format!("{message}, but recording that failed: {e}")),
             };
             return Some(Outcome::failed(
                 NodePatchState::CrashSuspected,
@@ -94,7 +95,10 @@ impl<K: Kernel + Clone + 'static> Patcher<K> {
             let _ = self.state.clear_crash_marker();
             return None;
         };
-        let patches = self.call(|k| k.loaded_patches()).await.unwrap_or_default();
+        let patches = self
+            .kernel_call(|k| k.loaded_patches())
+            .await
+            .unwrap_or_default();
         if !patches
             .iter()
             .any(|p| p.name == release.module_name && p.enabled)
