@@ -1,5 +1,5 @@
-//! The labels the operator keeps on every LivePatchNode, so that a fleet of thousands can
-//! be filtered on the server: `kubectl get lpn -l kpersist.io/state=Failed`,
+//! The labels the operator keeps on the LivePatchNodes its policies select, so that a fleet
+//! of thousands can be filtered on the server: `kubectl get lpn -l kpersist.io/state=Failed`,
 //! `-l kpersist.io/policy=prod`, `-l kpersist.io/kernel=6.1.0-27-amd64`.
 //!
 //! Each label copies a field: `kpersist.io/policy` the policy in `spec.desired`,
@@ -8,7 +8,8 @@
 //! Failed, Unsupported, CrashSuspected). The in-flight states (Downloading, Applying,
 //! Reverting) last seconds; labelling them would add a write per node per step of every
 //! rollout, so the label keeps the settled state before them and `status.state` shows the
-//! live one. A value that cannot be a label value (longer than 63 characters, or with
+//! live one. A node no policy selects keeps the labels it had when its request was cleared.
+//! A value that cannot be a label value (longer than 63 characters, or with
 //! characters labels refuse) leaves its label off.
 
 use std::collections::BTreeMap;

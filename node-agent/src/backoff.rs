@@ -43,6 +43,17 @@ pub fn api_call(retries: usize) -> ExponentialBuilder {
         .with_max_times(retries)
 }
 
+/// The most a read whose refusal would fail a request for good (the policy a request names)
+/// waits in all: long enough for a restarted API server to sync its RBAC caches, short
+/// enough to leave the node deadline room for the download and the transition.
+pub const POLICY_READ_BUDGET: Duration = Duration::from_secs(60);
+
+/// Retries of such a read: [`api_call`]'s steps, until the next wait would pass
+/// [`POLICY_READ_BUDGET`].
+pub fn policy_read() -> ExponentialBuilder {
+    api_call(7).with_total_delay(Some(POLICY_READ_BUDGET))
+}
+
 /// Restarts of the watch of the node's object: as client-go's reflector (0.8 s doubling
 /// up to 30 s, jittered), without end, starting over once the watch has run for two
 /// minutes without failing.
@@ -97,6 +108,17 @@ mod tests {
             assert!(
                 waits.iter().all(|w| *w <= Duration::from_secs(30)),
                 "{waits:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn policy_read_waits_outlast_an_rbac_sync_within_a_minute() {
+        for _ in 0..20 {
+            let total: Duration = delays(policy_read()).sum();
+            assert!(
+                total >= Duration::from_secs(15) && total <= POLICY_READ_BUDGET,
+                "{total:?}"
             );
         }
     }

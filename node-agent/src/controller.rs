@@ -37,13 +37,13 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, kube::Error>>,
 {
-    retry_when(what, retries, is_transient, call).await
+    retry_when(what, crate::backoff::api_call(retries), is_transient, call).await
 }
 
-/// As [`retry`], retrying the failures `when` accepts.
+/// As [`retry`], with the waits of `backoff`, retrying the failures `when` accepts.
 async fn retry_when<T, F, Fut>(
     what: &str,
-    retries: usize,
+    backoff: backon::ExponentialBuilder,
     when: fn(&kube::Error) -> bool,
     call: F,
 ) -> Result<T, kube::Error>
@@ -51,7 +51,7 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, kube::Error>>,
 {
-    call.retry(crate::backoff::api_call(retries))
+    call.retry(backoff)
         .when(when)
         .notify(|e, delay| tracing::warn!(error = %e, ?delay, "{what} failed; retrying"))
         .await

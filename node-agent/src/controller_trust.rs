@@ -88,12 +88,13 @@ impl<K: Kernel + Clone + 'static> NodeController<K> {
     async fn policy(&self, desired: &DesiredPatch) -> Result<LivePatchPolicy, Failure> {
         let release = desired.release.as_ref().map_or("", |r| r.id.as_str());
         let name = &desired.policy;
-        // About a minute of retries: a 403 right after an API server restart goes away
+        // Up to a minute of retries: a 403 right after an API server restart goes away
         // once its RBAC caches have synced; one that stays is a missing ClusterRole rule.
         let read = || self.policies.get_opt(name);
+        let backoff = crate::backoff::policy_read();
         match retry_when(
             "reading the LivePatchPolicy",
-            7,
+            backoff,
             is_transient_or_unsynced,
             read,
         )

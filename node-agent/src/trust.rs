@@ -190,6 +190,17 @@ pub fn trusted_desired(
     if desired.action == PatchAction::Revert && index.release(&release.id).is_none() {
         return Err(pruned_revert(release, trust));
     }
+    // A release its publisher withdrew is not loaded, even when asked for before the
+    // operator saw the yank; the operator sends the node back once it does.
+    if desired.action == PatchAction::Apply
+        && let Some(reason) = index.release(&release.id).and_then(|r| r.yanked.as_deref())
+    {
+        return Err(untrusted(format!(
+            "release {}: yanked from policy {}'s signed index ({reason}), so it is not \
+             loaded; the operator sends the node back to its previous release",
+            release.id, trust.policy
+        )));
+    }
     trusted.release = Some(matching_release(release, &index, trust)?);
     Ok(trusted)
 }

@@ -24,9 +24,15 @@ fn index_release(version: u64) -> Release {
 
 /// A repository with releases 1 and 2, signed by `key` with `serial`.
 fn signed_index(key: &PrivateKey, serial: u64) -> SignedIndex {
+    signed_index_of(key, serial, vec![index_release(1), index_release(2)])
+}
+
+/// A repository with `releases`, signed by `key` with `serial`.
+fn signed_index_of(key: &PrivateKey, serial: u64, releases: Vec<Release>) -> SignedIndex {
     let mut index = Index::empty("2026-01-01T00:00:00Z".parse().unwrap());
-    index.add_release(index_release(1)).unwrap();
-    index.add_release(index_release(2)).unwrap();
+    for release in releases {
+        index.add_release(release).unwrap();
+    }
     index.refresh(
         "2026-03-01T00:00:00Z".parse().unwrap(),
         jiff::SignedDuration::from_hours(24),
@@ -102,6 +108,25 @@ fn a_release_the_operator_wrote_is_trusted_and_takes_the_policy_access() {
     let access = trusted.repository.unwrap();
     assert_eq!(access.allowed_redirect_hosts, ["cdn.example"]);
     assert_eq!(access.ca_bundle, None, "the node record's CA is not used");
+}
+
+#[test]
+fn a_yanked_release_is_not_applied_but_may_be_reverted_to() {
+    let key = PrivateKey::generate();
+    let mut yanked = index_release(2);
+    yanked.yanked = Some("breaks nfsd".into());
+    let index = signed_index_of(&key, 10, vec![index_release(1), yanked]);
+    let message = refusal(trusted_desired(
+        &desired(operator_release(2)),
+        &trust(&key),
+        &index,
+    ));
+    for word in ["6.1.0-56-amd64/v2", "yanked", "breaks nfsd"] {
+        assert!(message.contains(word), "{word}: {message}");
+    }
+    let mut back = desired(operator_release(2));
+    back.action = PatchAction::Revert;
+    assert!(trusted_desired(&back, &trust(&key), &index).is_ok());
 }
 
 #[test]

@@ -41,6 +41,9 @@ const DECIDE_AGAIN: Duration = Duration::from_secs(1);
 /// The `reason` of `kpersist_reconcile_errors_total` for a reconcile that found the objects
 /// it decided on changed when it wrote.
 const WRITE_CONFLICT: &str = "write_conflict";
+/// The `reason` of `kpersist_reconcile_errors_total` for a LivePatchNode label write that
+/// failed (the next reconcile tries again; nothing else waits for it).
+const LABEL_WRITE: &str = "label_write";
 
 /// The controller's reconcile function.
 #[tracing::instrument(skip_all, fields(policy = %policy.name_any()))]
@@ -262,8 +265,8 @@ async fn write_decision(
 
 /// Brings the labels of the policy's nodes up to date with their fields: the state and the
 /// kernel change without a spec write (a node written just now got its labels with its
-/// spec). Last, so that a refused label write delays nothing else. A conflict is left to
-/// the reconcile that the newer object brings.
+/// spec). Last, so that a refused label write delays nothing else: a conflict is left to
+/// the reconcile that the newer object brings, any other failure is logged and counted.
 async fn write_labels(
     ctx: &Context,
     views: &[engine::NodeView],
@@ -275,8 +278,14 @@ async fn write_labels(
         .filter(|view| !written.contains(view.name.as_str()))
         .filter_map(|view| write::LabelWrite::of(view.lpn.as_deref()?))
         .collect();
-    let outcome = write::apply_all_labels(&ctx.client, &ctx.leading, &labels).await?;
-    Ok((outcome.withheld > 0).then(|| stepped_down(outcome.withheld)))
+    match write::apply_all_labels(&ctx.client, &ctx.leading, &labels).await {
+        Ok(outcome) => Ok((outcome.withheld > 0).then(|| stepped_down(outcome.withheld))),
+        Err(error) => {
+            tracing::warn!(%error, "a LivePatchNode label write failed; the next reconcile tries again");
+            ctx.metrics.reconcile_failed(LABEL_WRITE);
+            Ok(None)
+        }
+    }
 }
 
 /// Writes the policy's status on condition that the policy is still the copy it was

@@ -282,7 +282,8 @@ pub fn trim_node(node: &mut Node) {
 }
 
 /// Drops what the controller and the engine never read from a LivePatchNode: metadata
-/// other than name, uid, generation, resourceVersion and deletion time, and the parts of
+/// other than name, uid, generation, resourceVersion, deletion time and labels (a label
+/// write replaces the whole map, so the copy must hold the others), and the parts of
 /// the agent's status that are for people (conditions, loaded modules, boot id, agent
 /// version, the applied release's CVEs and module name; its `appliedAt` stays, for each
 /// release's first exposure, and the timings, which the latency metrics read).
